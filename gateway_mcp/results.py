@@ -1,0 +1,296 @@
+"""Answers sized for a model, and upstream errors as tool errors: generic, driven by shape.
+
+Nothing here knows a route. A list in an answer is "rows" when it is the whole answer, a
+top-level array of objects (`bars`, `trades`, `results`, ...), or a columnar table (a
+top-level array plus a top-level object whose values are arrays of the same length, such as
+`timestamps` + `values`). Rows are sliced by `limit`/`offset`, and the answer says how many
+were left out and which `offset` fetches the next page. Whatever the shape, no answer grows
+past `max_bytes`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastmcp.exceptions import ToolError
+
+PAGE_KEY = "page"
+
+LIMIT_DOC = (
+    "Most rows to return from each list in the answer (bars, trades, results, ...); "
+    "default {default}, at most {max}. The answer's `page` says how many rows were left out."
+)
+OFFSET_DOC = (
+    "Rows to skip before the first one returned; negative counts from the end "
+    "(-{default} = the last {default} rows). Default 0 (oldest/first rows)."
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How big an answer may get."""
+
+    default_limit: int = 100
+    max_limit: int = 1000
+    max_bytes: int = 50_000
+
+
+# --------------------------------------------------------------------------------------
+# Shape of an answer, from its JSON schema (decides which tools get limit/offset)
+# --------------------------------------------------------------------------------------
+
+
+def _deref(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
+    """Follow local `$ref`s and pick the non-null branch of `anyOf`/`oneOf` unions."""
+    seen = 0
+    while isinstance(schema, dict) and seen < 32:
+        seen += 1
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            target: Any = root
+            for part in ref[2:].split("/"):
+                target = target.get(part, {}) if isinstance(target, dict) else {}
+            schema = target
+            continue
+        for key in ("anyOf", "oneOf"):
+            branches = [
+                b for b in schema.get(key, []) if not (isinstance(b, dict) and b.get("type") == "null")
+            ]
+            if len(branches) == 1:
+                schema = branches[0]
+                break
+        else:
+            return schema
+    return schema if isinstance(schema, dict) else {}
+
+
+def _is_type(schema: dict[str, Any], kind: str) -> bool:
+    declared = schema.get("type")
+    if isinstance(declared, list):
+        return kind in declared
+    if declared is None and kind == "object":
+        return "properties" in schema or "additionalProperties" in schema
+    return declared == kind
+
+
+def schema_has_rows(schema: dict[str, Any] | None) -> bool:
+    """Return True when answers of this JSON schema can hold rows worth paging."""
+    if not schema:
+        return False
+    root = schema
+    if schema.get("x-fastmcp-wrap-result"):
+        wrapped = _deref(schema.get("properties", {}).get("result", {}), root)
+        return _is_type(wrapped, "array")
+    body = _deref(schema, root)
+    if _is_type(body, "array"):
+        return True
+    props = {k: _deref(v, root) for k, v in body.get("properties", {}).items()}
+    arrays = {k: v for k, v in props.items() if _is_type(v, "array")}
+    if any(_is_type(_deref(v.get("items", {}), root), "object") for v in arrays.values()):
+        return True
+    columns = [
+        v
+        for v in props.values()
+        if _is_type(v, "object")
+        and isinstance(v.get("additionalProperties"), dict)
+        and _is_type(_deref(v["additionalProperties"], root), "array")
+    ]
+    return bool(arrays and columns)
+
+
+def paged_output_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return the output schema with the optional `page` object the gateway may add."""
+    if not schema or not _is_type(schema, "object"):
+        return schema
+    out = copy.deepcopy(schema)
+    out.setdefault("properties", {})[PAGE_KEY] = {
+        "type": "object",
+        "description": "Present when rows were left out: totals per list and the next offset.",
+        "additionalProperties": True,
+    }
+    return out
+
+
+def page_arguments(limits: Limits) -> dict[str, dict[str, Any]]:
+    """Return the JSON schemas of the `limit` and `offset` tool arguments."""
+    return {
+        "limit": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": limits.max_limit,
+            "default": limits.default_limit,
+            "description": LIMIT_DOC.format(default=limits.default_limit, max=limits.max_limit),
+        },
+        "offset": {
+            "type": "integer",
+            "default": 0,
+            "description": OFFSET_DOC.format(default=limits.default_limit),
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Slicing an actual answer
+# --------------------------------------------------------------------------------------
+
+
+def _row_lists(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Return (keys of top-level row lists, keys of top-level column dicts) of an answer."""
+    lists = [k for k, v in data.items() if isinstance(v, list)]
+    row_keys = [k for k in lists if data[k] and all(isinstance(x, dict) for x in data[k])]
+    index_lengths = {len(data[k]) for k in lists if k not in row_keys}
+    column_keys = [
+        k
+        for k, v in data.items()
+        if isinstance(v, dict)
+        and v
+        and all(isinstance(c, list) for c in v.values())
+        and {len(c) for c in v.values()} <= index_lengths
+    ]
+    if column_keys:
+        column_len = {len(c) for k in column_keys for c in data[k].values()}
+        row_keys += [k for k in lists if k not in row_keys and len(data[k]) in column_len]
+    return row_keys, column_keys
+
+
+def _window(total: int, limit: int, offset: int) -> tuple[int, int]:
+    start = max(0, total + offset) if offset < 0 else min(offset, total)
+    return start, min(total, start + limit)
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which rows of an answer were kept."""
+
+    totals: dict[str, int]
+    start: int
+    returned: int
+    limit: int
+
+    @property
+    def total(self) -> int:
+        """Return the length of the longest row list."""
+        return max(self.totals.values())
+
+    @property
+    def cut(self) -> bool:
+        """Return True when rows were left out."""
+        return self.start > 0 or self.returned < self.total
+
+    def info(self, *, byte_limit: int | None = None) -> dict[str, Any]:
+        """Return the `page` object added to an answer: totals, what was kept, how to go on."""
+        total, start, end = self.total, self.start, self.start + self.returned
+        next_offset = end if end < total else None
+        lists = ", ".join(f"`{k}`" for k in self.totals)
+        note = f"Rows {start}-{max(start, end - 1)} of {total} in {lists}"
+        note += f"; {total - self.returned} left out."
+        if next_offset is not None:
+            note += f" Call again with offset={next_offset} for the next rows"
+            note += f", or offset=-{self.limit} for the last {self.limit}."
+        else:
+            note += " This is the last page; a smaller offset gives earlier rows."
+        if byte_limit is not None:
+            note += f" Page cut to fit the gateway's {byte_limit:,}-byte answer limit."
+        return {
+            "truncated": True,
+            "total": total,
+            "returned": self.returned,
+            "offset": start,
+            "limit": self.limit,
+            "next_offset": next_offset,
+            "totals": self.totals,
+            "note": note,
+        }
+
+
+def slice_rows(data: Any, *, limit: int, offset: int = 0) -> tuple[Any, Page | None]:
+    """Return (answer with every row list cut to one page, the page; None without rows)."""
+    if isinstance(data, list):
+        start, end = _window(len(data), limit, offset)
+        return data[start:end], Page({"result": len(data)}, start, end - start, limit)
+    if not isinstance(data, dict):
+        return data, None
+    row_keys, column_keys = _row_lists(data)
+    if not row_keys and not column_keys:
+        return data, None
+    totals = {k: len(data[k]) for k in row_keys}
+    totals.update({k: max(len(c) for c in data[k].values()) for k in column_keys})
+    start, end = _window(max(totals.values()), limit, offset)
+    out = dict(data)
+    for k in row_keys:
+        out[k] = data[k][start:end]
+    for k in column_keys:
+        out[k] = {name: column[start:end] for name, column in data[k].items()}
+    return out, Page(totals, start, end - start, limit)
+
+
+def answer_size(data: Any) -> int:
+    """Return the size in bytes of an answer as compact JSON (what the model reads)."""
+    return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+
+
+def fit_rows(
+    data: Any, *, limit: int, offset: int, max_bytes: int
+) -> tuple[Any, dict[str, Any] | None]:
+    """Slice rows to one page, shrink the page until it fits max_bytes; return (data, page)."""
+    out, page = slice_rows(data, limit=limit, offset=offset)
+    size = answer_size(out)
+    shrunk = False
+    while size > max_bytes and page is not None and page.returned > 1:
+        limit = max(1, min(page.returned - 1, int(page.returned * max_bytes / size * 0.9)))
+        out, page = slice_rows(data, limit=limit, offset=offset)
+        size, shrunk = answer_size(out), True
+    if page is None or not page.cut:
+        return out, None
+    return out, page.info(byte_limit=max_bytes if shrunk else None)
+
+
+def oversize_error(tool: str, size: int, max_bytes: int) -> ToolError:
+    """Return the error for an answer that cannot be cut below the byte limit."""
+    return ToolError(
+        f"The answer of {tool} is {size:,} bytes, over the gateway's {max_bytes:,}-byte limit "
+        "(GATEWAY_MAX_ANSWER_BYTES). Ask for less: a shorter date range, fewer symbols or "
+        "indicators, or a smaller `limit`."
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------
+
+
+def problem_of(status: int, body: bytes | str, reason: str = "") -> dict[str, Any]:
+    """Return the RFC 9457 problem in an error body, or one synthesised from the status."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, TypeError):
+        parsed = None
+    if isinstance(parsed, dict) and ("detail" in parsed or "title" in parsed):
+        problem = dict(parsed)
+        problem.setdefault("status", status)
+        detail = problem.get("detail")
+        if not isinstance(detail, str):  # e.g. FastAPI's default {"detail": [...]}
+            problem["detail"] = json.dumps(detail) if detail is not None else problem.get("title")
+        return problem
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+    return {
+        "status": status,
+        "title": reason or "Upstream error",
+        "detail": text.strip()[:500] or reason or f"HTTP {status}",
+        "code": "upstream_error",
+    }
+
+
+def problem_error(service: str, problem: dict[str, Any]) -> ToolError:
+    """Return a tool error naming the service and carrying status, code and detail."""
+    status = problem.get("status", "?")
+    code = problem.get("code") or f"http_{status}"
+    message = f"{service} service error {status} {code}: {problem.get('detail')}"
+    if problem.get("field"):
+        message += f" (field: {problem['field']})"
+    server_side = isinstance(status, int) and status >= 500
+    return ToolError(message, log_level=logging.WARNING if server_side else logging.DEBUG)

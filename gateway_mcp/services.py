@@ -1,0 +1,235 @@
+"""The services behind the gateway: found from `openapi/*.json`, reached through one transport.
+
+Embedded and remote mode differ in one place only, the innermost transport: an in-process
+ASGI transport over `services.<name>.app:create_app()` or a network connection pool to the
+service's URL. Everything above it (auth header, "service down" answers, following jobs,
+error mapping, result sizing) is the same code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from gateway_mcp.jobs import follow_job, status_url
+from gateway_mcp.settings import GatewaySettings
+from shared.http import app_lifespan
+
+log = logging.getLogger(__name__)
+
+AppFactory = Callable[[], Any]
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def discover_specs(spec_dir: Path) -> dict[str, dict[str, Any]]:
+    """Return every `<name>.json` OpenAPI document in spec_dir by service name, sorted."""
+    specs: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(spec_dir).glob("*.json")):
+        name = path.stem
+        if not SERVICE_NAME.match(name):
+            log.warning("skipping %s: a service name is lower_snake_case", path)
+            continue
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            log.error("skipping %s: not a readable JSON document (%s)", path, e)
+            continue
+        if not isinstance(spec, dict) or "paths" not in spec:
+            log.error("skipping %s: not an OpenAPI document", path)
+            continue
+        specs[name] = spec
+    return specs
+
+
+def import_app_factory(name: str) -> AppFactory:
+    """Return `services.<name>.app:create_app` (the naming convention of every service)."""
+    module = importlib.import_module(f"services.{name}.app")
+    factory = getattr(module, "create_app", None)
+    if not callable(factory):
+        raise ImportError(f"services.{name}.app has no create_app()")
+    return factory  # type: ignore[no-any-return]
+
+
+def _problem(request: httpx2.Request, status: int, code: str, title: str, detail: str) -> Any:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
+    return httpx2.Response(
+        status,
+        content=json.dumps(body).encode(),
+        headers={"content-type": "application/problem+json"},
+        request=request,
+    )
+
+
+async def _report_progress(progress: float, total: float | None, message: str | None) -> None:
+    """Send an MCP progress notification for the current tool call, if the client asked."""
+    from fastmcp.server.dependencies import get_context
+
+    try:
+        ctx = get_context()
+    except RuntimeError:
+        return
+    await ctx.report_progress(progress, total, message)
+
+
+@dataclass
+class Service:
+    """One service behind the gateway: its spec, its HTTP client and whether it is up."""
+
+    name: str
+    spec: dict[str, Any]
+    base_url: str
+    settings: GatewaySettings
+    embedded: bool = False
+    app_factory: AppFactory | None = None
+    app: Any = None
+    down_reason: str | None = None
+    client: httpx2.AsyncClient = field(init=False)
+    transport: ServiceTransport = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.transport = ServiceTransport(self)
+        headers = {}
+        token = self.settings.service_token
+        if token is not None and token.get_secret_value():
+            headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+        self.client = httpx2.AsyncClient(
+            base_url=self.base_url,
+            transport=self.transport,
+            headers=headers,
+            timeout=self.settings.service_timeout_s,
+        )
+
+    def build_app(self) -> None:
+        """Create the embedded app (once); a failure marks the service down, not the gateway."""
+        if self.app_factory is None or self.app is not None:
+            return
+        try:
+            self.app = self.app_factory()
+        except Exception as e:  # any failure of a service must leave the others serving
+            self.down_reason = f"its app could not be created ({type(e).__name__}: {e})"
+            log.exception("%s service: app factory failed", self.name)
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Open the connection; in embedded mode also run the app's lifespan on stack."""
+        if self.embedded:
+            self.build_app()
+            if self.app is None:
+                return
+            try:
+                await stack.enter_async_context(app_lifespan(self.app))
+            except Exception as e:  # a failed startup marks this service down only
+                self.down_reason = f"it failed to start ({type(e).__name__}: {e})"
+                log.exception("%s service: startup failed", self.name)
+                return
+            inner: httpx2.AsyncBaseTransport = httpx2.ASGITransport(
+                app=self.app, raise_app_exceptions=False
+            )
+        else:
+            inner = httpx2.AsyncHTTPTransport()
+        self.down_reason = None
+        self.transport.open(inner)
+        stack.push_async_callback(self.transport.close)
+
+
+class ServiceTransport(httpx2.AsyncBaseTransport):
+    """The gateway's one door to a service: turns failures into problems and follows jobs."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._inner: httpx2.AsyncBaseTransport | None = None
+
+    def open(self, inner: httpx2.AsyncBaseTransport) -> None:
+        """Start sending through inner (ASGI app or network pool)."""
+        self._inner = inner
+
+    async def close(self) -> None:
+        """Stop sending; close the network pool if any."""
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            await inner.aclose()
+
+    async def _send(self, request: httpx2.Request) -> httpx2.Response:
+        svc = self.service
+        if self._inner is None:
+            reason = svc.down_reason or "the gateway has not started it"
+            return _problem(
+                request,
+                503,
+                "service_unavailable",
+                "Service unavailable",
+                f"The {svc.name} service is not available: {reason}. "
+                "The gateway's other services are unaffected.",
+            )
+        try:
+            return await self._inner.handle_async_request(request)
+        except httpx2.TimeoutException as e:
+            return _problem(
+                request,
+                504,
+                "service_timeout",
+                "Service timeout",
+                f"The {svc.name} service at {svc.base_url} did not answer within "
+                f"{svc.settings.service_timeout_s:g} s ({type(e).__name__}).",
+            )
+        except httpx2.TransportError as e:
+            return _problem(
+                request,
+                503,
+                "service_unavailable",
+                "Service unavailable",
+                f"The {svc.name} service is unreachable at {svc.base_url} "
+                f"({type(e).__name__}: {e}). The gateway's other services are unaffected.",
+            )
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Send a request; follow a 202 job answer to its end, reporting progress."""
+        response = await self._send(request)
+        if response.status_code != 202:
+            return response
+        await response.aread()
+        url = status_url(response)
+        if url is None:
+            return response
+        settings = self.service.settings
+        return await follow_job(
+            self._send,
+            response,
+            url,
+            report=_report_progress,
+            poll_interval_s=settings.job_poll_interval_s,
+            timeout_s=settings.job_timeout_s,
+            service=self.service.name,
+        )
+
+
+def open_services(
+    settings: GatewaySettings, app_factories: Mapping[str, AppFactory] | None = None
+) -> list[Service]:
+    """Return a Service for every spec in settings.spec_dir (nothing is started yet)."""
+    services = []
+    for name, spec in discover_specs(settings.spec_dir).items():
+        if settings.mode == "remote":
+            services.append(Service(name, spec, settings.service_url(name), settings))
+            continue
+        factory = (app_factories or {}).get(name)
+        down = None
+        if factory is None:
+            try:
+                factory = import_app_factory(name)
+            except Exception as e:  # a broken service must not take the gateway down
+                down = f"services.{name}.app cannot be imported ({type(e).__name__}: {e})"
+                log.error("%s service: %s", name, down)
+        svc = Service(name, spec, f"http://{name}", settings, embedded=True, app_factory=factory)
+        svc.down_reason = down
+        svc.build_app()
+        services.append(svc)
+    return services

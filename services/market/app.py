@@ -1,0 +1,129 @@
+"""Market-data service: `uvicorn --factory services.market.app:create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from services.market.providers import CsvProvider, Provider, ProviderChain
+from services.market.routes import router
+from services.market.schemas import Health
+from services.market.service import MarketService
+from shared.api import install_bearer_auth, install_error_handlers, install_server_timing
+from shared.cache import Cache
+from shared.config import MarketSettings
+from shared.db import Database
+from shared.errors import DatabaseUnavailableError
+from shared.logging import configure_logging
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Market data and technical indicators for US equities, indices, FX and crypto.
+
+Prices come from a CSV folder or Yahoo Finance, are validated (bad rows rejected, outliers
+and gaps reported), stored once in the database and cached (in-process, then Redis).
+Indicators follow TA-Lib's definitions exactly. Errors are RFC 9457 problem details.
+"""
+
+
+def build_providers(settings: MarketSettings) -> list[Provider]:
+    """Build the providers named by the settings, in order."""
+    providers: list[Provider] = []
+    for name in settings.provider_order():
+        if name == "csv":
+            if settings.market_data_dir is None:
+                log.warning("csv provider requested but MARKET_DATA_DIR is not set; skipping")
+                continue
+            providers.append(CsvProvider(settings.market_data_dir))
+        elif name == "yfinance":
+            from services.market.yahoo import YahooProvider
+
+            providers.append(
+                YahooProvider(
+                    timeout_s=settings.yfinance_timeout_s,
+                    max_attempts=settings.yfinance_max_attempts,
+                    backoff_s=settings.yfinance_backoff_s,
+                    max_requests=settings.yfinance_requests_per_hour,
+                    period_s=3600.0,
+                )
+            )
+    if not providers:
+        raise ValueError("no usable market-data provider: set MARKET_DATA_DIR or MARKET_PROVIDERS")
+    return providers
+
+
+def create_app(settings: MarketSettings | None = None) -> FastAPI:
+    """Build the market service app (settings from the environment by default)."""
+    settings = settings or MarketSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(
+            settings.resolved_database_url(), connect_timeout_s=settings.database_connect_timeout_s
+        )
+        cache = Cache(
+            redis_url=settings.redis_url,
+            prefix=settings.redis_prefix,
+            l1_size=settings.l1_cache_size,
+            timeout_s=settings.redis_timeout_s,
+        )
+        chain = ProviderChain(build_providers(settings))
+        try:
+            await db.migrate()
+        except DatabaseUnavailableError as e:
+            log.error("starting without database: %s", e.detail)
+        app.state.market = MarketService(
+            db=db,
+            cache=cache,
+            providers=chain,
+            price_ttl_s=settings.price_ttl_s,
+            indicator_ttl_s=settings.indicator_ttl_s,
+            historical_ttl_s=settings.historical_ttl_s,
+            bulk_concurrency=settings.bulk_concurrency,
+        )
+        try:
+            yield
+        finally:
+            await chain.aclose()
+            await cache.aclose()
+            await db.dispose()
+
+    app = FastAPI(
+        title="Market data service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    install_server_timing(app)
+    install_bearer_auth(app, settings.api_token, open_paths={"/health", "/openapi.json"})
+    app.include_router(router)
+
+    @app.get("/health", operation_id="health", response_model=Health, tags=["ops"])
+    async def health(request: Request) -> dict[str, Any]:
+        """Report liveness and whether the database and Redis answer."""
+        service: MarketService = request.app.state.market
+        try:
+            await service.db.migrate()
+            db_state = "ok"
+        except DatabaseUnavailableError:
+            db_state = "unavailable"
+        redis = await service.cache.ping()
+        redis_state = "disabled" if redis is None else ("ok" if redis else "unavailable")
+        return {
+            "status": "ok" if db_state == "ok" and redis_state != "unavailable" else "degraded",
+            "database": db_state,
+            "redis": redis_state,
+            "providers": [p.name for p in service.providers.providers],
+        }
+
+    return app
+
+
+def main() -> None:
+    """Configure logging (used by `trading serve`)."""
+    configure_logging()

@@ -1,0 +1,103 @@
+"""Trading calendars from the maintained `exchange_calendars` library (NYSE = XNYS).
+
+Symbols that do not trade on NYSE hours (FX pairs `=X`, crypto `-USD`) get their own simple
+session rules so that gap detection does not flag weekends or holidays wrongly.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import Literal
+
+import exchange_calendars as xcals
+import pandas as pd
+
+CalendarKind = Literal["XNYS", "weekdays", "daily"]
+
+_CRYPTO = re.compile(r"-(USD|USDT|USDC|EUR|GBP|BTC|ETH)$")
+CALENDAR_START = "1990-01-01"
+
+
+def calendar_kind(symbol: str) -> CalendarKind:
+    """Return which session rules a symbol trades on."""
+    if symbol.endswith("=X"):
+        return "weekdays"
+    if _CRYPTO.search(symbol):
+        return "daily"
+    return "XNYS"
+
+
+@lru_cache(maxsize=1)
+def nyse() -> xcals.ExchangeCalendar:
+    """Return the NYSE calendar (built once per process, ~0.1 s)."""
+    return xcals.get_calendar("XNYS", start=CALENDAR_START)
+
+
+def sessions_between(symbol: str, start: date, end: date) -> pd.DatetimeIndex:
+    """Return the UTC-midnight session dates of symbol's market between start and end."""
+    kind = calendar_kind(symbol)
+    if kind == "daily":
+        days = pd.date_range(start, end, freq="D")
+    elif kind == "weekdays":
+        days = pd.bdate_range(start, end)
+    else:
+        cal = nyse()
+        lo = max(pd.Timestamp(start), cal.first_session)
+        hi = min(pd.Timestamp(end), cal.last_session)
+        days = cal.sessions_in_range(lo, hi) if lo <= hi else pd.DatetimeIndex([])
+    return pd.DatetimeIndex(days).tz_localize(None).as_unit("ns").tz_localize("UTC")
+
+
+def last_completed_session(now: datetime | None = None) -> date:
+    """Return the date of the last NYSE session whose close is at or before now."""
+    cal = nyse()
+    ts = pd.Timestamp(now or datetime.now(UTC))
+    ts = ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
+    return cal.minute_to_past_session(ts).date()
+
+
+def market_status(at: datetime | None = None, *, horizon_days: int = 365) -> dict[str, object]:
+    """Return NYSE open/closed at an instant, the next open/close, holidays and early closes."""
+    cal = nyse()
+    ts = pd.Timestamp(at or datetime.now(UTC))
+    ts = ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
+    last = cal.last_minute
+    if ts >= last - pd.Timedelta(days=7) or ts <= cal.first_minute:
+        raise ValueError(
+            f"instant outside the calendar's range {cal.first_minute.date()}..{last.date()}"
+        )
+    is_open = bool(cal.is_open_on_minute(ts))
+    session = ts.normalize().tz_localize(None)
+    is_session = bool(cal.is_session(session))
+    regular_close = cal.close_times[0][1]
+    today_close = cal.session_close(session) if is_session else None
+    end = min(session + pd.Timedelta(days=horizon_days), cal.last_session)
+    weekdays = pd.bdate_range(session, end)
+    sessions = cal.sessions_in_range(session, end)
+    holidays = [d.date() for d in weekdays.difference(sessions)]
+    early = [
+        {"date": d.date(), "close": cal.session_close(d).to_pydatetime()}
+        for d in cal.early_closes
+        if session <= d <= end
+    ]
+    return {
+        "exchange": "XNYS",
+        "timezone": str(cal.tz),
+        "at": ts.to_pydatetime(),
+        "is_open": is_open,
+        "is_trading_day": is_session,
+        "session_open": cal.session_open(session).to_pydatetime() if is_session else None,
+        "session_close": today_close.to_pydatetime() if today_close is not None else None,
+        "is_early_close": bool(
+            today_close is not None
+            and today_close.tz_convert(cal.tz).time() < regular_close
+        ),
+        "next_open": cal.next_open(ts).to_pydatetime(),
+        "next_close": cal.next_close(ts).to_pydatetime(),
+        "upcoming_holidays": holidays,
+        "upcoming_early_closes": early,
+        "calendar_source": f"exchange_calendars {xcals.__version__}",
+        "horizon_end": (session + timedelta(days=horizon_days)).date(),
+    }

@@ -1,0 +1,160 @@
+"""The only code of the market service that touches SQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.market.providers import BAR_COLUMNS, empty_bars
+from shared.tables import MarketBar, MarketDataCoverage, TechnicalIndicator
+
+CHUNK_ROWS = 500
+
+
+def _utc(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+async def load_bars(session: AsyncSession, *, symbol: str, start: date, end: date) -> pd.DataFrame:
+    """Return stored bars of symbol between start and end inclusive, oldest first."""
+    t = MarketBar.__table__
+    stmt = (
+        select(t.c.timestamp, t.c.open, t.c.high, t.c.low, t.c.close, t.c.adjusted_close,
+               t.c.volume, t.c.source)
+        .where(t.c.symbol == symbol, t.c.timestamp >= _utc(start), t.c.timestamp <= _utc(end))
+        .order_by(t.c.timestamp)
+    )
+    rows = (await session.execute(stmt)).all()
+    return _frame(rows)
+
+
+async def latest_bars(session: AsyncSession, *, symbol: str, n: int = 2) -> pd.DataFrame:
+    """Return the n most recent stored bars of symbol, oldest first."""
+    t = MarketBar.__table__
+    stmt = (
+        select(t.c.timestamp, t.c.open, t.c.high, t.c.low, t.c.close, t.c.adjusted_close,
+               t.c.volume, t.c.source)
+        .where(t.c.symbol == symbol)
+        .order_by(t.c.timestamp.desc())
+        .limit(n)
+    )
+    rows = (await session.execute(stmt)).all()
+    return _frame(list(reversed(rows)))
+
+
+def _frame(rows: list[Any]) -> pd.DataFrame:
+    if not rows:
+        frame = empty_bars()
+        frame["source"] = pd.Series(dtype=object)
+        return frame
+    ts = pd.DatetimeIndex([r[0] for r in rows])
+    ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+    data = np.array([r[1:7] for r in rows], dtype="float64")
+    frame = pd.DataFrame(data, index=ts.rename("timestamp"), columns=list(BAR_COLUMNS))
+    frame["source"] = [r[7] for r in rows]
+    return frame
+
+
+async def upsert_bars(
+    session: AsyncSession, *, symbol: str, frame: pd.DataFrame, source: str
+) -> int:
+    """Insert or refresh bars keyed by (symbol, timestamp); return the number written."""
+    if frame.empty:
+        return 0
+    t = MarketBar.__table__
+    now = datetime.now(UTC)
+    records = [
+        {
+            "symbol": symbol,
+            "timestamp": ts.to_pydatetime(),
+            "open": float(row.open),
+            "high": float(row.high),
+            "low": float(row.low),
+            "close": float(row.close),
+            "volume": int(round(float(row.volume))),
+            "adjusted_close": None if np.isnan(row.adj_close) else float(row.adj_close),
+            "source": source,
+            "created_at": now,
+        }
+        for ts, row in zip(frame.index, frame.itertuples(index=False), strict=True)
+    ]
+    for i in range(0, len(records), CHUNK_ROWS):
+        stmt = _insert(session, t).values(records[i : i + CHUNK_ROWS])
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["symbol", "timestamp"],
+            set_={c: stmt.excluded[c] for c in
+                  ("open", "high", "low", "close", "volume", "adjusted_close", "source")},
+        )
+        await session.execute(stmt)
+    return len(records)
+
+
+async def coverage(session: AsyncSession, *, symbol: str) -> list[tuple[date, date]]:
+    """Return the date ranges already asked of providers for symbol, merged and sorted."""
+    t = MarketDataCoverage.__table__
+    rows = (
+        await session.execute(
+            select(t.c.start_date, t.c.end_date).where(t.c.symbol == symbol).order_by(t.c.start_date)
+        )
+    ).all()
+    merged: list[tuple[date, date]] = []
+    for lo_dt, hi_dt in rows:
+        lo, hi = lo_dt.date(), hi_dt.date()
+        if merged and lo.toordinal() <= merged[-1][1].toordinal() + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+async def add_coverage(
+    session: AsyncSession, *, symbol: str, start: date, end: date, source: str, rows: int
+) -> None:
+    """Record that start..end was asked of a provider for symbol."""
+    session.add(
+        MarketDataCoverage(
+            symbol=symbol, start_date=_utc(start), end_date=_utc(end), source=source, rows=rows
+        )
+    )
+
+
+async def count_bars(session: AsyncSession, *, symbol: str | None = None) -> int:
+    """Return how many bars are stored (for one symbol, or all)."""
+    t = MarketBar.__table__
+    stmt = select(func.count()).select_from(t)
+    if symbol is not None:
+        stmt = stmt.where(t.c.symbol == symbol)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def store_indicator_values(
+    session: AsyncSession,
+    *,
+    symbol: str,
+    timestamp: datetime,
+    values: dict[str, float | None],
+    parameters: dict[str, Any],
+) -> None:
+    """Record the latest value of each indicator output (idempotent)."""
+    t = TechnicalIndicator.__table__
+    now = datetime.now(UTC)
+    records = [
+        {"symbol": symbol, "timestamp": timestamp, "indicator_name": name,
+         "indicator_value": value, "parameters": parameters, "created_at": now}
+        for name, value in values.items()
+    ]
+    if not records:
+        return
+    stmt = _insert(session, t).values(records).on_conflict_do_nothing()
+    await session.execute(stmt)

@@ -1,0 +1,226 @@
+"""Public contract of the market service: every field is documented for a cold reader.
+
+These models become the MCP tool descriptions, so units and meanings are spelled out.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.errors import Problem
+
+CacheLevel = Literal["l1", "l2", "database", "provider"]
+CACHE_LEVEL_DOC = (
+    "Where this answer came from: `l1` in-process cache, `l2` Redis, `database` stored bars, "
+    "`provider` freshly fetched from the data vendor."
+)
+
+
+class PriceQuote(BaseModel):
+    """Latest daily bar of a symbol: the last close and its change from the previous close."""
+
+    symbol: str = Field(description="Normalised ticker, upper case (e.g. `AAPL`, `^GSPC`).")
+    price: float = Field(description="Last close, in the instrument's currency.")
+    open: float = Field(description="Open of the latest bar.")
+    high: float = Field(description="High of the latest bar.")
+    low: float = Field(description="Low of the latest bar.")
+    close: float = Field(description="Close of the latest bar (same as `price`).")
+    previous_close: float | None = Field(description="Close of the bar before, if any.")
+    change: float | None = Field(description="`close - previous_close`.")
+    change_percent: float | None = Field(description="Change in percent of previous close.")
+    volume: int = Field(description="Shares (or units) traded in the latest bar.")
+    timestamp: datetime = Field(description="Date of the latest bar, UTC midnight (as-of).")
+    source: str = Field(description="Data vendor that supplied the bar: `csv` or `yfinance`.")
+    cached: bool = Field(description="True when served from L1 or L2 cache.")
+    cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
+
+
+class Bar(BaseModel):
+    """One OHLCV bar. Prices are split-adjusted vendor prices unless `adjusted=true`."""
+
+    timestamp: datetime = Field(description="Bar date (first trading day of the period), UTC.")
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int = Field(description="Shares traded (summed over the period for 1wk/1mo).")
+    adj_close: float | None = Field(description="Close adjusted for splits and dividends.")
+    filled: bool | None = Field(
+        default=None,
+        description="Only with `fill_gaps=true`: true for a forward-filled bar (no trading data).",
+    )
+
+
+class RejectedRow(BaseModel):
+    """A vendor row that failed validation and was neither stored nor cached."""
+
+    timestamp: str
+    reason: str
+
+
+class Outlier(BaseModel):
+    """A bar whose close-to-close return is beyond 3 standard deviations."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    timestamp: str
+    return_: float = Field(alias="return", description="Simple return of the bar.")
+    zscore: float
+
+
+class Gap(BaseModel):
+    """A run of expected trading sessions with no bar."""
+
+    start: date
+    end: date
+    missing_sessions: int
+
+
+class QualityReport(BaseModel):
+    """Data-quality findings for the returned bars (at most 50 items listed per kind)."""
+
+    rows: int = Field(description="Bars checked.")
+    rejected_count: int = Field(description="Vendor rows rejected while fetching this window.")
+    rejected: list[RejectedRow]
+    outlier_count: int = Field(description="Returns beyond 3 standard deviations.")
+    outliers: list[Outlier]
+    missing_sessions: int = Field(description="Exchange sessions with no bar in the window.")
+    gaps: list[Gap]
+    filled_rows: int = Field(description="Bars forward-filled because `fill_gaps=true`.")
+    ok: bool = Field(description="True when nothing was rejected and no session is missing.")
+
+
+class HistoricalMetadata(BaseModel):
+    """Where the bars came from and how good they are."""
+
+    source: str | None = Field(description="Vendor(s) that supplied the bars, comma-separated.")
+    cached: bool = Field(description="True when served from L1 or L2 cache.")
+    cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
+    rows: int = Field(description="Number of bars returned.")
+    quality: QualityReport
+
+
+class HistoricalData(BaseModel):
+    """OHLCV bars of one symbol between two dates (inclusive), oldest first."""
+
+    symbol: str
+    interval: Literal["1d", "1wk", "1mo"]
+    adjusted: bool = Field(description="True when OHLC were scaled by adj_close/close.")
+    start: date
+    end: date
+    bars: list[Bar]
+    metadata: HistoricalMetadata
+
+
+class IndicatorSeries(BaseModel):
+    """Indicator values, columnar: `timestamps[i]` goes with `values[name][i]`."""
+
+    symbol: str
+    start: date
+    end: date
+    timestamps: list[datetime] = Field(description="Bar dates in the window, UTC.")
+    values: dict[str, list[float | None]] = Field(
+        description="One array per output: `rsi`, `macd`, `macd_signal`, `macd_histogram`, "
+        "`bbands_upper`, `bbands_middle`, `bbands_lower`, `williams_r`, `stochastic_k`, "
+        "`stochastic_d`. `null` where the indicator has no value yet (warm-up)."
+    )
+    parameters: dict[str, dict[str, float | int]] = Field(
+        description="Parameters used per indicator, defaults filled in."
+    )
+    warmup_bars_used: int = Field(
+        description="Bars before `start` used so values equal those on the full history."
+    )
+    source: str | None
+    cached: bool
+    cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
+
+
+class LatestIndicator(BaseModel):
+    """The latest value(s) of one indicator, on the latest available bar."""
+
+    symbol: str
+    indicator: str
+    parameters: dict[str, float | int]
+    timestamp: datetime = Field(description="Date of the bar the value belongs to.")
+    values: dict[str, float | None] = Field(description="Output name -> latest value.")
+    source: str | None
+    cached: bool
+    cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
+
+
+class EarlyClose(BaseModel):
+    """A session that closes early."""
+
+    date: date
+    close: datetime = Field(description="Early close time, UTC.")
+
+
+class MarketStatus(BaseModel):
+    """NYSE status at an instant, from the exchange_calendars library."""
+
+    exchange: str = Field(description="ISO 10383 MIC of the calendar (XNYS).")
+    timezone: str
+    at: datetime = Field(description="The instant asked about, UTC.")
+    is_open: bool = Field(description="True during regular trading hours.")
+    is_trading_day: bool
+    session_open: datetime | None = Field(description="Today's open, UTC, if a trading day.")
+    session_close: datetime | None = Field(description="Today's close, UTC, if a trading day.")
+    is_early_close: bool
+    next_open: datetime
+    next_close: datetime
+    upcoming_holidays: list[date] = Field(description="Weekday holidays in the next 365 days.")
+    upcoming_early_closes: list[EarlyClose]
+    calendar_source: str
+    horizon_end: date
+
+
+class BulkFetchRequest(BaseModel):
+    """Many symbols at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    symbols: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
+        min_length=1, max_length=50, description="1 to 50 tickers; each is checked on its own."
+    )
+    kind: Literal["price", "historical"] = Field(
+        default="price", description="`price` for latest quotes, `historical` for bars."
+    )
+    start: date | None = Field(default=None, description="For `historical`: first date.")
+    end: date | None = Field(default=None, description="For `historical`: last date.")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _iso_text_only(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("expected a date string YYYY-MM-DD")
+        return value
+
+
+class BulkFetchItem(BaseModel):
+    """One symbol's outcome: either its data or its own error."""
+
+    symbol: str = Field(description="The symbol as requested.")
+    ok: bool
+    price: PriceQuote | None = None
+    historical: HistoricalData | None = None
+    error: Problem | None = Field(default=None, description="Why this symbol failed.")
+
+
+class BulkFetchResult(BaseModel):
+    """Per-symbol results, in request order."""
+
+    results: list[BulkFetchItem]
+    succeeded: int
+    failed: int
+
+
+class Health(BaseModel):
+    """Liveness and the state of backing stores."""
+
+    status: Literal["ok", "degraded"]
+    database: Literal["ok", "unavailable"]
+    redis: Literal["ok", "unavailable", "disabled"]
+    providers: list[str]

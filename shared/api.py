@@ -1,0 +1,152 @@
+"""FastAPI plumbing every service shares: problem-details handlers, error docs, auth."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import SecretStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import (
+    PROBLEM_MEDIA_TYPE,
+    AppError,
+    FieldIssue,
+    Problem,
+    UnauthorizedError,
+    ValidationProblemError,
+)
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTIONS = {
+    400: "The request body is not valid JSON or not UTF-8.",
+    401: "A bearer token is required (when the service has one configured).",
+    404: "The symbol or resource does not exist.",
+    422: "An input is invalid; `field` names it and `errors` lists every invalid field.",
+    429: "Rate limit reached; retry later.",
+    502: "The market-data vendor could not be reached or answered nonsense.",
+    503: "A backing store (database) or service is unavailable.",
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Return OpenAPI `responses` entries documenting problem-details answers."""
+    return {
+        code: {
+            "model": Problem,
+            "description": _DESCRIPTIONS.get(code, "Error."),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for code in codes
+    }
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Render a problem as an application/problem+json response."""
+    return JSONResponse(
+        problem.model_dump(mode="json", exclude_none=True),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"query", "path", "body", "header", "cookie"}:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    if exc.status >= 500:
+        log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc.detail)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return problem_response(exc.to_problem(instance=request.url.path), headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    issues: list[FieldIssue] = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "json_invalid" or loc[:1] == ("body",) and len(loc) == 1:
+            msg = msg or "body is not valid JSON"
+        issues.append(FieldIssue(field=_field_name(loc), message=msg))
+    first = issues[0] if issues else FieldIssue(field="body", message="invalid request")
+    detail = "; ".join(f"{i.field}: {i.message}" for i in issues) or "invalid request"
+    error = ValidationProblemError(detail, field=first.field, errors=issues)
+    return problem_response(error.to_problem(instance=request.url.path))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}
+    problem = Problem(
+        type="about:blank",
+        title=titles.get(exc.status_code, "HTTP error"),
+        status=exc.status_code,
+        detail=str(exc.detail),
+        code={400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        ),
+        instance=request.url.path,
+    )
+    return problem_response(problem, getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    problem = Problem(
+        title="Internal error",
+        status=500,
+        detail="The server failed unexpectedly; the error was logged.",
+        code="internal_error",
+        instance=request.url.path,
+    )
+    return problem_response(problem)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error of the app as RFC 9457 problem details."""
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def install_bearer_auth(app: FastAPI, token: SecretStr | None, *, open_paths: set[str]) -> None:
+    """Require `Authorization: Bearer <token>` on every path but open_paths, when a token is set."""
+    if token is None or not token.get_secret_value():
+        return
+    expected = token.get_secret_value().encode()
+
+    @app.middleware("http")
+    async def _bearer(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if request.url.path in open_paths:
+            return await call_next(request)
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+            err = UnauthorizedError("Missing or wrong bearer token")
+            return problem_response(err.to_problem(instance=request.url.path), {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+
+def install_server_timing(app: FastAPI) -> None:
+    """Add a `Server-Timing: app;dur=<ms>` header measuring time spent inside the app."""
+    import time
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.3f}"
+        return response

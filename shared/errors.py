@@ -1,0 +1,138 @@
+"""One error family for every service, rendered as RFC 9457 problem details."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class FieldIssue(BaseModel):
+    """One invalid input field."""
+
+    field: str = Field(description="Name of the offending parameter or body field, dotted.")
+    message: str = Field(description="What is wrong with it.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error answer of every service has this shape."""
+
+    type: str = Field(
+        default="about:blank",
+        description="URI naming the problem type; `about:blank` or `urn:problem:<code>`.",
+    )
+    title: str = Field(description="Short, human-readable summary of the problem type.")
+    status: int = Field(description="HTTP status code of this answer.")
+    detail: str = Field(description="Explanation specific to this occurrence.")
+    code: str = Field(description="Stable machine-readable error code, e.g. `invalid_symbol`.")
+    field: str | None = Field(
+        default=None, description="The input field at fault, when one field is to blame."
+    )
+    errors: list[FieldIssue] | None = Field(
+        default=None, description="Every invalid field, for validation failures."
+    )
+    instance: str | None = Field(default=None, description="The request path that failed.")
+
+
+class AppError(Exception):
+    """Base of every domain error: an HTTP status, a stable code and a detail message."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        field: str | None = None,
+        errors: list[FieldIssue] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+        self.errors = errors
+        self.extra = extra or {}
+
+    def to_problem(self, instance: str | None = None) -> Problem:
+        """Return this error as a problem-details model."""
+        return Problem(
+            type=f"urn:problem:{self.code}",
+            title=self.title,
+            status=self.status,
+            detail=self.detail,
+            code=self.code,
+            field=self.field,
+            errors=self.errors,
+            instance=instance,
+        )
+
+
+class BadRequestError(AppError):
+    """The request body could not be read at all."""
+
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class UnauthorizedError(AppError):
+    """A bearer token is required and was missing or wrong."""
+
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class NotFoundError(AppError):
+    """The thing asked for does not exist."""
+
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class ValidationProblemError(AppError):
+    """An input is syntactically fine but not acceptable."""
+
+    status = 422
+    code = "validation_error"
+    title = "Invalid input"
+
+
+class RateLimitedError(AppError):
+    """Too many requests to an upstream or to us."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Rate limited"
+
+
+class UpstreamUnavailableError(AppError):
+    """An upstream (data vendor, another service) could not be reached."""
+
+    status = 502
+    code = "upstream_unavailable"
+    title = "Upstream unavailable"
+
+
+class DatabaseUnavailableError(AppError):
+    """The database could not be reached in time."""
+
+    status = 503
+    code = "database_unavailable"
+    title = "Database unavailable"
+
+
+class ServiceUnavailableError(AppError):
+    """Another platform service could not be reached."""
+
+    status = 503
+    code = "service_unavailable"
+    title = "Service unavailable"

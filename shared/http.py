@@ -1,0 +1,130 @@
+"""A small typed HTTP client base for calling platform services.
+
+The same client works over the network (`base_url`) and in-process (an ASGI app called
+through httpx's ASGI transport), so one process can host every service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, SecretStr, ValidationError
+from starlette.types import ASGIApp
+
+from shared.errors import AppError, FieldIssue, Problem, ServiceUnavailableError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class UpstreamProblemError(AppError):
+    """Another service answered with a problem-details error; status and code are kept."""
+
+    def __init__(self, service: str, problem: Problem) -> None:
+        super().__init__(
+            problem.detail,
+            field=problem.field,
+            errors=[FieldIssue.model_validate(e) for e in problem.errors or []] or None,
+        )
+        self.service = service
+        self.problem = problem
+        self.status = problem.status  # type: ignore[misc]
+        self.code = problem.code  # type: ignore[misc]
+        self.title = problem.title  # type: ignore[misc]
+
+
+def make_transport(app: ASGIApp | None) -> httpx.AsyncBaseTransport | None:
+    """Return an in-process ASGI transport for app, or None for the network."""
+    return httpx.ASGITransport(app=app) if app is not None else None
+
+
+@asynccontextmanager
+async def app_lifespan(app: Any) -> AsyncIterator[None]:
+    """Run a FastAPI app's lifespan (startup/shutdown) around an in-process use of it."""
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        yield
+
+
+class ServiceClient:
+    """Call one service's JSON API and turn its answers into models or AppErrors."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        base_url: str = "http://service",
+        app: ASGIApp | None = None,
+        token: SecretStr | str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.service = service
+        headers = {}
+        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            transport=make_transport(app),
+            headers=headers,
+            timeout=timeout_s,
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        """Send a request; raise ServiceUnavailableError or UpstreamProblemError on failure."""
+        try:
+            response = await self.http.request(method, path, params=params, json=json)
+        except httpx.TransportError as e:
+            raise ServiceUnavailableError(
+                f"The {self.service} service is unreachable at {self.http.base_url}: "
+                f"{type(e).__name__}"
+            ) from e
+        if response.is_error:
+            raise self._problem(response)
+        return response
+
+    async def get_model(self, path: str, model: type[M], **params: Any) -> M:
+        """GET path and parse the JSON body as model."""
+        response = await self.request("GET", path, params=_drop_none(params))
+        return model.model_validate_json(response.content)
+
+    async def post_model(self, path: str, body: BaseModel | Mapping[str, Any], model: type[M]) -> M:
+        """POST a JSON body and parse the answer as model."""
+        payload = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+        response = await self.request("POST", path, json=payload)
+        return model.model_validate_json(response.content)
+
+    def _problem(self, response: httpx.Response) -> AppError:
+        try:
+            problem = Problem.model_validate_json(response.content)
+        except ValidationError:
+            problem = Problem(
+                title="Upstream error",
+                status=response.status_code,
+                detail=response.text[:500] or response.reason_phrase,
+                code="upstream_error",
+            )
+        return UpstreamProblemError(self.service, problem)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.http.aclose()
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _drop_none(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}

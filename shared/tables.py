@@ -1,0 +1,202 @@
+"""SQLModel tables: the seed schema's six tables plus fetch coverage.
+
+Prices are double precision (IEEE binary64): the vendor's values, which carry up to 12
+significant decimals, are stored unchanged; the seed's DECIMAL(12,4) would round them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = False) -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+def _created() -> Any:
+    return Field(
+        default_factory=utcnow,
+        sa_column=Column(
+            DateTime(timezone=True), nullable=False, server_default=text("CURRENT_TIMESTAMP")
+        ),
+    )
+
+
+def _float(nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(Float(precision=53), nullable=nullable))
+
+
+class MarketBar(SQLModel, table=True):
+    """One daily OHLCV bar of one symbol, exactly as the vendor published it."""
+
+    __tablename__ = "market_data"
+    __table_args__ = (
+        UniqueConstraint("symbol", "timestamp", name="uq_market_data_symbol_timestamp"),
+        Index("idx_market_data_symbol_timestamp", "symbol", text("timestamp DESC")),
+        Index("idx_market_data_timestamp", text("timestamp DESC")),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    symbol: str = Field(sa_column=Column(String(20), nullable=False))
+    timestamp: datetime = _ts()
+    open: float = _float()
+    high: float = _float()
+    low: float = _float()
+    close: float = _float()
+    volume: int = Field(sa_column=Column(BigInteger, nullable=False))
+    adjusted_close: float | None = _float(nullable=True)
+    source: str | None = Field(default=None, sa_column=Column(String(20), nullable=True))
+    created_at: datetime = _created()
+
+
+class MarketDataCoverage(SQLModel, table=True):
+    """A date range already asked of the providers for a symbol, so it is never asked again."""
+
+    __tablename__ = "market_data_coverage"
+    __table_args__ = (Index("idx_coverage_symbol", "symbol", "start_date"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    symbol: str = Field(sa_column=Column(String(20), nullable=False))
+    start_date: datetime = _ts()
+    end_date: datetime = _ts()
+    source: str = Field(sa_column=Column(String(20), nullable=False))
+    rows: int = Field(default=0)
+    created_at: datetime = _created()
+
+
+class TechnicalIndicator(SQLModel, table=True):
+    """One pre-calculated indicator value."""
+
+    __tablename__ = "technical_indicators"
+    __table_args__ = (
+        UniqueConstraint(
+            "symbol", "timestamp", "indicator_name", "parameters", name="uq_indicator_value"
+        ),
+        Index("idx_indicators_symbol_timestamp", "symbol", text("timestamp DESC")),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    symbol: str = Field(sa_column=Column(String(20), nullable=False))
+    timestamp: datetime = _ts()
+    indicator_name: str = Field(sa_column=Column(String(50), nullable=False))
+    indicator_value: float | None = _float(nullable=True)
+    parameters: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    created_at: datetime = _created()
+
+
+class ModelState(SQLModel, table=True):
+    """A versioned, serialised model."""
+
+    __tablename__ = "model_states"
+    __table_args__ = (
+        UniqueConstraint("model_name", "version", name="uq_model_states_name_version"),
+        Index("idx_model_states_active", "model_name", "is_active", text("created_at DESC")),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(sa_column=Column(String(50), nullable=False))
+    version: str = Field(sa_column=Column(String(20), nullable=False))
+    model_type: str = Field(sa_column=Column(String(20), nullable=False))
+    model_data: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    hyperparameters: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    training_metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    trained_on_data_start: datetime | None = _ts(nullable=True)
+    trained_on_data_end: datetime | None = _ts(nullable=True)
+    created_at: datetime = _created()
+    is_active: bool = Field(default=True, sa_column_kwargs={"server_default": text("true")})
+
+
+class Prediction(SQLModel, table=True):
+    """One model output for one symbol and time."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("idx_predictions_symbol_timestamp", "symbol", text("timestamp DESC")),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    symbol: str = Field(sa_column=Column(String(20), nullable=False))
+    timestamp: datetime = _ts()
+    model_name: str = Field(sa_column=Column(String(50), nullable=False))
+    model_version: str = Field(sa_column=Column(String(20), nullable=False))
+    prediction_type: str = Field(sa_column=Column(String(20), nullable=False))
+    predicted_value: float | None = _float(nullable=True)
+    confidence: float | None = _float(nullable=True)
+    features_used: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    created_at: datetime = _created()
+
+
+class BacktestResult(SQLModel, table=True):
+    """The summary of one backtest run."""
+
+    __tablename__ = "backtest_results"
+    __table_args__ = (
+        UniqueConstraint("run_id", name="uq_backtest_results_run_id"),
+        Index("idx_backtest_results_run_id", "run_id"),
+        Index("idx_backtest_results_strategy", "strategy_name", text("created_at DESC")),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: uuid.UUID = Field(sa_column=Column(Uuid, nullable=False))
+    strategy_name: str = Field(sa_column=Column(String(100), nullable=False))
+    symbol: str = Field(sa_column=Column(String(20), nullable=False))
+    start_date: datetime = _ts()
+    end_date: datetime = _ts()
+    initial_capital: float = _float()
+    final_capital: float = _float()
+    total_return: float | None = _float(nullable=True)
+    sharpe_ratio: float | None = _float(nullable=True)
+    max_drawdown: float | None = _float(nullable=True)
+    win_rate: float | None = _float(nullable=True)
+    total_trades: int | None = None
+    configuration: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    created_at: datetime = _created()
+
+
+class BacktestTrade(SQLModel, table=True):
+    """One fill of one backtest run."""
+
+    __tablename__ = "backtest_trades"
+    __table_args__ = (Index("idx_backtest_trades_run_id", "run_id", "timestamp"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: uuid.UUID = Field(
+        sa_column=Column(
+            Uuid, ForeignKey("backtest_results.run_id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    symbol: str = Field(sa_column=Column(String(20), nullable=False))
+    timestamp: datetime = _ts()
+    direction: str = Field(sa_column=Column(String(10), nullable=False))
+    shares: float = _float()
+    price: float = _float()
+    commission: float = _float()
+    slippage_cost: float = _float()
+    total_cost: float = _float()
+    pnl: float | None = _float(nullable=True)
+    portfolio_value: float | None = _float(nullable=True)

@@ -1,0 +1,161 @@
+"""The market service on real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import asyncpg
+import pandas as pd
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from services.market.app import create_app
+from tests.conftest import market_settings
+from tests.integration.conftest import PG_ADMIN_DSN, REDIS_URL
+
+pytestmark = pytest.mark.integration
+
+
+def pg_count(url: str, sql: str) -> int:
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def go() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(await conn.fetchval(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def settings(tmp_path: Path, csv_dir: Path, pg_url: str, redis_prefix: str):
+    return market_settings(
+        tmp_path, csv_dir, database_url=pg_url, redis_url=REDIS_URL, redis_prefix=redis_prefix
+    )
+
+
+def test_rows_land_once_in_postgres(settings, pg_url: str, aapl: pd.DataFrame) -> None:
+    params = {"start": "2020-01-02", "end": "2023-10-27"}
+    expected = len(aapl.loc["2020-01-02":"2023-10-27"])
+    with TestClient(create_app(settings)) as c:
+        body = c.get("/historical/AAPL", params=params).json()
+        assert len(body["bars"]) == expected
+        assert body["metadata"]["cache_level"] == "provider"
+    n = pg_count(pg_url, "select count(*) from market_data where symbol='AAPL'")
+    assert n == expected
+    with TestClient(create_app(settings)) as c:  # fresh L1; Redis still holds the answer
+        again = c.get("/historical/AAPL", params=params).json()
+        assert again["metadata"]["cache_level"] == "l2"
+        assert again["bars"] == body["bars"]
+        # a sub-range not cached anywhere comes from PostgreSQL without a vendor fetch
+        sub = c.get("/historical/AAPL", params={"start": "2021-01-01", "end": "2021-12-31"})
+        assert sub.json()["metadata"]["cache_level"] == "database"
+    assert pg_count(pg_url, "select count(*) from market_data where symbol='AAPL'") == n
+    assert pg_count(
+        pg_url, "select count(*) from (select 1 from market_data group by symbol, timestamp "
+        "having count(*) > 1) d") == 0
+    # prices stored as double precision, unchanged
+    first = pg_count(pg_url, "select (open * 1e15)::bigint from market_data where symbol='AAPL' "
+                     "order by timestamp limit 1")
+    assert first == round(float(aapl.loc["2020-01-02", "open"]) * 1e15)
+
+
+def test_keys_and_ttls_in_redis(settings, redis_prefix: str, redis_client) -> None:
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/price/AAPL").status_code == 200
+        assert c.get("/rsi/AAPL").status_code == 200
+        assert c.get("/historical/AAPL", params={"start": "2022-01-01", "end": "2022-12-31"}
+                     ).status_code == 200
+    price_key = f"{redis_prefix}market:price:AAPL"
+    assert redis_client.type(price_key) == "hash"
+    fields = redis_client.hgetall(price_key)
+    assert {"open", "high", "low", "close", "volume", "timestamp"} <= set(fields)
+    assert 290 <= redis_client.ttl(price_key) <= 300
+    rsi_key = f"{redis_prefix}indicators:AAPL:rsi"
+    assert 50 <= redis_client.ttl(rsi_key) <= 60
+    hist = list(redis_client.scan_iter(match=f"{redis_prefix}market:historical:AAPL:*"))
+    assert len(hist) == 1
+    assert 86000 <= redis_client.ttl(hist[0]) <= 86400
+
+
+def test_killing_redis_connections_degrades_without_errors(
+    settings, redis_prefix: str, caplog
+) -> None:
+    admin = redis.Redis.from_url(REDIS_URL)
+    caplog.set_level(logging.WARNING, logger="shared.cache")
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/price/MSFT").status_code == 200
+        admin.client_kill_filter(_type="normal", skipme=True)
+        for _ in range(3):
+            r = c.get("/price/MSFT")
+            assert r.status_code == 200
+        assert c.get("/historical/MSFT", params={"start": "2022-01-01"}).status_code == 200
+    admin.close()
+
+
+def test_redis_down_is_logged_once_and_requests_succeed(
+    tmp_path: Path, csv_dir: Path, pg_url: str, caplog
+) -> None:
+    dead = "redis://127.0.0.1:1/0"
+    settings = market_settings(tmp_path, csv_dir, database_url=pg_url, redis_url=dead)
+    caplog.set_level(logging.WARNING, logger="shared.cache")
+    with TestClient(create_app(settings)) as c:
+        for symbol in ("AAPL", "MSFT", "KO", "PG", "AAPL"):
+            assert c.get(f"/price/{symbol}").status_code == 200
+        assert c.get("/historical/KO", params={"start": "2023-01-01"}).status_code == 200
+        health = c.get("/health").json()
+    assert health["redis"] == "unavailable" and health["database"] == "ok"
+    warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert pg_count(pg_url, "select count(*) from market_data where symbol='KO'") > 0
+
+
+def test_unreachable_database_is_a_503_problem_not_a_hang(tmp_path: Path, csv_dir: Path) -> None:
+    settings = market_settings(
+        tmp_path, csv_dir,
+        database_url="postgresql+asyncpg://postgres:secret@127.0.0.1:1/nothing",
+        database_connect_timeout_s=2.0,
+    )
+    t0 = time.monotonic()
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/historical/AAPL", params={"start": "2023-01-01"})
+        r2 = c.get("/price/AAPL")
+    assert time.monotonic() - t0 < 20
+    for resp in (r, r2):
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert resp.json()["code"] == "database_unavailable"
+        assert "secret" not in resp.text
+
+
+def test_failed_request_does_not_touch_stored_rows(settings, pg_url: str) -> None:
+    with TestClient(create_app(settings)) as c:
+        c.get("/historical/KO", params={"start": "2023-01-01", "end": "2023-06-30"})
+        before = pg_count(pg_url, "select count(*) from market_data")
+        checksum = "select sum(close * volume)::bigint from market_data"
+        total = pg_count(pg_url, checksum)
+        assert c.get("/historical/KO", params={"start": "2023-06-30", "end": "2023-01-01"}
+                     ).status_code == 422
+        assert c.get("/historical/NOPE1", params={"start": "2023-01-01"}).status_code == 404
+        bulk = c.post("/bulk_fetch", json={"symbols": ["NOPE2", "BAD!!"], "kind": "historical"})
+        assert bulk.status_code == 200 and bulk.json()["failed"] == 2
+    assert pg_count(pg_url, "select count(*) from market_data") == before
+    assert pg_count(pg_url, checksum) == total
+
+
+def test_migrations_are_alembic_managed(settings, pg_url: str) -> None:
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/health").json()["database"] == "ok"
+    assert pg_count(pg_url, "select count(*) from alembic_version") == 1
+    tables = pg_count(
+        pg_url, "select count(*) from information_schema.tables where table_schema='public' and "
+        "table_name in ('market_data','technical_indicators','model_states','predictions',"
+        "'backtest_results','backtest_trades')")
+    assert tables == 6
+    assert PG_ADMIN_DSN
