@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.indicators_kernels import run_kernel_bench  # noqa: E402
+from bench.indicators_kernels import format_table, run_kernel_bench  # noqa: E402
 from services.market.app import create_app  # noqa: E402
 from shared.cli import free_port, serve_in_thread  # noqa: E402
 from shared.config import SHARED_CSV_DIR, MarketSettings  # noqa: E402
@@ -90,13 +90,8 @@ def main() -> None:
         )
     print("target: cached price p50 < 2 ms at the server\n")
 
-    print("== Indicator kernels (numba) vs TA-Lib, median of repeats ==")
-    print(f"{'indicator':<14}{'bars':>10}{'ours':>12}{'TA-Lib':>12}{'ratio':>8}")
-    for row in run_kernel_bench():
-        print(
-            f"{row['indicator']:<14}{row['bars']:>10}{row['ours_ms']:>10.3f}ms"
-            f"{row['talib_ms']:>10.3f}ms{row['ratio']:>8.2f}"
-        )
+    print("== Indicator kernels (numba, via the service's compute()) vs TA-Lib, medians ==")
+    print(format_table(run_kernel_bench()))
     print("target: ratio <= 1.5 on 1,000,000 bars")
 
 

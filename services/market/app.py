@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from services.market.calendar import nyse
 from services.market.providers import CsvProvider, Provider, ProviderChain
 from services.market.routes import router
 from services.market.schemas import Health
@@ -72,6 +74,7 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
             timeout_s=settings.redis_timeout_s,
         )
         chain = ProviderChain(build_providers(settings))
+        await asyncio.to_thread(nyse)  # build the NYSE calendar off the event loop, once
         try:
             await db.migrate()
         except DatabaseUnavailableError as e:
