@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.indicators_kernels import format_table, run_kernel_bench  # noqa: E402
-from services.market.app import create_app  # noqa: E402
-from shared.cli import free_port, serve_in_thread  # noqa: E402
-from shared.config import SHARED_CSV_DIR, MarketSettings  # noqa: E402
+from bench.indicators_kernels import format_table, run_kernel_bench
+from services.market.app import create_app
+from shared.cli import free_port, serve_in_thread
+from shared.config import SHARED_CSV_DIR, MarketSettings
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,12 +55,15 @@ def http_bench(n: int) -> list[tuple[str, dict[str, float]]]:
     """Run the HTTP latency benchmark on an embedded-mode service."""
     with tempfile.TemporaryDirectory() as tmp:
         settings = MarketSettings(
-            data_dir=Path(tmp), market_data_dir=SHARED_CSV_DIR, market_providers=["csv"],
+            data_dir=Path(tmp),
+            market_data_dir=SHARED_CSV_DIR,
+            market_providers=["csv"],
             redis_url=None,
         )
-        with serve_in_thread(create_app(settings), free_port()) as url, httpx.Client(
-            base_url=url, timeout=60
-        ) as http:
+        with (
+            serve_in_thread(create_app(settings), free_port()) as url,
+            httpx.Client(base_url=url, timeout=60) as http,
+        ):
             return [
                 ("GET /price/AAPL (cached)", time_endpoint(http, "/price/AAPL", {}, n)),
                 (

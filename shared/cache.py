@@ -117,9 +117,7 @@ class Cache:
             log.warning("Redis %s is back", mask_secrets(self.redis_url or ""))
             self._down_since = None
 
-    async def get(
-        self, key: str, *, as_hash: bool = False
-    ) -> tuple[Any | None, CacheLevel | None]:
+    async def get(self, key: str, *, as_hash: bool = False) -> tuple[Any | None, CacheLevel | None]:
         """Return (value, level) from L1 then L2, or (None, None)."""
         value = self.l1.get(key)
         if value is not None:
@@ -161,11 +159,13 @@ class Cache:
         payload = json.dumps(value, separators=(",", ":"), default=str)
         try:
             if hash_fields is not None:
-                mapping = {k: "" if v is None else str(v) for k, v in hash_fields.items()}
+                mapping: dict[str | bytes, str] = {
+                    k: "" if v is None else str(v) for k, v in hash_fields.items()
+                }
                 mapping["__json__"] = payload
                 pipe = self.redis.pipeline(transaction=True)
                 pipe.delete(self._key(key))
-                pipe.hset(self._key(key), mapping=mapping)
+                pipe.hset(self._key(key), mapping=mapping)  # type: ignore[arg-type]
                 pipe.expire(self._key(key), ttl_s)
                 await pipe.execute()
             else:

@@ -91,8 +91,7 @@ def market_status(at: datetime | None = None, *, horizon_days: int = 365) -> dic
         "session_open": cal.session_open(session).to_pydatetime() if is_session else None,
         "session_close": today_close.to_pydatetime() if today_close is not None else None,
         "is_early_close": bool(
-            today_close is not None
-            and today_close.tz_convert(cal.tz).time() < regular_close
+            today_close is not None and today_close.tz_convert(cal.tz).time() < regular_close
         ),
         "next_open": cal.next_open(ts).to_pydatetime(),
         "next_close": cal.next_close(ts).to_pydatetime(),

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +15,9 @@ from services.market.providers import BAR_COLUMNS, empty_bars
 from shared.tables import MarketBar, MarketDataCoverage, TechnicalIndicator
 
 CHUNK_ROWS = 500
+BARS: Table = MarketBar.__table__  # type: ignore[attr-defined]
+COVERAGE: Table = MarketDataCoverage.__table__  # type: ignore[attr-defined]
+INDICATORS: Table = TechnicalIndicator.__table__  # type: ignore[attr-defined]
 
 
 def _utc(day: date) -> datetime:
@@ -28,23 +31,39 @@ def _insert(session: AsyncSession, table: Any) -> Any:
 
 async def load_bars(session: AsyncSession, *, symbol: str, start: date, end: date) -> pd.DataFrame:
     """Return stored bars of symbol between start and end inclusive, oldest first."""
-    t = MarketBar.__table__
+    t = BARS
     stmt = (
-        select(t.c.timestamp, t.c.open, t.c.high, t.c.low, t.c.close, t.c.adjusted_close,
-               t.c.volume, t.c.source)
+        select(
+            t.c.timestamp,
+            t.c.open,
+            t.c.high,
+            t.c.low,
+            t.c.close,
+            t.c.adjusted_close,
+            t.c.volume,
+            t.c.source,
+        )
         .where(t.c.symbol == symbol, t.c.timestamp >= _utc(start), t.c.timestamp <= _utc(end))
         .order_by(t.c.timestamp)
     )
     rows = (await session.execute(stmt)).all()
-    return _frame(rows)
+    return _frame(list(rows))
 
 
 async def latest_bars(session: AsyncSession, *, symbol: str, n: int = 2) -> pd.DataFrame:
     """Return the n most recent stored bars of symbol, oldest first."""
-    t = MarketBar.__table__
+    t = BARS
     stmt = (
-        select(t.c.timestamp, t.c.open, t.c.high, t.c.low, t.c.close, t.c.adjusted_close,
-               t.c.volume, t.c.source)
+        select(
+            t.c.timestamp,
+            t.c.open,
+            t.c.high,
+            t.c.low,
+            t.c.close,
+            t.c.adjusted_close,
+            t.c.volume,
+            t.c.source,
+        )
         .where(t.c.symbol == symbol)
         .order_by(t.c.timestamp.desc())
         .limit(n)
@@ -72,7 +91,7 @@ async def upsert_bars(
     """Insert or refresh bars keyed by (symbol, timestamp); return the number written."""
     if frame.empty:
         return 0
-    t = MarketBar.__table__
+    t = BARS
     now = datetime.now(UTC)
     records = [
         {
@@ -82,7 +101,7 @@ async def upsert_bars(
             "high": float(row.high),
             "low": float(row.low),
             "close": float(row.close),
-            "volume": int(round(float(row.volume))),
+            "volume": round(float(row.volume)),
             "adjusted_close": None if np.isnan(row.adj_close) else float(row.adj_close),
             "source": source,
             "created_at": now,
@@ -93,8 +112,10 @@ async def upsert_bars(
         stmt = _insert(session, t).values(records[i : i + CHUNK_ROWS])
         stmt = stmt.on_conflict_do_update(
             index_elements=["symbol", "timestamp"],
-            set_={c: stmt.excluded[c] for c in
-                  ("open", "high", "low", "close", "volume", "adjusted_close", "source")},
+            set_={
+                c: stmt.excluded[c]
+                for c in ("open", "high", "low", "close", "volume", "adjusted_close", "source")
+            },
         )
         await session.execute(stmt)
     return len(records)
@@ -102,10 +123,12 @@ async def upsert_bars(
 
 async def coverage(session: AsyncSession, *, symbol: str) -> list[tuple[date, date]]:
     """Return the date ranges already asked of providers for symbol, merged and sorted."""
-    t = MarketDataCoverage.__table__
+    t = COVERAGE
     rows = (
         await session.execute(
-            select(t.c.start_date, t.c.end_date).where(t.c.symbol == symbol).order_by(t.c.start_date)
+            select(t.c.start_date, t.c.end_date)
+            .where(t.c.symbol == symbol)
+            .order_by(t.c.start_date)
         )
     ).all()
     merged: list[tuple[date, date]] = []
@@ -131,7 +154,7 @@ async def add_coverage(
 
 async def count_bars(session: AsyncSession, *, symbol: str | None = None) -> int:
     """Return how many bars are stored (for one symbol, or all)."""
-    t = MarketBar.__table__
+    t = BARS
     stmt = select(func.count()).select_from(t)
     if symbol is not None:
         stmt = stmt.where(t.c.symbol == symbol)
@@ -147,11 +170,17 @@ async def store_indicator_values(
     parameters: dict[str, Any],
 ) -> None:
     """Record the latest value of each indicator output (idempotent)."""
-    t = TechnicalIndicator.__table__
+    t = INDICATORS
     now = datetime.now(UTC)
     records = [
-        {"symbol": symbol, "timestamp": timestamp, "indicator_name": name,
-         "indicator_value": value, "parameters": parameters, "created_at": now}
+        {
+            "symbol": symbol,
+            "timestamp": timestamp,
+            "indicator_name": name,
+            "indicator_value": value,
+            "parameters": parameters,
+            "created_at": now,
+        }
         for name, value in values.items()
     ]
     if not records:

@@ -142,7 +142,7 @@ async def get_indicators(
     (split-adjusted vendor closes).
     """
     names = [n.strip().lower() for n in indicators.split(",") if n.strip()]
-    params = {
+    params: dict[str, dict[str, Any]] = {
         "rsi": {"period": rsi_period},
         "macd": {"fast": macd_fast, "slow": macd_slow, "signal": macd_signal},
         "bbands": {"period": bbands_period, "nbdev": bbands_nbdev},

@@ -214,26 +214,29 @@ class MarketService:
         sources: set[str] = set()
         rejected: list[dict[str, object]] = []
         served_from = "database"
-        async with self._locks[symbol]:
-            async with self.db.session() as session:
-                covered = await repo.coverage(session, symbol=symbol)
-                missing = _missing_ranges(start, fetch_end, covered) if start <= fetch_end else []
-                for lo, hi in missing:
-                    source, raw = await self.providers.fetch_history(symbol, lo, hi)
-                    clean, bad = reject_bad_rows(raw)
-                    rejected.extend(bad)
-                    await repo.upsert_bars(session, symbol=symbol, frame=clean, source=source)
-                    stable_end = min(hi, today - timedelta(days=RECENT_DAYS))
-                    if lo <= stable_end and not bad:
-                        await repo.add_coverage(
-                            session, symbol=symbol, start=lo, end=stable_end, source=source,
-                            rows=len(clean),
-                        )
-                    sources.add(source)
-                    served_from = "provider"
-                if missing:
-                    await session.commit()
-                frame = await repo.load_bars(session, symbol=symbol, start=start, end=end)
+        async with self._locks[symbol], self.db.session() as session:
+            covered = await repo.coverage(session, symbol=symbol)
+            missing = _missing_ranges(start, fetch_end, covered) if start <= fetch_end else []
+            for lo, hi in missing:
+                source, raw = await self.providers.fetch_history(symbol, lo, hi)
+                clean, bad = reject_bad_rows(raw)
+                rejected.extend(bad)
+                await repo.upsert_bars(session, symbol=symbol, frame=clean, source=source)
+                stable_end = min(hi, today - timedelta(days=RECENT_DAYS))
+                if lo <= stable_end and not bad:
+                    await repo.add_coverage(
+                        session,
+                        symbol=symbol,
+                        start=lo,
+                        end=stable_end,
+                        source=source,
+                        rows=len(clean),
+                    )
+                sources.add(source)
+                served_from = "provider"
+            if missing:
+                await session.commit()
+            frame = await repo.load_bars(session, symbol=symbol, start=start, end=end)
         sources.update(str(s) for s in frame["source"].dropna().unique())
         return Loaded(frame.drop(columns="source"), served_from, sorted(sources), rejected)
 
@@ -254,7 +257,9 @@ class MarketService:
                 f"interval must be one of {', '.join(INTERVALS)}", field="interval"
             )
         start, end = await self.resolve_window(symbol, start, end)
-        key = f"market:historical:{symbol}:{interval}:{start}:{end}:{int(adjusted)}:{int(fill_gaps)}"
+        key = (
+            f"market:historical:{symbol}:{interval}:{start}:{end}:{int(adjusted)}:{int(fill_gaps)}"
+        )
         cached, level = await self.cache.get(key)
         if cached is not None:
             cached["metadata"] = {**cached["metadata"], "cached": True, "cache_level": level}
@@ -285,7 +290,11 @@ class MarketService:
                 "quality": report.as_dict(),
             },
         }
-        ttl = self.historical_ttl_s if end < _today() - timedelta(days=RECENT_DAYS) else self.price_ttl_s
+        ttl = (
+            self.historical_ttl_s
+            if end < _today() - timedelta(days=RECENT_DAYS)
+            else self.price_ttl_s
+        )
         await self.cache.set(key, result, ttl)
         return result
 
@@ -297,8 +306,10 @@ class MarketService:
     @staticmethod
     def _bars(frame: pd.DataFrame, *, with_filled: bool) -> list[dict[str, Any]]:
         stamps = [_iso(ts) for ts in frame.index]
-        cols = {c: frame[c].to_numpy("float64").tolist() for c in
-                ("open", "high", "low", "close", "adj_close", "volume")}
+        cols = {
+            c: frame[c].to_numpy("float64").tolist()
+            for c in ("open", "high", "low", "close", "adj_close", "volume")
+        }
         filled = frame["filled"].tolist() if with_filled and "filled" in frame else None
         bars = []
         for i, ts in enumerate(stamps):
@@ -387,7 +398,10 @@ class MarketService:
         await self.cache.set(key, result, self.indicator_ttl_s)
         async with self.db.session() as session:
             await repo.store_indicator_values(
-                session, symbol=symbol, timestamp=ts.to_pydatetime(), values=latest,
+                session,
+                symbol=symbol,
+                timestamp=ts.to_pydatetime(),
+                values=latest,
                 parameters={"indicator": name, **checked},
             )
             await session.commit()

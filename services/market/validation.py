@@ -110,13 +110,18 @@ def find_outliers(close: pd.Series, z_max: float = 3.0) -> list[dict[str, object
     z = (r - r.mean()) / sd
     idx = np.flatnonzero(np.abs(z) > z_max)
     return [
-        {"timestamp": close.index[i + 1].isoformat(), "return": float(np.expm1(r[i])),
-         "zscore": round(float(z[i]), 3)}
+        {
+            "timestamp": close.index[i + 1].isoformat(),
+            "return": float(np.expm1(r[i])),
+            "zscore": round(float(z[i]), 3),
+        }
         for i in idx
     ]
 
 
-def find_gaps(symbol: str, index: pd.DatetimeIndex) -> tuple[list[dict[str, object]], pd.DatetimeIndex]:
+def find_gaps(
+    symbol: str, index: pd.DatetimeIndex
+) -> tuple[list[dict[str, object]], pd.DatetimeIndex]:
     """Return gap runs (expected sessions with no bar) and every missing session."""
     if len(index) < 2:
         return [], pd.DatetimeIndex([], tz="UTC")
@@ -130,20 +135,26 @@ def find_gaps(symbol: str, index: pd.DatetimeIndex) -> tuple[list[dict[str, obje
     for i in range(1, len(pos) + 1):
         if i == len(pos) or pos[i] != pos[i - 1] + 1:
             first, last = missing[run_start], missing[i - 1]
-            runs.append({"start": first.date().isoformat(), "end": last.date().isoformat(),
-                         "missing_sessions": i - run_start})
+            runs.append(
+                {
+                    "start": first.date().isoformat(),
+                    "end": last.date().isoformat(),
+                    "missing_sessions": i - run_start,
+                }
+            )
             run_start = i
     return runs, missing
 
 
-def fill_short_gaps(frame: pd.DataFrame, missing: pd.DatetimeIndex, gaps: list[dict[str, object]],
-                    max_len: int = 2) -> pd.DataFrame:
+def fill_short_gaps(
+    frame: pd.DataFrame, missing: pd.DatetimeIndex, gaps: list[dict[str, object]], max_len: int = 2
+) -> pd.DataFrame:
     """Forward-fill gaps of at most max_len sessions with flat bars marked `filled`."""
     frame = frame.assign(filled=False)
     short = [g for g in gaps if int(g["missing_sessions"]) <= max_len]  # type: ignore[call-overload]
     if not short:
         return frame
-    wanted = set()
+    wanted: set[pd.Timestamp] = set()
     for g in short:
         lo = pd.Timestamp(str(g["start"]), tz="UTC")
         hi = pd.Timestamp(str(g["end"]), tz="UTC")
@@ -162,9 +173,9 @@ def fill_short_gaps(frame: pd.DataFrame, missing: pd.DatetimeIndex, gaps: list[d
     return full
 
 
-def quality_of(symbol: str, frame: pd.DataFrame, rejected: list[dict[str, object]]) -> tuple[
-    QualityReport, pd.DatetimeIndex
-]:
+def quality_of(
+    symbol: str, frame: pd.DataFrame, rejected: list[dict[str, object]]
+) -> tuple[QualityReport, pd.DatetimeIndex]:
     """Build the quality report of clean bars (plus rows rejected while fetching them)."""
     report = QualityReport(rows=len(frame), rejected=rejected, rejected_count=len(rejected))
     if frame.empty:

@@ -32,8 +32,15 @@ def test_every_route_has_an_operation_id() -> None:
     ops = [op for path in spec["paths"].values() for op in path.values()]
     assert all(op.get("operationId") for op in ops)
     assert {op["operationId"] for op in ops} >= {
-        "get_price", "get_historical", "get_indicators", "get_market_status", "bulk_fetch",
-        "get_rsi", "get_williams_r", "get_bollinger_bands", "get_macd",
+        "get_price",
+        "get_historical",
+        "get_indicators",
+        "get_market_status",
+        "bulk_fetch",
+        "get_rsi",
+        "get_williams_r",
+        "get_bollinger_bands",
+        "get_macd",
     }
 
 

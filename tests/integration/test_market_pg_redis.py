@@ -57,12 +57,20 @@ def test_rows_land_once_in_postgres(settings, pg_url: str, aapl: pd.DataFrame) -
         sub = c.get("/historical/AAPL", params={"start": "2021-01-01", "end": "2021-12-31"})
         assert sub.json()["metadata"]["cache_level"] == "database"
     assert pg_count(pg_url, "select count(*) from market_data where symbol='AAPL'") == n
-    assert pg_count(
-        pg_url, "select count(*) from (select 1 from market_data group by symbol, timestamp "
-        "having count(*) > 1) d") == 0
+    assert (
+        pg_count(
+            pg_url,
+            "select count(*) from (select 1 from market_data group by symbol, timestamp "
+            "having count(*) > 1) d",
+        )
+        == 0
+    )
     # prices stored as double precision, unchanged
-    first = pg_count(pg_url, "select (open * 1e15)::bigint from market_data where symbol='AAPL' "
-                     "order by timestamp limit 1")
+    first = pg_count(
+        pg_url,
+        "select (open * 1e15)::bigint from market_data where symbol='AAPL' "
+        "order by timestamp limit 1",
+    )
     assert first == round(float(aapl.loc["2020-01-02", "open"]) * 1e15)
 
 
@@ -70,8 +78,12 @@ def test_keys_and_ttls_in_redis(settings, redis_prefix: str, redis_client) -> No
     with TestClient(create_app(settings)) as c:
         assert c.get("/price/AAPL").status_code == 200
         assert c.get("/rsi/AAPL").status_code == 200
-        assert c.get("/historical/AAPL", params={"start": "2022-01-01", "end": "2022-12-31"}
-                     ).status_code == 200
+        assert (
+            c.get(
+                "/historical/AAPL", params={"start": "2022-01-01", "end": "2022-12-31"}
+            ).status_code
+            == 200
+        )
     price_key = f"{redis_prefix}market:price:AAPL"
     assert redis_client.type(price_key) == "hash"
     fields = redis_client.hgetall(price_key)
@@ -118,7 +130,8 @@ def test_redis_down_is_logged_once_and_requests_succeed(
 
 def test_unreachable_database_is_a_503_problem_not_a_hang(tmp_path: Path, csv_dir: Path) -> None:
     settings = market_settings(
-        tmp_path, csv_dir,
+        tmp_path,
+        csv_dir,
         database_url="postgresql+asyncpg://postgres:secret@127.0.0.1:1/nothing",
         database_connect_timeout_s=2.0,
     )
@@ -140,8 +153,10 @@ def test_failed_request_does_not_touch_stored_rows(settings, pg_url: str) -> Non
         before = pg_count(pg_url, "select count(*) from market_data")
         checksum = "select sum(close * volume)::bigint from market_data"
         total = pg_count(pg_url, checksum)
-        assert c.get("/historical/KO", params={"start": "2023-06-30", "end": "2023-01-01"}
-                     ).status_code == 422
+        assert (
+            c.get("/historical/KO", params={"start": "2023-06-30", "end": "2023-01-01"}).status_code
+            == 422
+        )
         assert c.get("/historical/NOPE1", params={"start": "2023-01-01"}).status_code == 404
         bulk = c.post("/bulk_fetch", json={"symbols": ["NOPE2", "BAD!!"], "kind": "historical"})
         assert bulk.status_code == 200 and bulk.json()["failed"] == 2
@@ -154,8 +169,10 @@ def test_migrations_are_alembic_managed(settings, pg_url: str) -> None:
         assert c.get("/health").json()["database"] == "ok"
     assert pg_count(pg_url, "select count(*) from alembic_version") == 1
     tables = pg_count(
-        pg_url, "select count(*) from information_schema.tables where table_schema='public' and "
+        pg_url,
+        "select count(*) from information_schema.tables where table_schema='public' and "
         "table_name in ('market_data','technical_indicators','model_states','predictions',"
-        "'backtest_results','backtest_trades')")
+        "'backtest_results','backtest_trades')",
+    )
     assert tables == 6
     assert PG_ADMIN_DSN

@@ -118,7 +118,7 @@ def test_indicator_window_equals_full_history(client: TestClient, aapl: pd.DataF
     np.testing.assert_allclose(body["values"]["macd"], macd[window], atol=1e-8)
     np.testing.assert_allclose(body["values"]["macd_signal"], signal[window], atol=1e-8)
     np.testing.assert_allclose(body["values"]["macd_histogram"], hist[window], atol=1e-8)
-    up, mid, lo = talib.BBANDS(close, 20, 2, 2, 0)
+    up, _mid, _lo = talib.BBANDS(close, 20, 2, 2, 0)
     np.testing.assert_allclose(body["values"]["bbands_upper"], up[window], atol=1e-8)
     assert body["warmup_bars_used"] > 26
 
@@ -141,11 +141,13 @@ def test_latest_indicators(client: TestClient, aapl: pd.DataFrame) -> None:
     rsi7 = client.get("/rsi/AAPL", params={"period": 7}).json()
     assert math.isclose(rsi7["values"]["rsi"], talib.RSI(close, 7)[-1], abs_tol=1e-8)
     wr = client.get("/williams_r/AAPL").json()
-    assert math.isclose(wr["values"]["williams_r"], talib.WILLR(high, low, close, 14)[-1],
-                        abs_tol=1e-8)
+    assert math.isclose(
+        wr["values"]["williams_r"], talib.WILLR(high, low, close, 14)[-1], abs_tol=1e-8
+    )
     bb = client.get("/bollinger_bands/AAPL").json()
-    assert math.isclose(bb["values"]["bbands_lower"], talib.BBANDS(close, 20, 2, 2, 0)[2][-1],
-                        abs_tol=1e-8)
+    assert math.isclose(
+        bb["values"]["bbands_lower"], talib.BBANDS(close, 20, 2, 2, 0)[2][-1], abs_tol=1e-8
+    )
     macd = client.get("/macd/AAPL").json()
     assert math.isclose(macd["values"]["macd_histogram"], talib.MACD(close)[2][-1], abs_tol=1e-8)
 
@@ -205,15 +207,24 @@ def test_bulk_fetch_isolates_failures(client: TestClient) -> None:
 
 
 def test_bulk_fetch_historical(client: TestClient) -> None:
-    r = client.post("/bulk_fetch", json={"symbols": ["KO", "PG"], "kind": "historical",
-                                         "start": "2023-01-01", "end": "2023-01-31"})
+    r = client.post(
+        "/bulk_fetch",
+        json={
+            "symbols": ["KO", "PG"],
+            "kind": "historical",
+            "start": "2023-01-01",
+            "end": "2023-01-31",
+        },
+    )
     assert r.status_code == 200, r.text
     assert all(len(x["historical"]["bars"]) == 20 for x in r.json()["results"])
 
 
 def test_bulk_fetch_rejects_bad_bodies(client: TestClient) -> None:
     assert client.post("/bulk_fetch", json={"symbols": []}).json()["field"] == "symbols"
-    r = client.post("/bulk_fetch", content=b"\xff\xfe", headers={"content-type": "application/json"})
+    r = client.post(
+        "/bulk_fetch", content=b"\xff\xfe", headers={"content-type": "application/json"}
+    )
     assert r.status_code in (400, 422)
 
 
@@ -229,15 +240,21 @@ def test_market_status_at_known_instants(client: TestClient) -> None:
 
 
 def test_weekly_and_adjusted_bars(client: TestClient, aapl: pd.DataFrame) -> None:
-    wk = client.get("/historical/AAPL", params={"start": "2023-10-02", "end": "2023-10-27",
-                                                "interval": "1wk"}).json()
+    wk = client.get(
+        "/historical/AAPL", params={"start": "2023-10-02", "end": "2023-10-27", "interval": "1wk"}
+    ).json()
     assert [b["timestamp"][:10] for b in wk["bars"]] == [
-        "2023-10-02", "2023-10-09", "2023-10-16", "2023-10-23"]
+        "2023-10-02",
+        "2023-10-09",
+        "2023-10-16",
+        "2023-10-23",
+    ]
     week = aapl.loc["2023-10-02":"2023-10-06"]
     assert wk["bars"][0]["high"] == week["high"].max()
     assert wk["bars"][0]["volume"] == week["volume"].sum()
-    adj = client.get("/historical/AAPL", params={"start": "2023-10-02", "end": "2023-10-06",
-                                                 "adjusted": True}).json()
+    adj = client.get(
+        "/historical/AAPL", params={"start": "2023-10-02", "end": "2023-10-06", "adjusted": True}
+    ).json()
     assert math.isclose(adj["bars"][0]["close"], aapl.loc["2023-10-02", "adj_close"])
 
 
@@ -264,7 +281,10 @@ def test_bad_vendor_rows_are_rejected_and_never_stored(tmp_path: Path, csv_dir: 
     q = r["metadata"]["quality"]
     assert q["rejected_count"] == 3
     assert {x["reason"] for x in q["rejected"]} == {
-        "non-positive price", "high below open/close/low", "missing price"}
+        "non-positive price",
+        "high below open/close/low",
+        "missing price",
+    }
     assert q["missing_sessions"] == 3 and q["ok"] is False
     assert stored_rows(db, "KO") == len(r["bars"])
     assert all(b["close"] > 0 for b in r["bars"])
@@ -313,9 +333,14 @@ def test_concurrent_requests_store_each_row_once(tmp_path: Path, csv_dir: Path) 
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
-                rs = await asyncio.gather(*(
-                    h.get("/historical/JNJ", params={"start": "2019-01-01", "end": "2019-12-31"})
-                    for _ in range(5)))
+                rs = await asyncio.gather(
+                    *(
+                        h.get(
+                            "/historical/JNJ", params={"start": "2019-01-01", "end": "2019-12-31"}
+                        )
+                        for _ in range(5)
+                    )
+                )
         return [r.status_code for r in rs]
 
     assert asyncio.run(go()) == [200] * 5

@@ -1,0 +1,25 @@
+"""`trading demo` (what `make demo` runs) works end to end on the embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def test_demo_prints_real_prices_and_indicators(tmp_path: Path, csv_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
+    env.update(DATA_DIR=str(tmp_path), MARKET_PROVIDERS="csv")
+    trading = Path(sys.executable).with_name("trading")
+    out = subprocess.run(
+        [str(trading), "demo", "--symbols", "AAPL,KO"],
+        env=env, capture_output=True, text=True, timeout=180, check=True,
+    ).stdout
+    last = pd.read_csv(csv_dir / "KO.csv").iloc[-1]
+    assert f"{last['close']:.2f}" in out
+    assert "sqlite+aiosqlite" in out
+    assert "same request again: served from l1" in out
+    assert (tmp_path / "trading.db").exists()
