@@ -77,7 +77,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
         msg = str(err.get("msg", "invalid"))
-        if err.get("type") == "json_invalid" or loc[:1] == ("body",) and len(loc) == 1:
+        if err.get("type") == "json_invalid" or (loc[:1] == ("body",) and len(loc) == 1):
             msg = msg or "body is not valid JSON"
         issues.append(FieldIssue(field=_field_name(loc), message=msg))
     first = issues[0] if issues else FieldIssue(field="body", message="invalid request")
@@ -136,7 +136,9 @@ def install_bearer_auth(app: FastAPI, token: SecretStr | None, *, open_paths: se
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
             err = UnauthorizedError("Missing or wrong bearer token")
-            return problem_response(err.to_problem(instance=request.url.path), {"WWW-Authenticate": "Bearer"})
+            return problem_response(
+                err.to_problem(instance=request.url.path), {"WWW-Authenticate": "Bearer"}
+            )
         return await call_next(request)
 
 

@@ -8,7 +8,10 @@ import sys
 
 _PATTERNS = [
     # scheme://user:password@host -> scheme://user:***@host
-    (re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s]+(?P<post>@)"), r"\g<pre>***\g<post>"),
+    (
+        re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s]+(?P<post>@)"),
+        r"\g<pre>***\g<post>",
+    ),
     # Authorization: Bearer xxx / Bearer xxx
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]+"), r"\1***"),
     # api_key=..., token: ..., password="..."

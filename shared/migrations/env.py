@@ -25,7 +25,6 @@ def _configure(connection) -> None:  # type: ignore[no-untyped-def]
         context.run_migrations()
 
 
-
 async def _run_async(url: str) -> None:
     engine = create_async_engine(url, poolclass=pool.NullPool)
     async with engine.begin() as conn:
