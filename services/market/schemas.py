@@ -28,9 +28,13 @@ class PriceQuote(BaseModel):
     high: float = Field(description="High of the latest bar.")
     low: float = Field(description="Low of the latest bar.")
     close: float = Field(description="Close of the latest bar (same as `price`).")
-    previous_close: float | None = Field(description="Close of the bar before, if any.")
-    change: float | None = Field(description="`close - previous_close`.")
-    change_percent: float | None = Field(description="Change in percent of previous close.")
+    previous_close: float | None = Field(
+        default=None, description="Close of the bar before, if any."
+    )
+    change: float | None = Field(default=None, description="`close - previous_close`.")
+    change_percent: float | None = Field(
+        default=None, description="Change in percent of previous close."
+    )
     volume: int = Field(description="Shares (or units) traded in the latest bar.")
     timestamp: datetime = Field(description="Date of the latest bar, UTC midnight (as-of).")
     source: str = Field(description="Data vendor that supplied the bar: `csv` or `yfinance`.")
@@ -47,7 +51,9 @@ class Bar(BaseModel):
     low: float
     close: float
     volume: int = Field(description="Shares traded (summed over the period for 1wk/1mo).")
-    adj_close: float | None = Field(description="Close adjusted for splits and dividends.")
+    adj_close: float | None = Field(
+        default=None, description="Close adjusted for splits and dividends."
+    )
     filled: bool | None = Field(
         default=None,
         description="Only with `fill_gaps=true`: true for a forward-filled bar (no trading data).",
@@ -96,7 +102,9 @@ class QualityReport(BaseModel):
 class HistoricalMetadata(BaseModel):
     """Where the bars came from and how good they are."""
 
-    source: str | None = Field(description="Vendor(s) that supplied the bars, comma-separated.")
+    source: str | None = Field(
+        default=None, description="Vendor(s) that supplied the bars, comma-separated."
+    )
     cached: bool = Field(description="True when served from L1 or L2 cache.")
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
     rows: int = Field(description="Number of bars returned.")
@@ -133,7 +141,7 @@ class IndicatorSeries(BaseModel):
     warmup_bars_used: int = Field(
         description="Bars before `start` used so values equal those on the full history."
     )
-    source: str | None
+    source: str | None = None
     cached: bool
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
 
@@ -146,7 +154,7 @@ class LatestIndicator(BaseModel):
     parameters: dict[str, float | int]
     timestamp: datetime = Field(description="Date of the bar the value belongs to.")
     values: dict[str, float | None] = Field(description="Output name -> latest value.")
-    source: str | None
+    source: str | None = None
     cached: bool
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
 
@@ -166,8 +174,12 @@ class MarketStatus(BaseModel):
     at: datetime = Field(description="The instant asked about, UTC.")
     is_open: bool = Field(description="True during regular trading hours.")
     is_trading_day: bool
-    session_open: datetime | None = Field(description="Today's open, UTC, if a trading day.")
-    session_close: datetime | None = Field(description="Today's close, UTC, if a trading day.")
+    session_open: datetime | None = Field(
+        default=None, description="Today's open, UTC, if a trading day."
+    )
+    session_close: datetime | None = Field(
+        default=None, description="Today's close, UTC, if a trading day."
+    )
     is_early_close: bool
     next_open: datetime
     next_close: datetime

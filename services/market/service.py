@@ -214,29 +214,36 @@ class MarketService:
         sources: set[str] = set()
         rejected: list[dict[str, object]] = []
         served_from = "database"
-        async with self._locks[symbol], self.db.session() as session:
-            covered = await repo.coverage(session, symbol=symbol)
+        async with self._locks[symbol]:
+            async with self.db.session() as session:
+                covered = await repo.coverage(session, symbol=symbol)
             missing = _missing_ranges(start, fetch_end, covered) if start <= fetch_end else []
+            # Fetch every missing piece first (no connection held while the vendor answers),
+            # then write them in one transaction: a failed fetch stores nothing.
+            fetched = []
             for lo, hi in missing:
                 source, raw = await self.providers.fetch_history(symbol, lo, hi)
                 clean, bad = reject_bad_rows(raw)
                 rejected.extend(bad)
-                await repo.upsert_bars(session, symbol=symbol, frame=clean, source=source)
-                stable_end = min(hi, today - timedelta(days=RECENT_DAYS))
-                if lo <= stable_end and not bad:
-                    await repo.add_coverage(
-                        session,
-                        symbol=symbol,
-                        start=lo,
-                        end=stable_end,
-                        source=source,
-                        rows=len(clean),
-                    )
+                fetched.append((lo, hi, source, clean, bad))
                 sources.add(source)
                 served_from = "provider"
-            if missing:
-                await session.commit()
-            frame = await repo.load_bars(session, symbol=symbol, start=start, end=end)
+            async with self.db.session() as session:
+                for lo, hi, source, clean, bad in fetched:
+                    await repo.upsert_bars(session, symbol=symbol, frame=clean, source=source)
+                    stable_end = min(hi, today - timedelta(days=RECENT_DAYS))
+                    if lo <= stable_end and not bad:
+                        await repo.add_coverage(
+                            session,
+                            symbol=symbol,
+                            start=lo,
+                            end=stable_end,
+                            source=source,
+                            rows=len(clean),
+                        )
+                if fetched:
+                    await session.commit()
+                frame = await repo.load_bars(session, symbol=symbol, start=start, end=end)
         sources.update(str(s) for s in frame["source"].dropna().unique())
         return Loaded(frame.drop(columns="source"), served_from, sorted(sources), rejected)
 

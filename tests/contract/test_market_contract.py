@@ -45,7 +45,7 @@ def test_every_route_has_an_operation_id() -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms(case: schemathesis.Case) -> None:
     # Every check runs except "schema-valid data must be accepted": the spec cannot express
     # cross-field and calendar rules (start <= end, dates within 1900..today+1y, macd
