@@ -56,6 +56,7 @@ openapi: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/market.py
+	$(BIN)/python bench/gateway.py
 
 # Re-resolve the pins from pyproject.toml (needs the registry).
 lock: | $(BIN)/python

@@ -10,18 +10,20 @@ Nothing here knows which routes are jobs: any 202 that names a status URL is fol
 
 from __future__ import annotations
 
-import anyio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import httpx2
 
 log = logging.getLogger(__name__)
 
-DONE = frozenset({"succeeded", "success", "successful", "completed", "complete", "done", "finished"})
+DONE = frozenset(
+    {"succeeded", "success", "successful", "completed", "complete", "done", "finished"}
+)
 FAILED = frozenset({"failed", "failure", "error", "errored", "cancelled", "canceled", "aborted"})
 
 Send = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
@@ -35,8 +37,8 @@ def _json(response: httpx2.Response) -> Any:
         return None
 
 
-def status_url(response: httpx2.Response) -> httpx2.URL | None:
-    """Return the absolute status URL of a 202 job answer, or None if it names none."""
+def status_url(request: httpx2.Request, response: httpx2.Response) -> httpx2.URL | None:
+    """Return the absolute status URL of a 202 job answer to request, or None if none."""
     if response.status_code != 202:
         return None
     target = response.headers.get("location")
@@ -50,7 +52,7 @@ def status_url(response: httpx2.Response) -> httpx2.URL | None:
         )
     if not isinstance(target, str) or not target:
         return None
-    return response.request.url.join(target)
+    return request.url.join(target)
 
 
 def _progress(body: dict[str, Any]) -> tuple[float, float] | None:
@@ -80,7 +82,7 @@ def _answer(request: httpx2.Request, status: int, payload: Any, media: str) -> h
 
 async def follow_job(
     send: Send,
-    accepted: httpx2.Response,
+    original: httpx2.Request,
     url: httpx2.URL,
     *,
     report: Report,
@@ -89,12 +91,13 @@ async def follow_job(
     service: str,
 ) -> httpx2.Response:
     """Poll a job until it ends; return its result (or its problem) as an HTTP response."""
-    original = accepted.request
     headers = {k: v for k, v in original.headers.items() if k.lower() == "authorization"}
 
     async def get(target: httpx2.URL) -> httpx2.Response:
-        response = await send(httpx2.Request("GET", target, headers=headers))
+        request = httpx2.Request("GET", target, headers=headers)
+        response = await send(request)
         await response.aread()
+        response.request = request
         return response
 
     await report(0.0, None, "job accepted")
@@ -117,7 +120,7 @@ async def follow_job(
             last = progress
             await report(progress[0], progress[1], message or state or None)
         if state in DONE:
-            if last is not None:
+            if last is not None and last[0] < last[1]:
                 await report(last[1], last[1], "done")
             if "result" in body:
                 return _answer(original, 200, body["result"], "application/json")
@@ -126,18 +129,17 @@ async def follow_job(
             return polled
         if state in FAILED:
             error = body.get("error")
-            problem = (
-                error
-                if isinstance(error, dict) and "detail" in error
-                else {
-                    "type": "about:blank",
-                    "title": "Job failed",
-                    "status": 500,
-                    "detail": str(error or body.get("detail") or f"the job ended as {state}"),
-                    "code": "job_failed",
-                }
-            )
-            status = int(problem.get("status") or 500)
+            problem: dict[str, Any] = {
+                "type": "about:blank",
+                "title": "Job failed",
+                "status": 500,
+                "detail": str(error or body.get("detail") or f"the job ended as {state}"),
+                "code": "job_failed",
+            }
+            if isinstance(error, dict) and "detail" in error:
+                problem = error
+            status = problem.get("status")
+            status = status if isinstance(status, int) and 400 <= status < 600 else 500
             return _answer(original, status, problem, "application/problem+json")
         if time.monotonic() >= deadline:
             problem = {

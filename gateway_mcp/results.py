@@ -58,7 +58,9 @@ def _deref(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
             continue
         for key in ("anyOf", "oneOf"):
             branches = [
-                b for b in schema.get(key, []) if not (isinstance(b, dict) and b.get("type") == "null")
+                b
+                for b in schema.get(key, [])
+                if not (isinstance(b, dict) and b.get("type") == "null")
             ]
             if len(branches) == 1:
                 schema = branches[0]
@@ -237,13 +239,20 @@ def fit_rows(
     data: Any, *, limit: int, offset: int, max_bytes: int
 ) -> tuple[Any, dict[str, Any] | None]:
     """Slice rows to one page, shrink the page until it fits max_bytes; return (data, page)."""
+
+    def measure(out: Any, page: Page | None) -> int:
+        size = answer_size(out)
+        if page is not None and page.cut:  # room for the `page` object the answer will carry
+            size += answer_size(page.info(byte_limit=max_bytes)) + len(PAGE_KEY) + 4
+        return size
+
     out, page = slice_rows(data, limit=limit, offset=offset)
-    size = answer_size(out)
+    size = measure(out, page)
     shrunk = False
     while size > max_bytes and page is not None and page.returned > 1:
-        limit = max(1, min(page.returned - 1, int(page.returned * max_bytes / size * 0.9)))
+        limit = max(1, min(page.returned - 1, int(page.returned * max_bytes / size * 0.95)))
         out, page = slice_rows(data, limit=limit, offset=offset)
-        size, shrunk = answer_size(out), True
+        size, shrunk = measure(out, page), True
     if page is None or not page.cut:
         return out, None
     return out, page.info(byte_limit=max_bytes if shrunk else None)

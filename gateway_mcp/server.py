@@ -2,9 +2,9 @@
 
 `build_gateway(settings)` reads `openapi/<name>.json` for every service, connects to the
 service (embedded: its app in-process; remote: its URL), builds the service's tools with
-`FastMCP.from_openapi` (names from `operation_id`s, descriptions and argument schemas from
-the spec; ops routes such as health and metrics excluded by route maps) and mounts them
-with `namespace=<name>`: `market_get_price`, `backtest_run_backtest`, ...
+FastMCP's OpenAPI provider (names from `operation_id`s, descriptions and argument schemas
+from the spec; ops routes such as health and metrics excluded by route maps) and adds them
+under `namespace=<name>`: `market_get_price`, `backtest_run_backtest`, ...
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 
 from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken, TokenVerifier
-from fastmcp.server.providers.openapi import MCPType, RouteMap
+from fastmcp.server.providers import Provider
+from fastmcp.server.providers.openapi import MCPType, OpenAPIProvider, RouteMap
+from fastmcp.tools.base import Tool
 from fastmcp.utilities.openapi import HTTPRoute
 from pydantic import SecretStr
 from starlette.middleware import Middleware
@@ -31,7 +33,7 @@ from gateway_mcp.tools import GatewayTool, GatewayTools
 log = logging.getLogger(__name__)
 
 # Operational routes are for orchestrators, not models: never tools, whatever the service.
-OPS_PATHS = r"^/(health|healthz|livez|readyz|ready|live|metrics|ping|version)(/.*)?$"
+OPS_PATHS = r"^/(health|healthz|livez|readyz|metrics|ping)(/.*)?$"
 ROUTE_MAPS = [
     RouteMap(tags={"ops"}, mcp_type=MCPType.EXCLUDE),
     RouteMap(tags={"internal"}, mcp_type=MCPType.EXCLUDE),
@@ -40,29 +42,40 @@ ROUTE_MAPS = [
 ]
 
 INSTRUCTIONS = """Tools of an AI trading research platform, one group per service:
-`market_*` market data (prices, OHLCV bars, technical indicators, NYSE calendar), and, when
-installed, `predictor_*` (ML predictions) and `backtest_*` (strategy backtests). Errors name
-the service, the HTTP status and a stable code. Long lists are paged with `limit`/`offset`.
+{groups}
+Errors name the service, the HTTP status and a stable code. Answers with long lists are
+paged with `limit`/`offset`; their `page` says how many rows were left out.
 """
 
 
-def build_service_server(service: Service, limits: Limits) -> FastMCP:
-    """Return the FastMCP server of one service: its spec's tools, wrapped by the gateway."""
+def instructions(services: list[Service]) -> str:
+    """Return the server instructions: one line per service, from its spec's title."""
+    groups = "\n".join(
+        f"- `{s.name}_*`: {s.spec.get('info', {}).get('title', s.name)}" for s in services
+    )
+    return INSTRUCTIONS.format(groups=groups or "- (no service specs found)")
+
+
+def build_service_provider(service: Service, limits: Limits) -> Provider:
+    """Return one service's tools: its spec through FastMCP's OpenAPI provider, gateway-wrapped.
+
+    This is what `FastMCP.from_openapi` builds, minus the server around it: the gateway adds
+    the provider under the service's namespace itself, which is what `mount(namespace=)`
+    does with a server, without a second server's dispatch on every call (~0.35 ms).
+    """
     made: list[tuple[HTTPRoute, Any]] = []
-    server: FastMCP = FastMCP.from_openapi(
+    provider = OpenAPIProvider(
         openapi_spec=service.spec,
         client=service.client,
-        name=service.name,
         route_maps=ROUTE_MAPS,
         mcp_component_fn=lambda route, component: made.append((route, component)),
     )
     tools = {
         component.name: GatewayTool.wrap(component, route, service.name, limits)
         for route, component in made
-        if hasattr(component, "parameters")
+        if isinstance(component, Tool)
     }
-    server.add_transform(GatewayTools(tools))
-    return server
+    return provider.wrap_transform(GatewayTools(tools))
 
 
 class StaticBearerVerifier(TokenVerifier):
@@ -108,12 +121,12 @@ def build_gateway(
     token = settings.http_token()
     gateway: FastMCP = FastMCP(
         name="trading-platform",
-        instructions=INSTRUCTIONS,
+        instructions=instructions(services),
         lifespan=lifespan,
         auth=StaticBearerVerifier(token) if token is not None else None,
     )
-    for service in services:
-        gateway.mount(build_service_server(service, limits), namespace=service.name)
+    for service in services:  # each service under its namespace: market_get_price, ...
+        gateway.add_provider(build_service_provider(service, limits), namespace=service.name)
     gateway.services = {s.name: s for s in services}  # type: ignore[attr-defined]
     return gateway
 

@@ -196,13 +196,13 @@ class ServiceTransport(httpx2.AsyncBaseTransport):
         if response.status_code != 202:
             return response
         await response.aread()
-        url = status_url(response)
+        url = status_url(request, response)
         if url is None:
             return response
         settings = self.service.settings
         return await follow_job(
             self._send,
-            response,
+            request,
             url,
             report=_report_progress,
             poll_interval_s=settings.job_poll_interval_s,

@@ -85,12 +85,17 @@ class GatewaySettings(BaseServiceSettings):
     )
     service_timeout_s: float = Field(default=30.0, gt=0, description="Per HTTP request.")
     host: str = Field(default="127.0.0.1", description="HTTP transport: interface to bind.")
-    port: int = Field(default=8100, ge=1, le=65535, description="HTTP transport: TCP port.")
+    port: int = Field(default=8765, ge=1, le=65535, description="HTTP transport: TCP port.")
     path: str = Field(default="/mcp", description="HTTP transport: endpoint path.")
     token: SecretStr | None = Field(
         default=None,
         description="HTTP transport: bearer token clients must send (GATEWAY_TOKEN). Unset = "
         "no authentication (only sensible on loopback).",
+    )
+    log_level: str = Field(
+        default="INFO",
+        validation_alias=AliasChoices("GATEWAY_LOG_LEVEL", "LOG_LEVEL", "log_level"),
+        description="Log level (logs go to stderr).",
     )
     default_limit: int = Field(
         default=100, ge=1, description="Rows per list in a tool answer when `limit` is not given."

@@ -1,9 +1,10 @@
 """Gateway tools: the spec's tools, with upstream errors mapped and answers sized for a model.
 
-`FastMCP.from_openapi` builds one tool per operation (name, description and argument schema
-from the spec). `GatewayTool` wraps each: it adds `limit`/`offset` to tools whose answers
-hold rows (or that run jobs), delegates the HTTP call to the wrapped tool, turns a problem
-answer into a tool error that names the service, and caps the answer's size.
+FastMCP's OpenAPI provider (the one `FastMCP.from_openapi` uses) builds one tool per
+operation: name, description and argument schema from the spec. `GatewayTool` wraps each:
+it adds `limit`/`offset` to tools whose answers hold rows (or that run jobs), delegates the
+HTTP call to the wrapped tool, turns a problem answer into a tool error that names the
+service, and caps the answer's size.
 """
 
 from __future__ import annotations
@@ -39,9 +40,7 @@ PAGING_NOTE = (
     "\n\nLong lists in the answer are cut to `limit` rows (default {default}); the answer's "
     "`page` then gives the totals and the `offset` of the next page."
 )
-JOB_NOTE = (
-    "\n\nRuns as a job: the gateway waits for it to finish and reports progress meanwhile."
-)
+JOB_NOTE = "\n\nRuns as a job: the gateway waits for it to finish and reports progress meanwhile."
 
 
 def is_job_route(route: HTTPRoute) -> bool:
@@ -79,7 +78,7 @@ class GatewayTool(Tool):
             annotations = ToolAnnotations(read_only_hint=True, idempotent_hint=True)
         tool = cls(
             name=inner.name,
-            title=inner.title,
+            title=inner.title or route.summary,
             description=description,
             parameters=parameters,
             output_schema=output_schema,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import sys
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import typer
 
@@ -21,11 +26,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(asgi_app: object, port: int) -> Iterator[str]:
+def serve_in_thread(asgi_app: Any, port: int) -> Iterator[str]:
     """Run an ASGI app with uvicorn in a background thread; yield its base URL."""
     import uvicorn
 
-    config = uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        asgi_app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -71,18 +78,27 @@ def demo(
     configure_logging("WARNING")
     settings = MarketSettings()
     typer.echo(f"database : {settings.resolved_database_url()}")
-    typer.echo(f"cache    : {'Redis ' + settings.redis_url if settings.redis_url else 'in-process'}")
-    typer.echo(f"providers: {', '.join(settings.provider_order())} "
-               f"(CSV folder: {settings.market_data_dir})")
-    with serve_in_thread(create_app(settings), free_port()) as url, httpx.Client(
-        base_url=url, timeout=60
-    ) as http:
+    typer.echo(
+        f"cache    : {'Redis ' + settings.redis_url if settings.redis_url else 'in-process'}"
+    )
+    typer.echo(
+        f"providers: {', '.join(settings.provider_order())} "
+        f"(CSV folder: {settings.market_data_dir})"
+    )
+    with (
+        serve_in_thread(create_app(settings), free_port()) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
         typer.echo(f"service  : {url}  (OpenAPI at {url}/docs)\n")
         status = http.get("/market_status").json()
-        typer.echo(f"NYSE now: {'OPEN' if status['is_open'] else 'closed'}; next open "
-                   f"{status['next_open']}; next holidays {status['upcoming_holidays'][:3]}\n")
-        header = f"{'symbol':<8}{'as of':<12}{'close':>11}{'chg %':>8}{'RSI14':>8}" \
-                 f"{'MACD':>10}{'signal':>10}{'%R14':>8}  served from"
+        typer.echo(
+            f"NYSE now: {'OPEN' if status['is_open'] else 'closed'}; next open "
+            f"{status['next_open']}; next holidays {status['upcoming_holidays'][:3]}\n"
+        )
+        header = (
+            f"{'symbol':<8}{'as of':<12}{'close':>11}{'chg %':>8}{'RSI14':>8}"
+            f"{'MACD':>10}{'signal':>10}{'%R14':>8}  served from"
+        )
         typer.echo(header)
         typer.echo("-" * len(header))
         for symbol in [s.strip() for s in symbols.split(",") if s.strip()]:
@@ -105,12 +121,116 @@ def demo(
         hist = http.get(f"/historical/{first}", params={"start": "2020-01-01"}).json()
         q = hist["metadata"]["quality"]
         typer.echo(
-            f"\n{first} since 2020-01-01: {len(hist['bars'])} bars from {hist['metadata']['source']}"
-            f"; quality: {q['rejected_count']} rejected, {q['outlier_count']} return outliers "
+            f"\n{first} since 2020-01-01: {len(hist['bars'])} bars from "
+            f"{hist['metadata']['source']}; quality: {q['rejected_count']} rejected, "
+            f"{q['outlier_count']} return outliers "
             f"(>3 sd), {q['missing_sessions']} missing sessions"
         )
         again = http.get(f"/historical/{first}", params={"start": "2020-01-01"}).json()
         typer.echo(f"same request again: served from {again['metadata']['cache_level']}")
+
+
+class _ProtocolOnlyStdout:
+    """sys.stdout while serving MCP over stdio: `.buffer` is the protocol pipe, text is not.
+
+    The MCP stdio transport writes its messages to `sys.stdout.buffer`; a stray `print()`
+    (text written to `sys.stdout`) goes to stderr instead of corrupting the protocol.
+    """
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def __init__(self, buffer: BinaryIO) -> None:
+        self.buffer = buffer
+
+    def write(self, text: str) -> int:
+        """Send text to stderr."""
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        """Flush stderr."""
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        """Return False: stdout is a protocol pipe."""
+        return False
+
+
+def _reserve_stdout_for_protocol() -> None:
+    """Keep the process's stdout for MCP messages only; anything else lands on stderr."""
+    sys.stdout.flush()
+    wire = os.dup(1)
+    os.dup2(2, 1)  # C libraries and child processes writing to fd 1 now reach stderr
+    sys.stdout = _ProtocolOnlyStdout(os.fdopen(wire, "wb"))  # type: ignore[assignment]
+
+
+@app.command("mcp")
+def mcp_command(
+    http: bool = typer.Option(False, "--http", help="Serve streamable HTTP instead of stdio."),
+    host: str | None = typer.Option(None, help="HTTP interface (default: GATEWAY_HOST)."),
+    port: int | None = typer.Option(None, help="HTTP port (default: GATEWAY_PORT, 8765)."),
+    remote: bool = typer.Option(
+        False, "--remote", help="Call the services at their URLs (GATEWAY_<NAME>_URL)."
+    ),
+) -> None:
+    """Run the MCP gateway: every service operation as a tool (stdio for Claude Desktop)."""
+    # fastmcp reads these when imported: no banner, no update check, ever.
+    os.environ["FASTMCP_SHOW_SERVER_BANNER"] = "false"
+    os.environ["FASTMCP_CHECK_FOR_UPDATES"] = "off"
+    if not http:
+        _reserve_stdout_for_protocol()
+
+    import anyio
+    import fastmcp
+
+    fastmcp.settings.show_server_banner = False  # in case fastmcp was imported earlier
+    fastmcp.settings.check_for_updates = "off"
+
+    from gateway_mcp.server import build_gateway, run_http, run_stdio
+    from gateway_mcp.settings import GatewaySettings
+    from shared.logging import configure_logging
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if remote:
+        overrides["mode"] = "remote"
+    settings = GatewaySettings(**overrides)
+    configure_logging(settings.log_level)
+    gateway = build_gateway(settings)
+    if http:
+        if settings.http_token() is None and settings.host not in {"127.0.0.1", "localhost", "::1"}:
+            typer.echo("warning: no GATEWAY_TOKEN set on a non-loopback interface", err=True)
+        anyio.run(run_http, gateway, settings)
+    else:
+        anyio.run(run_stdio, gateway)
+
+
+def trading_executable() -> Path:
+    """Return the absolute path of this checkout's `trading` script."""
+    beside_python = Path(sys.executable).absolute().parent / "trading"
+    if beside_python.exists():
+        return beside_python
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "trading" and argv0.exists():
+        return argv0.absolute()
+    return beside_python
+
+
+@app.command("claude-config")
+def claude_config(
+    name: str = typer.Option("trading-platform", help="Server name shown in Claude Desktop."),
+) -> None:
+    """Print the Claude Desktop config snippet that starts this checkout's MCP gateway."""
+    snippet = {"mcpServers": {name: {"command": str(trading_executable()), "args": ["mcp"]}}}
+    typer.echo(json.dumps(snippet, indent=2))
+    typer.echo(
+        "Merge it into claude_desktop_config.json (macOS: ~/Library/Application Support/Claude/,"
+        " Windows: %APPDATA%\\Claude\\), then restart Claude Desktop.",
+        err=True,
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,11 @@ def test_demo_prints_real_prices_and_indicators(tmp_path: Path, csv_dir: Path) -
     trading = Path(sys.executable).with_name("trading")
     out = subprocess.run(
         [str(trading), "demo", "--symbols", "AAPL,KO"],
-        env=env, capture_output=True, text=True, timeout=180, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
     ).stdout
     last = pd.read_csv(csv_dir / "KO.csv").iloc[-1]
     assert f"{last['close']:.2f}" in out
