@@ -56,3 +56,6 @@ def configure_logging(level: str = "INFO") -> None:
     handler.addFilter(SecretMaskingFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Per-request chatter of libraries stays out of INFO logs.
+    for noisy in ("alembic", "httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -26,8 +26,7 @@ SYMBOL_DOC = (
     "Ticker, case-insensitive: e.g. `AAPL`, `BRK-B`, `BRK.B`, `^GSPC` (S&P 500), `EURUSD=X`, "
     "`BTC-USD`."
 )
-SYMBOL_PATTERN = r"^\^?[A-Za-z0-9]{1,10}([.\-][A-Za-z0-9]{1,10}){0,2}(=[A-Za-z]{1,2})?$"
-Symbol = Annotated[str, Path(description=SYMBOL_DOC, max_length=40, pattern=SYMBOL_PATTERN)]
+Symbol = Annotated[str, Path(description=SYMBOL_DOC, max_length=40)]
 Start = Annotated[
     date | None,
     Query(description="First date, YYYY-MM-DD, inclusive. Default: one year before `end`."),
