@@ -233,5 +233,24 @@ def claude_config(
     )
 
 
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (DATABASE_URL, default the embedded SQLite)."""
+    import asyncio
+
+    from shared.config import BaseServiceSettings
+    from shared.db import Database
+
+    async def run() -> str:
+        db = Database(BaseServiceSettings().resolved_database_url())
+        try:
+            await db.migrate()
+        finally:
+            await db.dispose()
+        return db.safe_url
+
+    typer.echo(f"{asyncio.run(run())} is at the newest schema revision")
+
+
 if __name__ == "__main__":
     app()

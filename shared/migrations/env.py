@@ -40,4 +40,8 @@ else:
     url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option(
         "sqlalchemy.url"
     )
+    if not url:
+        raise SystemExit(
+            "pass the database URL: alembic -x url=postgresql+asyncpg://... upgrade head"
+        )
     asyncio.run(_run_async(url))
