@@ -29,20 +29,17 @@ def _insert(session: AsyncSession, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+def _select_bars() -> Any:
+    """Select the bar columns in the order `_frame` reads them."""
+    c = BARS.c
+    return select(c.timestamp, c.open, c.high, c.low, c.close, c.adjusted_close, c.volume, c.source)
+
+
 async def load_bars(session: AsyncSession, *, symbol: str, start: date, end: date) -> pd.DataFrame:
     """Return stored bars of symbol between start and end inclusive, oldest first."""
     t = BARS
     stmt = (
-        select(
-            t.c.timestamp,
-            t.c.open,
-            t.c.high,
-            t.c.low,
-            t.c.close,
-            t.c.adjusted_close,
-            t.c.volume,
-            t.c.source,
-        )
+        _select_bars()
         .where(t.c.symbol == symbol, t.c.timestamp >= _utc(start), t.c.timestamp <= _utc(end))
         .order_by(t.c.timestamp)
     )
@@ -53,21 +50,7 @@ async def load_bars(session: AsyncSession, *, symbol: str, start: date, end: dat
 async def latest_bars(session: AsyncSession, *, symbol: str, n: int = 2) -> pd.DataFrame:
     """Return the n most recent stored bars of symbol, oldest first."""
     t = BARS
-    stmt = (
-        select(
-            t.c.timestamp,
-            t.c.open,
-            t.c.high,
-            t.c.low,
-            t.c.close,
-            t.c.adjusted_close,
-            t.c.volume,
-            t.c.source,
-        )
-        .where(t.c.symbol == symbol)
-        .order_by(t.c.timestamp.desc())
-        .limit(n)
-    )
+    stmt = _select_bars().where(t.c.symbol == symbol).order_by(t.c.timestamp.desc()).limit(n)
     rows = (await session.execute(stmt)).all()
     return _frame(list(reversed(rows)))
 
