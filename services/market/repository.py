@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.market.providers import BAR_COLUMNS, empty_bars
 from shared.tables import MarketBar, MarketDataCoverage, TechnicalIndicator
 
-CHUNK_ROWS = 500
 BARS: Table = MarketBar.__table__  # type: ignore[attr-defined]
 COVERAGE: Table = MarketDataCoverage.__table__  # type: ignore[attr-defined]
 INDICATORS: Table = TechnicalIndicator.__table__  # type: ignore[attr-defined]
@@ -91,16 +90,16 @@ async def upsert_bars(
         }
         for ts, row in zip(frame.index, frame.itertuples(index=False), strict=True)
     ]
-    for i in range(0, len(records), CHUNK_ROWS):
-        stmt = _insert(session, t).values(records[i : i + CHUNK_ROWS])
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["symbol", "timestamp"],
-            set_={
-                c: stmt.excluded[c]
-                for c in ("open", "high", "low", "close", "volume", "adjusted_close", "source")
-            },
-        )
-        await session.execute(stmt)
+    stmt = _insert(session, t)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["symbol", "timestamp"],
+        set_={
+            c: stmt.excluded[c]
+            for c in ("open", "high", "low", "close", "volume", "adjusted_close", "source")
+        },
+    )
+    # executemany: SQLAlchemy batches it into multi-row INSERTs ("insertmanyvalues").
+    await session.execute(stmt, records)
     return len(records)
 
 
