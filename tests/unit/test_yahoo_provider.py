@@ -528,3 +528,67 @@ def test_failures_are_caught_even_if_yfinance_hides_exceptions(csv_bars: pd.Data
     with pytest.raises(ProviderError, match="HTTP 503"):
         asyncio.run(p.fetch_history("AAPL", date(2022, 1, 3), date(2022, 1, 31)))
     assert p.limiter.granted == 3
+
+
+# --------------------------------------------------------------------------------------------
+# The provider inside the market service: Yahoo's data flows through validation and storage,
+# and a Yahoo outage falls back to the next provider in the chain.
+
+
+def market_service(tmp_path: Path, *providers: Any) -> Any:
+    from services.market.providers import ProviderChain
+    from services.market.service import MarketService
+    from shared.cache import Cache
+    from shared.db import Database
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'db' / 'svc.db'}")
+    return MarketService(db=db, cache=Cache(), providers=ProviderChain(list(providers)))
+
+
+def test_service_stores_yahoo_bars_and_serves_them_again(
+    csv_bars: pd.DataFrame, tmp_path: Path
+) -> None:
+    fake = FakeYahoo(csv_bars)
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any], int]:
+        svc = market_service(tmp_path, provider(fake))
+        first = await svc.get_history("AAPL", start=date(2021, 6, 1), end=date(2021, 6, 30))
+        calls = len(fake.history_calls())
+        svc.cache.l1.clear()
+        again = await svc.get_history("AAPL", start=date(2021, 6, 7), end=date(2021, 6, 25))
+        assert len(fake.history_calls()) == calls  # stored rows answer, Yahoo is not asked
+        await svc.providers.aclose()
+        await svc.db.dispose()
+        return first, again, calls
+
+    first, again, calls = asyncio.run(run())
+    want = expected(csv_bars, "2021-06-01", "2021-06-30")
+    assert [b["timestamp"][:10] for b in first["bars"]] == [str(d.date()) for d in want.index]
+    np.testing.assert_allclose([b["close"] for b in first["bars"]], want["close"], atol=1e-9)
+    assert first["metadata"]["source"] == "yfinance"
+    assert first["metadata"]["cache_level"] == "provider"
+    assert again["metadata"]["cache_level"] == "database"
+    assert calls == 1
+
+
+def test_yahoo_outage_falls_back_to_csv(csv_bars: pd.DataFrame, tmp_path: Path) -> None:
+    from services.market.providers import CsvProvider
+    from shared.config import SHARED_CSV_DIR
+
+    down = FakeYahoo(csv_bars, hang_s=5.0)  # every Yahoo request hangs
+
+    async def run() -> dict[str, Any]:
+        yahoo = provider(down, timeout_s=0.2, max_attempts=2)
+        svc = market_service(tmp_path, yahoo, CsvProvider(SHARED_CSV_DIR))
+        try:
+            return await svc.get_price("AAPL")
+        finally:
+            down.release()
+            await svc.providers.aclose()
+            await svc.db.dispose()
+
+    started = time.monotonic()
+    quote = asyncio.run(run())
+    assert time.monotonic() - started < 3.0
+    assert quote["source"] == "csv"
+    assert quote["price"] == pytest.approx(csv_bars["close"].iloc[-1])
