@@ -35,7 +35,7 @@ End = Annotated[
     date | None,
     Query(description="Last date, YYYY-MM-DD, inclusive. Default: the latest available bar."),
 ]
-READ_ERRORS = problem_responses(404, 422, 502, 503)
+READ_ERRORS = problem_responses(401, 404, 422, 502, 503)
 
 
 def get_service(request: Request) -> MarketService:
@@ -224,7 +224,7 @@ async def get_macd(
     "/market_status",
     operation_id="get_market_status",
     response_model=MarketStatus,
-    responses=problem_responses(422),
+    responses=problem_responses(401, 422),
     summary="NYSE open or closed",
 )
 async def get_market_status(
@@ -244,7 +244,7 @@ async def get_market_status(
     operation_id="bulk_fetch",
     response_model=BulkFetchResult,
     response_model_exclude_none=True,
-    responses=problem_responses(400, 422, 503),
+    responses=problem_responses(400, 401, 422, 503),
     summary="Prices or bars for many symbols",
 )
 async def bulk_fetch(body: BulkFetchRequest, service: Service) -> dict[str, Any]:
