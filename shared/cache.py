@@ -24,38 +24,51 @@ CacheLevel = Literal["l1", "l2"]
 
 
 class LRUCache:
-    """A bounded mapping with per-entry expiry; the least recently used entry goes first."""
+    """A bounded mapping with per-entry expiry; the least recently used entry goes first.
 
-    def __init__(self, maxsize: int = 1000) -> None:
+    Bounded twice: by entry count and by an estimate of the bytes held (the JSON size of each
+    value, given by the caller), so 1,000 twenty-year histories cannot exhaust memory.
+    """
+
+    def __init__(self, maxsize: int = 1000, max_bytes: int = 256 * 2**20) -> None:
         self.maxsize = maxsize
-        self._data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._data: OrderedDict[str, tuple[float, Any, int]] = OrderedDict()
 
     def get(self, key: str) -> Any | None:
         """Return the live value for key, or None."""
         hit = self._data.get(key)
         if hit is None:
             return None
-        expires, value = hit
+        expires, value, _ = hit
         if expires < time.monotonic():
-            del self._data[key]
+            self.delete(key)
             return None
         self._data.move_to_end(key)
         return value
 
-    def set(self, key: str, value: Any, ttl_s: float) -> None:
-        """Store value for ttl_s seconds, evicting the oldest entry when full."""
-        self._data[key] = (time.monotonic() + ttl_s, value)
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
+    def set(self, key: str, value: Any, ttl_s: float, size: int = 0) -> None:
+        """Store value for ttl_s seconds, evicting the oldest entries while over a bound."""
+        self.delete(key)
+        if size > self.max_bytes:
+            return
+        self._data[key] = (time.monotonic() + ttl_s, value, size)
+        self.bytes += size
+        while len(self._data) > self.maxsize or self.bytes > self.max_bytes:
+            _, (_, _, dropped) = self._data.popitem(last=False)
+            self.bytes -= dropped
 
     def delete(self, key: str) -> None:
         """Forget key."""
-        self._data.pop(key, None)
+        hit = self._data.pop(key, None)
+        if hit is not None:
+            self.bytes -= hit[2]
 
     def clear(self) -> None:
         """Forget everything."""
         self._data.clear()
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -72,9 +85,10 @@ class Cache:
         redis_url: str | None = None,
         prefix: str = "",
         l1_size: int = 1000,
+        l1_max_bytes: int = 256 * 2**20,
         timeout_s: float = 0.5,
     ) -> None:
-        self.l1 = LRUCache(l1_size)
+        self.l1 = LRUCache(l1_size, l1_max_bytes)
         self.prefix = prefix
         self.redis_url = redis_url
         self.redis: Redis | None = None
@@ -145,18 +159,18 @@ class Cache:
         if value is None:
             return None, None
         if ttl and ttl > 0:
-            self.l1.set(key, value, ttl)
+            self.l1.set(key, value, ttl, size=len(raw))
         return value, "l2"
 
     async def set(
         self, key: str, value: Any, ttl_s: int, *, hash_fields: dict[str, Any] | None = None
     ) -> None:
         """Store value in L1 and L2 for ttl_s seconds (as a Redis hash when fields are given)."""
-        self.l1.set(key, value, ttl_s)
+        payload = json.dumps(value, separators=(",", ":"), default=str)
+        self.l1.set(key, value, ttl_s, size=len(payload))
         if self._skip_l2():
             return
         assert self.redis is not None
-        payload = json.dumps(value, separators=(",", ":"), default=str)
         try:
             if hash_fields is not None:
                 mapping: dict[str | bytes, str] = {

@@ -45,7 +45,8 @@ class BaseServiceSettings(BaseSettings):
     redis_url: str | None = Field(default=None, description="redis:// URL; unset = L1 only.")
     redis_prefix: str = Field(default="", description="Prefix for every Redis key.")
     redis_timeout_s: float = Field(default=0.5, gt=0)
-    l1_cache_size: int = Field(default=1000, ge=1)
+    l1_cache_size: int = Field(default=1000, ge=1, description="L1 entries at most.")
+    l1_cache_max_mb: int = Field(default=256, ge=1, description="L1 memory bound (JSON size).")
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token the services require when set."
     )

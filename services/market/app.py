@@ -71,6 +71,7 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
             redis_url=settings.redis_url,
             prefix=settings.redis_prefix,
             l1_size=settings.l1_cache_size,
+            l1_max_bytes=settings.l1_cache_max_mb * 2**20,
             timeout_s=settings.redis_timeout_s,
         )
         chain = ProviderChain(build_providers(settings))

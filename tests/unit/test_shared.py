@@ -71,6 +71,18 @@ def test_lru_evicts_oldest_and_expires() -> None:
     assert lru.get("d") is None
 
 
+def test_lru_is_bounded_by_bytes_too() -> None:
+    lru = LRUCache(maxsize=100, max_bytes=1000)
+    for i in range(5):
+        lru.set(f"k{i}", i, 60, size=300)
+    assert len(lru) == 3 and lru.bytes == 900
+    assert lru.get("k0") is None and lru.get("k4") == 4
+    lru.set("huge", "x", 60, size=5000)  # larger than the whole budget: not kept
+    assert lru.get("huge") is None and lru.bytes == 900
+    lru.set("k4", 4, 60, size=100)  # replacing an entry releases its old size
+    assert lru.bytes == 700
+
+
 def test_cache_without_redis_is_l1_only() -> None:
     async def go() -> None:
         cache = Cache(redis_url=None, l1_size=10)
