@@ -114,6 +114,47 @@ def adjust(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def bar_records(frame: pd.DataFrame, *, with_filled: bool) -> list[dict[str, Any]]:
+    """Return bars as JSON-ready dicts (adj_close None where the vendor has none)."""
+    stamps = [_iso(ts) for ts in frame.index]
+    cols = {
+        c: frame[c].to_numpy("float64").tolist()
+        for c in ("open", "high", "low", "close", "adj_close", "volume")
+    }
+    filled = frame["filled"].tolist() if with_filled and "filled" in frame else None
+    bars = []
+    for i, ts in enumerate(stamps):
+        adj = cols["adj_close"][i]
+        bar = {
+            "timestamp": ts,
+            "open": cols["open"][i],
+            "high": cols["high"][i],
+            "low": cols["low"][i],
+            "close": cols["close"][i],
+            "volume": int(cols["volume"][i]),
+            "adj_close": None if math.isnan(adj) else adj,
+        }
+        if filled is not None:
+            bar["filled"] = bool(filled[i])
+        bars.append(bar)
+    return bars
+
+
+def shape_bars(
+    symbol: str, loaded: Loaded, *, fill_gaps: bool, adjusted: bool, interval: str
+) -> tuple[list[dict[str, Any]], dict[str, object]]:
+    """Check quality, optionally fill short gaps, adjust and resample; return (bars, report)."""
+    report, missing = quality_of(symbol, loaded.frame, loaded.rejected)
+    frame = loaded.frame
+    if fill_gaps:
+        frame = fill_short_gaps(frame, missing, report.gaps)
+        report.filled_rows = int(frame["filled"].sum())
+    if adjusted:
+        frame = adjust(frame)
+    frame = resample(frame, interval)
+    return bar_records(frame, with_filled=fill_gaps), report.as_dict()
+
+
 class MarketService:
     """Prices, history and indicators with a three-level cache."""
 
@@ -274,27 +315,22 @@ class MarketService:
         loaded = await self.load(symbol, start, end)
         if loaded.frame.empty and not await self._known(symbol):
             raise NotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
-        report, missing = await asyncio.to_thread(quality_of, symbol, loaded.frame, loaded.rejected)
-        frame = loaded.frame
-        if fill_gaps:
-            frame = fill_short_gaps(frame, missing, report.gaps)
-            report.filled_rows = int(frame["filled"].sum())
-        if adjusted:
-            frame = adjust(frame)
-        frame = resample(frame, interval)
+        bars, quality = await asyncio.to_thread(
+            shape_bars, symbol, loaded, fill_gaps=fill_gaps, adjusted=adjusted, interval=interval
+        )
         result = {
             "symbol": symbol,
             "interval": interval,
             "adjusted": adjusted,
             "start": start.isoformat(),
             "end": end.isoformat(),
-            "bars": self._bars(frame, with_filled=fill_gaps),
+            "bars": bars,
             "metadata": {
                 "source": ",".join(loaded.sources) or None,
                 "cached": False,
                 "cache_level": loaded.served_from,
-                "rows": len(frame),
-                "quality": report.as_dict(),
+                "rows": len(bars),
+                "quality": quality,
             },
         }
         ttl = (
@@ -309,31 +345,6 @@ class MarketService:
         """Tell whether any provider knows the symbol (raises 404 through the chain if none)."""
         await self.get_price(symbol)
         return True
-
-    @staticmethod
-    def _bars(frame: pd.DataFrame, *, with_filled: bool) -> list[dict[str, Any]]:
-        stamps = [_iso(ts) for ts in frame.index]
-        cols = {
-            c: frame[c].to_numpy("float64").tolist()
-            for c in ("open", "high", "low", "close", "adj_close", "volume")
-        }
-        filled = frame["filled"].tolist() if with_filled and "filled" in frame else None
-        bars = []
-        for i, ts in enumerate(stamps):
-            adj = cols["adj_close"][i]
-            bar = {
-                "timestamp": ts,
-                "open": cols["open"][i],
-                "high": cols["high"][i],
-                "low": cols["low"][i],
-                "close": cols["close"][i],
-                "volume": int(cols["volume"][i]),
-                "adj_close": None if math.isnan(adj) else adj,
-            }
-            if filled is not None:
-                bar["filled"] = bool(filled[i])
-            bars.append(bar)
-        return bars
 
     # ----------------------------------------------------------- indicators
     async def get_indicators(
