@@ -7,6 +7,7 @@ COPY shared ./shared
 COPY services ./services
 COPY gateway_mcp ./gateway_mcp
 COPY openapi ./openapi
-RUN pip install --no-cache-dir -c constraints.txt . && mkdir -p /data
+# editable, so the app finds /app/openapi (the gateway's specs) next to its code
+RUN pip install --no-cache-dir -c constraints.txt -e . && mkdir -p /data
 EXPOSE 8000
 CMD ["uvicorn", "--factory", "services.market.app:create_app", "--host", "0.0.0.0", "--port", "8000"]
