@@ -176,3 +176,22 @@ def test_migrations_are_alembic_managed(settings, pg_url: str) -> None:
     )
     assert tables == 6
     assert PG_ADMIN_DSN
+
+
+def test_latest_indicator_values_are_stored_once(settings, pg_url: str) -> None:
+    for _ in range(2):  # a fresh app each time, Redis keys dropped: the values are recomputed
+        with TestClient(create_app(settings)) as c:
+            assert c.get("/macd/AAPL").status_code == 200
+            assert c.get("/rsi/AAPL", params={"period": 7}).status_code == 200
+        r = redis.Redis.from_url(REDIS_URL)
+        for key in r.scan_iter(match=f"{settings.redis_prefix}indicators:*"):
+            r.delete(key)
+        r.close()
+    rows = pg_count(pg_url, "select count(*) from technical_indicators")
+    assert rows == 4  # macd, macd_signal, macd_histogram at 12/26/9; rsi at period 7
+    params = pg_count(
+        pg_url,
+        "select count(distinct parameters::text) from technical_indicators "
+        "where indicator_name = 'rsi' and parameters->>'period' = '7'",
+    )
+    assert params == 1
