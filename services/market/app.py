@@ -20,7 +20,6 @@ from shared.cache import Cache
 from shared.config import MarketSettings
 from shared.db import Database
 from shared.errors import DatabaseUnavailableError
-from shared.logging import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +125,3 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
         }
 
     return app
-
-
-def main() -> None:
-    """Configure logging (used by `trading serve`)."""
-    configure_logging()

@@ -13,7 +13,6 @@ from datetime import date
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import pandas as pd
 
 from shared.errors import AppError, NotFoundError, UpstreamUnavailableError
@@ -177,8 +176,3 @@ class ProviderChain:
         """Close every provider."""
         for provider in self.providers:
             await provider.aclose()
-
-
-def as_float_array(series: pd.Series) -> np.ndarray:
-    """Return a contiguous float64 copy of a column."""
-    return np.ascontiguousarray(series.to_numpy(dtype="float64"))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -132,15 +132,6 @@ async def add_coverage(
             symbol=symbol, start_date=_utc(start), end_date=_utc(end), source=source, rows=rows
         )
     )
-
-
-async def count_bars(session: AsyncSession, *, symbol: str | None = None) -> int:
-    """Return how many bars are stored (for one symbol, or all)."""
-    t = BARS
-    stmt = select(func.count()).select_from(t)
-    if symbol is not None:
-        stmt = stmt.where(t.c.symbol == symbol)
-    return int((await session.execute(stmt)).scalar_one())
 
 
 async def store_indicator_values(
