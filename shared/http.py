@@ -7,7 +7,7 @@ through httpx's ASGI transport), so one process can host every service.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
@@ -43,8 +43,7 @@ def make_transport(app: ASGIApp | None) -> httpx.AsyncBaseTransport | None:
 @asynccontextmanager
 async def app_lifespan(app: Any) -> AsyncIterator[None]:
     """Run a FastAPI app's lifespan (startup/shutdown) around an in-process use of it."""
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(app.router.lifespan_context(app))
+    async with app.router.lifespan_context(app):
         yield
 
 

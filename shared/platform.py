@@ -7,6 +7,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from shared.http import app_lifespan
+
 
 def service_apps() -> dict[str, FastAPI]:
     """Return each service's app by namespace, built from environment settings."""
@@ -23,7 +25,7 @@ def build_platform_app() -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             for sub in apps.values():
-                await stack.enter_async_context(sub.router.lifespan_context(sub))
+                await stack.enter_async_context(app_lifespan(sub))
             yield
 
     root = FastAPI(title="Trading platform", lifespan=lifespan, docs_url=None, redoc_url=None)
