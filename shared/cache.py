@@ -7,6 +7,7 @@ once more when Redis is back.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -166,7 +167,8 @@ class Cache:
         self, key: str, value: Any, ttl_s: int, *, hash_fields: dict[str, Any] | None = None
     ) -> None:
         """Store value in L1 and L2 for ttl_s seconds (as a Redis hash when fields are given)."""
-        payload = json.dumps(value, separators=(",", ":"), default=str)
+        # Serialise off the event loop: a 20-year history is several megabytes of JSON.
+        payload = await asyncio.to_thread(json.dumps, value, separators=(",", ":"), default=str)
         self.l1.set(key, value, ttl_s, size=len(payload))
         if self._skip_l2():
             return

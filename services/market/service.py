@@ -370,16 +370,13 @@ class MarketService:
         frame = loaded.frame
         if frame.empty and not await self._known(symbol):
             raise NotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
-        values = await asyncio.to_thread(_compute_all, frame, checked)
-        in_window = frame.index >= pd.Timestamp(start, tz="UTC")
+        window = await asyncio.to_thread(indicator_window, frame, checked, start)
         result = {
             "symbol": symbol,
             "start": start.isoformat(),
             "end": end.isoformat(),
-            "timestamps": [_iso(ts) for ts in frame.index[in_window]],
-            "values": {k: _nan_to_none(v[in_window]) for k, v in values.items()},
+            **window,
             "parameters": checked,
-            "warmup_bars_used": int((~in_window).sum()),
             "source": ",".join(loaded.sources) or None,
         }
         await self.cache.set(key, result, self.indicator_ttl_s)
@@ -482,6 +479,19 @@ def _param_label(params: dict[str, Any]) -> str:
 def _bars_before(day: date, bars: int) -> date:
     """Return a date at least `bars` trading sessions before day (calendar-day estimate)."""
     return day - timedelta(days=int(bars * 7 / 5 * 1.1) + 10)
+
+
+def indicator_window(
+    frame: pd.DataFrame, checked: dict[str, dict[str, Any]], start: date
+) -> dict[str, Any]:
+    """Compute indicators on every bar; return the window from start on, JSON-ready."""
+    values = _compute_all(frame, checked)
+    in_window = frame.index >= pd.Timestamp(start, tz="UTC")
+    return {
+        "timestamps": [_iso(ts) for ts in frame.index[in_window]],
+        "values": {k: _nan_to_none(v[in_window]) for k, v in values.items()},
+        "warmup_bars_used": int((~in_window).sum()),
+    }
 
 
 def _compute_all(frame: pd.DataFrame, checked: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
