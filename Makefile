@@ -52,7 +52,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 openapi: $(STAMP)
-	$(BIN)/python -m shared.openapi
+	$(BIN)/python -m trading.openapi
 
 bench: $(STAMP)
 	$(BIN)/python bench/market.py

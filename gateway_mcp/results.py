@@ -18,6 +18,8 @@ from typing import Any
 
 from fastmcp.exceptions import ToolError
 
+from shared.errors import Problem
+
 PAGE_KEY = "page"
 
 LIMIT_DOC = (
@@ -272,34 +274,10 @@ def oversize_error(tool: str, size: int, max_bytes: int) -> ToolError:
 # --------------------------------------------------------------------------------------
 
 
-def problem_of(status: int, body: bytes | str, reason: str = "") -> dict[str, Any]:
-    """Return the RFC 9457 problem in an error body, or one synthesised from the status."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, TypeError):
-        parsed = None
-    if isinstance(parsed, dict) and ("detail" in parsed or "title" in parsed):
-        problem = dict(parsed)
-        problem.setdefault("status", status)
-        detail = problem.get("detail")
-        if not isinstance(detail, str):  # e.g. FastAPI's default {"detail": [...]}
-            problem["detail"] = json.dumps(detail) if detail is not None else problem.get("title")
-        return problem
-    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
-    return {
-        "status": status,
-        "title": reason or "Upstream error",
-        "detail": text.strip()[:500] or reason or f"HTTP {status}",
-        "code": "upstream_error",
-    }
-
-
-def problem_error(service: str, problem: dict[str, Any]) -> ToolError:
+def problem_error(service: str, problem: Problem) -> ToolError:
     """Return a tool error naming the service and carrying status, code and detail."""
-    status = problem.get("status", "?")
-    code = problem.get("code") or f"http_{status}"
-    message = f"{service} service error {status} {code}: {problem.get('detail')}"
-    if problem.get("field"):
-        message += f" (field: {problem['field']})"
-    server_side = isinstance(status, int) and status >= 500
+    message = f"{service} service error {problem.status} {problem.code}: {problem.detail}"
+    if problem.field:
+        message += f" (field: {problem.field})"
+    server_side = problem.status >= 500
     return ToolError(message, log_level=logging.WARNING if server_side else logging.DEBUG)

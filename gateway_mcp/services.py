@@ -22,6 +22,12 @@ import httpx2
 
 from gateway_mcp.jobs import follow_job, status_url
 from gateway_mcp.settings import GatewaySettings
+from shared.errors import (
+    PROBLEM_MEDIA_TYPE,
+    AppError,
+    ServiceTimeoutError,
+    ServiceUnavailableError,
+)
 from shared.http import app_lifespan
 
 log = logging.getLogger(__name__)
@@ -59,12 +65,13 @@ def import_app_factory(name: str) -> AppFactory:
     return factory  # type: ignore[no-any-return]
 
 
-def _problem(request: httpx2.Request, status: int, code: str, title: str, detail: str) -> Any:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
+def _problem(request: httpx2.Request, error: AppError) -> httpx2.Response:
+    """Answer request with error as a problem-details response, as a service would."""
+    body = error.to_problem().model_dump(mode="json", exclude_none=True)
     return httpx2.Response(
-        status,
+        error.status,
         content=json.dumps(body).encode(),
-        headers={"content-type": "application/problem+json"},
+        headers={"content-type": PROBLEM_MEDIA_TYPE},
         request=request,
     )
 
@@ -163,31 +170,28 @@ class ServiceTransport(httpx2.AsyncBaseTransport):
             reason = svc.down_reason or "the gateway has not started it"
             return _problem(
                 request,
-                503,
-                "service_unavailable",
-                "Service unavailable",
-                f"The {svc.name} service is not available: {reason}. "
-                "The gateway's other services are unaffected.",
+                ServiceUnavailableError(
+                    f"The {svc.name} service is not available: {reason}. "
+                    "The gateway's other services are unaffected."
+                ),
             )
         try:
             return await self._inner.handle_async_request(request)
         except httpx2.TimeoutException as e:
             return _problem(
                 request,
-                504,
-                "service_timeout",
-                "Service timeout",
-                f"The {svc.name} service at {svc.base_url} did not answer within "
-                f"{svc.settings.service_timeout_s:g} s ({type(e).__name__}).",
+                ServiceTimeoutError(
+                    f"The {svc.name} service at {svc.base_url} did not answer within "
+                    f"{svc.settings.service_timeout_s:g} s ({type(e).__name__})."
+                ),
             )
         except httpx2.TransportError as e:
             return _problem(
                 request,
-                503,
-                "service_unavailable",
-                "Service unavailable",
-                f"The {svc.name} service is unreachable at {svc.base_url} "
-                f"({type(e).__name__}: {e}). The gateway's other services are unaffected.",
+                ServiceUnavailableError(
+                    f"The {svc.name} service is unreachable at {svc.base_url} "
+                    f"({type(e).__name__}: {e}). The gateway's other services are unaffected."
+                ),
             )
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:

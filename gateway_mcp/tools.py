@@ -32,9 +32,9 @@ from gateway_mcp.results import (
     page_arguments,
     paged_output_schema,
     problem_error,
-    problem_of,
     schema_has_rows,
 )
+from shared.errors import parse_problem
 
 PAGING_NOTE = (
     "\n\nLong lists in the answer are cut to `limit` rows (default {default}); the answer's "
@@ -113,7 +113,7 @@ class GatewayTool(Tool):
             result = await self._inner.run(args)
         except httpx2.HTTPStatusError as e:
             response = e.response
-            problem = problem_of(response.status_code, response.content, response.reason_phrase)
+            problem = parse_problem(response.status_code, response.content, response.reason_phrase)
             raise problem_error(self._service, problem) from e
         except ValueError as e:  # the request could not be built from the arguments
             raise ToolError(f"{self._service} service: {e}") from e

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +137,44 @@ class ServiceUnavailableError(AppError):
     status = 503
     code = "service_unavailable"
     title = "Service unavailable"
+
+
+class ServiceTimeoutError(AppError):
+    """Another platform service did not answer in time."""
+
+    status = 504
+    code = "service_timeout"
+    title = "Service timeout"
+
+
+def parse_problem(status: int, body: bytes | str, reason: str = "") -> Problem:
+    """Return the RFC 9457 problem in an error answer's body, or one made from its status.
+
+    The one reader of problem answers: service clients and the gateway both use it. A body
+    that is a problem (or close to one: FastAPI's `{"detail": [...]}`) keeps its fields; any
+    other body becomes `upstream_error` with the body's first 500 characters as detail.
+    """
+    try:
+        parsed = json.loads(body)
+    except (ValueError, TypeError):
+        parsed = None
+    if isinstance(parsed, dict) and ("detail" in parsed or "title" in parsed):
+        fields = dict(parsed)
+        detail = fields.get("detail")
+        if not isinstance(detail, str):
+            fields["detail"] = json.dumps(detail) if detail is not None else fields.get("title")
+        fields.setdefault("title", reason or "Upstream error")
+        fields.setdefault("code", f"http_{status}")
+        if not isinstance(fields.get("status"), int):
+            fields["status"] = status
+        try:
+            return Problem.model_validate(fields)
+        except ValidationError:
+            pass
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+    return Problem(
+        title=reason or "Upstream error",
+        status=status,
+        detail=text.strip()[:500] or reason or f"HTTP {status}",
+        code="upstream_error",
+    )

@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 from starlette.types import ASGIApp
 
-from shared.errors import AppError, FieldIssue, Problem, ServiceUnavailableError
+from shared.errors import AppError, FieldIssue, Problem, ServiceUnavailableError, parse_problem
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -103,15 +103,7 @@ class ServiceClient:
         return model.model_validate_json(response.content)
 
     def _problem(self, response: httpx.Response) -> AppError:
-        try:
-            problem = Problem.model_validate_json(response.content)
-        except ValidationError:
-            problem = Problem(
-                title="Upstream error",
-                status=response.status_code,
-                detail=response.text[:500] or response.reason_phrase,
-                code="upstream_error",
-            )
+        problem = parse_problem(response.status_code, response.content, response.reason_phrase)
         return UpstreamProblemError(self.service, problem)
 
     async def aclose(self) -> None:

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.market.app import create_app
-from shared.config import SHARED_CSV_DIR, MarketSettings
+from services.market.settings import SHARED_CSV_DIR, MarketSettings
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 

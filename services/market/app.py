@@ -17,7 +17,7 @@ from services.market.schemas import Health
 from services.market.service import MarketService
 from shared.api import install_bearer_auth, install_error_handlers, install_server_timing
 from shared.cache import Cache
-from shared.config import MarketSettings
+from services.market.settings import MarketSettings
 from shared.db import Database
 from shared.errors import DatabaseUnavailableError
 

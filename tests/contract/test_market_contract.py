@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from services.market.app import create_app
-from shared.config import SHARED_CSV_DIR, MarketSettings
-from shared.openapi import OPENAPI_DIR, render
+from services.market.settings import SHARED_CSV_DIR, MarketSettings
+from trading.openapi import OPENAPI_DIR, render
 
 _tmp = Path(__import__("tempfile").mkdtemp(prefix="contract-"))
 APP = create_app(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway_mcp.server import build_gateway
 from gateway_mcp.settings import GatewaySettings
-from shared.openapi import OPENAPI_DIR
+from trading.openapi import OPENAPI_DIR
 
 SNAPSHOT = Path(__file__).with_name("tool_names.json")
 

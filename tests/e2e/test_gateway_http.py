@@ -18,8 +18,8 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 
-from shared.cli import free_port
-from tests.e2e import TRADING, csv_closes, gateway_env, snapshot_names
+from tests.e2e.conftest import TRADING, csv_closes, gateway_env, snapshot_names
+from trading.cli import free_port
 
 pytestmark = pytest.mark.e2e
 

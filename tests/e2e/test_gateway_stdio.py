@@ -14,7 +14,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult
 
-from tests.e2e import TRADING, child_pids, csv_closes, gateway_env, snapshot_names
+from tests.e2e.conftest import TRADING, child_pids, csv_closes, gateway_env, snapshot_names
 
 pytestmark = pytest.mark.e2e
 

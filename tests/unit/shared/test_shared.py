@@ -11,13 +11,13 @@ import pytest
 from fastapi import FastAPI
 
 from services.market.service import _missing_ranges
+from services.market.settings import MarketSettings
 from shared.api import install_bearer_auth, install_error_handlers
 from shared.cache import Cache, LRUCache
-from shared.cli import free_port, serve_in_thread
-from shared.config import MarketSettings
 from shared.errors import NotFoundError, ServiceUnavailableError
 from shared.http import ServiceClient, UpstreamProblemError
 from shared.logging import SecretMaskingFilter, mask_secrets
+from trading.cli import free_port, serve_in_thread
 
 
 @pytest.mark.parametrize(

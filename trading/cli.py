@@ -56,11 +56,11 @@ def serve(
     """Serve every service over HTTP in one process (Swagger UI at /market/docs)."""
     import uvicorn
 
-    from shared.config import get_market_settings
+    from shared.config import BaseServiceSettings
     from shared.logging import configure_logging
-    from shared.platform import build_platform_app
+    from trading.host import build_platform_app
 
-    configure_logging(get_market_settings().log_level)
+    configure_logging(BaseServiceSettings().log_level)
     uvicorn.run(build_platform_app(), host=host, port=port, log_config=None)
 
 
@@ -72,7 +72,7 @@ def demo(
     import httpx
 
     from services.market.app import create_app
-    from shared.config import MarketSettings
+    from services.market.settings import MarketSettings
     from shared.logging import configure_logging
 
     configure_logging("WARNING")

@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import REPO_ROOT
+from trading.discovery import app_factory, service_names
 
 OPENAPI_DIR = REPO_ROOT / "openapi"
 
 
 def service_specs() -> dict[str, dict[str, Any]]:
     """Return each service's OpenAPI document, built from the apps themselves."""
-    from services.market.app import create_app as market
-
-    return {"market": market().openapi()}
+    return {name: app_factory(name)().openapi() for name in service_names()}
 
 
 def render(spec: dict[str, Any]) -> str:

@@ -12,10 +12,10 @@ from gateway_mcp.results import (
     fit_rows,
     paged_output_schema,
     problem_error,
-    problem_of,
     schema_has_rows,
     slice_rows,
 )
+from shared.errors import Problem, parse_problem
 
 BARS = {"symbol": "X", "bars": [{"i": i, "close": float(i)} for i in range(250)], "n": 250}
 COLUMNAR = {
@@ -80,7 +80,7 @@ def test_pages_shrink_to_fit_the_byte_limit() -> None:
 
 
 def test_which_schemas_get_paging_arguments(tmp_path: object) -> None:
-    from shared.openapi import OPENAPI_DIR
+    from trading.openapi import OPENAPI_DIR
 
     spec = json.loads((OPENAPI_DIR / "market.json").read_text())
     schemas = spec["components"]["schemas"]
@@ -118,12 +118,12 @@ def test_problem_details_become_a_tool_error_with_status_code_and_detail() -> No
             "field": "symbol",
         }
     )
-    error = problem_error("market", problem_of(404, body.encode(), "Not Found"))
+    error = problem_error("market", parse_problem(404, body.encode(), "Not Found"))
     assert str(error) == (
         "market service error 404 symbol_not_found: Unknown symbol 'ZZZZ' (field: symbol)"
     )
     assert error.log_level == logging.DEBUG
-    server = problem_error("market", {"status": 503, "code": "x", "detail": "down"})
+    server = problem_error("market", Problem(title="Down", status=503, code="x", detail="down"))
     assert server.log_level == logging.WARNING
 
 
@@ -136,4 +136,6 @@ def test_problem_details_become_a_tool_error_with_status_code_and_detail() -> No
     ],
 )
 def test_non_problem_error_bodies_still_give_a_clear_error(body: bytes, expected: str) -> None:
-    assert str(problem_error("market", problem_of(502, body, "Bad Gateway"))).startswith(expected)
+    assert str(problem_error("market", parse_problem(502, body, "Bad Gateway"))).startswith(
+        expected
+    )

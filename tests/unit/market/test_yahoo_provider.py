@@ -33,8 +33,8 @@ from yfinance import data as yf_data
 from yfinance.config import YfConfig
 
 from services.market.providers import BAR_COLUMNS, ProviderError, SymbolNotFoundError
+from services.market.settings import SHARED_CSV_DIR
 from services.market.yahoo import RateLimiter, YahooProvider
-from shared.config import SHARED_CSV_DIR
 
 AAPL_CSV = SHARED_CSV_DIR / "AAPL.csv"
 NEW_YORK = "America/New_York"
@@ -573,7 +573,7 @@ def test_service_stores_yahoo_bars_and_serves_them_again(
 
 def test_yahoo_outage_falls_back_to_csv(csv_bars: pd.DataFrame, tmp_path: Path) -> None:
     from services.market.providers import CsvProvider
-    from shared.config import SHARED_CSV_DIR
+    from services.market.settings import SHARED_CSV_DIR
 
     down = FakeYahoo(csv_bars, hang_s=5.0)  # every Yahoo request hangs
 

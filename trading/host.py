@@ -1,25 +1,20 @@
-"""Host every service in one ASGI app (for `trading serve`): /market, later /predictor..."""
+"""Host every service in one ASGI app (for `trading serve`): /market, /backtest, ..."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from shared.http import app_lifespan
+from trading.discovery import service_apps
 
 
-def service_apps() -> dict[str, FastAPI]:
-    """Return each service's app by namespace, built from environment settings."""
-    from services.market.app import create_app as market
-
-    return {"market": market()}
-
-
-def build_platform_app() -> FastAPI:
-    """Mount every service under /<namespace> and run their lifespans."""
-    apps = service_apps()
+def build_platform_app(apps: dict[str, Any] | None = None) -> FastAPI:
+    """Mount every service under /<name> and run their lifespans."""
+    apps = service_apps() if apps is None else apps
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -20,12 +20,12 @@ from pydantic import BaseModel, SecretStr
 from gateway_mcp.server import build_gateway
 from gateway_mcp.settings import GatewaySettings
 from services.market.app import create_app as create_market_app
+from services.market.settings import SHARED_CSV_DIR
 from shared.api import install_error_handlers, problem_responses
-from shared.cli import free_port, serve_in_thread
-from shared.config import SHARED_CSV_DIR
 from shared.errors import NotFoundError
-from shared.openapi import OPENAPI_DIR
 from tests.conftest import market_settings
+from trading.cli import free_port, serve_in_thread
+from trading.openapi import OPENAPI_DIR
 
 
 class Widget(BaseModel):
@@ -281,7 +281,7 @@ def test_remote_mode_sends_the_service_token_and_names_a_service_that_is_down(
 def test_remote_mode_defaults_to_the_trading_serve_layout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.platform import build_platform_app
+    from trading.host import build_platform_app
 
     monkeypatch.setenv("MARKET_PROVIDERS", "csv")
     monkeypatch.setenv("DATA_DIR", str(tmp_path))

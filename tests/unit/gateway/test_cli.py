@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from shared.cli import app
+from trading.cli import app
 
 
 def test_claude_config_names_this_checkouts_trading_script() -> None:

@@ -21,7 +21,7 @@ from services.market.indicators import (
     warmup_bars,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "ohlcv" / "daily"
+DATA_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "ohlcv" / "daily"
 CSV_FILES = sorted(DATA_DIR.glob("*.csv"))
 ATOL = 1e-8
 
