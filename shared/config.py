@@ -22,7 +22,6 @@ def default_data_dir() -> Path:
     return Path(base) / "trading-platform"
 
 
-
 class BaseServiceSettings(BaseSettings):
     """Settings shared by every service."""
 
@@ -34,6 +33,9 @@ class BaseServiceSettings(BaseSettings):
         description="SQLAlchemy async URL; default: sqlite+aiosqlite under DATA_DIR.",
     )
     database_connect_timeout_s: float = Field(default=3.0, gt=0)
+    health_timeout_s: float = Field(
+        default=2.0, gt=0, description="`/health` waits this long for `SELECT 1`."
+    )
     redis_url: str | None = Field(default=None, description="redis:// URL; unset = L1 only.")
     redis_prefix: str = Field(default="", description="Prefix for every Redis key.")
     redis_timeout_s: float = Field(default=0.5, gt=0)

@@ -1,8 +1,12 @@
-"""Async database engine, sessions and migrations (PostgreSQL or embedded SQLite)."""
+"""Async database engine, sessions and migrations (PostgreSQL or embedded SQLite).
+
+Migrations run when a service starts (and with `trading migrate`), never on a request path.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +14,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from alembic.runtime.migration import MigrationContext
+from filelock import FileLock
+from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -25,6 +31,9 @@ from shared.logging import mask_secrets
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Key of the PostgreSQL advisory lock held while migrating (any fixed 64-bit number).
+MIGRATE_LOCK = 0x7472_6164_696E_67  # "trading"
+MIGRATE_TIMEOUT_S = 60.0
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError,
@@ -49,17 +58,19 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 class Database:
-    """One async engine, its session factory, and migrate-once-on-first-use."""
+    """One async engine and its session factory; migrations run once, under a lock."""
 
     def __init__(self, url: str, *, connect_timeout_s: float = 3.0, echo: bool = False) -> None:
         self.url = url
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         self.connect_timeout_s = connect_timeout_s
         kwargs: dict[str, object] = {"echo": echo, "pool_pre_ping": True}
+        self.sqlite_path: Path | None = None
         if self.dialect == "sqlite":
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.sqlite_path = Path(path)
+                self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs["connect_args"] = {"timeout": connect_timeout_s, "command_timeout": 30}
@@ -70,36 +81,101 @@ class Database:
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._migrated = False
-        self._lock = asyncio.Lock()
+        self._retry: asyncio.Task[None] | None = None
 
     @property
     def safe_url(self) -> str:
         """Return the URL with its password masked."""
         return mask_secrets(self.url)
 
-    async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (once per process)."""
-        if self._migrated:
-            return
-        async with self._lock:
-            if self._migrated:
-                return
+    def _unavailable(self, e: BaseException) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
+            f"Database {self.safe_url} is unreachable: {type(e).__name__}"
+        )
+
+    async def migrate(self) -> bool:
+        """Bring the schema to the newest Alembic revision; return True if this call changed it.
+
+        Several processes may start at once on one database: PostgreSQL serialises them with a
+        transaction-scoped advisory lock, SQLite with a lock file beside the database, so the
+        first one upgrades and the others find the schema at head.
+        """
+        try:
+            async with asyncio.timeout(self.connect_timeout_s + MIGRATE_TIMEOUT_S):
+                if self.sqlite_path is not None:
+                    lock = FileLock(f"{self.sqlite_path}.migrate.lock")
+                    await asyncio.to_thread(lock.acquire)
+                    try:
+                        return await self._upgrade_locked()
+                    finally:
+                        lock.release()
+                return await self._upgrade_locked()
+        except CONNECTION_ERRORS as e:
+            raise self._unavailable(e) from e
+
+    async def start(self, *, retry_s: float = 2.0, max_retry_s: float = 30.0) -> None:
+        """Migrate now; if the database is down, log it and keep retrying in the background.
+
+        A service starts either way: requests meanwhile answer 503 `database_unavailable`
+        and `/health` says so, until the database answers and the schema is at head.
+        """
+        try:
+            await self.migrate()
+        except DatabaseUnavailableError as e:
+            log.error("starting without database: %s; retrying in the background", e.detail)
+            self._retry = asyncio.create_task(self._migrate_until_up(retry_s, max_retry_s))
+
+    async def _migrate_until_up(self, retry_s: float, max_retry_s: float) -> None:
+        wait = retry_s
+        while True:
+            await asyncio.sleep(wait)
             try:
-                async with asyncio.timeout(self.connect_timeout_s + 30):
-                    async with self.engine.begin() as conn:
-                        await conn.run_sync(_upgrade)
-            except CONNECTION_ERRORS as e:
-                raise DatabaseUnavailableError(
-                    f"Database {self.safe_url} is unreachable: {type(e).__name__}"
-                ) from e
-            self._migrated = True
-            log.info("database %s migrated to head", self.safe_url)
+                await self.migrate()
+            except DatabaseUnavailableError:
+                wait = min(wait * 2, max_retry_s)
+                continue
+            log.warning("database %s is reachable again; schema at head", self.safe_url)
+            return
+
+    async def _upgrade_locked(self) -> bool:
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK}
+                )
+            before, after = await conn.run_sync(_upgrade)
+        if before == after:
+            log.info("database %s already at schema revision %s", self.safe_url, after)
+            return False
+        log.info("database %s migrated from %s to %s", self.safe_url, before or "empty", after)
+        return True
+
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """Run `SELECT 1`; raise DatabaseUnavailableError unless it answers within timeout_s.
+
+        The answer is bounded even on a silent network drop: the probe runs in its own task,
+        and tearing down its dead connection goes on in the background after the verdict.
+        """
+        probe = asyncio.ensure_future(self._select_one())
+        probe.add_done_callback(_swallow)
+        done, _ = await asyncio.wait({probe}, timeout=timeout_s or self.connect_timeout_s)
+        if not done:
+            probe.cancel()
+            raise self._unavailable(TimeoutError())
+        try:
+            probe.result()
+        except Exception as e:
+            if _is_connection_error(e):
+                raise self._unavailable(e) from e
+            raise
+
+    async def _select_one(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """Yield a session; connection failures become DatabaseUnavailableError (503)."""
-        await self.migrate()
         try:
             async with asyncio.timeout(self.connect_timeout_s + 60):
                 async with self.sessions() as session:
@@ -108,20 +184,32 @@ class Database:
             raise
         except Exception as e:
             if _is_connection_error(e):
-                raise DatabaseUnavailableError(
-                    f"Database {self.safe_url} is unreachable: {type(e).__name__}"
-                ) from e
+                raise self._unavailable(e) from e
             raise
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Stop retrying migrations and close every pooled connection."""
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+            self._retry = None
         await self.engine.dispose()
 
 
-def _upgrade(sync_conn) -> None:  # type: ignore[no-untyped-def]
+def _upgrade(sync_conn: Connection) -> tuple[str | None, str | None]:
+    """Upgrade to head on sync_conn; return the revisions before and after."""
+    before = MigrationContext.configure(sync_conn).get_current_revision()
     cfg = alembic_config()
     cfg.attributes["connection"] = sync_conn
     command.upgrade(cfg, "head")
+    return before, MigrationContext.configure(sync_conn).get_current_revision()
+
+
+def _swallow(task: asyncio.Future[None]) -> None:
+    """Retrieve a background probe's outcome so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -6,20 +6,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from services.market.calendar import nyse
 from services.market.providers import CsvProvider, Provider, ProviderChain
 from services.market.routes import router
 from services.market.schemas import Health
 from services.market.service import MarketService
-from shared.api import install_bearer_auth, install_error_handlers, install_server_timing
-from shared.cache import Cache
 from services.market.settings import MarketSettings
+from shared.app import service_app
+from shared.cache import Cache
 from shared.db import Database
-from shared.errors import DatabaseUnavailableError
+from shared.health import install_health
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +74,7 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
         )
         chain = ProviderChain(build_providers(settings))
         await asyncio.to_thread(nyse)  # build the NYSE calendar off the event loop, once
-        try:
-            await db.migrate()
-        except DatabaseUnavailableError as e:
-            log.error("starting without database: %s", e.detail)
+        await db.start()
         app.state.market = MarketService(
             db=db,
             cache=cache,
@@ -95,33 +91,18 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
             await cache.aclose()
             await db.dispose()
 
-    app = FastAPI(
-        title="Market data service",
-        version="1.0.0",
-        description=DESCRIPTION,
-        lifespan=lifespan,
+    app = service_app(
+        title="Market data service", description=DESCRIPTION, settings=settings, lifespan=lifespan
     )
-    install_error_handlers(app)
-    install_server_timing(app)
-    install_bearer_auth(app, settings.api_token, open_paths={"/health", "/openapi.json"})
+    install_health(
+        app,
+        stores=lambda request: (request.app.state.market.db, request.app.state.market.cache),
+        timeout_s=settings.health_timeout_s,
+        model=Health,
+        extra=lambda request: {
+            "providers": [p.name for p in request.app.state.market.providers.providers]
+        },
+    )
     app.include_router(router)
-
-    @app.get("/health", operation_id="health", response_model=Health, tags=["ops"])
-    async def health(request: Request) -> dict[str, Any]:
-        """Report liveness and whether the database and Redis answer."""
-        service: MarketService = request.app.state.market
-        try:
-            await service.db.migrate()
-            db_state = "ok"
-        except DatabaseUnavailableError:
-            db_state = "unavailable"
-        redis = await service.cache.ping()
-        redis_state = "disabled" if redis is None else ("ok" if redis else "unavailable")
-        return {
-            "status": "ok" if db_state == "ok" and redis_state != "unavailable" else "degraded",
-            "database": db_state,
-            "redis": redis_state,
-            "providers": [p.name for p in service.providers.providers],
-        }
 
     return app

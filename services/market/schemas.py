@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.errors import Problem
+from shared.health import Health as BaseHealth
 
 CacheLevel = Literal["l1", "l2", "database", "provider"]
 CACHE_LEVEL_DOC = (
@@ -229,10 +230,7 @@ class BulkFetchResult(BaseModel):
     failed: int
 
 
-class Health(BaseModel):
-    """Liveness and the state of backing stores."""
+class Health(BaseHealth):
+    """Liveness, the state of backing stores, and the providers in use."""
 
-    status: Literal["ok", "degraded"]
-    database: Literal["ok", "unavailable"]
-    redis: Literal["ok", "unavailable", "disabled"]
     providers: list[str]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -76,3 +77,101 @@ def redis_client() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, decode_responses=True)
     yield client
     client.close()
+
+
+class TcpProxy:
+    """A TCP proxy in a thread that can be cut like a silent network drop, then restored.
+
+    Cut: every byte is swallowed (nothing is refused or reset, the peer just never answers),
+    which is how a dead link or a packet-dropping firewall looks to a client.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.cut = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+        self._loop.run_until_complete(server.wait_closed())
+
+    def start(self) -> TcpProxy:
+        """Start listening on a free port (see `port`)."""
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not self.cut:
+                    writer.write(data)
+                    await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        if self.cut:  # accept, then never answer
+            await reader.read()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    def drop(self) -> None:
+        """Start swallowing every byte, both ways, on old and new connections."""
+        self.cut = True
+
+    def restore(self) -> None:
+        """Forward again; connections that lived through the cut are closed (state is lost)."""
+
+        def close_all() -> None:
+            for w in list(self._writers):
+                w.close()
+            self._writers.clear()
+            self.cut = False
+
+        self._loop.call_soon_threadsafe(close_all)
+
+    def stop(self) -> None:
+        """Close every connection and the listener; end the thread."""
+
+        async def shutdown() -> None:
+            for w in list(self._writers):
+                w.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[TcpProxy]:
+    """Yield a cuttable TCP proxy in front of the test PostgreSQL server."""
+    host_port = PG_ADMIN_DSN.split("@", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    proxy = TcpProxy(host, int(port or 5432)).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

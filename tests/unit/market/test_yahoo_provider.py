@@ -535,13 +535,14 @@ def test_failures_are_caught_even_if_yfinance_hides_exceptions(csv_bars: pd.Data
 # and a Yahoo outage falls back to the next provider in the chain.
 
 
-def market_service(tmp_path: Path, *providers: Any) -> Any:
+async def market_service(tmp_path: Path, *providers: Any) -> Any:
     from services.market.providers import ProviderChain
     from services.market.service import MarketService
     from shared.cache import Cache
     from shared.db import Database
 
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'db' / 'svc.db'}")
+    await db.migrate()
     return MarketService(db=db, cache=Cache(), providers=ProviderChain(list(providers)))
 
 
@@ -551,7 +552,7 @@ def test_service_stores_yahoo_bars_and_serves_them_again(
     fake = FakeYahoo(csv_bars)
 
     async def run() -> tuple[dict[str, Any], dict[str, Any], int]:
-        svc = market_service(tmp_path, provider(fake))
+        svc = await market_service(tmp_path, provider(fake))
         first = await svc.get_history("AAPL", start=date(2021, 6, 1), end=date(2021, 6, 30))
         calls = len(fake.history_calls())
         svc.cache.l1.clear()
@@ -579,7 +580,7 @@ def test_yahoo_outage_falls_back_to_csv(csv_bars: pd.DataFrame, tmp_path: Path) 
 
     async def run() -> dict[str, Any]:
         yahoo = provider(down, timeout_s=0.2, max_attempts=2)
-        svc = market_service(tmp_path, yahoo, CsvProvider(SHARED_CSV_DIR))
+        svc = await market_service(tmp_path, yahoo, CsvProvider(SHARED_CSV_DIR))
         try:
             return await svc.get_price("AAPL")
         finally:

@@ -37,8 +37,8 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
 
             await conn.run_sync(down)
             after_down = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-        db._migrated = False
-        await db.migrate()
+        assert await db.migrate()  # it was at base: this call upgrades
+        assert not await db.migrate()  # now at head: nothing to do
         async with db.engine.connect() as conn:
             again = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
         await db.dispose()
@@ -49,3 +49,17 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
     assert down <= {"alembic_version"}
     assert again == up
     assert any(set(u["column_names"]) == {"symbol", "timestamp"} for u in uniques)
+
+
+def test_concurrent_migrations_on_one_sqlite_file_upgrade_once(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+
+    async def go() -> list[bool]:
+        dbs = [Database(url) for _ in range(3)]
+        try:
+            return list(await asyncio.gather(*(db.migrate() for db in dbs)))
+        finally:
+            for db in dbs:
+                await db.dispose()
+
+    assert sorted(asyncio.run(go())) == [False, False, True]
