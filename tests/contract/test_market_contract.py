@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from fastapi import FastAPI
 
 from services.market.app import create_app
 from services.market.settings import SHARED_CSV_DIR, MarketSettings
+from tests.contract.conftest import committed_operations, fuzz_operation
 from trading.openapi import OPENAPI_DIR, render
 
-_tmp = Path(__import__("tempfile").mkdtemp(prefix="contract-"))
-APP = create_app(
-    MarketSettings(
-        data_dir=_tmp, market_data_dir=SHARED_CSV_DIR, market_providers=["csv"], redis_url=None
+
+@pytest.fixture(scope="module")
+def market_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
+    """Return the market app on a fresh SQLite file, CSV provider only, no Redis."""
+    data_dir: Path = tmp_path_factory.mktemp("contract-market")
+    yield create_app(
+        MarketSettings(
+            data_dir=data_dir,
+            market_data_dir=SHARED_CSV_DIR,
+            market_providers=["csv"],
+            redis_url=None,
+            database_url=None,
+        )
     )
-)
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
-def test_committed_spec_matches_the_app() -> None:
+@pytest.fixture(scope="module")
+def market_schema(market_app: FastAPI) -> schemathesis.BaseSchema:
+    """Return the schema schemathesis generates cases from, served by the app in-process."""
+    return schemathesis.openapi.from_asgi("/openapi.json", market_app)
+
+
+def test_committed_spec_matches_the_app(market_app: FastAPI) -> None:
     committed = (OPENAPI_DIR / "market.json").read_text(encoding="utf-8")
-    assert committed == render(APP.openapi()), "run `make openapi` and commit openapi/market.json"
+    assert committed == render(market_app.openapi()), "run `make openapi` and commit the spec"
 
 
 def test_every_route_has_an_operation_id() -> None:
@@ -44,10 +59,6 @@ def test_every_route_has_an_operation_id() -> None:
     }
 
 
-@schema.parametrize()
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-def test_api_conforms(case: schemathesis.Case) -> None:
-    # Every check runs except "schema-valid data must be accepted": the spec cannot express
-    # cross-field and calendar rules (start <= end, dates within 1900..today+1y, macd
-    # fast < slow), which are answered with a documented 422 problem by design.
-    case.call_and_validate(excluded_checks=[positive_data_acceptance])
+@pytest.mark.parametrize(("path", "method"), committed_operations("market"))
+def test_api_conforms(market_schema: schemathesis.BaseSchema, path: str, method: str) -> None:
+    fuzz_operation(market_schema, path, method)

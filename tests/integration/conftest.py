@@ -103,6 +103,7 @@ class TcpProxy:
         self._loop.run_forever()
         server.close()
         self._loop.run_until_complete(server.wait_closed())
+        self._loop.close()
 
     def start(self) -> TcpProxy:
         """Start listening on a free port (see `port`)."""
