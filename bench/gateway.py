@@ -44,8 +44,8 @@ from fastmcp.client.transports import StreamableHttpTransport
 from gateway_mcp.server import build_gateway
 from gateway_mcp.settings import GatewaySettings
 from services.market.app import create_app
-from trading.cli import free_port
 from services.market.settings import SHARED_CSV_DIR, MarketSettings
+from trading.cli import free_port
 
 Call = Callable[[], Awaitable[Any]]
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.indicators_kernels import format_table, run_kernel_bench
 from services.market.app import create_app
-from trading.cli import free_port, serve_in_thread
 from services.market.settings import SHARED_CSV_DIR, MarketSettings
+from trading.cli import free_port, serve_in_thread
 
 
 def percentile(values: list[float], q: float) -> float:
