@@ -81,14 +81,14 @@ def _is_type(schema: dict[str, Any], kind: str) -> bool:
     return declared == kind
 
 
-def schema_has_rows(schema: dict[str, Any] | None) -> bool:
-    """Return True when answers of this JSON schema can hold rows worth paging."""
+def schema_has_rows(schema: dict[str, Any] | None, root: dict[str, Any] | None = None) -> bool:
+    """Return True when answers of this JSON schema can hold rows worth paging.
+
+    root resolves `$ref`s (the whole OpenAPI document for a response schema of a spec).
+    """
     if not schema:
         return False
-    root = schema
-    if schema.get("x-fastmcp-wrap-result"):
-        wrapped = _deref(schema.get("properties", {}).get("result", {}), root)
-        return _is_type(wrapped, "array")
+    root = root if root is not None else schema
     body = _deref(schema, root)
     if _is_type(body, "array"):
         return True
@@ -104,6 +104,11 @@ def schema_has_rows(schema: dict[str, Any] | None) -> bool:
         and _is_type(_deref(v["additionalProperties"], root), "array")
     ]
     return bool(arrays and columns)
+
+
+def is_object_schema(schema: dict[str, Any] | None, root: dict[str, Any]) -> bool:
+    """Return True when answers of this JSON schema are JSON objects (not arrays or scalars)."""
+    return bool(schema) and _is_type(_deref(schema, root), "object")
 
 
 def paged_output_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway_mcp.results import Limits
 from gateway_mcp.services import AppFactory, Service, open_services
 from gateway_mcp.settings import GatewaySettings
-from gateway_mcp.tools import GatewayTool, GatewayTools
+from gateway_mcp.tools import GatewayTools, gateway_tool
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def build_service_provider(service: Service, limits: Limits) -> Provider:
         mcp_component_fn=lambda route, component: made.append((route, component)),
     )
     tools = {
-        component.name: GatewayTool.wrap(component, route, service.name, limits)
+        component.name: gateway_tool(component, route, service.name, limits, service.spec)
         for route, component in made
         if isinstance(component, Tool)
     }

@@ -1,10 +1,12 @@
 """Gateway tools: the spec's tools, with upstream errors mapped and answers sized for a model.
 
 FastMCP's OpenAPI provider (the one `FastMCP.from_openapi` uses) builds one tool per
-operation: name, description and argument schema from the spec. `GatewayTool` wraps each:
-it adds `limit`/`offset` to tools whose answers hold rows (or that run jobs), delegates the
-HTTP call to the wrapped tool, turns a problem answer into a tool error that names the
-service, and caps the answer's size.
+operation: name, description and argument schema from the spec. `gateway_tool` transforms
+each through fastmcp's public tool-transformation API (`Tool.from_tool` with a function that
+calls the generated tool by `forward_raw`): it adds `limit`/`offset` to tools whose answers
+hold rows (or that run jobs), turns a problem answer into a tool error that names the
+service, and caps the answer's size. What an answer looks like is read from the service's
+own spec, never from fastmcp's internal schema markers.
 """
 
 from __future__ import annotations
@@ -16,18 +18,19 @@ from typing import Any
 import httpx2
 from fastmcp.exceptions import ToolError
 from fastmcp.server.transforms import GetToolNext, Transform
-from fastmcp.tools.base import Tool, ToolResult
+from fastmcp.tools import Tool
+from fastmcp.tools.base import ToolResult
+from fastmcp.tools.tool_transform import forward_raw
 from fastmcp.utilities.openapi import HTTPRoute
-from fastmcp.utilities.tasks import TaskConfig
 from fastmcp.utilities.versions import VersionSpec
 from mcp_types import ToolAnnotations
-from pydantic import PrivateAttr
 
 from gateway_mcp.results import (
     PAGE_KEY,
     Limits,
     answer_size,
     fit_rows,
+    is_object_schema,
     oversize_error,
     page_arguments,
     paged_output_schema,
@@ -41,6 +44,7 @@ PAGING_NOTE = (
     "`page` then gives the totals and the `offset` of the next page."
 )
 JOB_NOTE = "\n\nRuns as a job: the gateway waits for it to finish and reports progress meanwhile."
+JSON_MEDIA = "application/json"
 
 
 def is_job_route(route: HTTPRoute) -> bool:
@@ -48,101 +52,100 @@ def is_job_route(route: HTTPRoute) -> bool:
     return "202" in (route.responses or {})
 
 
-class GatewayTool(Tool):
-    """A tool of one service, called through the gateway's rules."""
+def response_schema(spec: dict[str, Any], route: HTTPRoute) -> dict[str, Any] | None:
+    """Return the JSON schema of the operation's success answer, as its spec declares it."""
+    operation = spec.get("paths", {}).get(route.path, {}).get(route.method.lower(), {})
+    responses = operation.get("responses", {})
+    for status in sorted(code for code in responses if str(code).startswith("2")):
+        schema = responses[status].get("content", {}).get(JSON_MEDIA, {}).get("schema")
+        if isinstance(schema, dict):
+            return schema
+    return None
 
-    task_config: TaskConfig = TaskConfig(mode="forbidden")
-    _inner: Tool = PrivateAttr()
-    _service: str = PrivateAttr()
-    _limits: Limits = PrivateAttr()
-    _paged: bool = PrivateAttr(default=False)
-    _wrapped: bool = PrivateAttr(default=False)
 
-    @classmethod
-    def wrap(cls, inner: Tool, route: HTTPRoute, service: str, limits: Limits) -> GatewayTool:
-        """Return inner with paging arguments (when useful) and gateway error handling."""
-        job = is_job_route(route)
-        output_schema = None if job else inner.output_schema
-        parameters = copy.deepcopy(inner.parameters)
-        props = parameters.setdefault("properties", {})
-        paged = (job or schema_has_rows(output_schema)) and not ({"limit", "offset"} & set(props))
-        description = inner.description or ""
-        if paged:
-            props.update(page_arguments(limits))
-            output_schema = paged_output_schema(output_schema)
-            description += PAGING_NOTE.format(default=limits.default_limit)
-        if job:
-            description += JOB_NOTE
-        annotations = inner.annotations
-        if annotations is None and route.method.upper() == "GET":
-            annotations = ToolAnnotations(read_only_hint=True, idempotent_hint=True)
-        tool = cls(
-            name=inner.name,
-            title=inner.title or route.summary,
-            description=description,
-            parameters=parameters,
-            output_schema=output_schema,
-            annotations=annotations,
-            tags=set(inner.tags),
-            meta=inner.meta,
-        )
-        tool._inner = inner
-        tool._service = service
-        tool._limits = limits
-        tool._paged = paged
-        schema = inner.output_schema or {}
-        tool._wrapped = bool(schema.get("x-fastmcp-wrap-result"))
-        return tool
+def _page_args(arguments: dict[str, Any], limits: Limits) -> tuple[int, int]:
+    limit, offset = arguments.pop("limit", None), arguments.pop("offset", None)
+    try:
+        limit = limits.default_limit if limit is None else int(limit)
+        offset = 0 if offset is None else int(offset)
+    except (TypeError, ValueError) as e:
+        raise ToolError(f"`limit` and `offset` must be integers ({e})") from e
+    return max(1, min(limit, limits.max_limit)), offset
 
-    def _page_args(self, arguments: dict[str, Any]) -> tuple[int, int]:
-        limits = self._limits
-        limit, offset = arguments.pop("limit", None), arguments.pop("offset", None)
-        try:
-            limit = limits.default_limit if limit is None else int(limit)
-            offset = 0 if offset is None else int(offset)
-        except (TypeError, ValueError) as e:
-            raise ToolError(f"`limit` and `offset` must be integers ({e})") from e
-        return max(1, min(limit, limits.max_limit)), offset
 
-    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+def gateway_tool(
+    inner: Tool, route: HTTPRoute, service: str, limits: Limits, spec: dict[str, Any]
+) -> Tool:
+    """Return inner with paging arguments (when useful), mapped errors and sized answers."""
+    job = is_job_route(route)
+    body = None if job else response_schema(spec, route)
+    # fastmcp answers a non-object body as {"result": <body>}; the gateway keeps that shape.
+    wrapped = body is not None and not is_object_schema(body, spec)
+    parameters = copy.deepcopy(inner.parameters)
+    props = parameters.setdefault("properties", {})
+    paged = (job or schema_has_rows(body, spec)) and not ({"limit", "offset"} & set(props))
+    output_schema = None if job else inner.output_schema
+    description = inner.description or ""
+    if paged:
+        props.update(page_arguments(limits))
+        output_schema = paged_output_schema(output_schema)
+        description += PAGING_NOTE.format(default=limits.default_limit)
+    if job:
+        description += JOB_NOTE
+    annotations = inner.annotations
+    if annotations is None and route.method.upper() == "GET":
+        annotations = ToolAnnotations(read_only_hint=True, idempotent_hint=True)
+
+    async def call(**arguments: Any) -> ToolResult:
         """Call the service; map its errors; cut rows and size to the gateway's limits."""
         args = dict(arguments)
-        if self._paged:
-            limit, offset = self._page_args(args)
+        limit, offset = _page_args(args, limits) if paged else (0, 0)
         try:
-            result = await self._inner.run(args)
+            result = await forward_raw(**args)
         except httpx2.HTTPStatusError as e:
             response = e.response
             problem = parse_problem(response.status_code, response.content, response.reason_phrase)
-            raise problem_error(self._service, problem) from e
+            raise problem_error(service, problem) from e
         except ValueError as e:  # the request could not be built from the arguments
-            raise ToolError(f"{self._service} service: {e}") from e
+            raise ToolError(f"{service} service: {e}") from e
         data = result.structured_content
         if data is None:  # not JSON: pass text through, within the size limit
             size = sum(len(getattr(c, "text", "") or "") for c in result.content)
-            if size > self._limits.max_bytes:
-                raise oversize_error(self.name, size, self._limits.max_bytes)
+            if size > limits.max_bytes:
+                raise oversize_error(inner.name, size, limits.max_bytes)
             return result
-        if self._wrapped:
-            data = data.get("result")
+        answer_data: Any = data.get("result") if wrapped else data
         page = None
-        if self._paged:
-            data, page = fit_rows(
-                data, limit=limit, offset=offset, max_bytes=self._limits.max_bytes
+        if paged:
+            answer_data, page = fit_rows(
+                answer_data, limit=limit, offset=offset, max_bytes=limits.max_bytes
             )
-        answer = {"result": data} if self._wrapped or not isinstance(data, dict) else data
+        answer = (
+            {"result": answer_data} if wrapped or not isinstance(answer_data, dict) else answer_data
+        )
         if page is not None:
             answer = {**answer, PAGE_KEY: page}
         size = answer_size(answer)
-        if size > self._limits.max_bytes:
-            raise oversize_error(self.name, size, self._limits.max_bytes)
+        if size > limits.max_bytes:
+            raise oversize_error(inner.name, size, limits.max_bytes)
         return ToolResult(structured_content=answer)
+
+    tool = Tool.from_tool(
+        inner,
+        transform_fn=call,
+        title=inner.title or route.summary,
+        description=description,
+        output_schema=output_schema,
+        annotations=annotations,
+    )
+    # The transformed tool takes the parent's arguments (through **arguments) plus paging.
+    return tool.model_copy(update={"parameters": parameters})
 
 
 class GatewayTools(Transform):
-    """Serve each of a provider's tools as its GatewayTool (built once, looked up by name)."""
+    """Serve each of a provider's tools as its gateway tool (built once, looked up by name)."""
 
-    def __init__(self, tools: dict[str, GatewayTool]) -> None:
+    def __init__(self, tools: dict[str, Tool]) -> None:
         self._tools = tools
 
     def __repr__(self) -> str:

@@ -97,13 +97,13 @@ def test_which_schemas_get_paging_arguments(tmp_path: object) -> None:
     assert schema_has_rows(rewrite(schema("BulkFetchResult")))  # results
     assert not schema_has_rows(rewrite(schema("PriceQuote")))
     assert not schema_has_rows(rewrite(schema("LatestIndicator")))
-    wrapped = {
-        "type": "object",
-        "properties": {"result": {"type": "array", "items": {"type": "integer"}}},
-        "x-fastmcp-wrap-result": True,
-    }
-    assert schema_has_rows(wrapped)
-    assert "page" in paged_output_schema(wrapped)["properties"]  # type: ignore[index]
+    assert schema_has_rows({"type": "array", "items": {"type": "integer"}})  # a bare list
+    spec = {"type": "object", "properties": {"bars": {"type": "array"}}}
+    assert "page" in paged_output_schema(spec)["properties"]  # type: ignore[index]
+    # With the whole spec as root, a response schema's $refs resolve: what the gateway does.
+    root = {"components": {"schemas": schemas}}
+    assert schema_has_rows({"$ref": "#/components/schemas/HistoricalData"}, root)
+    assert not schema_has_rows({"$ref": "#/components/schemas/PriceQuote"}, root)
     assert not schema_has_rows(None)
 
 
