@@ -21,9 +21,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from shared.config import REPO_ROOT, BaseServiceSettings
+from shared.config import BaseServiceSettings
 
 ENV_PREFIX = "GATEWAY_"
+# openapi/<service>.json, shipped inside this package (specs/ links to the repository's
+# openapi/ folder, and a built wheel carries the files themselves).
+PACKAGED_SPECS = Path(__file__).resolve().parent / "specs"
 _SERVICE_URL_ENV = re.compile(r"^GATEWAY_([A-Z][A-Z0-9_]*)_URL$", re.IGNORECASE)
 
 
@@ -66,7 +69,7 @@ class GatewaySettings(BaseServiceSettings):
         "`remote`: call services over HTTP at their configured URLs.",
     )
     spec_dir: Path = Field(
-        default=REPO_ROOT / "openapi",
+        default=PACKAGED_SPECS,
         description="Folder of <service>.json OpenAPI specs; one tool namespace per file.",
     )
     service_urls: dict[str, str] = Field(

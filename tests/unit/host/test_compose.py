@@ -32,3 +32,32 @@ def test_docker_compose_config_validates() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def _stages(dockerfile: str) -> dict[str, list[str]]:
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in dockerfile.splitlines():
+        words = line.split()
+        if words[:1] == ["FROM"]:
+            current = words[-1] if len(words) >= 4 and words[-2].upper() == "AS" else None
+            if current:
+                stages[current] = [line]
+        elif current:
+            stages[current].append(line)
+    return stages
+
+
+def test_dockerfile_has_a_non_root_target_per_service_and_ml_only_in_the_predictor() -> None:
+    stages = _stages((ROOT / "Dockerfile").read_text())
+    for target in ("market", "backtest", "predictor", "gateway"):
+        body = "\n".join(stages[target])
+        assert "USER trading" in body, target
+    assert "[ml]" in "\n".join(stages["predictor"])
+    assert not any(
+        "[ml]" in line for name, body in stages.items() if name != "predictor" for line in body
+    )
+    assert "-e ." not in (ROOT / "Dockerfile").read_text()  # installed from the wheel
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert spec["services"]["market"]["build"]["target"] == "market"
+    assert spec["services"]["gateway"]["build"]["target"] == "gateway"
