@@ -7,6 +7,7 @@ services.<name>.app:create_app` logs (masked, at LOG_LEVEL) exactly as `trading 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -17,6 +18,8 @@ from shared.api import install_bearer_auth, install_error_handlers, install_serv
 from shared.config import BaseServiceSettings
 from shared.health import HEALTH_PATH
 from shared.logging import configure_logging
+
+log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({HEALTH_PATH, "/openapi.json"})
 
@@ -31,6 +34,8 @@ def service_app(
 ) -> FastAPI:
     """Return a FastAPI app with the platform's logging, error handling, timing and auth."""
     configure_logging(settings.log_level)
+    for name in settings.unknown_settings():
+        log.warning("ignoring %s: no %s setting has that name", name, title)
     app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
     install_error_handlers(app)
     install_server_timing(app)

@@ -8,9 +8,11 @@ and the cache is in-process. `DATABASE_URL=postgresql+asyncpg://...` and
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +28,23 @@ class BaseServiceSettings(BaseSettings):
     """Settings shared by every service."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
+    # Environment prefixes owned by this service: a variable under one that names no setting
+    # is reported at start (a typo would otherwise be silently ignored).
+    unknown_prefixes: ClassVar[tuple[str, ...]] = ()
 
     data_dir: Path = Field(default_factory=default_data_dir, description="Local state folder.")
     database_url: str | None = Field(
         default=None,
-        description="SQLAlchemy async URL; default: sqlite+aiosqlite under DATA_DIR.",
+        validation_alias=AliasChoices("DATABASE_URL", "POSTGRES_URL", "database_url"),
+        description="Database URL (DATABASE_URL, or the seed's POSTGRES_URL). A plain "
+        "postgresql:// or sqlite:// URL gets its async driver. Default: SQLite under DATA_DIR.",
+    )
+    database_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = Field(
+        default=None,
+        description="TLS to a remote PostgreSQL (libpq's sslmode names); also read from "
+        "`?sslmode=` in the URL.",
     )
     database_connect_timeout_s: float = Field(default=3.0, gt=0)
     health_timeout_s: float = Field(
@@ -45,12 +59,101 @@ class BaseServiceSettings(BaseSettings):
         default=None, description="Bearer token the services require when set."
     )
     log_level: str = "INFO"
+    trading_master_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key that encrypts stored API keys (`trading keys`); default: the "
+        "OS keyring's.",
+    )
+    # Jobs (shared.jobs): long work runs as a job whose state lives in the database.
+    job_max_running: int = Field(
+        default=2, ge=1, description="Jobs running at once per service process; more wait queued."
+    )
+    job_thread_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Threads for job tasks run with where='thread' (GIL-free numba kernels).",
+    )
+    job_process_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Worker processes for job tasks run with where='process' (started on "
+        "first use).",
+    )
+    job_progress_interval_s: float = Field(
+        default=0.5, ge=0, description="At most one progress write per job per this interval."
+    )
+    job_heartbeat_s: float = Field(
+        default=10.0, gt=0, description="How often a runner stamps its unfinished jobs."
+    )
+    job_stale_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="An unfinished job whose owner has not stamped it for this long is marked "
+        "failed/interrupted (at least twice the heartbeat).",
+    )
+    job_shutdown_grace_s: float = Field(
+        default=5.0, ge=0, description="On shutdown, wait this long for running tasks to stop."
+    )
+    dask_scheduler_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DASK_SCHEDULER_ADDRESS", "dask_scheduler_address"),
+        description="tcp://host:8786 of a Dask scheduler: job tasks then run on that cluster "
+        "(needs the `dask` extra). Unset: local threads and processes.",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        return async_database_url(value) if value else value
 
     def resolved_database_url(self) -> str:
-        """Return DATABASE_URL, or the embedded SQLite file under DATA_DIR."""
+        """Return DATABASE_URL with its async driver, or the embedded SQLite file."""
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'trading.db'}"
+
+    def unknown_settings(self, prefixes: tuple[str, ...] | None = None) -> list[str]:
+        """Return environment variables under prefixes that name no setting (likely typos)."""
+        prefixes = self.unknown_prefixes if prefixes is None else prefixes
+        if not prefixes:
+            return []
+        known = {name.upper() for name in type(self).model_fields}
+        for field in type(self).model_fields.values():
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                known.update(str(a).upper() for a in alias.choices)
+            elif isinstance(alias, str):
+                known.add(alias.upper())
+        return sorted(
+            key
+            for key in os.environ
+            if key.upper().startswith(prefixes) and key.upper() not in known
+        )
+
+
+# Drivers the services run on: a URL without one (the seed's `postgresql://`) would make
+# SQLAlchemy look for psycopg2, which is not installed, and crash at start.
+_ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
+def async_database_url(url: str) -> str:
+    """Return url with the async driver this platform uses (asyncpg, aiosqlite).
+
+    A libpq `sslmode=` query parameter becomes asyncpg's `ssl=` parameter.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a database URL: {url.split('@')[-1]!r}")
+    scheme = _ASYNC_DRIVERS.get(scheme.lower(), scheme)
+    if scheme.startswith("postgresql") and "sslmode=" in rest:
+        rest = re.sub(r"(?<=[?&])sslmode=", "ssl=", rest)
+    return f"{scheme}://{rest}"
 
 
 def split_csv(value: object) -> object:

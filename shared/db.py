@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from shared.config import BaseServiceSettings
 from shared.errors import DatabaseUnavailableError
 from shared.logging import mask_secrets
 
@@ -60,7 +61,14 @@ def _is_connection_error(exc: BaseException) -> bool:
 class Database:
     """One async engine and its session factory; migrations run once, under a lock."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 3.0, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float = 3.0,
+        sslmode: str | None = None,
+        echo: bool = False,
+    ) -> None:
         self.url = url
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         self.connect_timeout_s = connect_timeout_s
@@ -73,15 +81,31 @@ class Database:
                 self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs["connect_args"] = {"timeout": connect_timeout_s, "command_timeout": 30}
+            connect_args: dict[str, object] = {
+                "timeout": connect_timeout_s,
+                "command_timeout": 30,
+            }
+            if sslmode:  # libpq's names; asyncpg takes them as its `ssl` argument
+                connect_args["ssl"] = sslmode
+            kwargs["connect_args"] = connect_args
             kwargs["pool_timeout"] = connect_timeout_s
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 10
+        self.connect_args = kwargs["connect_args"]
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._retry: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: BaseServiceSettings) -> Database:
+        """Return the database a service's settings name (URL, timeouts, TLS)."""
+        return cls(
+            settings.resolved_database_url(),
+            connect_timeout_s=settings.database_connect_timeout_s,
+            sslmode=settings.database_sslmode,
+        )
 
     @property
     def safe_url(self) -> str:

@@ -242,7 +242,7 @@ def migrate() -> None:
     from shared.db import Database
 
     async def run() -> str:
-        db = Database(BaseServiceSettings().resolved_database_url())
+        db = Database.from_settings(BaseServiceSettings())
         try:
             await db.migrate()
         finally:
@@ -250,6 +250,83 @@ def migrate() -> None:
         return db.safe_url
 
     typer.echo(f"{asyncio.run(run())} is at the newest schema revision")
+
+
+keys_app = typer.Typer(
+    help="Provider and broker API keys, encrypted under DATA_DIR (values are never printed).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store() -> Any:
+    from shared.config import BaseServiceSettings
+    from shared.keys import KeyStore
+
+    settings = BaseServiceSettings()
+    return KeyStore(settings.data_dir, settings.trading_master_key)
+
+
+def _keys_fail(e: Exception) -> typer.Exit:
+    typer.echo(f"error: {e}", err=True)
+    return typer.Exit(code=1)
+
+
+@keys_app.command("set")
+def keys_set(
+    name: str = typer.Argument(..., help="Key name, e.g. ALPACA_API_KEY."),
+    stdin: bool = typer.Option(False, "--stdin", help="Read the value from standard input."),
+) -> None:
+    """Store a key, encrypted (the value is asked for without echo, or read from stdin)."""
+    from pydantic import SecretStr
+
+    from shared.keys import KeyStoreError
+
+    value = (
+        sys.stdin.readline().rstrip("\r\n")
+        if stdin
+        else typer.prompt(f"value of {name}", hide_input=True)
+    )
+    try:
+        _key_store().set(name, SecretStr(value))
+    except KeyStoreError as e:
+        raise _keys_fail(e) from e
+    typer.echo(f"stored {name}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List stored key names and when each was set (never the values)."""
+    from shared.keys import KeyStoreError
+
+    try:
+        stored = _key_store().list()
+    except KeyStoreError as e:
+        raise _keys_fail(e) from e
+    for key in stored:
+        typer.echo(f"{key.name}\t{key.updated_at}")
+
+
+@keys_app.command("delete")
+def keys_delete(name: str = typer.Argument(..., help="Key name.")) -> None:
+    """Delete a stored key."""
+    from shared.keys import KeyStoreError
+
+    try:
+        deleted = _key_store().delete(name)
+    except KeyStoreError as e:
+        raise _keys_fail(e) from e
+    if not deleted:
+        raise _keys_fail(KeyStoreError(f"no key named {name!r}"))
+    typer.echo(f"deleted {name}")
+
+
+@keys_app.command("new-master-key")
+def keys_new_master_key() -> None:
+    """Print a fresh Fernet master key to put in TRADING_MASTER_KEY (where no keyring exists)."""
+    from cryptography.fernet import Fernet
+
+    typer.echo(Fernet.generate_key().decode())
 
 
 if __name__ == "__main__":

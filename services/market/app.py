@@ -62,9 +62,7 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(
-            settings.resolved_database_url(), connect_timeout_s=settings.database_connect_timeout_s
-        )
+        db = Database.from_settings(settings)
         cache = Cache(
             redis_url=settings.redis_url,
             prefix=settings.redis_prefix,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import NoDecode
 
 from shared.config import REPO_ROOT, BaseServiceSettings, split_csv
@@ -17,6 +17,8 @@ SHARED_CSV_DIR = REPO_ROOT.parent / "shared" / "data" / "ohlcv" / "daily"
 
 class MarketSettings(BaseServiceSettings):
     """Settings of the market-data service."""
+
+    unknown_prefixes: ClassVar[tuple[str, ...]] = ("MARKET_", "YFINANCE_")
 
     market_data_dir: Path | None = Field(
         default_factory=lambda: SHARED_CSV_DIR if SHARED_CSV_DIR.is_dir() else None,
@@ -31,7 +33,12 @@ class MarketSettings(BaseServiceSettings):
     yfinance_max_attempts: int = Field(default=3, ge=1, le=10)
     yfinance_backoff_s: float = Field(default=0.5, ge=0)
     yfinance_requests_per_hour: int = Field(default=2000, ge=1)
-    price_ttl_s: int = Field(default=300, ge=1)
+    price_ttl_s: int = Field(
+        default=300,
+        ge=1,
+        validation_alias=AliasChoices("PRICE_TTL_S", "CACHE_TTL", "price_ttl_s"),
+        description="Seconds a price stays cached (the seed's CACHE_TTL).",
+    )
     indicator_ttl_s: int = Field(default=60, ge=1)
     historical_ttl_s: int = Field(default=86400, ge=1)
     bulk_concurrency: int = Field(default=8, ge=1, le=64)

@@ -105,3 +105,22 @@ def test_health_goes_503_when_the_database_drops_and_ok_when_it_returns(
             time.sleep(0.2)
         assert back.json()["database"] == "ok"
         assert client.get("/price/KO").status_code == 200
+
+
+def test_sslmode_is_passed_to_postgresql(pg_url: str) -> None:
+    """This test server has TLS off: `prefer` falls back to plain TCP, `require` must refuse."""
+    import asyncio
+
+    from shared.db import Database
+    from shared.errors import DatabaseUnavailableError
+
+    async def ping(mode: str) -> None:
+        db = Database(pg_url, sslmode=mode)
+        try:
+            await db.ping(5.0)
+        finally:
+            await db.dispose()
+
+    asyncio.run(ping("prefer"))
+    with pytest.raises(DatabaseUnavailableError):
+        asyncio.run(ping("require"))

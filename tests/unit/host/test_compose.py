@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,16 +23,25 @@ def test_compose_declares_the_stack() -> None:
     assert env["REDIS_URL"].startswith("redis://")
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_docker_compose_config_validates() -> None:
-    result = subprocess.run(
+def _compose_config(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    return subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env={**clean, **env},
         timeout=60,
     )
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_config_validates_and_has_no_default_password() -> None:
+    result = _compose_config(POSTGRES_PASSWORD="from-dotenv")
     assert result.returncode == 0, result.stderr
+    missing = _compose_config()
+    assert missing.returncode != 0
+    assert "POSTGRES_PASSWORD" in missing.stderr
 
 
 def _stages(dockerfile: str) -> dict[str, list[str]]:
