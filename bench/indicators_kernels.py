@@ -33,8 +33,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:  # allow `python bench/indicators_kernels.py`
     sys.path.insert(0, str(_REPO_ROOT))
 
-from services.market import nb  # noqa: E402
-from services.market.indicators import INDICATORS, compute  # noqa: E402
+from shared.quant import INDICATORS, compute  # noqa: E402
+from shared.quant import kernels as nb  # noqa: E402
 
 DATA_DIR = _REPO_ROOT.parent / "shared" / "data" / "ohlcv" / "daily"
 REAL_BARS = 2520
@@ -102,6 +102,14 @@ def _cases(talib) -> list[tuple[str, dict, Callable, Callable]]:
             lambda h, lo, c: nb.stoch_nb(h, lo, c, 14, 3, 3),
             lambda h, lo, c: talib.STOCH(h, lo, c, 14, 3, 0, 3, 0),
         ),
+        ("sma", {}, lambda h, lo, c: nb.sma_nb(c, 30), lambda h, lo, c: talib.SMA(c, 30)),
+        ("ema", {}, lambda h, lo, c: nb.ema_nb(c, 30), lambda h, lo, c: talib.EMA(c, 30)),
+        (
+            "atr",
+            {},
+            lambda h, lo, c: nb.atr_nb(h, lo, c, 14),
+            lambda h, lo, c: talib.ATR(h, lo, c, 14),
+        ),
     ]
 
 
@@ -135,7 +143,7 @@ def run_kernel_bench(
 ) -> list[dict]:
     """Time each indicator against TA-Lib per size; return one row per (indicator, size).
 
-    ``ours_s`` is the service path, ``indicators.compute`` (parameter validation, numpy-allocated
+    ``ours_s`` is the service path, ``shared.quant.compute`` (parameter validation, numpy-allocated
     outputs, ``*_into_nb`` kernel); ``kernel_s`` is the bare ``*_nb`` kernel, whose outputs
     numba allocates; ``ratio`` is ``ours_s / talib_s``; ``max_diff`` compares ``compute`` with
     TA-Lib as max |ours - talib| / max(1, |talib|) over every output.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -19,6 +21,7 @@ from services.market.schemas import (
 )
 from services.market.service import MarketService
 from shared.api import problem_responses
+from shared.quant import INDICATORS, IndicatorSpec, LatestRoute, Param, default_names
 
 router = APIRouter()
 
@@ -98,8 +101,46 @@ async def get_historical(
     )
 
 
-def _p(description: str, default: float, lo: float, hi: float, *, integer: bool = True) -> Any:
-    return Query(default=default, ge=lo, le=hi, description=f"{description} (default {default}).")
+def _query(param: Param, doc: str) -> Any:
+    """Return the Query declaring one indicator parameter (bounds and default from the spec)."""
+    return Query(
+        default=param.default,
+        ge=param.lo,
+        le=param.hi,
+        description=f"{doc} (default {param.default}).",
+    )
+
+
+def _with_query_params(endpoint: Any, params: dict[str, tuple[Param, str]]) -> None:
+    """Replace endpoint's `**params` by one declared query parameter per entry (name -> spec).
+
+    FastAPI reads the signature to parse and document the request, then calls the endpoint
+    with every parameter by keyword, so the generated ones arrive in `**params`.
+    """
+    sig = inspect.signature(endpoint, eval_str=True)
+    fixed = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    generated = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=_query(param, doc),
+            annotation=int if param.is_int else float,
+        )
+        for name, (param, doc) in params.items()
+    ]
+    endpoint.__signature__ = sig.replace(parameters=[*fixed, *generated])
+
+
+INDICATORS_DOC = (
+    "Return indicator values for every bar between `start` and `end`, columnar.\n\n"
+    + textwrap.fill(
+        "Values equal those computed on the full history (earlier bars are used for warm-up); "
+        "bars before an indicator has a value are `null`. Definitions follow TA-Lib: "
+        + ", ".join(spec.definition for spec in INDICATORS.values())
+        + ". Prices are unadjusted (split-adjusted vendor closes).",
+        width=88,
+    )
+)
 
 
 @router.get(
@@ -108,6 +149,7 @@ def _p(description: str, default: float, lo: float, hi: float, *, integer: bool 
     response_model=IndicatorSeries,
     responses=READ_ERRORS,
     summary="Technical indicator series",
+    description=INDICATORS_DOC,
 )
 async def get_indicators(
     symbol: Symbol,
@@ -115,109 +157,62 @@ async def get_indicators(
     indicators: Annotated[
         str,
         Query(
-            description="Comma-separated: `rsi`, `macd`, `bbands`, `williams_r`, `stochastic`.",
+            description="Comma-separated: " + ", ".join(f"`{name}`" for name in INDICATORS) + ".",
             max_length=200,
         ),
-    ] = "rsi,macd,bbands,williams_r,stochastic",
+    ] = ",".join(default_names()),
     start: Start = None,
     end: End = None,
-    rsi_period: int = _p("RSI period, Wilder smoothing", 14, 2, 1000),
-    macd_fast: int = _p("MACD fast EMA period", 12, 2, 1000),
-    macd_slow: int = _p("MACD slow EMA period, must exceed macd_fast", 26, 2, 1000),
-    macd_signal: int = _p("MACD signal EMA period", 9, 1, 1000),
-    bbands_period: int = _p("Bollinger moving-average period", 20, 2, 1000),
-    bbands_nbdev: float = _p("Bollinger width in population standard deviations", 2.0, 0.1, 10.0),
-    williams_r_period: int = _p("Williams %R look-back period", 14, 2, 1000),
-    stochastic_k_period: int = _p("Stochastic %K look-back period", 14, 1, 1000),
-    stochastic_k_smooth: int = _p("Stochastic slow-%K smoothing (SMA)", 3, 1, 1000),
-    stochastic_d_period: int = _p("Stochastic %D period (SMA of slow %K)", 3, 1, 1000),
+    **params: Any,
 ) -> dict[str, Any]:
-    """Return indicator values for every bar between `start` and `end`, columnar.
-
-    Values equal those computed on the full history (earlier bars are used for warm-up);
-    bars before an indicator has a value are `null`. Definitions follow TA-Lib: RSI with
-    Wilder smoothing, MACD on SMA-seeded EMAs, Bollinger bands with population standard
-    deviation, Williams %R, slow Stochastic with SMA smoothing. Prices are unadjusted
-    (split-adjusted vendor closes).
-    """
+    """Return indicator values for every bar between `start` and `end`, columnar."""
     names = [n.strip().lower() for n in indicators.split(",") if n.strip()]
-    params: dict[str, dict[str, Any]] = {
-        "rsi": {"period": rsi_period},
-        "macd": {"fast": macd_fast, "slow": macd_slow, "signal": macd_signal},
-        "bbands": {"period": bbands_period, "nbdev": bbands_nbdev},
-        "williams_r": {"period": williams_r_period},
-        "stochastic": {
-            "k_period": stochastic_k_period,
-            "k_smooth": stochastic_k_smooth,
-            "d_period": stochastic_d_period,
-        },
+    per_indicator = {
+        name: {key: params[f"{name}_{key}"] for key in spec.params}
+        for name, spec in INDICATORS.items()
     }
-    return await service.get_indicators(symbol, names=names, params=params, start=start, end=end)
-
-
-@router.get(
-    "/rsi/{symbol}",
-    operation_id="get_rsi",
-    response_model=LatestIndicator,
-    responses=READ_ERRORS,
-    summary="Latest RSI",
-)
-async def get_rsi(
-    symbol: Symbol, service: Service, period: int = _p("RSI period", 14, 2, 1000)
-) -> dict[str, Any]:
-    """Return the latest RSI (0-100, Wilder smoothing) of a symbol; above 70 is overbought."""
-    return await service.latest_indicator(symbol, "rsi", {"period": period})
-
-
-@router.get(
-    "/williams_r/{symbol}",
-    operation_id="get_williams_r",
-    response_model=LatestIndicator,
-    responses=READ_ERRORS,
-    summary="Latest Williams %R",
-)
-async def get_williams_r(
-    symbol: Symbol, service: Service, period: int = _p("Look-back period", 14, 2, 1000)
-) -> dict[str, Any]:
-    """Return the latest Williams %R (-100..0) of a symbol; above -20 is overbought."""
-    return await service.latest_indicator(symbol, "williams_r", {"period": period})
-
-
-@router.get(
-    "/bollinger_bands/{symbol}",
-    operation_id="get_bollinger_bands",
-    response_model=LatestIndicator,
-    responses=READ_ERRORS,
-    summary="Latest Bollinger bands",
-)
-async def get_bollinger_bands(
-    symbol: Symbol,
-    service: Service,
-    period: int = _p("Moving-average period", 20, 2, 1000),
-    nbdev: float = _p("Band width in population standard deviations", 2.0, 0.1, 10.0),
-) -> dict[str, Any]:
-    """Return the latest upper, middle (SMA) and lower Bollinger bands of a symbol."""
-    return await service.latest_indicator(symbol, "bbands", {"period": period, "nbdev": nbdev})
-
-
-@router.get(
-    "/macd/{symbol}",
-    operation_id="get_macd",
-    response_model=LatestIndicator,
-    responses=READ_ERRORS,
-    summary="Latest MACD",
-)
-async def get_macd(
-    symbol: Symbol,
-    service: Service,
-    fast: int = _p("Fast EMA period", 12, 2, 1000),
-    slow: int = _p("Slow EMA period, must exceed fast", 26, 2, 1000),
-    signal: int = _p("Signal EMA period", 9, 1, 1000),
-) -> dict[str, Any]:
-    """Return the latest MACD line, signal line and histogram of a symbol."""
-    return await service.latest_indicator(
-        symbol, "macd", {"fast": fast, "slow": slow, "signal": signal}
+    return await service.get_indicators(
+        symbol, names=names, params=per_indicator, start=start, end=end
     )
+
+
+_with_query_params(
+    get_indicators,
+    {
+        f"{name}_{key}": (param, param.doc)
+        for name, spec in INDICATORS.items()
+        for key, param in spec.params.items()
+    },
+)
+
+
+def _add_latest_route(spec: IndicatorSpec, route: LatestRoute) -> None:
+    """Register `GET /<route.path>/{symbol}`: the latest value(s) of one indicator."""
+
+    async def endpoint(symbol: Symbol, service: Service, **params: Any) -> dict[str, Any]:
+        return await service.latest_indicator(symbol, spec.name, params)
+
+    endpoint.__name__ = f"get_{route.path}"
+    endpoint.__doc__ = route.doc
+    _with_query_params(
+        endpoint,
+        {key: (param, param.route_doc or param.doc) for key, param in spec.params.items()},
+    )
+    router.add_api_route(
+        f"/{route.path}/{{symbol}}",
+        endpoint,
+        methods=["GET"],
+        operation_id=f"get_{route.path}",
+        response_model=LatestIndicator,
+        responses=READ_ERRORS,
+        summary=route.summary,
+        description=route.doc,
+    )
+
+
+for _spec in INDICATORS.values():
+    if _spec.route is not None:
+        _add_latest_route(_spec, _spec.route)
 
 
 @router.get(

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.errors import Problem
 from shared.health import Health as BaseHealth
+from shared.quant import all_columns
 
 CacheLevel = Literal["l1", "l2", "database", "provider"]
 CACHE_LEVEL_DOC = (
@@ -132,9 +133,9 @@ class IndicatorSeries(BaseModel):
     end: date
     timestamps: list[datetime] = Field(description="Bar dates in the window, UTC.")
     values: dict[str, list[float | None]] = Field(
-        description="One array per output: `rsi`, `macd`, `macd_signal`, `macd_histogram`, "
-        "`bbands_upper`, `bbands_middle`, `bbands_lower`, `williams_r`, `stochastic_k`, "
-        "`stochastic_d`. `null` where the indicator has no value yet (warm-up)."
+        description="One array per output: "
+        + ", ".join(f"`{column}`" for column in all_columns())
+        + ". `null` where the indicator has no value yet (warm-up)."
     )
     parameters: dict[str, dict[str, float | int]] = Field(
         description="Parameters used per indicator, defaults filled in."

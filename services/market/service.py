@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from services.market import indicators as ind
 from services.market import repository as repo
 from services.market.calendar import last_completed_session, market_status
 from services.market.providers import ProviderChain
@@ -27,6 +26,7 @@ from services.market.validation import (
     quality_of,
     reject_bad_rows,
 )
+from shared import quant
 from shared.cache import Cache
 from shared.db import Database
 from shared.errors import NotFoundError, ValidationProblemError
@@ -365,7 +365,7 @@ class MarketService:
         cached, level = await self.cache.get(key)
         if cached is not None:
             return {**cached, "cached": True, "cache_level": level}
-        warmup = max(ind.warmup_bars(n, p) for n, p in checked.items())
+        warmup = max(quant.warmup_bars(n, p) for n, p in checked.items())
         loaded = await self.load(symbol, _bars_before(start, warmup), end)
         frame = loaded.frame
         if frame.empty and not await self._known(symbol):
@@ -388,8 +388,8 @@ class MarketService:
         """Return the latest value(s) of one indicator on the latest available bar."""
         symbol = normalize_symbol(raw_symbol)
         checked = self._check_indicators([name], {name: params})[name]
-        spec = ind.INDICATORS[name]
-        defaults = {k: v[0] for k, v in spec.params.items()}
+        spec = quant.INDICATORS[name]
+        defaults = {k: p.default for k, p in spec.params.items()}
         suffix = "" if checked == defaults else f"({_param_label(checked)})"
         key = f"indicators:{symbol}:{name}{suffix}"
         cached, level = await self.cache.get(key)
@@ -397,7 +397,9 @@ class MarketService:
             return {**cached, "cached": True, "cache_level": level}
         quote = await self.get_price(symbol)
         end = datetime.fromisoformat(quote["timestamp"]).date()
-        loaded = await self.load(symbol, _bars_before(end, ind.warmup_bars(name, checked) + 1), end)
+        loaded = await self.load(
+            symbol, _bars_before(end, quant.warmup_bars(name, checked) + 1), end
+        )
         frame = loaded.frame
         values = await asyncio.to_thread(_compute_all, frame, {name: checked})
         latest = {k: (None if math.isnan(v[-1]) else float(v[-1])) for k, v in values.items()}
@@ -428,18 +430,18 @@ class MarketService:
     ) -> dict[str, dict[str, Any]]:
         if not names:
             raise ValidationProblemError("name at least one indicator", field="indicators")
-        unknown = [n for n in names if n not in ind.INDICATORS]
+        unknown = [n for n in names if n not in quant.INDICATORS]
         if unknown:
             raise ValidationProblemError(
                 f"unknown indicator(s) {', '.join(unknown)}; available: "
-                f"{', '.join(ind.INDICATORS)}",
+                f"{', '.join(quant.INDICATORS)}",
                 field="indicators",
             )
         checked: dict[str, dict[str, Any]] = {}
         for name in dict.fromkeys(names):
             try:
-                checked[name] = ind.validate_params(name, params.get(name, {}))
-            except ind.IndicatorParamError as e:
+                checked[name] = quant.validate_params(name, params.get(name, {}))
+            except quant.IndicatorParamError as e:
                 raise ValidationProblemError(str(e), field=e.field) from e
         return checked
 
@@ -500,6 +502,6 @@ def _compute_all(frame: pd.DataFrame, checked: dict[str, dict[str, Any]]) -> dic
     close = frame["close"].to_numpy("float64")
     out: dict[str, np.ndarray] = {}
     for name, params in checked.items():
-        for output, values in ind.compute(name, params, high=high, low=low, close=close).items():
-            out[output if output == name else f"{name}_{output}"] = values
+        for output, values in quant.compute(name, params, high=high, low=low, close=close).items():
+            out[quant.column_name(name, output)] = values
     return out

@@ -14,6 +14,7 @@ import talib
 from fastapi.testclient import TestClient
 
 from services.market.app import create_app
+from shared.quant import warmup_bars
 from tests.conftest import market_settings
 
 
@@ -123,6 +124,36 @@ def test_indicator_window_equals_full_history(client: TestClient, aapl: pd.DataF
     assert body["warmup_bars_used"] > 26
 
 
+def test_sma_ema_atr_windows_equal_full_history(client: TestClient, aapl: pd.DataFrame) -> None:
+    params = {"sma_period": 50, "ema_period": 200, "atr_period": 20}
+    r = client.get(
+        "/indicators/AAPL",
+        params={"start": "2021-01-04", "end": "2022-12-30", "indicators": "sma,ema,atr", **params},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    high, low, close = (aapl[c].to_numpy("float64") for c in ("high", "low", "close"))
+    window = (aapl.index >= "2021-01-04") & (aapl.index <= "2022-12-30")
+    assert [t[:10] for t in body["timestamps"]] == list(aapl.index[window])
+    assert list(body["values"]) == ["sma", "ema", "atr"]
+    for name, ref in (
+        ("sma", talib.SMA(close, 50)),
+        ("ema", talib.EMA(close, 200)),
+        ("atr", talib.ATR(high, low, close, 20)),
+    ):
+        np.testing.assert_allclose(body["values"][name], ref[window], rtol=0, atol=1e-8)
+    assert body["parameters"] == {
+        "sma": {"period": 50},
+        "ema": {"period": 200},
+        "atr": {"period": 20},
+    }
+    assert body["warmup_bars_used"] >= warmup_bars("ema", {"period": 200})
+    # The default set is unchanged, and the new indicators get no latest-value route.
+    default = client.get("/indicators/AAPL", params={"start": "2022-12-01"}).json()
+    assert set(default["parameters"]) == {"rsi", "macd", "bbands", "williams_r", "stochastic"}
+    assert client.get("/sma/AAPL").status_code == 404
+
+
 def test_warmup_values_are_null_not_nan(client: TestClient) -> None:
     r = client.get("/indicators/AAPL", params={"start": "2003-10-30", "end": "2003-12-31"})
     assert r.status_code == 200, r.text
@@ -164,6 +195,8 @@ def test_latest_indicators(client: TestClient, aapl: pd.DataFrame) -> None:
         ("/historical/AAPL", {"interval": "7m"}, "interval"),
         ("/indicators/AAPL", {"indicators": "rsi,foo"}, "indicators"),
         ("/indicators/AAPL", {"rsi_period": 0}, "rsi_period"),
+        ("/indicators/AAPL", {"atr_period": 0}, "atr_period"),
+        ("/indicators/AAPL", {"ema_period": 1.5}, "ema_period"),
         ("/indicators/AAPL", {"macd_fast": 30, "macd_slow": 26}, "macd_fast"),
         ("/macd/AAPL", {"fast": 26, "slow": 12}, "macd_fast"),
         ("/market_status", {"at": "not-a-time"}, "at"),

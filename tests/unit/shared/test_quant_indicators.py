@@ -1,4 +1,4 @@
-"""The indicator kernels agree with TA-Lib (the oracle) on every daily CSV in shared data."""
+"""shared.quant: the indicator kernels agree with TA-Lib (the oracle) on every shared daily CSV."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 import talib
 
-from services.market import nb
-from services.market.indicators import (
+from shared.quant import (
     INDICATORS,
     IndicatorParamError,
     compute,
@@ -20,12 +19,13 @@ from services.market.indicators import (
     validate_params,
     warmup_bars,
 )
+from shared.quant import kernels as nb
 
 DATA_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "ohlcv" / "daily"
 CSV_FILES = sorted(DATA_DIR.glob("*.csv"))
 ATOL = 1e-8
 
-NAMES = ("rsi", "macd", "bbands", "williams_r", "stochastic")
+NAMES = ("rsi", "macd", "bbands", "williams_r", "stochastic", "sma", "ema", "atr")
 CUSTOM_PARAMS = [
     ("rsi", {"period": 2}),
     ("rsi", {"period": 50}),
@@ -39,6 +39,13 @@ CUSTOM_PARAMS = [
     ("stochastic", {"k_period": 1, "k_smooth": 1, "d_period": 1}),
     ("stochastic", {"k_period": 5, "k_smooth": 1, "d_period": 7}),
     ("stochastic", {"k_period": 30, "k_smooth": 10, "d_period": 4}),
+    ("sma", {"period": 2}),
+    ("sma", {"period": 200}),
+    ("ema", {"period": 2}),
+    ("ema", {"period": 200}),
+    ("atr", {"period": 1}),
+    ("atr", {"period": 2}),
+    ("atr", {"period": 50}),
 ]
 
 
@@ -60,8 +67,14 @@ def oracle(name: str, params: dict, high, low, close) -> dict[str, np.ndarray]:
         ref = talib.BBANDS(close, p["period"], p["nbdev"], p["nbdev"], 0)
     elif name == "williams_r":
         ref = (talib.WILLR(high, low, close, p["period"]),)
-    else:
+    elif name == "stochastic":
         ref = talib.STOCH(high, low, close, p["k_period"], p["k_smooth"], 0, p["d_period"], 0)
+    elif name == "sma":
+        ref = (talib.SMA(close, p["period"]),)
+    elif name == "ema":
+        ref = (talib.EMA(close, p["period"]),)
+    else:
+        ref = (talib.ATR(high, low, close, p["period"]),)
     return dict(zip(INDICATORS[name].outputs, ref, strict=True))
 
 
@@ -126,16 +139,38 @@ def test_bare_kernels_equal_wrapper(name):
         raw = nb.bbands_nb(close, p["period"], p["nbdev"], p["nbdev"])
     elif name == "williams_r":
         raw = (nb.willr_nb(high, low, close, p["period"]),)
-    else:
+    elif name == "stochastic":
         raw = nb.stoch_nb(high, low, close, p["k_period"], p["k_smooth"], p["d_period"])
+    elif name == "sma":
+        raw = (nb.sma_nb(close, p["period"]),)
+    elif name == "ema":
+        raw = (nb.ema_nb(close, p["period"]),)
+    else:
+        raw = (nb.atr_nb(high, low, close, p["period"]),)
     for key, arr in zip(INDICATORS[name].outputs, raw, strict=True):
         np.testing.assert_array_equal(arr, ours[key])
 
 
-def test_ema_kernel_matches_talib():
-    _, _, close = load(DATA_DIR / "GSPC.csv")
-    for period in (1, 2, 12, 26, 200):
+def test_moving_average_kernels_match_talib_outside_the_api_bounds():
+    high, low, close = load(DATA_DIR / "GSPC.csv")
+    for period in (1, 2, 12, 26, 200, 2000):
         assert_same({"ema": nb.ema_nb(close, period)}, {"ema": talib.EMA(close, period)})
+        assert_same({"sma": nb.sma_nb(close, period)}, {"sma": talib.SMA(close, period)})
+        assert_same(
+            {"atr": nb.atr_nb(high, low, close, period)},
+            {"atr": talib.ATR(high, low, close, period)},
+        )
+
+
+def test_kernels_take_positional_arrays_and_periods():
+    """The names and argument order the backtest engine imports from shared.quant.kernels."""
+    high, low, close = load(DATA_DIR / "KO.csv")
+    assert nb.sma_nb(close, 10).shape == close.shape
+    assert nb.ema_nb(close, 10).shape == close.shape
+    assert nb.atr_nb(high, low, close, 14).shape == close.shape
+    assert nb.rsi_nb(close, 14).shape == close.shape
+    assert len(nb.bbands_nb(close, 20, 2.0, 2.0)) == 3
+    assert len(nb.macd_nb(close, 12, 26, 9)) == 3
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -152,11 +187,11 @@ def test_random_walks_with_random_params_match_talib(seed):
         spec = INDICATORS[name]
         params = {
             k: (
-                rng.integers(lo, min(hi, 60) + 1)
-                if isinstance(d, int)
-                else round(float(rng.uniform(lo, hi)), 2)
+                rng.integers(p.lo, min(p.hi, 60) + 1)
+                if p.is_int
+                else round(float(rng.uniform(p.lo, p.hi)), 2)
             )
-            for k, (d, lo, hi) in spec.params.items()
+            for k, p in spec.params.items()
         }
         if name == "macd":
             params["fast"], params["slow"] = sorted(rng.choice(np.arange(2, 61), 2, replace=False))
@@ -189,10 +224,12 @@ def test_constant_prices(name, params, price):
     ours, ref = run_both(name, params, bars, bars.copy(), bars.copy())
     assert_same(ours, ref, atol=ATOL * price, ctx=f"{name} {params} {price}")
     lb = lookback(name, params)
-    if name in ("rsi", "williams_r", "stochastic"):
+    if name in ("rsi", "williams_r", "stochastic", "atr"):
         # TA-Lib answers 0 when nothing moved / the range is empty, not NaN or 50.
         for arr in ours.values():
             assert (arr[lb:] == 0.0).all()
+    elif name in ("sma", "ema"):
+        np.testing.assert_allclose(ours[name][lb:], price, rtol=1e-14)
     elif name == "bbands":
         np.testing.assert_allclose(ours["upper"][lb:], price, rtol=1e-14)
         np.testing.assert_allclose(ours["lower"][lb:], price, rtol=1e-14)
@@ -255,6 +292,11 @@ def test_bad_inputs_raise():
         ("macd", {"fast": 5, "slow": 35, "signal": 20}),
         ("macd", {"fast": 3, "slow": 10, "signal": 1}),
         ("stochastic", {"k_period": 30, "k_smooth": 10, "d_period": 4}),
+        ("sma", {"period": 200}),
+        ("ema", {"period": 2}),
+        ("ema", {"period": 200}),
+        ("atr", {"period": 1}),
+        ("atr", {"period": 50}),
     ],
     ids=str,
 )
@@ -264,16 +306,24 @@ def test_warmup_bars_reproduces_full_history(name, params, symbol):
     full = compute(name, params, high=high, low=low, close=close)
     w = warmup_bars(name, params)
     assert w >= lookback(name, params)
-    for k in (w, w + 1, 1500, 3000, len(close) - 50, len(close) - 1):
+    for k in sorted({w, w + 1, 1500, 3000, len(close) - 50, len(close) - 1}):
+        if k < w:
+            continue  # a long EMA needs more warm-up than these early bars have
         part = compute(name, params, high=high[k - w :], low=low[k - w :], close=close[k - w :])
         window = {key: arr[w:] for key, arr in part.items()}
         assert_same(window, {key: arr[k:] for key, arr in full.items()}, ctx=f"k={k}")
 
 
 def test_warmup_bars_values():
-    for name in ("bbands", "williams_r", "stochastic"):
-        assert warmup_bars(name, {}) == lookback(name, {})
     rate = 13 / 14
+    for name in ("bbands", "williams_r", "stochastic", "sma"):
+        assert warmup_bars(name, {}) == lookback(name, {})
+    assert warmup_bars("atr", {"period": 1}) == lookback("atr", {"period": 1}) == 1
+    atr_extra = warmup_bars("atr", {}) - 14
+    assert rate**atr_extra <= 1e-12 < rate ** (atr_extra - 1)
+    ema_rate = 1 - 2 / 31
+    ema_extra = warmup_bars("ema", {}) - 29
+    assert ema_rate**ema_extra <= 1e-12 < ema_rate ** (ema_extra - 1)
     rsi_extra = warmup_bars("rsi", {}) - 14
     assert rate**rsi_extra <= 1e-12 < rate ** (rsi_extra - 1)
     assert warmup_bars("rsi", {}, tol=1e-6) < warmup_bars("rsi", {}) < warmup_bars("rsi", {}, 1e-15)
@@ -288,13 +338,34 @@ def test_warmup_bars_values():
 
 def test_registry_shape():
     assert tuple(INDICATORS) == NAMES
-    assert INDICATORS["macd"].outputs == ("macd", "signal", "histogram")
-    assert INDICATORS["bbands"].outputs == ("upper", "middle", "lower")
-    assert INDICATORS["stochastic"].outputs == ("k", "d")
+    assert tuple(INDICATORS["macd"].outputs) == ("macd", "signal", "histogram")
+    assert tuple(INDICATORS["bbands"].outputs) == ("upper", "middle", "lower")
+    assert tuple(INDICATORS["stochastic"].outputs) == ("k", "d")
     assert INDICATORS["williams_r"].inputs == ("high", "low", "close")
     assert INDICATORS["rsi"].inputs == ("close",)
     assert list(INDICATORS["stochastic"].params) == ["k_period", "k_smooth", "d_period"]
-    assert INDICATORS["bbands"].params["nbdev"] == (2.0, 0.1, 10.0)
+    nbdev = INDICATORS["bbands"].params["nbdev"]
+    assert (nbdev.default, nbdev.lo, nbdev.hi) == (2.0, 0.1, 10.0)
+    assert INDICATORS["atr"].inputs == ("high", "low", "close")
+    assert INDICATORS["macd"].columns == ("macd", "macd_signal", "macd_histogram")
+
+
+def test_every_entry_is_complete_and_self_consistent():
+    routes = [spec.route.path for spec in INDICATORS.values() if spec.route]
+    assert routes == ["rsi", "macd", "bollinger_bands", "williams_r"]
+    assert [n for n, spec in INDICATORS.items() if spec.default] == list(NAMES[:5])
+    for name, spec in INDICATORS.items():
+        assert spec.name == name and spec.title and spec.definition
+        assert spec.outputs and all(spec.outputs.values()), name
+        for key, param in spec.params.items():
+            assert param.lo <= param.default <= param.hi, (name, key)
+            assert isinstance(param.lo, type(param.default)), (name, key)
+            assert param.doc, (name, key)
+        assert validate_params(name) == {k: p.default for k, p in spec.params.items()}
+        lo = {k: p.lo for k, p in spec.params.items()}
+        if name == "macd":
+            lo["slow"] = lo["fast"] + 1
+        assert lookback(name, lo) >= 0
 
 
 def test_validate_params_fills_defaults_and_casts():
@@ -332,7 +403,10 @@ def test_validate_params_fills_defaults_and_casts():
         ("stochastic", {"k_period": 0}, "stochastic_k_period"),
         ("stochastic", {"k_smooth": 1001}, "stochastic_k_smooth"),
         ("stochastic", {"d_period": -3}, "stochastic_d_period"),
-        ("sma", {}, "indicator"),
+        ("sma", {"period": 1}, "sma_period"),
+        ("ema", {"period": 1001}, "ema_period"),
+        ("atr", {"period": 0}, "atr_period"),
+        ("vwap", {}, "indicator"),
     ],
 )
 def test_validate_params_errors_name_the_field(name, params, field):

@@ -1,30 +1,48 @@
 """Numba kernels for technical indicators that reproduce TA-Lib's output.
 
-Every ``*_nb`` kernel takes contiguous float64 arrays and returns float64 arrays of the same
-length, with NaN on the warm-up bars, i.e. exactly where ``talib`` puts NaN. The arithmetic
-follows TA-Lib's conventions (seeding, smoothing order, zero-range guards) so the values agree
-with ``talib`` to ~1e-12 on price data. ``*_into_nb`` variants write into caller-allocated
-outputs instead: arrays allocated by numpy get transparent huge pages (numpy madvises them),
-numba's allocator does not, and at a million bars the extra 4 KiB page faults on first touch
-cost as much as the computation itself. All kernels are O(n) in the number of bars:
+Every ``*_nb`` kernel takes contiguous float64 arrays (and int/float parameters) and returns
+float64 arrays of the same length, with NaN on the warm-up bars, i.e. exactly where ``talib``
+puts NaN. The arithmetic follows TA-Lib's conventions (seeding, smoothing order, zero-range
+guards) so the values agree with ``talib`` to ~1e-12 on price data. ``*_into_nb`` variants
+write into caller-allocated outputs instead: arrays allocated by numpy get transparent huge
+pages (numpy madvises them), numba's allocator does not, and at a million bars the extra 4 KiB
+page faults on first touch cost as much as the computation itself. All kernels are O(n) in the
+number of bars and release the GIL (``nogil=True``), so threads can run them in parallel:
 
-* RSI, EMA and MACD are single recurrences;
+* SMA keeps TA-Lib's running sum (add the new value, divide, subtract the trailing one);
+* RSI, EMA, MACD and ATR are single recurrences;
 * BBANDS keeps running sums (shifted to avoid cancellation, re-seeded when it matters);
 * WILLR and STOCH use the van Herk / Gil-Werman block scan for the rolling high/low, a fixed
   three comparisons per bar and extremum whatever the period or the shape of the data.
 
-Inputs are assumed finite from the first bar on; leading NaNs are stripped by the wrapper in
-``services.market.indicators`` the way the ``talib`` Python wrapper strips them. A NaN inside
-the series is not an error, but what it does to later bars is not guaranteed to match TA-Lib
-(TA-Lib's running sums carry it forever; BBANDS here recovers once it leaves the window).
+Parameters are not checked here (a period below 1 is undefined behaviour): validate them
+first, as ``shared.quant.indicators.compute`` does. Inputs are assumed finite from the first
+bar on; leading NaNs are stripped by ``compute`` the way the ``talib`` Python wrapper strips
+them. A NaN inside the series is not an error, but what it does to later bars is not
+guaranteed to match TA-Lib (TA-Lib's running sums carry it forever; BBANDS here recovers once
+it leaves the window).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from numba import njit
+import numpy.typing as npt
+
+Float64Array = npt.NDArray[np.float64]
+
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
+    def njit(**options: Any) -> Callable[[_F], _F]:
+        """Type numba's decorator as signature-preserving, so callers are type-checked."""
+        ...
+
+else:
+    from numba import njit
 
 # TA-Lib's TA_EPSILON, used by its scale-aware zero test TA_IS_ZERO_SCALED(v, |a| + |b|).
 _TA_EPSILON = 1e-14
@@ -44,11 +62,42 @@ _CONTRACT = {"contract"}
 
 
 @njit(cache=True, nogil=True)
-def _nan_head_nb(out, count):
+def _nan_head_nb(out: Float64Array, count: int) -> None:
     """Fill the first ``count`` slots (clipped to the length) with NaN."""
     m = min(count, out.shape[0])
     for i in range(m):
         out[i] = np.nan
+
+
+# --------------------------------------------------------------------------------------------
+# SMA
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def sma_into_nb(x: Float64Array, period: int, out: Float64Array) -> None:
+    """Write TA-Lib's SMA (running sum, lookback ``period - 1``) into ``out``."""
+    n = x.shape[0]
+    lb = period - 1
+    _nan_head_nb(out, lb)
+    if n <= lb:
+        return
+    total = 0.0
+    for i in range(lb):
+        total += x[i]
+    # TA-Lib's order: add the entering value, divide, then drop the trailing one.
+    for i in range(lb, n):
+        total += x[i]
+        out[i] = total / period
+        total -= x[i - lb]
+
+
+@njit(cache=True, nogil=True)
+def sma_nb(close: Float64Array, period: int) -> Float64Array:
+    """Compute TA-Lib's simple moving average over ``period`` bars."""
+    out = np.empty(close.shape[0])
+    sma_into_nb(close, period, out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,7 +106,7 @@ def _nan_head_nb(out, count):
 
 
 @njit(cache=True, nogil=True)
-def rsi_into_nb(close, period, out):
+def rsi_into_nb(close: Float64Array, period: int, out: Float64Array) -> None:
     """Write TA-Lib's RSI (Wilder smoothing, SMA seed, lookback ``period``) into ``out``."""
     n = close.shape[0]
     _nan_head_nb(out, period)
@@ -92,7 +141,7 @@ def rsi_into_nb(close, period, out):
 
 
 @njit(cache=True, nogil=True)
-def rsi_nb(close, period):
+def rsi_nb(close: Float64Array, period: int) -> Float64Array:
     """Compute TA-Lib's RSI (Wilder smoothing, SMA seed, lookback ``period``)."""
     out = np.empty(close.shape[0])
     rsi_into_nb(close, period, out)
@@ -100,14 +149,13 @@ def rsi_nb(close, period):
 
 
 @njit(cache=True, nogil=True, fastmath=_CONTRACT)
-def ema_nb(x, period):
-    """Compute TA-Lib's EMA: SMA of the first ``period`` values as seed, k = 2/(period+1)."""
+def ema_into_nb(x: Float64Array, period: int, out: Float64Array) -> None:
+    """Write TA-Lib's EMA (SMA of the first ``period`` values as seed, k = 2/(period+1))."""
     n = x.shape[0]
-    out = np.empty(n)
     lb = period - 1
     _nan_head_nb(out, lb)
     if n <= lb:
-        return out
+        return
     k = 2.0 / (period + 1)
     total = 0.0
     for i in range(period):
@@ -117,11 +165,26 @@ def ema_nb(x, period):
     for i in range(period, n):
         prev = (x[i] - prev) * k + prev
         out[i] = prev
+
+
+@njit(cache=True, nogil=True)
+def ema_nb(x: Float64Array, period: int) -> Float64Array:
+    """Compute TA-Lib's EMA: SMA of the first ``period`` values as seed, k = 2/(period+1)."""
+    out = np.empty(x.shape[0])
+    ema_into_nb(x, period, out)
     return out
 
 
 @njit(cache=True, nogil=True, fastmath=_CONTRACT)
-def macd_into_nb(close, fast, slow, signal, macd, sig, hist):
+def macd_into_nb(
+    close: Float64Array,
+    fast: int,
+    slow: int,
+    signal: int,
+    macd: Float64Array,
+    sig: Float64Array,
+    hist: Float64Array,
+) -> None:
     """Write TA-Lib's MACD line, signal line and histogram into the three output arrays."""
     n = close.shape[0]
     if slow < fast:  # TA-Lib swaps the periods rather than failing
@@ -172,7 +235,9 @@ def macd_into_nb(close, fast, slow, signal, macd, sig, hist):
 
 
 @njit(cache=True, nogil=True)
-def macd_nb(close, fast, slow, signal):
+def macd_nb(
+    close: Float64Array, fast: int, slow: int, signal: int
+) -> tuple[Float64Array, Float64Array, Float64Array]:
     """Compute TA-Lib's MACD: (macd, signal, histogram), fast EMA seeded at the slow seed bar."""
     n = close.shape[0]
     macd = np.empty(n)
@@ -188,7 +253,7 @@ def macd_nb(close, fast, slow, signal):
 
 
 @njit(cache=True, nogil=True)
-def _window_sums_nb(x, first, last):
+def _window_sums_nb(x: Float64Array, first: int, last: int) -> tuple[float, float, float, float]:
     """Return (sum x, shift, sum(x-shift), sum((x-shift)^2)) over x[first:last+1], shift = mean."""
     total = 0.0
     for j in range(first, last + 1):
@@ -204,7 +269,15 @@ def _window_sums_nb(x, first, last):
 
 
 @njit(cache=True, nogil=True, fastmath=_CONTRACT)
-def bbands_into_nb(close, period, nbdevup, nbdevdn, upper, middle, lower):
+def bbands_into_nb(
+    close: Float64Array,
+    period: int,
+    nbdevup: float,
+    nbdevdn: float,
+    upper: Float64Array,
+    middle: Float64Array,
+    lower: Float64Array,
+) -> None:
     """Write TA-Lib's BBANDS (SMA middle band, population std) into the three output arrays."""
     n = close.shape[0]
     lb = period - 1
@@ -260,7 +333,9 @@ def bbands_into_nb(close, period, nbdevup, nbdevdn, upper, middle, lower):
 
 
 @njit(cache=True, nogil=True)
-def bbands_nb(close, period, nbdevup, nbdevdn):
+def bbands_nb(
+    close: Float64Array, period: int, nbdevup: float, nbdevdn: float
+) -> tuple[Float64Array, Float64Array, Float64Array]:
     """Compute TA-Lib's BBANDS with an SMA middle band and population std: (upper, mid, lower)."""
     n = close.shape[0]
     upper = np.empty(n)
@@ -271,12 +346,64 @@ def bbands_nb(close, period, nbdevup, nbdevdn):
 
 
 # --------------------------------------------------------------------------------------------
+# ATR
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _true_range_nb(high: float, low: float, prev_close: float) -> float:
+    """Return TA-Lib's true range: the largest of high-low, |prev-high| and |prev-low|."""
+    greatest = high - low
+    up = abs(prev_close - high)
+    if up > greatest:
+        greatest = up
+    down = abs(prev_close - low)
+    if down > greatest:
+        greatest = down
+    return greatest
+
+
+@njit(cache=True, nogil=True, fastmath=_CONTRACT)
+def atr_into_nb(
+    high: Float64Array, low: Float64Array, close: Float64Array, period: int, out: Float64Array
+) -> None:
+    """Write TA-Lib's ATR (Wilder smoothing, SMA seed, lookback ``period``) into ``out``."""
+    n = close.shape[0]
+    _nan_head_nb(out, period)
+    if n <= period:
+        return
+    # The first true range needs a previous close, so it sits on bar 1; the seed is the mean
+    # of the true ranges of bars 1..period (TA-Lib's ATR(1) is the plain true range).
+    total = 0.0
+    for i in range(1, period + 1):
+        total += _true_range_nb(high[i], low[i], close[i - 1])
+    prev = total / period
+    out[period] = prev
+    # Wilder smoothing (prev * (period - 1) + tr) / period, with the division taken as a
+    # multiplication by 1/period as in rsi_into_nb: a division in the carried chain costs twice
+    # the time, and both agree with TA-Lib to a few ulps.
+    pm1 = float(period - 1)
+    inv_p = 1.0 / period
+    for i in range(period + 1, n):
+        prev = (prev * pm1 + _true_range_nb(high[i], low[i], close[i - 1])) * inv_p
+        out[i] = prev
+
+
+@njit(cache=True, nogil=True)
+def atr_nb(high: Float64Array, low: Float64Array, close: Float64Array, period: int) -> Float64Array:
+    """Compute TA-Lib's ATR: Wilder smoothing seeded by the SMA of ``period`` true ranges."""
+    out = np.empty(close.shape[0])
+    atr_into_nb(high, low, close, period, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Williams %R and Stochastic
 # --------------------------------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True)
-def _range_osc_nb(hh, ll, c, willr):
+def _range_osc_nb(hh: float, ll: float, c: float, willr: bool) -> float:
     """Return Williams %R or raw Fast-K for one window, 0 on a (scale-aware) flat range."""
     rng = hh - ll
     if abs(rng) <= _TA_EPSILON * (abs(hh) + abs(ll)):
@@ -288,7 +415,14 @@ def _range_osc_nb(hh, ll, c, willr):
 
 
 @njit(cache=True, nogil=True)
-def _window_osc_into_nb(high, low, close, period, out, willr):
+def _window_osc_into_nb(
+    high: Float64Array,
+    low: Float64Array,
+    close: Float64Array,
+    period: int,
+    out: Float64Array,
+    willr: bool,
+) -> None:
     """Write %R (``willr``) or Fast-K into ``out[period-1:]`` via a van Herk block scan."""
     n = close.shape[0]
     p = period
@@ -336,7 +470,9 @@ def _window_osc_into_nb(high, low, close, period, out, willr):
 
 
 @njit(cache=True, nogil=True)
-def willr_into_nb(high, low, close, period, out):
+def willr_into_nb(
+    high: Float64Array, low: Float64Array, close: Float64Array, period: int, out: Float64Array
+) -> None:
     """Write TA-Lib's Williams %R over ``period`` bars into ``out`` (0 when highest == lowest)."""
     _nan_head_nb(out, period - 1)
     if close.shape[0] >= period:
@@ -344,7 +480,9 @@ def willr_into_nb(high, low, close, period, out):
 
 
 @njit(cache=True, nogil=True)
-def willr_nb(high, low, close, period):
+def willr_nb(
+    high: Float64Array, low: Float64Array, close: Float64Array, period: int
+) -> Float64Array:
     """Compute TA-Lib's Williams %R over ``period`` bars (0 when highest == lowest)."""
     out = np.empty(close.shape[0])
     willr_into_nb(high, low, close, period, out)
@@ -352,7 +490,16 @@ def willr_nb(high, low, close, period):
 
 
 @njit(cache=True, nogil=True)
-def stoch_into_nb(high, low, close, fastk_period, slowk_period, slowd_period, slowk, slowd):
+def stoch_into_nb(
+    high: Float64Array,
+    low: Float64Array,
+    close: Float64Array,
+    fastk_period: int,
+    slowk_period: int,
+    slowd_period: int,
+    slowk: Float64Array,
+    slowd: Float64Array,
+) -> None:
     """Write TA-Lib's STOCH with SMA smoothing (slow %K, slow %D) into the two output arrays."""
     n = close.shape[0]
     a0 = fastk_period - 1  # first Fast-K bar
@@ -394,7 +541,14 @@ def stoch_into_nb(high, low, close, fastk_period, slowk_period, slowd_period, sl
 
 
 @njit(cache=True, nogil=True)
-def stoch_nb(high, low, close, fastk_period, slowk_period, slowd_period):
+def stoch_nb(
+    high: Float64Array,
+    low: Float64Array,
+    close: Float64Array,
+    fastk_period: int,
+    slowk_period: int,
+    slowd_period: int,
+) -> tuple[Float64Array, Float64Array]:
     """Compute TA-Lib's STOCH with SMA smoothing: (slow %K, slow %D), Fast-K 0 on flat ranges."""
     n = close.shape[0]
     slowk = np.empty(n)
