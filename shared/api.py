@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared.errors import (
     PROBLEM_MEDIA_TYPE,
     AppError,
+    BadRequestError,
     FieldIssue,
     Problem,
     UnauthorizedError,
@@ -76,9 +77,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     issues: list[FieldIssue] = []
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
+        if err.get("type") == "json_invalid":
+            # Not JSON at all: a 400, never a 422 naming a character offset as the field.
+            position = loc[1] if len(loc) > 1 else None
+            where = f" (at character {position})" if isinstance(position, int) else ""
+            bad = BadRequestError(f"The request body is not valid JSON{where}.", field="body")
+            return problem_response(bad.to_problem(instance=request.url.path))
         msg = str(err.get("msg", "invalid"))
-        if err.get("type") == "json_invalid" or (loc[:1] == ("body",) and len(loc) == 1):
-            msg = msg or "body is not valid JSON"
         issues.append(FieldIssue(field=_field_name(loc), message=msg))
     first = issues[0] if issues else FieldIssue(field="body", message="invalid request")
     detail = "; ".join(f"{i.field}: {i.message}" for i in issues) or "invalid request"

@@ -44,6 +44,14 @@ class SecretMaskingFilter(logging.Filter):
         return True
 
 
+class MaskingFormatter(logging.Formatter):
+    """Format records as usual, then mask secrets in the whole text, tracebacks included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the formatted record (message, exception, stack) with secrets masked."""
+        return mask_secrets(super().format(record))
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send logs to stderr (never stdout: stdio MCP owns it), with secrets masked."""
     root = logging.getLogger()
@@ -52,7 +60,7 @@ def configure_logging(level: str = "INFO") -> None:
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler._trading = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretMaskingFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())

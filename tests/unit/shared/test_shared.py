@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from datetime import date
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from services.market.service import _missing_ranges
 from services.market.settings import MarketSettings
@@ -176,3 +178,43 @@ def test_service_client_names_a_service_that_is_down() -> None:
         await client.aclose()
 
     asyncio.run(go())
+
+
+def test_tracebacks_are_masked_too() -> None:
+    from shared.logging import MaskingFormatter
+
+    formatter = MaskingFormatter("%(message)s")
+    try:
+        raise ConnectionError("cannot reach postgresql+asyncpg://app:hunter2@db:5432/trading")
+    except ConnectionError:
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "failed", None, exc_info=sys.exc_info()
+        )
+    text = formatter.format(record)
+    assert "Traceback" in text and "ConnectionError" in text
+    assert "hunter2" not in text
+
+
+class EchoBody(BaseModel):
+    n: int
+
+
+def test_malformed_json_is_a_400_problem_naming_the_body() -> None:
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/echo")
+    async def echo(body: EchoBody) -> EchoBody:
+        return body
+
+    with TestClient(app) as client:
+        bad = client.post(
+            "/echo", content=b'{"n": 1,,}', headers={"content-type": "application/json"}
+        )
+        invalid = client.post("/echo", json={"n": "x"})
+    assert bad.status_code == 400
+    assert bad.headers["content-type"] == "application/problem+json"
+    assert bad.json()["code"] == "bad_request" and bad.json()["field"] == "body"
+    assert invalid.status_code == 422 and invalid.json()["field"] == "n"
