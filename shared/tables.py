@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
     Uuid,
     text,
@@ -200,3 +202,43 @@ class BacktestTrade(SQLModel, table=True):
     total_cost: float = _float()
     pnl: float | None = _float(nullable=True)
     portfolio_value: float | None = _float(nullable=True)
+
+
+class Job(SQLModel, table=True):
+    """One unit of long work (a sweep, a walk-forward, a training run) of one service.
+
+    The row is the job's truth: status, progress, outcome, and the owner (host, pid, runner
+    instance) whose heartbeat says it is still alive. Every write after the start is guarded
+    by status and owner, so a cancelled or interrupted job never gets a result afterwards.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed')", name="ck_jobs_status"
+        ),
+        Index("idx_jobs_service_status", "service", "status"),
+        Index("idx_jobs_owner_instance", "owner_instance", "status"),
+    )
+
+    id: uuid.UUID = Field(sa_column=Column(Uuid, primary_key=True))
+    kind: str = Field(sa_column=Column(String(50), nullable=False))
+    service: str = Field(sa_column=Column(String(50), nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    progress_done: float = Field(
+        default=0.0, sa_column=Column(Float(precision=53), nullable=False, server_default="0")
+    )
+    progress_total: float | None = _float(nullable=True)
+    progress_message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    request: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    result: Any = Field(default=None, sa_column=Column(JSONType, nullable=True))
+    result_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType, nullable=True))
+    owner_host: str = Field(sa_column=Column(String(255), nullable=False))
+    owner_pid: int = Field(sa_column=Column(BigInteger, nullable=False))
+    owner_instance: str = Field(sa_column=Column(String(32), nullable=False))
+    heartbeat_at: datetime = _ts()
+    created_at: datetime = _created()
+    started_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+    updated_at: datetime = _ts()

@@ -1,203 +1,176 @@
-"""Job-style operations: the gateway follows a 202 job to its end and reports MCP progress."""
+"""The gateway follows the shared job contract: 202 + Location, JobStatus polls, MCP progress.
+
+The service is a real app built with `shared.jobs` (tests/unit/shared/job_app.py), served
+in-process by the gateway in embedded mode, called by an in-process fastmcp client.
+"""
 
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
+import pytest
 from fastapi import FastAPI, Response
 from fastmcp import Client
-from pydantic import BaseModel
 
+from gateway_mcp.jobs import status_url
 from gateway_mcp.server import build_gateway
 from gateway_mcp.settings import GatewaySettings
-from shared.api import install_error_handlers, problem_responses
-from shared.errors import NotFoundError
+from shared.jobs import accepted_responses
+from tests.unit.shared.job_app import create_app, job_settings, simulate_path
+
+Updates = list[tuple[float, float | None, str | None]]
 
 
-class SimulationRequest(BaseModel):
-    steps: int = 4
-    fail: bool = False
+def gateway_for(tmp_path: Path, factories: dict[str, Any], **gateway: Any) -> Any:
+    specs = tmp_path / "openapi"
+    specs.mkdir(exist_ok=True)
+    for name, factory in factories.items():
+        (specs / f"{name}.json").write_text(json.dumps(factory().openapi()), encoding="utf-8")
+    settings = GatewaySettings(spec_dir=specs, job_poll_interval_s=0.01, **gateway)
+    return build_gateway(settings, app_factories=factories)
 
 
-class JobAccepted(BaseModel):
-    job_id: str
-    status: str
+def sims_gateway(tmp_path: Path, **gateway: Any) -> Any:
+    settings = job_settings(tmp_path)
+    return gateway_for(tmp_path, {"sims": lambda: create_app(settings)}, **gateway)
 
 
-def create_jobs_app() -> FastAPI:
-    """Return a fake service whose POST runs as a job (202 + Location), advancing per poll."""
-    jobs: dict[str, dict[str, Any]] = {}
-    app = FastAPI(title="Simulations")
-    install_error_handlers(app)
+async def call(
+    gateway: Any, tool: str, args: dict[str, Any], updates: Updates | None = None
+) -> Any:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        assert updates is not None
+        updates.append((progress, total, message))
 
-    @app.post(
-        "/simulations",
-        operation_id="run_simulation",
-        status_code=202,
-        response_model=JobAccepted,
-        responses=problem_responses(422),
+    async with Client(gateway) as client:
+        return await client.call_tool(
+            tool,
+            args,
+            progress_handler=on_progress if updates is not None else None,
+            raise_on_error=False,
+        )
+
+
+def test_job_tools_are_listed_with_the_status_and_cancel_tools(tmp_path: Path) -> None:
+    async def go() -> dict[str, Any]:
+        async with Client(sims_gateway(tmp_path)) as client:
+            return {t.name: t for t in await client.list_tools()}
+
+    tools = anyio.run(go)
+    assert {"sims_run_simulation", "sims_get_job", "sims_cancel_job"} <= set(tools)
+    run = tools["sims_run_simulation"]
+    assert {"limit", "offset", "paths"} <= set(run.input_schema["properties"])
+    assert "job" in (run.description or "")
+    assert "job_id" in tools["sims_get_job"].input_schema["properties"]
+
+
+def test_progress_notifications_come_from_the_jobs_progress(tmp_path: Path) -> None:
+    updates: Updates = []
+    result = anyio.run(call, sims_gateway(tmp_path), "sims_run_steps", {"steps": 3}, updates)
+
+    assert not result.is_error, result.content
+    assert result.structured_content == {"steps": 3}
+    steps = [(1.0, 3.0, "step 1"), (2.0, 3.0, "step 2"), (3.0, 3.0, "step 3")]
+    assert updates[-3:] == steps
+    assert all(u[0] == 0.0 for u in updates[:-3])  # at most the queued/running status before
+    assert len(updates) <= 4
+
+
+def test_a_jobs_large_result_is_paged_like_any_answer(tmp_path: Path) -> None:
+    updates: Updates = []
+    result = anyio.run(call, sims_gateway(tmp_path), "sims_run_simulation", {"paths": 250}, updates)
+
+    assert not result.is_error, result.content
+    body = result.structured_content
+    assert len(body["paths"]) == 100
+    assert body["page"]["total"] == 250 and body["page"]["next_offset"] == 100
+    expected = [simulate_path(seed) for seed in range(250)]
+    assert [p["last"] for p in body["paths"]] == expected[:100]
+    assert body["mean"] == pytest.approx(sum(expected) / 250, rel=1e-12)
+    assert updates[-1] == (250.0, 250.0, "250 of 250 paths done")
+    assert [u[0] for u in updates] == sorted({u[0] for u in updates})  # strictly increasing
+
+
+def test_a_failed_job_is_a_tool_error_with_the_jobs_problem(tmp_path: Path) -> None:
+    gateway = sims_gateway(tmp_path)
+    domain = anyio.run(call, gateway, "sims_run_failure", {"kind": "domain"})
+    bug = anyio.run(call, gateway, "sims_run_failure", {"kind": "bug"})
+
+    assert domain.is_error
+    assert domain.content[0].text == (
+        "sims service error 422 validation_error: the simulation diverged at step 3 (field: steps)"
     )
-    async def run_simulation(body: SimulationRequest, response: Response) -> dict[str, str]:
-        """Start a simulation; poll its job for progress and the result."""
-        job_id = uuid.uuid4().hex
-        jobs[job_id] = {"steps": body.steps, "done": 0, "fail": body.fail}
-        response.headers["Location"] = f"/jobs/{job_id}"
-        return {"job_id": job_id, "status": "queued"}
+    assert bug.is_error
+    assert bug.content[0].text.startswith("sims service error 500 job_failed: ")
+    assert "ValueError: item 3 is bad" in bug.content[0].text
 
-    @app.get("/jobs/{job_id}", operation_id="get_job", responses=problem_responses(404))
-    async def get_job(job_id: str) -> dict[str, Any]:
-        """Return a job's state."""
-        job = jobs.get(job_id)
-        if job is None:
-            raise NotFoundError(f"no job {job_id}")
-        job["done"] += 1
-        if job["done"] < job["steps"]:
-            fraction = job["done"] / job["steps"]
-            return {"status": "running", "progress": fraction, "message": f"step {job['done']}"}
-        if job["fail"]:
-            problem = {
-                "type": "urn:problem:diverged",
-                "title": "Simulation failed",
-                "status": 422,
-                "detail": "the simulation diverged at step 3",
-                "code": "diverged",
-            }
-            return {"status": "failed", "error": problem}
-        trades = [{"i": i, "pnl": 0.01 * i} for i in range(250)]
-        return {"status": "succeeded", "progress": 1.0, "result": {"trades": trades, "total": 3.1}}
+
+def test_a_result_url_is_fetched(tmp_path: Path) -> None:
+    result = anyio.run(call, sims_gateway(tmp_path), "sims_run_stored", {})
+
+    assert not result.is_error, result.content
+    assert result.structured_content["rows"] == [0, 1, 2, 3, 4]
+    assert len(result.structured_content["stored_for"]) == 36
+
+
+def test_a_job_that_never_ends_times_out_with_a_clear_problem(tmp_path: Path) -> None:
+    gateway = sims_gateway(tmp_path, job_timeout_s=0.3)
+    result = anyio.run(call, gateway, "sims_run_spin", {"limit_s": 60})
+
+    assert result.is_error
+    text = result.content[0].text
+    assert text.startswith("sims service error 504 job_timeout: The sims job did not finish")
+    assert "it is still running, its status is at http://sims/jobs/" in text
+
+
+def test_unknown_jobs_are_404_problems_through_the_tools(tmp_path: Path) -> None:
+    gateway = sims_gateway(tmp_path)
+    missing = "00000000-0000-4000-8000-000000000000"
+    got = anyio.run(call, gateway, "sims_get_job", {"job_id": missing})
+    cancelled = anyio.run(call, gateway, "sims_cancel_job", {"job_id": missing})
+
+    for result in (got, cancelled):
+        assert result.is_error
+        assert result.content[0].text.startswith("sims service error 404 job_not_found: ")
+
+
+def create_legacy_app() -> FastAPI:
+    """A service whose status resource speaks a synonym dialect, not the contract."""
+    app = FastAPI(title="Legacy")
+
+    @app.post("/runs", operation_id="start_run", status_code=202, responses=accepted_responses())
+    async def start_run(response: Response) -> dict[str, str]:
+        """Start a run."""
+        response.headers["Location"] = "/runs/1"
+        return {"job_id": "1"}
+
+    @app.get("/runs/{run_id}", operation_id="get_run")
+    async def get_run(run_id: str) -> dict[str, Any]:
+        """Report a run in the old synonyms."""
+        return {"state": "done", "progress": 1.0, "result": {"ok": True}}
 
     return app
 
 
-def gateway_with_jobs(tmp_path: Path) -> Any:
-    specs = tmp_path / "openapi"
-    specs.mkdir()
-    (specs / "sims.json").write_text(json.dumps(create_jobs_app().openapi()), encoding="utf-8")
-    settings = GatewaySettings(spec_dir=specs, job_poll_interval_s=0.01)
-    return build_gateway(settings, app_factories={"sims": create_jobs_app})
+def test_a_status_that_is_not_a_job_status_is_a_clear_502(tmp_path: Path) -> None:
+    gateway = gateway_for(tmp_path, {"legacy": create_legacy_app})
+    result = anyio.run(call, gateway, "legacy_start_run", {})
 
-
-def test_a_job_reports_progress_and_returns_its_capped_result(tmp_path: Path) -> None:
-    gateway = gateway_with_jobs(tmp_path)
-    updates: list[tuple[float, float | None, str | None]] = []
-
-    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        updates.append((progress, total, message))
-
-    async def go() -> Any:
-        async with Client(gateway) as client:
-            tool = {t.name: t for t in await client.list_tools()}["sims_run_simulation"]
-            result = await client.call_tool(
-                "sims_run_simulation", {"steps": 4}, progress_handler=on_progress
-            )
-            return tool, result
-
-    tool, result = anyio.run(go)
-    assert {"limit", "offset", "steps"} <= set(tool.input_schema["properties"])
-    assert "job" in (tool.description or "")
-    assert not result.is_error
-    body = result.structured_content
-    assert body["total"] == 3.1
-    assert [t["i"] for t in body["trades"]] == list(range(100))
-    assert body["page"]["total"] == 250 and body["page"]["next_offset"] == 100
-    assert updates[0] == (0.0, None, "job accepted")
-    assert [u[:2] for u in updates[1:]] == [(0.25, 1.0), (0.5, 1.0), (0.75, 1.0), (1.0, 1.0)]
-    assert updates[1][2] == "step 1"
-
-
-def test_a_failed_job_is_a_tool_error_with_the_jobs_problem(tmp_path: Path) -> None:
-    gateway = gateway_with_jobs(tmp_path)
-
-    async def go() -> Any:
-        async with Client(gateway) as client:  # no progress handler: the call still works
-            return await client.call_tool(
-                "sims_run_simulation", {"steps": 3, "fail": True}, raise_on_error=False
-            )
-
-    result = anyio.run(go)
     assert result.is_error
-    assert result.content[0].text == (
-        "sims service error 422 diverged: the simulation diverged at step 3"
-    )
+    text = result.content[0].text
+    assert text.startswith("legacy service error 502 upstream_unavailable: ")
+    assert "is not a job status" in text
 
 
-def _reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Any:
-    import httpx2
-
-    content = json.dumps(body).encode() if body is not None else b""
-    return httpx2.Response(status, content=content, headers=headers or {})
-
-
-def test_job_polling_follows_see_other_and_body_status_urls() -> None:
-    import httpx2
-
-    from gateway_mcp.jobs import follow_job, status_url
-
-    request = httpx2.Request("POST", "http://svc/base/runs", headers={"Authorization": "Bearer t"})
-    accepted = _reply(202, {"job_id": "7", "links": {"self": "jobs/7"}})
-    url = status_url(request, accepted)
-    assert str(url) == "http://svc/base/jobs/7"
-    assert status_url(request, _reply(202, {"job_id": "7"})) is None  # nothing to follow
-    assert status_url(request, _reply(200, {"status_url": "/x"})) is None
-
-    seen: list[tuple[str, str | None]] = []
-    answers = [
-        _reply(200, {"state": "running", "progress": {"done": 1, "total": 3}}),
-        _reply(303, headers={"location": "/results/7"}),
-        _reply(200, {"trades": []}),
-    ]
-
-    async def send(req: httpx2.Request) -> httpx2.Response:
-        seen.append((str(req.url), req.headers.get("authorization")))
-        return answers.pop(0)
-
-    reports: list[tuple[float, float | None, str | None]] = []
-
-    async def report(p: float, t: float | None, m: str | None) -> None:
-        reports.append((p, t, m))
-
-    assert url is not None
-    final = anyio.run(
-        lambda: follow_job(
-            send, request, url, report=report, poll_interval_s=0.01, timeout_s=5, service="svc"
-        )
-    )
-    assert final.status_code == 200 and final.json() == {"trades": []}
-    assert seen == [
-        ("http://svc/base/jobs/7", "Bearer t"),
-        ("http://svc/base/jobs/7", "Bearer t"),
-        ("http://svc/results/7", "Bearer t"),
-    ]
-    assert reports == [(0.0, None, "job accepted"), (1.0, 3.0, "running")]
-
-
-def test_a_job_that_never_ends_times_out_with_a_clear_problem() -> None:
-    import httpx2
-
-    from gateway_mcp.jobs import follow_job
-
-    async def send(req: httpx2.Request) -> httpx2.Response:
-        return _reply(200, {"status": "running"})
-
-    async def report(p: float, t: float | None, m: str | None) -> None:
-        return None
-
-    request = httpx2.Request("POST", "http://svc/runs")
-    final = anyio.run(
-        lambda: follow_job(
-            send,
-            request,
-            httpx2.URL("http://svc/jobs/1"),
-            report=report,
-            poll_interval_s=0.01,
-            timeout_s=0.05,
-            service="backtest",
-        )
-    )
-    assert final.status_code == 504
-    assert final.json()["code"] == "job_timeout"
-    assert "backtest job did not finish" in final.json()["detail"]
+def test_only_a_202_with_a_location_is_followed() -> None:
+    request = httpx2.Request("POST", "http://svc/base/runs")
+    located = httpx2.Response(202, headers={"location": "jobs/7"})
+    assert str(status_url(request, located)) == "http://svc/base/jobs/7"
+    absolute = httpx2.Response(202, headers={"location": "/base/jobs/7"})
+    assert str(status_url(request, absolute)) == "http://svc/base/jobs/7"
+    assert status_url(request, httpx2.Response(202, json={"links": {"self": "/x"}})) is None
+    assert status_url(request, httpx2.Response(201, headers={"location": "/x"})) is None

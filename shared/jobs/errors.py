@@ -1,0 +1,60 @@
+"""The job contract's problems: every job error is one of these (RFC 9457 via AppError)."""
+
+from __future__ import annotations
+
+from shared.errors import AppError, NotFoundError
+
+
+class JobNotFoundError(NotFoundError):
+    """No job with this id belongs to this service."""
+
+    code = "job_not_found"
+    title = "Job not found"
+
+
+class JobFinishedError(AppError):
+    """The job already ended, so it cannot be cancelled."""
+
+    status = 409
+    code = "job_finished"
+    title = "Job already finished"
+
+
+class JobCancelledError(AppError):
+    """The job was cancelled (the `error` of a cancelled job)."""
+
+    status = 409
+    code = "cancelled"
+    title = "Job cancelled"
+
+
+class JobInterruptedError(AppError):
+    """The service stopped while the job was queued or running (the job cannot resume)."""
+
+    status = 503
+    code = "interrupted"
+    title = "Job interrupted"
+
+
+class JobFailedError(AppError):
+    """The job's work failed unexpectedly."""
+
+    status = 500
+    code = "job_failed"
+    title = "Job failed"
+
+
+class JobTimeoutError(AppError):
+    """A follower gave up waiting for a job that is still running."""
+
+    status = 504
+    code = "job_timeout"
+    title = "Job still running"
+
+
+class JobsUnavailableError(AppError):
+    """The runner is not accepting jobs (not started, or shutting down)."""
+
+    status = 503
+    code = "jobs_unavailable"
+    title = "Jobs unavailable"

@@ -1,0 +1,149 @@
+"""HTTP side of the job contract: `202 Accepted` + `Location`, `GET`/`DELETE /jobs/{id}`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from shared.errors import PROBLEM_MEDIA_TYPE, Problem
+from shared.jobs.runner import JobRunner
+from shared.jobs.schemas import JobStatus
+
+GET_JOB = "get_job"
+CANCEL_JOB = "cancel_job"
+
+
+def _problems(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    return {
+        code: {
+            "model": Problem,
+            "description": text,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for code, text in descriptions.items()
+    }
+
+
+NOT_FOUND = "No job with this id in this service (`code`: `job_not_found`)."
+BAD_ID = "`job_id` is not a UUID."
+
+
+def accepted_responses() -> dict[int | str, dict[str, Any]]:
+    """Return the OpenAPI `responses` entry of a route that starts a job (202 + Location)."""
+    return {
+        202: {
+            "model": JobStatus,
+            "description": "Accepted: the job is queued. `Location` is its status URL: `GET` it "
+            "until `status` is `succeeded` (then `result` or `result_url`) or `failed` "
+            "(then `error`); `DELETE` it to cancel.",
+            "headers": {
+                "Location": {
+                    "description": "The job's status URL (`.../jobs/{id}`).",
+                    "schema": {"type": "string"},
+                }
+            },
+        }
+    }
+
+
+def runner_from_state(request: Request) -> JobRunner:
+    """Return the app's job runner (the service's lifespan puts it on `app.state.jobs`)."""
+    runner = getattr(request.app.state, "jobs", None)
+    if not isinstance(runner, JobRunner):
+        raise RuntimeError("the app's lifespan must set app.state.jobs to its JobRunner")
+    return runner
+
+
+def status_path(request: Request, job_id: uuid.UUID) -> str:
+    """Return the path of a job's status under this app's mount point (`/backtest/jobs/..`).
+
+    `request.url_for` would search every app mounted beside this one and can answer another
+    service's `get_job`; this app's own router plus the scope's `root_path` cannot.
+    """
+    path = request.app.url_path_for(GET_JOB, job_id=str(job_id))
+    return str(request.scope.get("root_path", "")).rstrip("/") + str(path)
+
+
+def render(request: Request, status: JobStatus) -> dict[str, Any]:
+    """Return status as JSON, a service-relative `result_url` prefixed with the mount point."""
+    body = status.model_dump(mode="json")
+    url = status.result_url
+    if url and url.startswith("/") and not url.startswith("//"):
+        body["result_url"] = str(request.scope.get("root_path", "")).rstrip("/") + url
+    return body
+
+
+def accepted(request: Request, status: JobStatus) -> JSONResponse:
+    """Answer `202 Accepted` with the job's JSON and `Location: <its status URL>`."""
+    return JSONResponse(
+        render(request, status),
+        status_code=202,
+        headers={"Location": status_path(request, status.id)},
+    )
+
+
+def job_router(
+    *,
+    runner: Callable[..., JobRunner] = runner_from_state,
+    prefix: str = "/jobs",
+    tags: list[str | Enum] | None = None,
+    responses: Mapping[int | str, dict[str, Any]] | None = None,
+) -> APIRouter:
+    """Return the routes `GET {prefix}/{job_id}` (`get_job`) and `DELETE` (`cancel_job`).
+
+    runner is a FastAPI dependency returning the service's JobRunner; responses adds the
+    service's own problem answers (401, 503, ...) to both routes.
+    """
+    router = APIRouter(prefix=prefix, tags=tags or ["jobs"])
+    extra = dict(responses or {})
+
+    @router.get(
+        "/{job_id}",
+        name=GET_JOB,
+        operation_id=GET_JOB,
+        response_model=JobStatus,
+        responses={**_problems({404: NOT_FOUND, 422: BAD_ID}), **extra},
+    )
+    async def get_job(
+        job_id: uuid.UUID, request: Request, jobs: JobRunner = Depends(runner)
+    ) -> JSONResponse:
+        """Return a job's status: `queued`, `running`, `succeeded` or `failed`.
+
+        `progress` is `done` of `total` units with a `message`. A succeeded job carries its
+        `result` (or a `result_url` to GET); a failed one its `error` (a problem: `code` is
+        `cancelled` after a cancel, `interrupted` if the service stopped while it ran).
+        """
+        return JSONResponse(render(request, await jobs.get(job_id)))
+
+    @router.delete(
+        "/{job_id}",
+        name=CANCEL_JOB,
+        operation_id=CANCEL_JOB,
+        response_model=JobStatus,
+        responses={
+            **_problems(
+                {
+                    404: NOT_FOUND,
+                    409: "The job already ended (`code`: `job_finished`); nothing changed.",
+                    422: BAD_ID,
+                }
+            ),
+            **extra,
+        },
+    )
+    async def cancel_job(
+        job_id: uuid.UUID, request: Request, jobs: JobRunner = Depends(runner)
+    ) -> JSONResponse:
+        """Cancel a queued or running job; answer its status, now `failed` (`cancelled`).
+
+        Its work stops (running tasks are told to stop) and it never gets a result. A job
+        that already ended cannot be cancelled: 409 `job_finished`.
+        """
+        return JSONResponse(render(request, await jobs.cancel(job_id)))
+
+    return router

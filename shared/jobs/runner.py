@@ -1,0 +1,463 @@
+"""JobRunner: accepts jobs, runs their work off the event loop, keeps their state in the DB."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from shared.config import BaseServiceSettings
+from shared.db import Database
+from shared.errors import AppError, Problem, ValidationProblemError
+from shared.jobs import store
+from shared.jobs.context import JobContext
+from shared.jobs.errors import (
+    JobCancelledError,
+    JobFailedError,
+    JobFinishedError,
+    JobInterruptedError,
+    JobNotFoundError,
+    JobsUnavailableError,
+)
+from shared.jobs.executors import DaskExecutor, Executor, LocalExecutor, TaskJob
+from shared.jobs.schemas import JobProgress, JobState, JobStatus, ResultUrl
+from shared.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[JobContext], Awaitable[Any]]
+
+# Runner instances alive in this process: a job owned by this pid but by none of these
+# belongs to a runner that stopped without finishing it.
+_LIVE_INSTANCES: set[str] = set()
+_FINAL_WRITE_ATTEMPTS = 10
+
+
+def _pid_alive(pid: int) -> bool:
+    """Return True if a process with this pid exists here and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+def _strict_json(value: Any, what: str) -> Any:
+    """Return value as plain JSON data; raise ValidationProblemError if it is not JSON."""
+    try:
+        data = to_jsonable_python(value)
+        json.dumps(data, allow_nan=False)
+    except (PydanticSerializationError, TypeError, ValueError) as e:
+        raise ValidationProblemError(f"The job's {what} is not JSON: {e}", field=what) from e
+    return data
+
+
+@dataclass(eq=False)
+class _Final:
+    status: JobState
+    progress: JobProgress | None = None
+    result: Any = None
+    result_url: str | None = None
+    error: Problem | None = None
+    attempts: int = 0
+
+
+@dataclass(eq=False)
+class _Active:
+    """A job this runner owns and has not finished."""
+
+    id: uuid.UUID
+    kind: str
+    work: Work
+    request: dict[str, Any]
+    task: TaskJob = field(default_factory=TaskJob)
+    progress: JobProgress = field(default_factory=JobProgress)
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    drive: asyncio.Task[None] | None = None
+    flusher: asyncio.Task[None] | None = None
+    ctx: JobContext | None = None
+    stop_reason: str | None = None  # "cancelled" | "lost" | "shutdown"
+    finalized: bool = False
+
+
+class JobRunner:
+    """Run one service's jobs: state in the database, work on threads/processes/Dask.
+
+    `start()` after `db.migrate()` in the service's lifespan, `aclose()` on its way out.
+    """
+
+    def __init__(
+        self, db: Database, *, service: str, settings: BaseServiceSettings | None = None
+    ) -> None:
+        self.db = db
+        self.service = service
+        self.settings = settings or BaseServiceSettings()
+        self.owner = store.Owner(
+            host=socket.gethostname(), pid=os.getpid(), instance=uuid.uuid4().hex
+        )
+        self._executor: Executor | None = None
+        self._active: dict[uuid.UUID, _Active] = {}
+        self._by_token: dict[int, _Active] = {}
+        self._finals: dict[uuid.UUID, _Final] = {}
+        self._running: asyncio.Semaphore | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._accepting = False
+
+    @property
+    def executor(self) -> Executor:
+        """Return the executor of the started runner."""
+        if self._executor is None:
+            raise JobsUnavailableError(f"The {self.service} job runner is not started.")
+        return self._executor
+
+    async def start(self) -> None:
+        """Mark jobs of dead owners interrupted, then start heartbeats and accept jobs."""
+        s = self.settings
+        _LIVE_INSTANCES.add(self.owner.instance)
+        self._running = asyncio.Semaphore(s.job_max_running)
+        if s.dask_scheduler_address:
+            self._executor = DaskExecutor(
+                s.dask_scheduler_address, sink=self._task_report, instance=self.owner.instance
+            )
+        else:
+            self._executor = LocalExecutor(
+                threads=s.job_thread_workers,
+                processes=s.job_process_workers,
+                sink=self._task_report,
+            )
+        try:
+            swept = await self.sweep()
+        except Exception as e:  # the database may be down at startup: the heartbeat retries
+            log.warning("%s jobs: startup sweep failed (%s); will retry", self.service, e)
+        else:
+            if swept:
+                log.info("%s jobs: %d left unfinished by a stopped process", self.service, swept)
+        self._heartbeat = asyncio.create_task(self._beat_forever(), name="job-heartbeat")
+        self._accepting = True
+
+    async def aclose(self) -> None:
+        """Stop accepting; mark unfinished jobs interrupted; stop the workers."""
+        self._accepting = False
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        jobs = list(self._active.values())
+        for job in jobs:
+            self._stop(job, "shutdown")
+        drives = [job.drive for job in jobs if job.drive is not None]
+        if drives:
+            await asyncio.gather(*drives, return_exceptions=True)
+        await self._retry_finals()
+        if self._executor is not None:
+            await self._executor.aclose(self.settings.job_shutdown_grace_s)
+        _LIVE_INSTANCES.discard(self.owner.instance)
+
+    async def __aenter__(self) -> JobRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- the public API ------------------------------------------------------------------
+
+    async def submit(
+        self, kind: str, request: BaseModel | Mapping[str, Any] | None, work: Work
+    ) -> JobStatus:
+        """Store a queued job and start work(ctx) when a slot is free; return its status."""
+        if not self._accepting or self._running is None:
+            raise JobsUnavailableError(f"The {self.service} service is not accepting jobs.")
+        body = request.model_dump(mode="json") if isinstance(request, BaseModel) else request
+        data = _strict_json(dict(body or {}), "request")
+        job = _Active(id=uuid.uuid4(), kind=kind, work=work, request=data)
+        self._active[job.id] = job
+        self._by_token[job.task.token] = job
+        try:
+            async with self.db.session() as session:
+                status = await store.insert_job(
+                    session,
+                    job_id=job.id,
+                    kind=kind,
+                    service=self.service,
+                    request=data,
+                    owner=self.owner,
+                    now=utcnow(),
+                )
+                await session.commit()
+        except BaseException:
+            self._forget(job)
+            raise
+        job.drive = asyncio.create_task(self._drive(job), name=f"job-{kind}-{job.id}")
+        return status
+
+    async def get(self, job_id: uuid.UUID) -> JobStatus:
+        """Return the status of one of this service's jobs (JobNotFoundError if none)."""
+        async with self.db.session() as session:
+            status = await store.load_job(session, job_id=job_id, service=self.service)
+        if status is None:
+            raise JobNotFoundError(f"No {self.service} job {job_id}.", field="job_id")
+        return status
+
+    async def cancel(self, job_id: uuid.UUID) -> JobStatus:
+        """Cancel a queued or running job: it ends `failed` with error code `cancelled`.
+
+        Raises JobNotFoundError for an unknown job and JobFinishedError (409) for one that
+        already ended. The work is stopped here when this runner runs it, else by its
+        owner's next heartbeat.
+        """
+        error = JobCancelledError(f"Job {job_id} was cancelled.").to_problem()
+        async with self.db.session() as session:
+            changed = await store.cancel_job(
+                session, job_id=job_id, service=self.service, error=error, now=utcnow()
+            )
+            await session.commit()
+        if not changed:
+            status = await self.get(job_id)
+            how = status.status + (f": {status.error.code}" if status.error else "")
+            raise JobFinishedError(
+                f"Job {job_id} already ended ({how}); there is nothing to cancel.",
+                field="job_id",
+            )
+        job = self._active.get(job_id)
+        if job is not None:
+            self._stop(job, "cancelled")
+        return await self.get(job_id)
+
+    async def sweep(self) -> int:
+        """Mark this service's unfinished jobs of dead or silent owners interrupted."""
+        now = utcnow()
+        s = self.settings
+        stale = now - timedelta(seconds=max(s.job_stale_after_s, 2 * s.job_heartbeat_s))
+        count = 0
+        async with self.db.session() as session:
+            for job in await store.unfinished_jobs(session, service=self.service):
+                why = self._why_dead(job, stale)
+                if why is None:
+                    continue
+                error = JobInterruptedError(
+                    f"The {self.service} service stopped while job {job.id} was {job.status} "
+                    f"({why}); its work is lost. Submit it again."
+                ).to_problem()
+                count += await store.finish_job(
+                    session,
+                    job_id=job.id,
+                    instance=job.owner.instance,
+                    status="failed",
+                    error=error,
+                    now=now,
+                )
+            await session.commit()
+        return count
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _why_dead(self, job: store.UnfinishedJob, stale: datetime) -> str | None:
+        owner = job.owner
+        if owner.instance == self.owner.instance:
+            if job.id in self._active or job.id in self._finals:
+                return None
+            return "this runner lost track of it"
+        if owner.host == self.owner.host:
+            if owner.pid == self.owner.pid:
+                if owner.instance not in _LIVE_INSTANCES:
+                    return f"its runner in process {owner.pid} on {owner.host} stopped"
+            elif not _pid_alive(owner.pid):
+                return f"process {owner.pid} on {owner.host} is gone"
+        if job.heartbeat_at < stale:
+            return (
+                f"process {owner.pid} on {owner.host} has been silent since "
+                f"{job.heartbeat_at.isoformat(timespec='seconds')}"
+            )
+        return None
+
+    def _task_report(
+        self, token: int, key: int, done: float, total: float | None, message: str | None
+    ) -> None:
+        job = self._by_token.get(token)
+        if job is not None and job.ctx is not None and not job.finalized:
+            job.ctx.task_report(key, done, total, message)
+
+    def _set_progress(self, job: _Active, progress: JobProgress) -> None:
+        if not job.finalized:
+            job.progress = progress
+            job.dirty.set()
+
+    def _stop(self, job: _Active, reason: str) -> None:
+        if job.stop_reason is None:
+            job.stop_reason = reason
+        job.task.cancel.set()
+        if job.drive is not None and not job.drive.done() and not job.finalized:
+            job.drive.cancel()
+
+    def _forget(self, job: _Active) -> None:
+        self._active.pop(job.id, None)
+        self._by_token.pop(job.task.token, None)
+
+    async def _drive(self, job: _Active) -> None:
+        assert self._running is not None
+        try:
+            async with self._running:
+                if await self._claim(job):
+                    await self._execute(job)
+        except asyncio.CancelledError:
+            if job.stop_reason is None:  # the event loop is going away under us
+                job.stop_reason = "shutdown"
+                with contextlib.suppress(Exception):
+                    await self._interrupt(job)
+                raise
+            if job.stop_reason == "shutdown":
+                await self._interrupt(job)
+        finally:
+            if job.flusher is not None:
+                job.flusher.cancel()
+            try:
+                if job.stop_reason is not None:
+                    await self.executor.cancel(job.task)
+                await self.executor.release(job.task)
+            finally:
+                self._forget(job)
+
+    async def _claim(self, job: _Active) -> bool:
+        async with self.db.session() as session:
+            claimed = await store.claim_job(
+                session, job_id=job.id, instance=self.owner.instance, now=utcnow()
+            )
+            await session.commit()
+        if claimed:
+            job.ctx = JobContext(
+                job_id=job.id,
+                kind=job.kind,
+                request=job.request,
+                executor=self.executor,
+                task_job=job.task,
+                on_report=lambda progress: self._set_progress(job, progress),
+            )
+            job.flusher = asyncio.create_task(self._flush_progress(job), name="job-progress")
+        return claimed
+
+    async def _execute(self, job: _Active) -> None:
+        assert job.ctx is not None
+        try:
+            value = await job.work(job.ctx)
+            if isinstance(value, ResultUrl):
+                result, url = None, value.url
+            else:
+                if isinstance(value, BaseModel):
+                    value = value.model_dump(mode="json")
+                result, url = _strict_json(value, "result"), None
+        except asyncio.CancelledError:
+            raise
+        except AppError as e:
+            await self._finish(job, _Final("failed", job.progress, error=e.to_problem()))
+            return
+        except Exception as e:  # the work's own bug: the job fails, the service lives on
+            log.exception("%s job %s (%s) failed", self.service, job.id, job.kind)
+            error = JobFailedError(f"The job failed: {type(e).__name__}: {e}").to_problem()
+            await self._finish(job, _Final("failed", job.progress, error=error))
+            return
+        progress = job.progress
+        if progress.total is not None and progress.done < progress.total:
+            progress = progress.model_copy(update={"done": progress.total})
+        await self._finish(job, _Final("succeeded", progress, result=result, result_url=url))
+
+    async def _interrupt(self, job: _Active) -> None:
+        error = JobInterruptedError(
+            f"The {self.service} service shut down while job {job.id} was unfinished; its "
+            "work is lost. Submit it again."
+        ).to_problem()
+        await self._finish(job, _Final("failed", job.progress, error=error))
+
+    async def _finish(self, job: _Active, final: _Final) -> None:
+        job.finalized = True
+        if not await self._write_final(job.id, final):
+            self._finals[job.id] = final
+
+    async def _write_final(self, job_id: uuid.UUID, final: _Final) -> bool:
+        try:
+            async with self.db.session() as session:
+                await store.finish_job(
+                    session,
+                    job_id=job_id,
+                    instance=self.owner.instance,
+                    status=final.status,
+                    now=utcnow(),
+                    progress=final.progress,
+                    result=final.result,
+                    result_url=final.result_url,
+                    error=final.error,
+                )
+                await session.commit()
+        except Exception as e:  # the database is away: the heartbeat retries this write
+            final.attempts += 1
+            log.warning("%s job %s: final state not stored yet (%s)", self.service, job_id, e)
+            # After the last attempt the job is let go: the sweep marks it interrupted.
+            return final.attempts >= _FINAL_WRITE_ATTEMPTS
+        return True
+
+    async def _retry_finals(self) -> None:
+        for job_id, final in list(self._finals.items()):
+            if await self._write_final(job_id, final):
+                self._finals.pop(job_id, None)
+
+    async def _flush_progress(self, job: _Active) -> None:
+        interval = self.settings.job_progress_interval_s
+        while True:
+            await job.dirty.wait()
+            job.dirty.clear()
+            progress = job.progress
+            try:
+                async with self.db.session() as session:
+                    ours = await store.write_progress(
+                        session,
+                        job_id=job.id,
+                        instance=self.owner.instance,
+                        progress=progress,
+                        now=utcnow(),
+                    )
+                    await session.commit()
+            except Exception as e:  # progress is best effort: the next report retries
+                log.warning("%s job %s: progress not stored (%s)", self.service, job.id, e)
+                ours = True
+            if not ours and not job.finalized:
+                self._stop(job, "lost")  # cancelled or interrupted elsewhere
+                return
+            await asyncio.sleep(interval)
+
+    async def _beat(self) -> None:
+        started = [job for job in self._active.values() if job.drive is not None]
+        async with self.db.session() as session:
+            alive = await store.beat(session, instance=self.owner.instance, now=utcnow())
+            await session.commit()
+        for job in started:
+            if not job.finalized and job.id not in alive:
+                self._stop(job, "lost")  # cancelled by another instance, or swept
+        await self._retry_finals()
+        await self.sweep()
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.job_heartbeat_s)
+            try:
+                await self._beat()
+            except Exception as e:  # keep beating through database outages
+                log.warning("%s jobs: heartbeat failed (%s)", self.service, e)
