@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +17,6 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from filelock import FileLock
 from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -127,12 +128,8 @@ class Database:
         try:
             async with asyncio.timeout(self.connect_timeout_s + MIGRATE_TIMEOUT_S):
                 if self.sqlite_path is not None:
-                    lock = FileLock(f"{self.sqlite_path}.migrate.lock")
-                    await asyncio.to_thread(lock.acquire)
-                    try:
+                    async with _file_lock(Path(f"{self.sqlite_path}.migrate.lock")):
                         return await self._upgrade_locked()
-                    finally:
-                        lock.release()
                 return await self._upgrade_locked()
         except CONNECTION_ERRORS as e:
             raise self._unavailable(e) from e
@@ -228,6 +225,24 @@ def _upgrade(sync_conn: Connection) -> tuple[str | None, str | None]:
     cfg.attributes["connection"] = sync_conn
     command.upgrade(cfg, "head")
     return before, MigrationContext.configure(sync_conn).get_current_revision()
+
+
+@asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    """Hold an exclusive flock on path (waiting in a worker thread, not on the event loop).
+
+    flock belongs to the open file, not to a thread, so any thread may release it; two
+    processes, or two engines of one process, exclude each other.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _swallow(task: asyncio.Future[None]) -> None:
