@@ -1,0 +1,247 @@
+"""The validated backtest configuration: the seed's ``BacktestConfig`` names, the request body
+of ``POST /backtest``, and its translation into the engine's ``SimSpec``."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from services.backtest.engine.core import SimSpec
+from services.backtest.engine.runner import Bars, SimulationResult, make_spec, simulate
+from services.backtest.strategies import (
+    BuyAndHoldParams,
+    MacdTrendParams,
+    MeanReversionParams,
+    MlEnsembleParams,
+    SignalProvider,
+    SmaCrossoverParams,
+    allows_short,
+    build_targets,
+)
+from shared.quant.kernels import atr_nb
+
+PERIODS_PER_YEAR: dict[str, float] = {"1d": 252.0, "1wk": 52.0, "1mo": 12.0}
+
+_SYMBOL = r"^[A-Za-z0-9.\-^=]{1,15}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- strategies (discriminated by name) ------------------------------------------------------
+
+
+class BuyAndHoldStrategy(_Model):
+    """Buy at the first bar allowed to trade and hold."""
+
+    name: Literal["buy_and_hold"]
+    params: BuyAndHoldParams = Field(default_factory=BuyAndHoldParams)
+
+
+class SmaCrossoverStrategy(_Model):
+    """SMA crossover (backtesting.py's SmaCross)."""
+
+    name: Literal["sma_crossover"]
+    params: SmaCrossoverParams = Field(default_factory=SmaCrossoverParams)
+
+
+class MeanReversionStrategy(_Model):
+    """RSI + Bollinger Band mean reversion."""
+
+    name: Literal["mean_reversion"]
+    params: MeanReversionParams = Field(default_factory=MeanReversionParams)
+
+
+class MacdTrendStrategy(_Model):
+    """MACD / signal-line crossover."""
+
+    name: Literal["macd_trend"]
+    params: MacdTrendParams = Field(default_factory=MacdTrendParams)
+
+
+class MlEnsembleStrategy(_Model):
+    """The predictor ensemble's target positions."""
+
+    name: Literal["ml_ensemble"]
+    params: MlEnsembleParams = Field(default_factory=MlEnsembleParams)
+
+
+StrategyConfig = Annotated[
+    BuyAndHoldStrategy
+    | SmaCrossoverStrategy
+    | MeanReversionStrategy
+    | MacdTrendStrategy
+    | MlEnsembleStrategy,
+    Field(discriminator="name"),
+]
+
+# -- position sizing (discriminated by method) -----------------------------------------------
+
+
+class AllIn(_Model):
+    """Spend all free cash (split evenly over the free position slots)."""
+
+    method: Literal["all_in"]
+
+
+class PercentEquity(_Model):
+    """Open a position worth ``value`` (a fraction) of equity."""
+
+    method: Literal["percent_equity"]
+    value: float = Field(gt=0, le=1, description="Fraction of equity per position, (0, 1].")
+
+
+class FixedCash(_Model):
+    """Open a position worth ``value`` in cash."""
+
+    method: Literal["fixed_cash"]
+    value: float = Field(gt=0, description="Cash per position.")
+
+
+class FixedShares(_Model):
+    """Open a position of ``value`` shares."""
+
+    method: Literal["fixed_shares"]
+    value: float = Field(gt=0, description="Shares per position.")
+
+
+class VolatilityTarget(_Model):
+    """Size so that the position's ATR-estimated annual volatility is ``annual_vol`` of equity."""
+
+    method: Literal["volatility_target"]
+    annual_vol: float = Field(gt=0, le=2, description="Target annual volatility, a fraction.")
+    atr_period: int = Field(default=14, ge=2, le=200, description="ATR window, bars.")
+
+
+PositionSize = Annotated[
+    AllIn | PercentEquity | FixedCash | FixedShares | VolatilityTarget,
+    Field(discriminator="method"),
+]
+
+# -- the configuration ------------------------------------------------------------------------
+
+
+class BacktestConfig(_Model):
+    """One backtest: instrument(s), dates, strategy, costs, risk rules and data settings."""
+
+    symbol: str | None = Field(default=None, pattern=_SYMBOL, description="One instrument.")
+    symbols: list[Annotated[str, Field(pattern=_SYMBOL)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=50,
+        description="Several instruments traded as one portfolio with shared cash "
+        "(instead of `symbol`).",
+    )
+    start_date: date = Field(description="First bar date (inclusive).")
+    end_date: date = Field(description="Last bar date (inclusive), after start_date.")
+    initial_capital: float = Field(default=100_000.0, gt=0, le=1e12, description="Cash.")
+    strategy: StrategyConfig
+    commission: float = Field(default=0.0, ge=0, le=100, description="Per share, in cash.")
+    commission_rate: float = Field(
+        default=0.0, ge=0, lt=0.1, description="Fraction of traded value."
+    )
+    min_commission: float = Field(default=0.0, ge=0, le=1e6, description="Per fill, in cash.")
+    slippage: float = Field(
+        default=0.001, ge=0, lt=0.1, description="Adverse price move per fill, a fraction."
+    )
+    position_size: PositionSize = Field(default_factory=lambda: AllIn(method="all_in"))
+    fractional_shares: bool = Field(default=False, description="Allow fractional shares.")
+    stop_loss: float | None = Field(
+        default=None, gt=0, lt=1, description="Exit when price moves this fraction against."
+    )
+    take_profit: float | None = Field(
+        default=None, gt=0, le=100, description="Exit when price moves this fraction in favour."
+    )
+    max_positions: int = Field(default=1, ge=1, le=50, description="Concurrent positions.")
+    fill: Literal["next_open", "close"] = Field(
+        default="next_open",
+        description="`next_open`: orders decided at a bar's close fill at the next open; "
+        "`close`: at that bar's close.",
+    )
+    warmup_period: int = Field(default=60, ge=0, le=5000, description="Bars before trading.")
+    data_frequency: Literal["1d", "1wk", "1mo"] = Field(default="1d", description="Bar size.")
+    risk_free_rate: float = Field(
+        default=0.02, ge=0, lt=1, description="Annual risk-free rate for Sharpe and alpha."
+    )
+
+    @field_validator("end_date")
+    @classmethod
+    def _end_after_start(cls, v: date, info: ValidationInfo) -> date:
+        start = info.data.get("start_date")
+        if start is not None and v <= start:
+            raise ValueError(f"end_date ({v}) must be after start_date ({start})")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of_symbol_symbols(self) -> BacktestConfig:
+        if (self.symbol is None) == (self.symbols is None):
+            raise ValueError("give exactly one of `symbol` or `symbols`")
+        if self.symbols is not None and len(set(self.symbols)) != len(self.symbols):
+            raise ValueError("symbols: duplicates")
+        return self
+
+    @property
+    def symbol_list(self) -> list[str]:
+        """Return the instruments, upper-cased, in order."""
+        return [s.upper() for s in (self.symbols or [self.symbol or ""])]
+
+    @property
+    def periods_per_year(self) -> float:
+        """Return the bars per year implied by ``data_frequency``."""
+        return PERIODS_PER_YEAR[self.data_frequency]
+
+    def to_spec(self, *, final_at_open: bool = False) -> SimSpec:
+        """Return the engine settings of this configuration."""
+        ps = self.position_size
+        if isinstance(ps, VolatilityTarget):
+            value = ps.annual_vol
+        elif isinstance(ps, AllIn):
+            value = 1.0
+        else:
+            value = ps.value
+        return make_spec(
+            initial_capital=self.initial_capital,
+            commission=self.commission,
+            commission_rate=self.commission_rate,
+            min_commission=self.min_commission,
+            slippage=self.slippage,
+            size_method=ps.method,
+            size_value=value,
+            fractional=self.fractional_shares,
+            allow_short=allows_short(self.strategy.params),
+            max_positions=self.max_positions,
+            stop_loss=self.stop_loss,
+            take_profit=self.take_profit,
+            fill=self.fill,
+            warmup=self.warmup_period,
+            periods_per_year=self.periods_per_year,
+            final_at_open=final_at_open,
+        )
+
+
+def atr_matrix(bars: Bars, period: int) -> np.ndarray:
+    """Return the (n, m) ATR matrix of every symbol (NaN during its warm-up)."""
+    return np.column_stack(
+        [
+            atr_nb(bars.high[:, j].copy(), bars.low[:, j].copy(), bars.close[:, j].copy(), period)
+            for j in range(bars.n_symbols)
+        ]
+    )
+
+
+def simulate_config(
+    config: BacktestConfig,
+    bars: Bars,
+    signals: SignalProvider | None = None,
+    *,
+    final_at_open: bool = False,
+) -> SimulationResult:
+    """Build the strategy's targets on ``bars`` and run the engine under ``config``."""
+    target = build_targets(config.strategy.name, config.strategy.params, bars, signals)
+    ps = config.position_size
+    atr = atr_matrix(bars, ps.atr_period) if isinstance(ps, VolatilityTarget) else None
+    return simulate(bars, target, config.to_spec(final_at_open=final_at_open), atr)

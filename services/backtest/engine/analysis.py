@@ -1,0 +1,199 @@
+"""Python wrappers of the batch kernels: parameter sweeps and Monte Carlo resampling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from services.backtest.engine.core import SimSpec
+from services.backtest.engine.fast import STAT_NAMES
+from services.backtest.engine.montecarlo import block_bootstrap_nb, bootstrap_trades_nb
+from services.backtest.engine.runner import Bars
+from services.backtest.engine.sweep import sweep_crossover_nb, sweep_targets_nb
+from shared.quant.kernels import ema_nb, sma_nb
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """One statistics row per trial (columns ``fast.STAT_NAMES``), and optionally returns."""
+
+    params: list[dict[str, float]]
+    stats: np.ndarray  # (k, N_STATS)
+    returns: np.ndarray  # (k, n) per-bar returns, or (k, 0) when not kept
+
+    def column(self, name: str) -> np.ndarray:
+        """Return one statistic for every trial."""
+        return self.stats[:, STAT_NAMES.index(name)]
+
+    def frame(self) -> pd.DataFrame:
+        """Return parameters and statistics as one frame, a row per trial."""
+        return pd.concat(
+            [pd.DataFrame(self.params), pd.DataFrame(self.stats, columns=list(STAT_NAMES))],
+            axis=1,
+        )
+
+
+def _one_symbol(bars: Bars) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return the single symbol's (open, high, low, close) as contiguous vectors."""
+    if bars.n_symbols != 1:
+        raise ValueError("sweeps run on one symbol")
+    o, h, lo, c = (
+        np.ascontiguousarray(a[:, 0]) for a in (bars.open, bars.high, bars.low, bars.close)
+    )
+    return o, h, lo, c
+
+
+def _atr_vector(bars: Bars, atr: np.ndarray | None) -> np.ndarray:
+    """Return the ATR vector (NaN when not given)."""
+    if atr is None:
+        return np.full(bars.n_bars, np.nan)
+    return np.ascontiguousarray(np.asarray(atr, dtype=np.float64).reshape(-1))
+
+
+def per_period_rate(annual: float, periods_per_year: float) -> float:
+    """Return the per-bar risk-free return of an annual rate (simple division, as the seed)."""
+    return annual / periods_per_year
+
+
+def sweep_crossover(
+    bars: Bars,
+    pairs: Iterable[tuple[int, int]],
+    spec: SimSpec,
+    *,
+    risk_free_rate: float = 0.0,
+    keep_returns: bool = False,
+    line: str = "sma",
+    atr: np.ndarray | None = None,
+) -> SweepResult:
+    """Backtest a moving-average crossover for every (fast, slow) pair, lines computed once."""
+    o, h, lo, c = _one_symbol(bars)
+    pair_list = [(int(f), int(s)) for f, s in pairs]
+    if not pair_list:
+        raise ValueError("pairs: no combination to run")
+    kernel = {"sma": sma_nb, "ema": ema_nb}[line]
+    windows = sorted({w for p in pair_list for w in p})
+    row = {w: i for i, w in enumerate(windows)}
+    lines = np.empty((len(windows), c.shape[0]))
+    for w, i in row.items():
+        lines[i] = kernel(c, w)
+    fast_idx = np.array([row[f] for f, _ in pair_list], dtype=np.int64)
+    slow_idx = np.array([row[s] for _, s in pair_list], dtype=np.int64)
+    stats, returns = sweep_crossover_nb(
+        o,
+        h,
+        lo,
+        c,
+        lines,
+        fast_idx,
+        slow_idx,
+        _atr_vector(bars, atr),
+        spec,
+        per_period_rate(risk_free_rate, spec.periods_per_year),
+        keep_returns,
+    )
+    return SweepResult([{"fast": f, "slow": s} for f, s in pair_list], stats, returns)
+
+
+def sweep_targets(
+    bars: Bars,
+    targets: np.ndarray,
+    spec: SimSpec,
+    params: Sequence[dict[str, float]] | None = None,
+    *,
+    risk_free_rate: float = 0.0,
+    keep_returns: bool = False,
+    atr: np.ndarray | None = None,
+) -> SweepResult:
+    """Backtest every row of a (k, n) target matrix on one symbol."""
+    o, h, lo, c = _one_symbol(bars)
+    t = np.ascontiguousarray(np.asarray(targets, dtype=np.float64))
+    if t.ndim != 2 or t.shape[1] != c.shape[0]:
+        raise ValueError(f"targets: expected (k, {c.shape[0]}), got {t.shape}")
+    stats, returns = sweep_targets_nb(
+        o,
+        h,
+        lo,
+        c,
+        t,
+        _atr_vector(bars, atr),
+        spec,
+        per_period_rate(risk_free_rate, spec.periods_per_year),
+        keep_returns,
+    )
+    names: list[dict[str, float]] = (
+        list(params) if params is not None else [{"trial": float(i)} for i in range(t.shape[0])]
+    )
+    return SweepResult(names, stats, returns)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Monte Carlo outcome of one resampling method."""
+
+    final_return: np.ndarray  # (n_runs,)
+    max_drawdown: np.ndarray  # (n_runs,)
+    confidence: float
+
+    def summary(self) -> dict[str, float | dict[str, float]]:
+        """Return percentiles, probability of loss, VaR and CVaR of the final return."""
+        q = 1.0 - self.confidence
+        cut = float(np.quantile(self.final_return, q))
+        tail = self.final_return[self.final_return <= cut]
+        pct = (5, 25, 50, 75, 95)
+        return {
+            "final_return": {f"p{p}": float(np.percentile(self.final_return, p)) for p in pct},
+            "max_drawdown": {f"p{p}": float(np.percentile(self.max_drawdown, p)) for p in pct},
+            "probability_of_loss": float(np.mean(self.final_return < 0.0)),
+            "var": -cut,
+            "cvar": -float(tail.mean()) if tail.size else -cut,
+        }
+
+
+@dataclass(frozen=True)
+class MonteCarloResult:
+    """Both resampling methods' distributions and the settings that produced them."""
+
+    trades: Distribution
+    blocks: Distribution
+    n_runs: int
+    block: int
+    seed: int
+
+
+def monte_carlo(
+    trade_returns: np.ndarray,
+    returns: np.ndarray,
+    *,
+    n_runs: int = 1000,
+    block: int | None = None,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> MonteCarloResult:
+    """Resample trades (order bootstrap) and per-bar returns (circular block bootstrap)."""
+    if n_runs < 1:
+        raise ValueError("n_runs: at least 1")
+    if not 0.5 <= confidence < 1:
+        raise ValueError("confidence: in [0.5, 1)")
+    tr = np.ascontiguousarray(np.asarray(trade_returns, dtype=np.float64))
+    r = np.ascontiguousarray(np.asarray(returns, dtype=np.float64))
+    if block is None:
+        block = max(1, round(r.shape[0] ** (1.0 / 3.0)))  # the usual n^(1/3) rule
+    if block < 1:
+        raise ValueError("block: at least 1")
+    f1, d1 = bootstrap_trades_nb(tr, n_runs, seed)
+    f2, d2 = block_bootstrap_nb(r, n_runs, block, seed)
+    return MonteCarloResult(
+        trades=Distribution(f1, d1, confidence),
+        blocks=Distribution(f2, d2, confidence),
+        n_runs=n_runs,
+        block=block,
+        seed=seed,
+    )
+
+
+def sma_pairs(fast: range, slow: range) -> list[tuple[int, int]]:
+    """Return every (fast, slow) pair with fast < slow."""
+    return [(f, s) for f in fast for s in slow if f < s]

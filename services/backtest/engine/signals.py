@@ -1,0 +1,68 @@
+"""Target-position kernels: indicator arrays in, a target per bar out (see ``core``).
+
+A target at bar ``t`` is computed from values at bars ``<= t`` only; NaN means "no change".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def crossover_target_into_nb(fast, slow, allow_short, out):
+    """Write +1 where ``fast`` crosses above ``slow``, -1 (or 0) below, NaN elsewhere.
+
+    A cross at ``t`` is backtesting.py's ``crossover``: ``fast[t-1] < slow[t-1]`` and
+    ``fast[t] > slow[t]`` (strict both, so a NaN or a tie is no cross).
+    """
+    n = fast.shape[0]
+    down = -1.0 if allow_short else 0.0
+    out[0] = np.nan
+    for t in range(1, n):
+        a0 = fast[t - 1]
+        b0 = slow[t - 1]
+        a1 = fast[t]
+        b1 = slow[t]
+        if a0 < b0 and a1 > b1:
+            out[t] = 1.0
+        elif b0 < a0 and b1 > a1:
+            out[t] = down
+        else:
+            out[t] = np.nan
+
+
+@njit(cache=True, nogil=True)
+def crossover_target_nb(fast, slow, allow_short):
+    """Return the crossover targets of ``fast`` over ``slow`` (see the ``_into`` kernel)."""
+    out = np.empty(fast.shape[0])
+    crossover_target_into_nb(fast, slow, allow_short, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def mean_reversion_target_nb(close, rsi, upper, middle, lower, oversold, overbought, allow_short):
+    """Return RSI + Bollinger mean-reversion targets from a state machine over the bars.
+
+    Flat -> long when the close is below the lower band and RSI below ``oversold``; long ->
+    flat when the close reaches the middle band. With ``allow_short``, flat -> short above
+    the upper band with RSI above ``overbought``, short -> flat at the middle band. A bar
+    that both exits one side and enters the other goes straight to the other side. The
+    target is emitted only on the bar where the state changes.
+    """
+    n = close.shape[0]
+    out = np.full(n, np.nan)
+    state = 0.0
+    for t in range(n):
+        c = close[t]
+        new = state
+        if (state > 0.0 and c >= middle[t]) or (state < 0.0 and c <= middle[t]):
+            new = 0.0
+        if new <= 0.0 and c < lower[t] and rsi[t] < oversold:
+            new = 1.0
+        elif new >= 0.0 and allow_short and c > upper[t] and rsi[t] > overbought:
+            new = -1.0
+        if new != state:
+            out[t] = new
+            state = new
+    return out

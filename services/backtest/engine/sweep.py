@@ -1,0 +1,74 @@
+"""Parameter sweeps: many single-symbol backtests in ``prange``, one stats row per trial.
+
+Every trial runs ``fast.simulate_one_nb`` (the rules of a single backtest, in registers).
+Indicators are computed once per distinct window by the caller and shared by every trial
+that uses them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from services.backtest.engine.fast import N_STATS, simulate_one_nb
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sweep_targets_nb(open_, high, low, close, targets, atr, spec, rf, keep_returns):
+    """Backtest every row of ``targets`` (k, n) on one symbol's bars (n,).
+
+    Returns (stats (k, N_STATS), returns (k, n) when ``keep_returns`` else (k, 0)).
+    """
+    k, n = targets.shape
+    stats = np.empty((k, N_STATS))
+    returns = np.empty((k, n if keep_returns else 0))
+    for i in prange(k):
+        simulate_one_nb(
+            open_,
+            high,
+            low,
+            close,
+            targets[i],
+            close,
+            close,
+            False,
+            atr,
+            spec,
+            rf,
+            stats[i],
+            returns[i],
+        )
+    return stats, returns
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sweep_crossover_nb(
+    open_, high, low, close, lines, fast_idx, slow_idx, atr, spec, rf, keep_returns
+):
+    """Backtest a line crossover for every (fast, slow) pair of row indices into ``lines``.
+
+    ``lines`` (w, n) holds each distinct window's average once; trial ``i`` trades the
+    crossovers of ``lines[fast_idx[i]]`` over ``lines[slow_idx[i]]``. Returns as
+    ``sweep_targets_nb``.
+    """
+    k = fast_idx.shape[0]
+    n = close.shape[0]
+    stats = np.empty((k, N_STATS))
+    returns = np.empty((k, n if keep_returns else 0))
+    for i in prange(k):
+        simulate_one_nb(
+            open_,
+            high,
+            low,
+            close,
+            close,
+            lines[fast_idx[i]],
+            lines[slow_idx[i]],
+            True,
+            atr,
+            spec,
+            rf,
+            stats[i],
+            returns[i],
+        )
+    return stats, returns

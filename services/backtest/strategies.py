@@ -1,0 +1,246 @@
+"""Strategies: validated parameters in, a target-position matrix out (see ``engine.core``).
+
+Each strategy is one entry in ``STRATEGIES``: its name, a one-line description, its pydantic
+parameter model (bounds and cross checks, the schema ``GET /strategies`` lists) and the
+function that turns bars into targets. Indicators come from ``shared.quant.kernels``.
+A target at bar ``t`` uses bars up to ``t`` only; NaN means "no change".
+
+``ml_ensemble`` takes its targets from a ``SignalProvider``: the predictor plugs in there
+(``ArraySignals`` wraps targets computed elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from services.backtest.engine.runner import Bars
+from services.backtest.engine.signals import crossover_target_nb, mean_reversion_target_nb
+from shared.quant.kernels import bbands_nb, macd_nb, rsi_nb, sma_nb
+
+
+class _Params(BaseModel):
+    """Base of the parameter models: unknown parameters are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _after(name: str, value: int, info: ValidationInfo, other: str) -> int:
+    """Check ``value`` is above the already-validated field ``other``."""
+    low = info.data.get(other)
+    if low is not None and value <= low:
+        raise ValueError(f"{name} ({value}) must be greater than {other} ({low})")
+    return value
+
+
+class BuyAndHoldParams(_Params):
+    """Buy at the first bar allowed to trade and hold to the end."""
+
+
+class SmaCrossoverParams(_Params):
+    """Long when the fast SMA crosses above the slow one; short (or flat) when below."""
+
+    fast: int = Field(default=10, ge=2, le=500, description="Fast SMA window, bars.")
+    slow: int = Field(default=30, ge=3, le=1000, description="Slow SMA window (> fast), bars.")
+    allow_short: bool = Field(default=False, description="Go short on a downward cross.")
+
+    @field_validator("slow")
+    @classmethod
+    def _slow_after_fast(cls, v: int, info: ValidationInfo) -> int:
+        return _after("slow", v, info, "fast")
+
+
+class MeanReversionParams(_Params):
+    """Buy a close below the lower Bollinger Band with RSI oversold; exit at the middle band."""
+
+    rsi_period: int = Field(default=14, ge=2, le=100, description="RSI lookback, bars.")
+    bb_period: int = Field(default=20, ge=2, le=200, description="Bollinger Band window, bars.")
+    bb_std: float = Field(default=2.0, gt=0, le=5, description="Band width in std devs.")
+    oversold: float = Field(default=30.0, gt=0, lt=100, description="RSI level to buy below.")
+    overbought: float = Field(
+        default=70.0, gt=0, lt=100, description="RSI level to short above (> oversold)."
+    )
+    allow_short: bool = Field(default=False, description="Short above the upper band.")
+
+    @field_validator("overbought")
+    @classmethod
+    def _overbought_above(cls, v: float, info: ValidationInfo) -> float:
+        low = info.data.get("oversold")
+        if low is not None and v <= low:
+            raise ValueError(f"overbought ({v}) must be greater than oversold ({low})")
+        return v
+
+
+class MacdTrendParams(_Params):
+    """Long when the MACD line crosses above its signal line; short (or flat) below."""
+
+    fast: int = Field(default=12, ge=2, le=200, description="Fast EMA window, bars.")
+    slow: int = Field(default=26, ge=3, le=400, description="Slow EMA window (> fast), bars.")
+    signal: int = Field(default=9, ge=2, le=100, description="Signal EMA window, bars.")
+    allow_short: bool = Field(default=False, description="Go short on a downward cross.")
+
+    @field_validator("slow")
+    @classmethod
+    def _slow_after_fast(cls, v: int, info: ValidationInfo) -> int:
+        return _after("slow", v, info, "fast")
+
+
+class MlEnsembleParams(_Params):
+    """Trade the predictor ensemble's target positions (+1 long, -1 short, 0 flat)."""
+
+    allow_short: bool = Field(default=False, description="Act on short targets.")
+
+
+@runtime_checkable
+class SignalProvider(Protocol):
+    """Something that gives a target per bar and symbol from data up to that bar."""
+
+    def targets(self, bars: Bars) -> np.ndarray:
+        """Return the (n_bars, n_symbols) target matrix for ``bars``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ArraySignals:
+    """A signal provider over targets computed elsewhere (one column per symbol)."""
+
+    values: np.ndarray
+
+    def targets(self, bars: Bars) -> np.ndarray:
+        """Return the stored targets, checked against the bars' shape."""
+        t = np.asarray(self.values, dtype=np.float64)
+        if t.ndim == 1:
+            t = t[:, None]
+        if t.shape != bars.close.shape:
+            raise ValueError(f"signals: shape {t.shape} differs from the bars' {bars.close.shape}")
+        return t
+
+
+def _per_symbol(bars: Bars, fn: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Return the (n, m) matrix of ``fn(j)`` for every symbol column."""
+    return np.column_stack([fn(j) for j in range(bars.n_symbols)])
+
+
+def _buy_and_hold(bars: Bars, p: BuyAndHoldParams) -> np.ndarray:
+    """Return +1 on every bar (the engine enters at the first bar allowed, then holds)."""
+    return np.ones_like(bars.close)
+
+
+def _sma_crossover(bars: Bars, p: SmaCrossoverParams) -> np.ndarray:
+    """Return SMA crossover targets."""
+
+    def one(j: int) -> np.ndarray:
+        c = bars.close[:, j].copy()
+        return crossover_target_nb(sma_nb(c, p.fast), sma_nb(c, p.slow), p.allow_short)
+
+    return _per_symbol(bars, one)
+
+
+def _mean_reversion(bars: Bars, p: MeanReversionParams) -> np.ndarray:
+    """Return RSI + Bollinger Band mean-reversion targets."""
+
+    def one(j: int) -> np.ndarray:
+        c = bars.close[:, j].copy()
+        upper, middle, lower = bbands_nb(c, p.bb_period, p.bb_std, p.bb_std)
+        return mean_reversion_target_nb(
+            c,
+            rsi_nb(c, p.rsi_period),
+            upper,
+            middle,
+            lower,
+            p.oversold,
+            p.overbought,
+            p.allow_short,
+        )
+
+    return _per_symbol(bars, one)
+
+
+def _macd_trend(bars: Bars, p: MacdTrendParams) -> np.ndarray:
+    """Return MACD / signal-line crossover targets."""
+
+    def one(j: int) -> np.ndarray:
+        c = bars.close[:, j].copy()
+        line, sig, _ = macd_nb(c, p.fast, p.slow, p.signal)
+        return crossover_target_nb(line, sig, p.allow_short)
+
+    return _per_symbol(bars, one)
+
+
+@dataclass(frozen=True)
+class StrategyDef:
+    """One strategy: its parameter model and its target builder."""
+
+    name: str
+    description: str
+    params: type[_Params]
+    build: Callable[[Bars, Any], np.ndarray]
+    needs_signals: bool = False
+
+    def parse(self, raw: dict[str, Any] | BaseModel | None) -> _Params:
+        """Return validated parameters (pydantic ValidationError on bad input)."""
+        if isinstance(raw, self.params):
+            return raw
+        if isinstance(raw, BaseModel):
+            raw = raw.model_dump()
+        return self.params.model_validate(raw or {})
+
+
+STRATEGIES: dict[str, StrategyDef] = {
+    d.name: d
+    for d in (
+        StrategyDef(
+            "buy_and_hold", "Buy once and hold to the end.", BuyAndHoldParams, _buy_and_hold
+        ),
+        StrategyDef(
+            "sma_crossover", SmaCrossoverParams.__doc__ or "", SmaCrossoverParams, _sma_crossover
+        ),
+        StrategyDef(
+            "mean_reversion",
+            MeanReversionParams.__doc__ or "",
+            MeanReversionParams,
+            _mean_reversion,
+        ),
+        StrategyDef("macd_trend", MacdTrendParams.__doc__ or "", MacdTrendParams, _macd_trend),
+        StrategyDef(
+            "ml_ensemble",
+            MlEnsembleParams.__doc__ or "",
+            MlEnsembleParams,
+            lambda bars, p: np.full_like(bars.close, np.nan),
+            needs_signals=True,
+        ),
+    )
+}
+
+
+def get_strategy(name: str) -> StrategyDef:
+    """Return the strategy called ``name`` (KeyError naming the known ones otherwise)."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise KeyError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}") from None
+
+
+def build_targets(
+    name: str,
+    params: dict[str, Any] | BaseModel | None,
+    bars: Bars,
+    signals: SignalProvider | None = None,
+) -> np.ndarray:
+    """Return the (n_bars, n_symbols) target matrix of strategy ``name`` on ``bars``."""
+    strategy = get_strategy(name)
+    p = strategy.parse(params)
+    if strategy.needs_signals:
+        if signals is None:
+            raise ValueError(f"{name}: needs a signal provider")
+        return signals.targets(bars)
+    return strategy.build(bars, p)
+
+
+def allows_short(params: BaseModel) -> bool:
+    """Return whether the parameters let the strategy go short."""
+    return bool(getattr(params, "allow_short", False))
