@@ -202,6 +202,8 @@ class LocalExecutor:
         if pool is not None:
             for job_slot in range(PROCESS_SLOTS):
                 self._slots[job_slot] = 0
+            # The pool's worker processes (a private attribute; Python 3.14 adds
+            # terminate_workers()): a task that ignores cancellation is ended after grace_s.
             processes = list((getattr(pool, "_processes", None) or {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
             deadline = time.monotonic() + grace_s

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import NoMatchFound
 
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
 from shared.jobs.runner import JobRunner
@@ -65,7 +66,10 @@ def status_path(request: Request, job_id: uuid.UUID) -> str:
     `request.url_for` would search every app mounted beside this one and can answer another
     service's `get_job`; this app's own router plus the scope's `root_path` cannot.
     """
-    path = request.app.url_path_for(GET_JOB, job_id=str(job_id))
+    try:
+        path = request.app.url_path_for(GET_JOB, job_id=str(job_id))
+    except NoMatchFound as e:
+        raise RuntimeError("a job service must include job_router() in its app") from e
     return str(request.scope.get("root_path", "")).rstrip("/") + str(path)
 
 

@@ -327,6 +327,10 @@ class JobRunner:
                 raise
             if job.stop_reason == "shutdown":
                 await self._interrupt(job)
+        except Exception as e:  # the runner's own step failed (e.g. the claim hit a dead DB)
+            log.exception("%s job %s could not run", self.service, job.id)
+            error = JobFailedError(f"The job could not run: {type(e).__name__}: {e}")
+            await self._finish(job, _Final("failed", job.progress, error=error.to_problem()))
         finally:
             if job.flusher is not None:
                 job.flusher.cancel()
