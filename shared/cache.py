@@ -1,19 +1,32 @@
 """Two-level cache: L1 in-process LRU in front of L2 Redis (the database is L3).
 
-Values are JSON-serialisable. If Redis is configured but down, every call still answers
-from L1 (and the caller falls through to the database); the outage is logged once, then
-once more when Redis is back.
+:class:`Cache` stores JSON-serialisable values under ``<prefix><key>``. :class:`ModelCache`
+is the typed layer services use for their answers: it stores frozen pydantic models, keys
+them ``<key>:v<schema version>`` where the version is a digest of the model's JSON schemas
+(:func:`schema_version`), so a deploy whose answer shape differs never reads an entry written
+by the old one and nobody has to remember to bump a number. L1 holds the frozen instance
+itself; a reader that wants other values derives a copy (``model_copy(update=...)``), so a
+cached entry is never mutated in place.
+
+If Redis is configured but down, every call still answers from L1 (and the caller falls
+through to the database); the outage is logged once, then once more when Redis is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import logging
 import time
+import types
+import typing
 from collections import OrderedDict
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, Literal, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -22,6 +35,12 @@ from shared.logging import mask_secrets
 log = logging.getLogger(__name__)
 
 CacheLevel = Literal["l1", "l2"]
+M = TypeVar("M", bound=BaseModel)
+
+# The Redis hash field that holds the whole JSON answer beside the plain, readable fields.
+JSON_FIELD = "__json__"
+# Answers larger than this (JSON characters) are parsed in a worker thread.
+_THREAD_BYTES = 64 * 1024
 
 
 class LRUCache:
@@ -132,44 +151,29 @@ class Cache:
             log.warning("Redis %s is back", mask_secrets(self.redis_url or ""))
             self._down_since = None
 
-    async def get(self, key: str, *, as_hash: bool = False) -> tuple[Any | None, CacheLevel | None]:
-        """Return (value, level) from L1 then L2, or (None, None)."""
-        value = self.l1.get(key)
-        if value is not None:
-            return value, "l1"
+    async def _l2_get(self, key: str, *, as_hash: bool) -> tuple[str | None, int]:
+        """Return (raw JSON, remaining TTL in s) of key in Redis; (None, 0) on a miss or outage."""
         if self._skip_l2():
-            return None, None
+            return None, 0
         assert self.redis is not None
         try:
             pipe = self.redis.pipeline(transaction=False)
             if as_hash:
-                pipe.hget(self._key(key), "__json__")
+                pipe.hget(self._key(key), JSON_FIELD)
             else:
                 pipe.get(self._key(key))
             pipe.ttl(self._key(key))
             raw, ttl = await pipe.execute()
         except (RedisError, OSError) as e:
             self._l2_failed(e)
-            return None, None
+            return None, 0
         self._l2_ok()
-        try:
-            value = json.loads(raw) if raw is not None else None
-        except ValueError:
-            log.warning("dropping undecodable cache entry %s", key)
-            value = None
-        if value is None:
-            return None, None
-        if ttl and ttl > 0:
-            self.l1.set(key, value, ttl, size=len(raw))
-        return value, "l2"
+        return raw, int(ttl or 0)
 
-    async def set(
-        self, key: str, value: Any, ttl_s: int, *, hash_fields: dict[str, Any] | None = None
+    async def _l2_set(
+        self, key: str, payload: str, ttl_s: int, hash_fields: Mapping[str, Any] | None
     ) -> None:
-        """Store value in L1 and L2 for ttl_s seconds (as a Redis hash when fields are given)."""
-        # Serialise off the event loop: a 20-year history is several megabytes of JSON.
-        payload = await asyncio.to_thread(json.dumps, value, separators=(",", ":"), default=str)
-        self.l1.set(key, value, ttl_s, size=len(payload))
+        """Write payload to Redis for ttl_s seconds, as a hash with hash_fields when given."""
         if self._skip_l2():
             return
         assert self.redis is not None
@@ -178,7 +182,7 @@ class Cache:
                 mapping: dict[str | bytes, str] = {
                     k: "" if v is None else str(v) for k, v in hash_fields.items()
                 }
-                mapping["__json__"] = payload
+                mapping[JSON_FIELD] = payload
                 pipe = self.redis.pipeline(transaction=True)
                 pipe.delete(self._key(key))
                 pipe.hset(self._key(key), mapping=mapping)  # type: ignore[arg-type]
@@ -190,6 +194,34 @@ class Cache:
             self._l2_failed(e)
             return
         self._l2_ok()
+
+    async def get(self, key: str, *, as_hash: bool = False) -> tuple[Any | None, CacheLevel | None]:
+        """Return (value, level) from L1 then L2, or (None, None)."""
+        value = self.l1.get(key)
+        if value is not None:
+            return value, "l1"
+        raw, ttl = await self._l2_get(key, as_hash=as_hash)
+        if raw is None:
+            return None, None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            log.warning("dropping undecodable cache entry %s", key)
+            return None, None
+        if value is None:
+            return None, None
+        if ttl > 0:
+            self.l1.set(key, value, ttl, size=len(raw))
+        return value, "l2"
+
+    async def set(
+        self, key: str, value: Any, ttl_s: int, *, hash_fields: dict[str, Any] | None = None
+    ) -> None:
+        """Store value in L1 and L2 for ttl_s seconds (as a Redis hash when fields are given)."""
+        # Serialise off the event loop: a 20-year history is several megabytes of JSON.
+        payload = await asyncio.to_thread(json.dumps, value, separators=(",", ":"), default=str)
+        self.l1.set(key, value, ttl_s, size=len(payload))
+        await self._l2_set(key, payload, ttl_s, hash_fields)
 
     async def delete(self, key: str) -> None:
         """Forget key in both levels."""
@@ -218,3 +250,92 @@ class Cache:
         """Close the Redis pool."""
         if self.redis is not None:
             await self.redis.aclose()
+
+
+@functools.cache
+def schema_version(model: type[BaseModel]) -> str:
+    """Return a digest of a model's validation and serialization JSON schemas (12 hex digits).
+
+    Any change to the answer's shape (a field added, renamed, retyped, re-documented, in the
+    model or in a model it nests) gives another version.
+    """
+    schemas = [model.model_json_schema(mode=mode) for mode in ("validation", "serialization")]
+    text = json.dumps(schemas, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _unfrozen_models(model: type[BaseModel], seen: set[type[BaseModel]]) -> list[str]:
+    """Return the names of models reachable from model's fields that are not frozen."""
+    if model in seen:
+        return []
+    seen.add(model)
+    bad = [] if model.model_config.get("frozen") else [model.__name__]
+    stack: list[Any] = [field.annotation for field in model.model_fields.values()]
+    while stack:
+        tp = stack.pop()
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            bad += _unfrozen_models(tp, seen)
+        elif isinstance(tp, types.UnionType | types.GenericAlias) or typing.get_origin(tp):
+            stack.extend(typing.get_args(tp))
+    return bad
+
+
+class ModelCache(Generic[M]):
+    """Cache one kind of answer, a frozen pydantic model, in L1 and L2 under versioned keys.
+
+    ``hash_fields`` stores the entry in Redis as a hash: those fields of the model's JSON form
+    as plain strings (readable by any Redis client) beside the whole JSON answer.
+    """
+
+    def __init__(self, cache: Cache, model: type[M], *, hash_fields: Sequence[str] = ()) -> None:
+        unfrozen = _unfrozen_models(model, set())
+        if unfrozen:
+            raise TypeError(
+                f"{model.__name__} is cached, so it and the models it nests must be frozen "
+                f"(model_config = ConfigDict(frozen=True)): {', '.join(unfrozen)}"
+            )
+        unknown = [f for f in hash_fields if f not in model.model_fields]
+        if unknown:
+            raise ValueError(f"{model.__name__} has no fields {unknown}")
+        self.cache = cache
+        self.model = model
+        self.hash_fields = tuple(hash_fields)
+        self.version = schema_version(model)
+
+    def key(self, key: str) -> str:
+        """Return the key as stored (without the cache's prefix): ``<key>:v<version>``."""
+        return f"{key}:v{self.version}"
+
+    async def get(self, key: str) -> tuple[M | None, CacheLevel | None]:
+        """Return (answer, level) from L1 then L2, or (None, None); never a mutable entry."""
+        full = self.key(key)
+        hit = self.cache.l1.get(full)
+        if isinstance(hit, self.model):
+            return hit, "l1"
+        raw, ttl = await self.cache._l2_get(full, as_hash=bool(self.hash_fields))
+        if raw is None:
+            return None, None
+        try:
+            if len(raw) > _THREAD_BYTES:  # a long history: parse it off the event loop
+                value = await asyncio.to_thread(self.model.model_validate_json, raw)
+            else:
+                value = self.model.model_validate_json(raw)
+        except ValidationError:
+            log.warning("dropping cache entry %s that does not fit %s", full, self.model.__name__)
+            return None, None
+        if ttl > 0:
+            self.cache.l1.set(full, value, ttl, size=len(raw))
+        return value, "l2"
+
+    async def set(self, key: str, value: M, ttl_s: int) -> None:
+        """Store the answer in L1 and L2 for ttl_s seconds."""
+        if type(value) is not self.model:
+            raise TypeError(f"expected {self.model.__name__}, got {type(value).__name__}")
+        full = self.key(key)
+        # Serialise off the event loop: a 20-year history is several megabytes of JSON.
+        payload = await asyncio.to_thread(value.model_dump_json, by_alias=True)
+        self.cache.l1.set(full, value, ttl_s, size=len(payload))
+        fields = None
+        if self.hash_fields:
+            fields = value.model_dump(mode="json", include=set(self.hash_fields))
+        await self.cache._l2_set(full, payload, ttl_s, fields)

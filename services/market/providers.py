@@ -15,11 +15,21 @@ from typing import Protocol
 
 import pandas as pd
 
+from services.market.bars import BAR_COLUMNS, empty_bars
 from shared.errors import AppError, NotFoundError, UpstreamUnavailableError
 
 log = logging.getLogger(__name__)
 
-BAR_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
+__all__ = [  # BAR_COLUMNS and empty_bars stay importable from here for the providers
+    "BAR_COLUMNS",
+    "CsvProvider",
+    "Provider",
+    "ProviderChain",
+    "ProviderError",
+    "SymbolNotFoundError",
+    "csv_candidates",
+    "empty_bars",
+]
 
 
 class SymbolNotFoundError(NotFoundError):
@@ -50,14 +60,6 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
-
-
-def empty_bars() -> pd.DataFrame:
-    """Return an empty frame with the bar columns and a UTC index."""
-    return pd.DataFrame(
-        {c: pd.Series(dtype="float64") for c in BAR_COLUMNS},
-        index=pd.DatetimeIndex([], tz="UTC", name="timestamp"),
-    )
 
 
 def csv_candidates(symbol: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The only code of the market service that touches SQL."""
+"""The only code of the market service that touches SQL (Redis goes through shared.cache)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.market.providers import BAR_COLUMNS, empty_bars
+from services.market.bars import BAR_COLUMNS, empty_bars
 from shared.tables import MarketBar, MarketDataCoverage, TechnicalIndicator
 
 BARS: Table = MarketBar.__table__  # type: ignore[attr-defined]

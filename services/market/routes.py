@@ -10,7 +10,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from services.market.schemas import (
-    BulkFetchItem,
     BulkFetchRequest,
     BulkFetchResult,
     HistoricalData,
@@ -56,7 +55,7 @@ Service = Annotated[MarketService, Depends(get_service)]
     responses=READ_ERRORS,
     summary="Latest price of a symbol",
 )
-async def get_price(symbol: Symbol, service: Service) -> dict[str, Any]:
+async def get_price(symbol: Symbol, service: Service) -> PriceQuote:
     """Return the latest daily close of a symbol with its change from the previous close.
 
     Served from cache (5-minute TTL) when possible, else from stored bars if they include
@@ -88,7 +87,7 @@ async def get_historical(
         bool,
         Query(description="Forward-fill gaps of 1-2 missing sessions; filled bars are marked."),
     ] = False,
-) -> dict[str, Any]:
+) -> HistoricalData:
     """Return OHLCV bars between `start` and `end` (inclusive), oldest first.
 
     Each bar has timestamp (UTC date), open, high, low, close, volume and adj_close.
@@ -164,7 +163,7 @@ async def get_indicators(
     start: Start = None,
     end: End = None,
     **params: Any,
-) -> dict[str, Any]:
+) -> IndicatorSeries:
     """Return indicator values for every bar between `start` and `end`, columnar."""
     names = [n.strip().lower() for n in indicators.split(",") if n.strip()]
     per_indicator = {
@@ -189,7 +188,7 @@ _with_query_params(
 def _add_latest_route(spec: IndicatorSpec, route: LatestRoute) -> None:
     """Register `GET /<route.path>/{symbol}`: the latest value(s) of one indicator."""
 
-    async def endpoint(symbol: Symbol, service: Service, **params: Any) -> dict[str, Any]:
+    async def endpoint(symbol: Symbol, service: Service, **params: Any) -> LatestIndicator:
         return await service.latest_indicator(symbol, spec.name, params)
 
     endpoint.__name__ = f"get_{route.path}"
@@ -228,7 +227,7 @@ async def get_market_status(
         datetime | None,
         Query(description="Instant to ask about, ISO 8601 (default now); naive means UTC."),
     ] = None,
-) -> dict[str, Any]:
+) -> MarketStatus:
     """Return whether NYSE is open at an instant, the next open and close, and upcoming
     holidays and early closes (from the maintained exchange_calendars library)."""
     return await service.market_status(at)
@@ -242,13 +241,7 @@ async def get_market_status(
     responses=problem_responses(400, 401, 422, 503),
     summary="Prices or bars for many symbols",
 )
-async def bulk_fetch(body: BulkFetchRequest, service: Service) -> dict[str, Any]:
+async def bulk_fetch(body: BulkFetchRequest, service: Service) -> BulkFetchResult:
     """Fetch up to 50 symbols concurrently. Each symbol gets its own entry: its data, or
     its own problem-details error; one failing symbol never fails the others."""
-    results = await service.bulk_fetch(body.symbols, kind=body.kind, start=body.start, end=body.end)
-    ok = sum(1 for r in results if r["ok"])
-    return {
-        "results": [BulkFetchItem.model_validate(r) for r in results],
-        "succeeded": ok,
-        "failed": len(results) - ok,
-    }
+    return await service.bulk_fetch(body.symbols, kind=body.kind, start=body.start, end=body.end)

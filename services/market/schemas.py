@@ -15,13 +15,21 @@ from shared.health import Health as BaseHealth
 from shared.quant import all_columns
 
 CacheLevel = Literal["l1", "l2", "database", "provider"]
+
+
+class Answer(BaseModel):
+    """Base of the answer models: frozen, so a cached answer can be shared but never changed."""
+
+    model_config = ConfigDict(frozen=True)
+
+
 CACHE_LEVEL_DOC = (
     "Where this answer came from: `l1` in-process cache, `l2` Redis, `database` stored bars, "
     "`provider` freshly fetched from the data vendor."
 )
 
 
-class PriceQuote(BaseModel):
+class PriceQuote(Answer):
     """Latest daily bar of a symbol: the last close and its change from the previous close."""
 
     symbol: str = Field(description="Normalised ticker, upper case (e.g. `AAPL`, `^GSPC`).")
@@ -44,7 +52,7 @@ class PriceQuote(BaseModel):
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
 
 
-class Bar(BaseModel):
+class Bar(Answer):
     """One OHLCV bar. Prices are split-adjusted vendor prices unless `adjusted=true`."""
 
     timestamp: datetime = Field(description="Bar date (first trading day of the period), UTC.")
@@ -62,14 +70,14 @@ class Bar(BaseModel):
     )
 
 
-class RejectedRow(BaseModel):
+class RejectedRow(Answer):
     """A vendor row that failed validation and was neither stored nor cached."""
 
     timestamp: str
     reason: str
 
 
-class Outlier(BaseModel):
+class Outlier(Answer):
     """A bar whose close-to-close return is beyond 3 standard deviations."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -79,7 +87,7 @@ class Outlier(BaseModel):
     zscore: float
 
 
-class Gap(BaseModel):
+class Gap(Answer):
     """A run of expected trading sessions with no bar."""
 
     start: date
@@ -87,7 +95,7 @@ class Gap(BaseModel):
     missing_sessions: int
 
 
-class QualityReport(BaseModel):
+class QualityReport(Answer):
     """Data-quality findings for the returned bars (at most 50 items listed per kind)."""
 
     rows: int = Field(description="Bars checked.")
@@ -101,7 +109,7 @@ class QualityReport(BaseModel):
     ok: bool = Field(description="True when nothing was rejected and no session is missing.")
 
 
-class HistoricalMetadata(BaseModel):
+class HistoricalMetadata(Answer):
     """Where the bars came from and how good they are."""
 
     source: str | None = Field(
@@ -113,7 +121,7 @@ class HistoricalMetadata(BaseModel):
     quality: QualityReport
 
 
-class HistoricalData(BaseModel):
+class HistoricalData(Answer):
     """OHLCV bars of one symbol between two dates (inclusive), oldest first."""
 
     symbol: str
@@ -125,7 +133,7 @@ class HistoricalData(BaseModel):
     metadata: HistoricalMetadata
 
 
-class IndicatorSeries(BaseModel):
+class IndicatorSeries(Answer):
     """Indicator values, columnar: `timestamps[i]` goes with `values[name][i]`."""
 
     symbol: str
@@ -148,7 +156,7 @@ class IndicatorSeries(BaseModel):
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
 
 
-class LatestIndicator(BaseModel):
+class LatestIndicator(Answer):
     """The latest value(s) of one indicator, on the latest available bar."""
 
     symbol: str
@@ -161,14 +169,14 @@ class LatestIndicator(BaseModel):
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
 
 
-class EarlyClose(BaseModel):
+class EarlyClose(Answer):
     """A session that closes early."""
 
     date: date
     close: datetime = Field(description="Early close time, UTC.")
 
 
-class MarketStatus(BaseModel):
+class MarketStatus(Answer):
     """NYSE status at an instant, from the exchange_calendars library."""
 
     exchange: str = Field(description="ISO 10383 MIC of the calendar (XNYS).")

@@ -1,63 +1,60 @@
 """Market-data domain logic: cache -> database -> provider, validation, indicators.
 
-Never imports FastAPI: a CLI, a job or a test can call it directly.
+Never imports FastAPI: a CLI, a job or a test can call it directly. Every public method
+returns one of the answer models of :mod:`services.market.schemas`.
+
+Redis keys (under the configured prefix, each ending in ``:v<schema version>`` of its model):
+``market:price:{symbol}`` (a hash: open, high, low, close, volume, timestamp and the JSON
+answer), ``market:historical:{symbol}:{interval}:{start}:{end}:{adjusted}:{fill_gaps}``,
+``indicators:{symbol}:{indicator}`` (latest value; ``indicator(k=v,...)`` for non-default
+parameters) and ``indicators:{symbol}:{indicator(k=v,...),...}:{start}:{end}`` (series).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 
+from services.market import frames
 from services.market import repository as repo
+from services.market.bars import Loaded
 from services.market.calendar import last_completed_session, market_status
+from services.market.frames import Checked
 from services.market.providers import ProviderChain
-from services.market.validation import (
-    check_date_range,
-    fill_short_gaps,
-    normalize_symbol,
-    quality_of,
-    reject_bad_rows,
+from services.market.schemas import (
+    Answer,
+    BulkFetchItem,
+    BulkFetchResult,
+    CacheLevel,
+    HistoricalData,
+    IndicatorSeries,
+    LatestIndicator,
+    MarketStatus,
+    PriceQuote,
 )
+from services.market.validation import check_date_range, normalize_symbol, reject_bad_rows
 from shared import quant
-from shared.cache import Cache
+from shared.cache import Cache, ModelCache
 from shared.db import Database
-from shared.errors import NotFoundError, ValidationProblemError
+from shared.errors import AppError, NotFoundError, ValidationProblemError
 
 log = logging.getLogger(__name__)
 
 # Bars of the last days may still change (late prints, today's bar): never mark them covered.
 RECENT_DAYS = 4
 INTERVALS = ("1d", "1wk", "1mo")
+PRICE_FIELDS = ("open", "high", "low", "close", "volume", "timestamp")  # the seed's hash
 
-
-@dataclass
-class Loaded:
-    """Bars loaded for a window, with where they came from."""
-
-    frame: pd.DataFrame
-    served_from: str  # "database" | "provider"
-    sources: list[str]
-    rejected: list[dict[str, object]]
+A = TypeVar("A", bound=Answer)
 
 
 def _today() -> date:
     return datetime.now(UTC).date()
-
-
-def _iso(ts: pd.Timestamp) -> str:
-    return ts.isoformat().replace("+00:00", "Z")
-
-
-def _nan_to_none(values: np.ndarray) -> list[float | None]:
-    return [None if math.isnan(v) else float(v) for v in values.tolist()]
 
 
 def _missing_ranges(
@@ -81,78 +78,18 @@ def _missing_ranges(
     return missing
 
 
-def resample(frame: pd.DataFrame, interval: str) -> pd.DataFrame:
-    """Aggregate daily bars to weekly or monthly bars labelled by their first trading day."""
-    if interval == "1d" or frame.empty:
-        return frame
-    key = frame.index.tz_localize(None).to_period("W-SUN" if interval == "1wk" else "M")
-    groups = frame.groupby(key, sort=True)
-    out = pd.DataFrame(
-        {
-            "open": groups["open"].first(),
-            "high": groups["high"].max(),
-            "low": groups["low"].min(),
-            "close": groups["close"].last(),
-            "adj_close": groups["adj_close"].last(),
-            "volume": groups["volume"].sum(),
-        }
-    )
-    out.index = pd.DatetimeIndex(groups.apply(lambda g: g.index[0]).to_numpy()).rename("timestamp")
-    if "filled" in frame:
-        out["filled"] = groups["filled"].any().to_numpy()
-    return out
+def _from_cache(answer: A, level: CacheLevel | None) -> A:
+    """Return a copy of a cached answer that says it was cached and where (the entry is kept)."""
+    return answer.model_copy(update={"cached": True, "cache_level": level})
 
 
-def adjust(frame: pd.DataFrame) -> pd.DataFrame:
-    """Scale open/high/low/close by adj_close/close (dividends and splits)."""
-    if frame.empty:
-        return frame
-    ratio = (frame["adj_close"] / frame["close"]).fillna(1.0)
-    out = frame.copy()
-    for col in ("open", "high", "low", "close"):
-        out[col] = frame[col] * ratio
-    return out
+def _param_label(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in params.items())
 
 
-def bar_records(frame: pd.DataFrame, *, with_filled: bool) -> list[dict[str, Any]]:
-    """Return bars as JSON-ready dicts (adj_close None where the vendor has none)."""
-    stamps = [_iso(ts) for ts in frame.index]
-    cols = {
-        c: frame[c].to_numpy("float64").tolist()
-        for c in ("open", "high", "low", "close", "adj_close", "volume")
-    }
-    filled = frame["filled"].tolist() if with_filled and "filled" in frame else None
-    bars = []
-    for i, ts in enumerate(stamps):
-        adj = cols["adj_close"][i]
-        bar = {
-            "timestamp": ts,
-            "open": cols["open"][i],
-            "high": cols["high"][i],
-            "low": cols["low"][i],
-            "close": cols["close"][i],
-            "volume": int(cols["volume"][i]),
-            "adj_close": None if math.isnan(adj) else adj,
-        }
-        if filled is not None:
-            bar["filled"] = bool(filled[i])
-        bars.append(bar)
-    return bars
-
-
-def shape_bars(
-    symbol: str, loaded: Loaded, *, fill_gaps: bool, adjusted: bool, interval: str
-) -> tuple[list[dict[str, Any]], dict[str, object]]:
-    """Check quality, optionally fill short gaps, adjust and resample; return (bars, report)."""
-    report, missing = quality_of(symbol, loaded.frame, loaded.rejected)
-    frame = loaded.frame
-    if fill_gaps:
-        frame = fill_short_gaps(frame, missing, report.gaps)
-        report.filled_rows = int(frame["filled"].sum())
-    if adjusted:
-        frame = adjust(frame)
-    frame = resample(frame, interval)
-    return bar_records(frame, with_filled=fill_gaps), report.as_dict()
+def _bars_before(day: date, bars: int) -> date:
+    """Return a date at least `bars` trading sessions before day (calendar-day estimate)."""
+    return day - timedelta(days=int(bars * 7 / 5 * 1.1) + 10)
 
 
 class MarketService:
@@ -176,16 +113,20 @@ class MarketService:
         self.indicator_ttl_s = indicator_ttl_s
         self.historical_ttl_s = historical_ttl_s
         self.bulk_concurrency = bulk_concurrency
+        self.prices = ModelCache(cache, PriceQuote, hash_fields=PRICE_FIELDS)
+        self.histories = ModelCache(cache, HistoricalData)
+        self.series = ModelCache(cache, IndicatorSeries)
+        self.latest = ModelCache(cache, LatestIndicator)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     # ---------------------------------------------------------------- price
-    async def get_price(self, raw_symbol: str) -> dict[str, Any]:
+    async def get_price(self, raw_symbol: str) -> PriceQuote:
         """Return the latest price: cache, then a fresh-enough database row, then provider."""
         symbol = normalize_symbol(raw_symbol)
         key = f"market:price:{symbol}"
-        cached, level = await self.cache.get(key, as_hash=True)
+        cached, level = await self.prices.get(key)
         if cached is not None:
-            return {**cached, "cached": True, "cache_level": level}
+            return _from_cache(cached, level)
         async with self._locks[symbol]:
             async with self.db.session() as session:
                 bars = await repo.latest_bars(session, symbol=symbol, n=2)
@@ -205,31 +146,33 @@ class MarketService:
                     await repo.upsert_bars(session, symbol=symbol, frame=clean, source=source)
                     await session.commit()
                 quote = self._quote(symbol, clean, "provider", source)
-        fields = {k: quote[k] for k in ("open", "high", "low", "close", "volume", "timestamp")}
-        await self.cache.set(key, quote, self.price_ttl_s, hash_fields=fields)
-        return {**quote, "cached": False, "cache_level": quote["served_from"]}
+        await self.prices.set(key, quote, self.price_ttl_s)
+        return quote
 
     @staticmethod
-    def _quote(symbol: str, bars: pd.DataFrame, served_from: str, source: str) -> dict[str, Any]:
+    def _quote(symbol: str, bars: pd.DataFrame, served_from: str, source: str) -> PriceQuote:
         last = bars.iloc[-1]
         prev = float(bars["close"].iloc[-2]) if len(bars) > 1 else None
         close = float(last["close"])
         change = close - prev if prev is not None else None
-        return {
-            "symbol": symbol,
-            "price": close,
-            "open": float(last["open"]),
-            "high": float(last["high"]),
-            "low": float(last["low"]),
-            "close": close,
-            "previous_close": prev,
-            "change": change,
-            "change_percent": (change / prev * 100.0) if change is not None and prev else None,
-            "volume": int(last["volume"]),
-            "timestamp": _iso(bars.index[-1]),
-            "source": source,
-            "served_from": served_from,
-        }
+        return PriceQuote.model_validate(
+            {
+                "symbol": symbol,
+                "price": close,
+                "open": float(last["open"]),
+                "high": float(last["high"]),
+                "low": float(last["low"]),
+                "close": close,
+                "previous_close": prev,
+                "change": change,
+                "change_percent": (change / prev * 100.0) if change is not None and prev else None,
+                "volume": int(last["volume"]),
+                "timestamp": frames.iso(bars.index[-1]),
+                "source": source,
+                "cached": False,
+                "cache_level": served_from,
+            }
+        )
 
     # ----------------------------------------------------------- historical
     async def resolve_window(
@@ -240,7 +183,7 @@ class MarketService:
         check_date_range(start, end, today=today)
         if end is None:
             latest = await self.get_price(symbol)
-            end = datetime.fromisoformat(latest["timestamp"]).date()
+            end = latest.timestamp.date()
             if start is not None and start > end:
                 end = min(today, start + timedelta(days=default_days))
         if start is None:
@@ -297,7 +240,7 @@ class MarketService:
         interval: str = "1d",
         adjusted: bool = False,
         fill_gaps: bool = False,
-    ) -> dict[str, Any]:
+    ) -> HistoricalData:
         """Return OHLCV bars with metadata and a data-quality report."""
         symbol = normalize_symbol(raw_symbol)
         if interval not in INTERVALS:
@@ -308,37 +251,28 @@ class MarketService:
         key = (
             f"market:historical:{symbol}:{interval}:{start}:{end}:{int(adjusted)}:{int(fill_gaps)}"
         )
-        cached, level = await self.cache.get(key)
+        cached, level = await self.histories.get(key)
         if cached is not None:
-            cached["metadata"] = {**cached["metadata"], "cached": True, "cache_level": level}
-            return cached
+            return cached.model_copy(update={"metadata": _from_cache(cached.metadata, level)})
         loaded = await self.load(symbol, start, end)
         if loaded.frame.empty and not await self._known(symbol):
             raise NotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
-        bars, quality = await asyncio.to_thread(
-            shape_bars, symbol, loaded, fill_gaps=fill_gaps, adjusted=adjusted, interval=interval
+        result = await asyncio.to_thread(
+            frames.shape_history,
+            symbol,
+            loaded,
+            start=start,
+            end=end,
+            interval=interval,
+            adjusted=adjusted,
+            fill_gaps=fill_gaps,
         )
-        result = {
-            "symbol": symbol,
-            "interval": interval,
-            "adjusted": adjusted,
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "bars": bars,
-            "metadata": {
-                "source": ",".join(loaded.sources) or None,
-                "cached": False,
-                "cache_level": loaded.served_from,
-                "rows": len(bars),
-                "quality": quality,
-            },
-        }
         ttl = (
             self.historical_ttl_s
             if end < _today() - timedelta(days=RECENT_DAYS)
             else self.price_ttl_s
         )
-        await self.cache.set(key, result, ttl)
+        await self.histories.set(key, result, ttl)
         return result
 
     async def _known(self, symbol: str) -> bool:
@@ -355,79 +289,57 @@ class MarketService:
         params: dict[str, dict[str, Any]],
         start: date | None,
         end: date | None,
-    ) -> dict[str, Any]:
+    ) -> IndicatorSeries:
         """Return indicator series for a window, computed with enough earlier history."""
         symbol = normalize_symbol(raw_symbol)
         checked = self._check_indicators(names, params)
         start, end = await self.resolve_window(symbol, start, end)
         label = ",".join(f"{n}({_param_label(p)})" for n, p in checked.items())
         key = f"indicators:{symbol}:{label}:{start}:{end}"
-        cached, level = await self.cache.get(key)
+        cached, level = await self.series.get(key)
         if cached is not None:
-            return {**cached, "cached": True, "cache_level": level}
+            return _from_cache(cached, level)
         warmup = max(quant.warmup_bars(n, p) for n, p in checked.items())
         loaded = await self.load(symbol, _bars_before(start, warmup), end)
-        frame = loaded.frame
-        if frame.empty and not await self._known(symbol):
+        if loaded.frame.empty and not await self._known(symbol):
             raise NotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
-        window = await asyncio.to_thread(indicator_window, frame, checked, start)
-        result = {
-            "symbol": symbol,
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            **window,
-            "parameters": checked,
-            "source": ",".join(loaded.sources) or None,
-        }
-        await self.cache.set(key, result, self.indicator_ttl_s)
-        return {**result, "cached": False, "cache_level": loaded.served_from}
+        result = await asyncio.to_thread(
+            frames.indicator_series, symbol, loaded, checked, start=start, end=end
+        )
+        await self.series.set(key, result, self.indicator_ttl_s)
+        return result
 
     async def latest_indicator(
         self, raw_symbol: str, name: str, params: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> LatestIndicator:
         """Return the latest value(s) of one indicator on the latest available bar."""
         symbol = normalize_symbol(raw_symbol)
         checked = self._check_indicators([name], {name: params})[name]
-        spec = quant.INDICATORS[name]
-        defaults = {k: p.default for k, p in spec.params.items()}
+        defaults = {k: p.default for k, p in quant.INDICATORS[name].params.items()}
         suffix = "" if checked == defaults else f"({_param_label(checked)})"
         key = f"indicators:{symbol}:{name}{suffix}"
-        cached, level = await self.cache.get(key)
+        cached, level = await self.latest.get(key)
         if cached is not None:
-            return {**cached, "cached": True, "cache_level": level}
+            return _from_cache(cached, level)
         quote = await self.get_price(symbol)
-        end = datetime.fromisoformat(quote["timestamp"]).date()
-        loaded = await self.load(
-            symbol, _bars_before(end, quant.warmup_bars(name, checked) + 1), end
-        )
-        frame = loaded.frame
-        values = await asyncio.to_thread(_compute_all, frame, {name: checked})
-        latest = {k: (None if math.isnan(v[-1]) else float(v[-1])) for k, v in values.items()}
-        ts = frame.index[-1]
-        result = {
-            "symbol": symbol,
-            "indicator": name,
-            "parameters": checked,
-            "timestamp": _iso(ts),
-            "values": latest,
-            "source": ",".join(loaded.sources) or None,
-        }
-        await self.cache.set(key, result, self.indicator_ttl_s)
+        end = quote.timestamp.date()
+        start = _bars_before(end, quant.warmup_bars(name, checked) + 1)
+        loaded = await self.load(symbol, start, end)
+        result = await asyncio.to_thread(frames.latest_indicator, symbol, loaded, name, checked)
+        await self.latest.set(key, result, self.indicator_ttl_s)
         async with self.db.session() as session:
             await repo.store_indicator_values(
                 session,
                 symbol=symbol,
-                timestamp=ts.to_pydatetime(),
-                values=latest,
+                timestamp=result.timestamp.astimezone(UTC),
+                values=dict(result.values),
                 parameters={"indicator": name, **checked},
             )
             await session.commit()
-        return {**result, "cached": False, "cache_level": loaded.served_from}
+        return result
 
     @staticmethod
-    def _check_indicators(
-        names: list[str], params: dict[str, dict[str, Any]]
-    ) -> dict[str, dict[str, Any]]:
+    def _check_indicators(names: list[str], params: dict[str, dict[str, Any]]) -> Checked:
         if not names:
             raise ValidationProblemError("name at least one indicator", field="indicators")
         unknown = [n for n in names if n not in quant.INDICATORS]
@@ -437,7 +349,7 @@ class MarketService:
                 f"{', '.join(quant.INDICATORS)}",
                 field="indicators",
             )
-        checked: dict[str, dict[str, Any]] = {}
+        checked: Checked = {}
         for name in dict.fromkeys(names):
             try:
                 checked[name] = quant.validate_params(name, params.get(name, {}))
@@ -446,62 +358,30 @@ class MarketService:
         return checked
 
     # ------------------------------------------------------ status and bulk
-    async def market_status(self, at: datetime | None) -> dict[str, Any]:
+    async def market_status(self, at: datetime | None) -> MarketStatus:
         """Return NYSE status at an instant (default now)."""
         try:
-            return await asyncio.to_thread(market_status, at)
+            status = await asyncio.to_thread(market_status, at)
         except ValueError as e:
             raise ValidationProblemError(str(e), field="at") from e
+        return MarketStatus.model_validate(status)
 
     async def bulk_fetch(
         self, symbols: list[str], *, kind: str, start: date | None, end: date | None
-    ) -> list[dict[str, Any]]:
+    ) -> BulkFetchResult:
         """Fetch many symbols concurrently; one symbol's failure never fails the others."""
         gate = asyncio.Semaphore(self.bulk_concurrency)
 
-        async def one(raw: str) -> dict[str, Any]:
-            from shared.errors import AppError
-
+        async def one(raw: str) -> BulkFetchItem:
             async with gate:
                 try:
                     if kind == "price":
-                        return {"symbol": raw, "ok": True, "price": await self.get_price(raw)}
+                        return BulkFetchItem(symbol=raw, ok=True, price=await self.get_price(raw))
                     hist = await self.get_history(raw, start=start, end=end)
-                    return {"symbol": raw, "ok": True, "historical": hist}
+                    return BulkFetchItem(symbol=raw, ok=True, historical=hist)
                 except AppError as e:
-                    return {"symbol": raw, "ok": False, "error": e.to_problem().model_dump()}
+                    return BulkFetchItem(symbol=raw, ok=False, error=e.to_problem())
 
-        return list(await asyncio.gather(*(one(s) for s in symbols)))
-
-
-def _param_label(params: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in params.items())
-
-
-def _bars_before(day: date, bars: int) -> date:
-    """Return a date at least `bars` trading sessions before day (calendar-day estimate)."""
-    return day - timedelta(days=int(bars * 7 / 5 * 1.1) + 10)
-
-
-def indicator_window(
-    frame: pd.DataFrame, checked: dict[str, dict[str, Any]], start: date
-) -> dict[str, Any]:
-    """Compute indicators on every bar; return the window from start on, JSON-ready."""
-    values = _compute_all(frame, checked)
-    in_window = frame.index >= pd.Timestamp(start, tz="UTC")
-    return {
-        "timestamps": [_iso(ts) for ts in frame.index[in_window]],
-        "values": {k: _nan_to_none(v[in_window]) for k, v in values.items()},
-        "warmup_bars_used": int((~in_window).sum()),
-    }
-
-
-def _compute_all(frame: pd.DataFrame, checked: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
-    high = frame["high"].to_numpy("float64")
-    low = frame["low"].to_numpy("float64")
-    close = frame["close"].to_numpy("float64")
-    out: dict[str, np.ndarray] = {}
-    for name, params in checked.items():
-        for output, values in quant.compute(name, params, high=high, low=low, close=close).items():
-            out[quant.column_name(name, output)] = values
-    return out
+        results = list(await asyncio.gather(*(one(s) for s in symbols)))
+        ok = sum(1 for r in results if r.ok)
+        return BulkFetchResult(results=results, succeeded=ok, failed=len(results) - ok)

@@ -14,6 +14,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from services.market.app import create_app
+from services.market.schemas import HistoricalData, LatestIndicator, PriceQuote
+from shared.cache import schema_version
 from tests.conftest import market_settings
 from tests.integration.conftest import PG_ADMIN_DSN, REDIS_URL
 
@@ -84,16 +86,59 @@ def test_keys_and_ttls_in_redis(settings, redis_prefix: str, redis_client) -> No
             ).status_code
             == 200
         )
-    price_key = f"{redis_prefix}market:price:AAPL"
+    # The seed's names under the prefix, each ending in its answer model's schema version.
+    price_key = f"{redis_prefix}market:price:AAPL:v{schema_version(PriceQuote)}"
     assert redis_client.type(price_key) == "hash"
     fields = redis_client.hgetall(price_key)
     assert {"open", "high", "low", "close", "volume", "timestamp"} <= set(fields)
+    assert fields["timestamp"].endswith("T00:00:00Z") and float(fields["close"]) > 0
     assert 290 <= redis_client.ttl(price_key) <= 300
-    rsi_key = f"{redis_prefix}indicators:AAPL:rsi"
+    rsi_key = f"{redis_prefix}indicators:AAPL:rsi:v{schema_version(LatestIndicator)}"
     assert 50 <= redis_client.ttl(rsi_key) <= 60
     hist = list(redis_client.scan_iter(match=f"{redis_prefix}market:historical:AAPL:*"))
-    assert len(hist) == 1
+    assert hist == [
+        f"{redis_prefix}market:historical:AAPL:1d:2022-01-01:2022-12-31:0:0"
+        f":v{schema_version(HistoricalData)}"
+    ]
     assert 86000 <= redis_client.ttl(hist[0]) <= 86400
+
+
+def test_every_answer_round_trips_through_redis_unchanged(settings) -> None:
+    calls = [
+        ("/price/KO", {}),
+        ("/historical/KO", {"start": "2021-01-01", "end": "2021-12-31", "fill_gaps": True}),
+        ("/indicators/KO", {"start": "2021-01-01", "end": "2021-12-31", "indicators": "atr,macd"}),
+        ("/macd/KO", {"fast": 5}),
+    ]
+    with TestClient(create_app(settings)) as c:
+        first = [c.get(path, params=params).json() for path, params in calls]
+    with TestClient(create_app(settings)) as c:  # a fresh L1: every answer comes from Redis
+        again = [c.get(path, params=params).json() for path, params in calls]
+    for one, two in zip(first, again, strict=True):
+        flags_one, flags_two = one.get("metadata", one), two.get("metadata", two)
+        assert flags_one["cached"] is False and flags_one["cache_level"] != "l2"
+        assert (flags_two["cached"], flags_two["cache_level"]) == (True, "l2")
+        for flags in (flags_one, flags_two):
+            del flags["cached"], flags["cache_level"]
+        assert one == two  # everything else, every bar and value, as first answered
+
+
+def test_entries_of_another_answer_shape_are_never_served(
+    settings, redis_prefix: str, redis_client
+) -> None:
+    stale = '{"symbol":"MSFT","price":1.0}'
+    # What a deploy with another PriceQuote wrote: the bare seed name, or another version.
+    redis_client.hset(f"{redis_prefix}market:price:MSFT", mapping={"__json__": stale})
+    redis_client.hset(f"{redis_prefix}market:price:MSFT:v0123456789ab", mapping={"__json__": stale})
+    # An entry under today's key that does not fit today's model is dropped, not served.
+    current = f"{redis_prefix}market:price:MSFT:v{schema_version(PriceQuote)}"
+    redis_client.hset(current, mapping={"__json__": stale})
+    redis_client.expire(current, 300)
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/price/MSFT")
+    assert r.status_code == 200, r.text
+    assert r.json()["price"] > 1.0 and r.json()["cached"] is False
+    assert redis_client.hget(current, "__json__") != stale  # replaced by the fresh answer
 
 
 def test_killing_redis_connections_degrades_without_errors(

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import talib
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from services.market.app import create_app
 from shared.quant import warmup_bars
@@ -50,6 +51,26 @@ def test_historical_returns_exactly_the_csv_rows_then_serves_from_cache(
     assert second["metadata"]["cache_level"] == "l1"
     assert second["bars"] == body["bars"]
     assert stored_rows(tmp_path, "AAPL") == rows_after_first
+
+
+def test_a_cache_hit_is_a_copy_and_the_cached_entry_never_changes(client: TestClient) -> None:
+    params = {"start": "2021-01-04", "end": "2021-03-31"}
+    first = client.get("/historical/KO", params=params).json()
+    for _ in range(2):
+        hit = client.get("/historical/KO", params=params).json()
+        assert (hit["metadata"]["cached"], hit["metadata"]["cache_level"]) == (True, "l1")
+        assert hit["bars"] == first["bars"]
+    service = client.app.state.market  # type: ignore[attr-defined]
+    key = "market:historical:KO:1d:2021-01-04:2021-03-31:0:0"
+    entry, level = asyncio.run(service.histories.get(key))
+    assert level == "l1"
+    assert (entry.metadata.cached, entry.metadata.cache_level) == (False, "provider")
+    with pytest.raises(ValidationError):
+        entry.metadata.cached = True
+    assert client.get("/price/KO").json()["cached"] is False
+    assert client.get("/price/KO").json()["cached"] is True
+    quote, _ = asyncio.run(service.prices.get("market:price:KO"))
+    assert quote.cached is False
 
 
 def test_stored_rows_are_reused_and_never_duplicated(

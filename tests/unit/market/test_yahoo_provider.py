@@ -33,6 +33,7 @@ from yfinance import data as yf_data
 from yfinance.config import YfConfig
 
 from services.market.providers import BAR_COLUMNS, ProviderError, SymbolNotFoundError
+from services.market.schemas import HistoricalData, PriceQuote
 from services.market.settings import SHARED_CSV_DIR
 from services.market.yahoo import RateLimiter, YahooProvider
 
@@ -551,7 +552,7 @@ def test_service_stores_yahoo_bars_and_serves_them_again(
 ) -> None:
     fake = FakeYahoo(csv_bars)
 
-    async def run() -> tuple[dict[str, Any], dict[str, Any], int]:
+    async def run() -> tuple[HistoricalData, HistoricalData, int]:
         svc = await market_service(tmp_path, provider(fake))
         first = await svc.get_history("AAPL", start=date(2021, 6, 1), end=date(2021, 6, 30))
         calls = len(fake.history_calls())
@@ -564,11 +565,11 @@ def test_service_stores_yahoo_bars_and_serves_them_again(
 
     first, again, calls = asyncio.run(run())
     want = expected(csv_bars, "2021-06-01", "2021-06-30")
-    assert [b["timestamp"][:10] for b in first["bars"]] == [str(d.date()) for d in want.index]
-    np.testing.assert_allclose([b["close"] for b in first["bars"]], want["close"], atol=1e-9)
-    assert first["metadata"]["source"] == "yfinance"
-    assert first["metadata"]["cache_level"] == "provider"
-    assert again["metadata"]["cache_level"] == "database"
+    assert [b.timestamp.date() for b in first.bars] == [d.date() for d in want.index]
+    np.testing.assert_allclose([b.close for b in first.bars], want["close"], atol=1e-9)
+    assert first.metadata.source == "yfinance"
+    assert first.metadata.cache_level == "provider"
+    assert again.metadata.cache_level == "database"
     assert calls == 1
 
 
@@ -578,7 +579,7 @@ def test_yahoo_outage_falls_back_to_csv(csv_bars: pd.DataFrame, tmp_path: Path) 
 
     down = FakeYahoo(csv_bars, hang_s=5.0)  # every Yahoo request hangs
 
-    async def run() -> dict[str, Any]:
+    async def run() -> PriceQuote:
         yahoo = provider(down, timeout_s=0.2, max_attempts=2)
         svc = await market_service(tmp_path, yahoo, CsvProvider(SHARED_CSV_DIR))
         try:
@@ -591,5 +592,5 @@ def test_yahoo_outage_falls_back_to_csv(csv_bars: pd.DataFrame, tmp_path: Path) 
     started = time.monotonic()
     quote = asyncio.run(run())
     assert time.monotonic() - started < 3.0
-    assert quote["source"] == "csv"
-    assert quote["price"] == pytest.approx(csv_bars["close"].iloc[-1])
+    assert quote.source == "csv"
+    assert quote.price == pytest.approx(csv_bars["close"].iloc[-1])
