@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,27 +26,51 @@ from shared.errors import (
 
 log = logging.getLogger(__name__)
 
-_DESCRIPTIONS = {
-    400: "The request body is not valid JSON or not UTF-8.",
-    401: "A bearer token is required (when the service has one configured).",
-    404: "The symbol or resource does not exist.",
-    422: "An input is invalid; `field` names it and `errors` lists every invalid field.",
-    429: "Rate limit reached; retry later.",
-    502: "The market-data vendor could not be reached or answered nonsense.",
-    503: "A backing store (database) or service is unavailable.",
-}
+# Generic wording; each service words what a status means for its own resources (the words
+# become the MCP tool descriptions, so "the symbol" beats "the resource" where it is true).
+DEFAULT_WORDING: Mapping[int, str] = MappingProxyType(
+    {
+        400: "The request body is not valid JSON or not UTF-8.",
+        401: "A bearer token is required (when the service has one configured).",
+        404: "The resource does not exist.",
+        409: "The resource is not in a state that allows this.",
+        413: "The request body is too large.",
+        422: "An input is invalid; `field` names it and `errors` lists every invalid field.",
+        429: "Rate limit reached; retry later.",
+        502: "An upstream the service depends on could not be reached or answered nonsense.",
+        503: "A backing store (database) or service is unavailable.",
+        504: "An upstream the service depends on did not answer in time.",
+    }
+)
 
 
-def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """Return OpenAPI `responses` entries documenting problem-details answers."""
+def problem_responses(
+    *codes: int, wording: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """Return OpenAPI `responses` entries documenting problem-details answers.
+
+    wording overrides the generic description of a status for one service.
+    """
+    words = {**DEFAULT_WORDING, **(wording or {})}
     return {
         code: {
             "model": Problem,
-            "description": _DESCRIPTIONS.get(code, "Error."),
+            "description": words.get(code, "Error."),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
         for code in codes
     }
+
+
+class ProblemDocs:
+    """One service's problem documentation: `errors(401, 404)` with the service's wording."""
+
+    def __init__(self, wording: Mapping[int, str]) -> None:
+        self.wording = MappingProxyType(dict(wording))
+
+    def __call__(self, *codes: int) -> dict[int | str, dict[str, Any]]:
+        """Return OpenAPI `responses` entries for codes, worded for this service."""
+        return problem_responses(*codes, wording=self.wording)
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:

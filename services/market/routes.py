@@ -19,7 +19,7 @@ from services.market.schemas import (
     PriceQuote,
 )
 from services.market.service import MarketService
-from shared.api import problem_responses
+from shared.api import ProblemDocs
 from shared.quant import INDICATORS, IndicatorSpec, LatestRoute, Param, default_names
 
 router = APIRouter()
@@ -37,7 +37,14 @@ End = Annotated[
     date | None,
     Query(description="Last date, YYYY-MM-DD, inclusive. Default: the latest available bar."),
 ]
-READ_ERRORS = problem_responses(401, 404, 422, 502, 503)
+# What a failure means in this service's terms (tool descriptions are made from these).
+errors = ProblemDocs(
+    {
+        404: "The symbol or resource does not exist.",
+        502: "The market-data vendor could not be reached or answered nonsense.",
+    }
+)
+READ_ERRORS = errors(401, 404, 422, 502, 503)
 
 
 def get_service(request: Request) -> MarketService:
@@ -218,7 +225,7 @@ for _spec in INDICATORS.values():
     "/market_status",
     operation_id="get_market_status",
     response_model=MarketStatus,
-    responses=problem_responses(401, 422),
+    responses=errors(401, 422),
     summary="NYSE open or closed",
 )
 async def get_market_status(
@@ -238,7 +245,7 @@ async def get_market_status(
     operation_id="bulk_fetch",
     response_model=BulkFetchResult,
     response_model_exclude_none=True,
-    responses=problem_responses(400, 401, 422, 503),
+    responses=errors(400, 401, 422, 503),
     summary="Prices or bars for many symbols",
 )
 async def bulk_fetch(body: BulkFetchRequest, service: Service) -> BulkFetchResult:
