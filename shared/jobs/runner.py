@@ -45,6 +45,19 @@ _LIVE_INSTANCES: set[str] = set()
 _FINAL_WRITE_ATTEMPTS = 10
 
 
+def host_identity() -> str:
+    """Return this host's name, plus its PID namespace where Linux exposes one.
+
+    Containers can share a hostname (host networking) without sharing process ids, so two
+    owners are on "the same host" for the dead-pid check only if both parts match.
+    """
+    name = socket.gethostname()
+    try:
+        return f"{name}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return name
+
+
 def _pid_alive(pid: int) -> bool:
     """Return True if a process with this pid exists here and is not a zombie."""
     try:
@@ -110,9 +123,7 @@ class JobRunner:
         self.db = db
         self.service = service
         self.settings = settings or BaseServiceSettings()
-        self.owner = store.Owner(
-            host=socket.gethostname(), pid=os.getpid(), instance=uuid.uuid4().hex
-        )
+        self.owner = store.Owner(host=host_identity(), pid=os.getpid(), instance=uuid.uuid4().hex)
         self._executor: Executor | None = None
         self._active: dict[uuid.UUID, _Active] = {}
         self._by_token: dict[int, _Active] = {}
@@ -369,8 +380,14 @@ class JobRunner:
                 if isinstance(value, BaseModel):
                     value = value.model_dump(mode="json")
                 result, url = _strict_json(value, "result"), None
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as e:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this job was stopped (cancel, shutdown): _drive decides what to store
+            # a future the work awaited was cancelled under it (e.g. a Dask worker died)
+            error = JobFailedError(f"A task of the job was cancelled: {e!r}").to_problem()
+            await self._finish(job, _Final("failed", job.progress, error=error))
+            return
         except AppError as e:
             await self._finish(job, _Final("failed", job.progress, error=e.to_problem()))
             return

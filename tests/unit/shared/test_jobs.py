@@ -208,17 +208,24 @@ def test_failures_are_problems(tmp_path: Path) -> None:
                     | {"created_at": utcnow(), "updated_at": utcnow()}
                 )
 
-            jobs = [await runner.submit(k, {}, w) for k, w in [("b", bug), ("n", not_json)]]
-            jobs.append(await runner.submit("m", {}, model))
+            async def inner_cancel(ctx: JobContext) -> Any:
+                future = asyncio.get_running_loop().create_future()
+                asyncio.get_running_loop().call_soon(future.cancel)  # not the job's own task
+                return await future
+
+            works = [("b", bug), ("n", not_json), ("m", model), ("c", inner_cancel)]
+            jobs = [await runner.submit(kind, {}, work) for kind, work in works]
             return [await finished(runner, job) for job in jobs]
 
-    bug, not_json, model = asyncio.run(go())
+    bug, not_json, model, inner = asyncio.run(go())
     assert bug.status == "failed" and bug.error is not None
     assert bug.error.code == "job_failed" and bug.error.status == 500
     assert "ZeroDivisionError: division by zero" in bug.error.detail
     assert not_json.status == "failed" and not_json.error is not None
     assert not_json.error.code == "validation_error" and not_json.error.field == "result"
     assert model.status == "succeeded" and model.result["status"] == "queued"
+    assert inner.status == "failed" and inner.error is not None
+    assert inner.error.code == "job_failed" and "was cancelled" in inner.error.detail
 
 
 def test_unknown_jobs_and_bad_requests(tmp_path: Path) -> None:
@@ -287,11 +294,10 @@ async def _insert(
 
 
 def test_the_sweep_interrupts_jobs_of_dead_or_silent_owners_only(tmp_path: Path) -> None:
-    here = os.uname().nodename
-
     async def go() -> dict[str, JobStatus]:
         async with running(tmp_path, job_stale_after_s=60.0) as setup:
             me = setup.owner
+            here = me.host
             ids = {
                 "dead_pid": await _insert(setup, store.Owner(here, _dead_pid(), "a" * 32)),
                 "stopped_runner_here": await _insert(setup, store.Owner(here, me.pid, "b" * 32)),
@@ -299,6 +305,9 @@ def test_the_sweep_interrupts_jobs_of_dead_or_silent_owners_only(tmp_path: Path)
                     setup, store.Owner("elsewhere", 1, "c" * 32), age_s=600
                 ),
                 "live_host": await _insert(setup, store.Owner("elsewhere", 1, "d" * 32)),
+                "other_pid_namespace": await _insert(  # a container sharing our hostname
+                    setup, store.Owner(f"{here.split('/')[0]}/pid:[1]", _dead_pid(), "f" * 32)
+                ),
                 "live_runner_here": await _insert(setup, me),
                 "other_service": await _insert(
                     setup, store.Owner(here, _dead_pid(), "e" * 32), service="predictor"
@@ -318,6 +327,7 @@ def test_the_sweep_interrupts_jobs_of_dead_or_silent_owners_only(tmp_path: Path)
     assert "is gone" in st["dead_pid"].error.detail  # type: ignore[union-attr]
     assert "has been silent since" in st["silent_host"].error.detail  # type: ignore[union-attr]
     assert st["live_host"].status == "queued"
+    assert st["other_pid_namespace"].status == "queued"  # its pids are not ours to check
     assert st["live_runner_here"].status == "queued"  # its runner (setup) was alive
     assert st["other_service"].status == "queued"  # never swept by another service
 
