@@ -41,7 +41,9 @@ A service that runs long work does four things:
      kernels that release the GIL; `where="process"` for work that holds it (training).
      With `DASK_SCHEDULER_ADDRESS` set every task goes to that Dask cluster instead.
      Task functions must be module-level functions of an importable module (worker
-     processes import them); arguments and results must pickle.
+     processes import them); arguments and results must pickle. Worker processes come
+     from a forkserver (spawn where there is none) and are started on the first process
+     task; like any multiprocessing user, a script that runs them needs a `__main__` guard.
    - `ctx.report(done, total, message)` sets the job's progress; it never blocks, and the
      runner writes it at most every `JOB_PROGRESS_INTERVAL_S`. Keep `done` increasing over
      the whole job (MCP clients are only sent increasing progress).
