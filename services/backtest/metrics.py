@@ -34,7 +34,8 @@ def returns_from_equity(equity: np.ndarray, initial_capital: float) -> np.ndarra
     """Return per-bar simple returns, the first against ``initial_capital``."""
     eq = np.asarray(equity, dtype=np.float64)
     prev = np.concatenate(([initial_capital], eq[:-1]))
-    return eq / prev - 1.0
+    # a wiped-out account (equity 0) earns 0 from then on
+    return np.divide(eq, prev, out=np.ones_like(prev), where=prev > 0) - 1.0
 
 
 def total_return(equity: np.ndarray, initial_capital: float) -> float:

@@ -45,7 +45,9 @@ class SmaCrossoverParams(_Params):
     """Long when the fast SMA crosses above the slow one; short (or flat) when below."""
 
     fast: int = Field(default=10, ge=2, le=500, description="Fast SMA window, bars.")
-    slow: int = Field(default=30, ge=3, le=1000, description="Slow SMA window (> fast), bars.")
+    slow: int = Field(
+        default=30, ge=3, le=1000, validate_default=True, description="Slow SMA window (> fast)."
+    )
     allow_short: bool = Field(default=False, description="Go short on a downward cross.")
 
     @field_validator("slow")
@@ -62,7 +64,11 @@ class MeanReversionParams(_Params):
     bb_std: float = Field(default=2.0, gt=0, le=5, description="Band width in std devs.")
     oversold: float = Field(default=30.0, gt=0, lt=100, description="RSI level to buy below.")
     overbought: float = Field(
-        default=70.0, gt=0, lt=100, description="RSI level to short above (> oversold)."
+        default=70.0,
+        gt=0,
+        lt=100,
+        validate_default=True,
+        description="RSI level to short above (> oversold).",
     )
     allow_short: bool = Field(default=False, description="Short above the upper band.")
 
@@ -79,7 +85,9 @@ class MacdTrendParams(_Params):
     """Long when the MACD line crosses above its signal line; short (or flat) below."""
 
     fast: int = Field(default=12, ge=2, le=200, description="Fast EMA window, bars.")
-    slow: int = Field(default=26, ge=3, le=400, description="Slow EMA window (> fast), bars.")
+    slow: int = Field(
+        default=26, ge=3, le=400, validate_default=True, description="Slow EMA window (> fast)."
+    )
     signal: int = Field(default=9, ge=2, le=100, description="Signal EMA window, bars.")
     allow_short: bool = Field(default=False, description="Go short on a downward cross.")
 

@@ -18,8 +18,10 @@ Conventions (the contract the tests hold the kernel to):
   slippage)``. Commission is ``max(min_commission, shares * (commission + fill *
   commission_rate))``.
 * An opening order can spend at most the free margin ``equity - sum(|position value|)``
-  (for a long-only book: the cash). An order larger than that is resized to what it can
-  afford (``n_resized``); one that can afford nothing, or that would exceed
+  (for a long-only book: the cash, which therefore never goes negative; covering a short
+  whose price rose can borrow against the rest of a portfolio while equity stays positive).
+  An order larger than that is resized to what it can afford (``n_resized``); one that
+  can afford nothing (or only dust, under ``MIN_SHARES``), or that would exceed
   ``max_positions``, is rejected (``n_rejected``).
 * Stop-loss and take-profit are fractions of the entry fill. They are checked against every
   bar after the entry (in next-open mode also against the entry bar itself, which opened at
@@ -40,6 +42,8 @@ from numba import njit
 
 # backtesting.py's default order size (1 - machine epsilon): keeps whole-share sizing equal.
 ALL_IN_FRACTION = 1.0 - 2.220446049250313e-16
+# Smallest order, in shares (fractional sizing of an almost empty budget gives dust).
+MIN_SHARES = 1e-6
 
 SIZE_ALL_IN = 0
 SIZE_PERCENT_EQUITY = 1
@@ -155,6 +159,8 @@ def order_shares_nb(spec, fill, free, equity, atr, slots):
     # Guard the last ulp: the cost must never exceed the free margin.
     while shares > 0.0 and shares * fill + commission_nb(shares, fill, spec) > free:
         shares = shares - 1.0 if not spec.fractional else shares * (1.0 - 1e-12)
+    if shares < MIN_SHARES:
+        shares = 0.0  # dust is no order
     resized = shares < want and shares > 0.0
     return shares, resized
 
@@ -238,7 +244,8 @@ def _open_nb(j, t, side, quote, atr, slots, spec, state, pos, mark, stops, log, 
     fill = quote * (1.0 + side * spec.slippage)
     net, gross = _book_nb(pos, mark)
     equity = state[0] + net
-    free = equity - gross
+    # free margin = equity - gross = cash - 2 * shorts <= cash; min() drops rounding ulps
+    free = min(equity - gross, state[0])
     if free < 0.0:
         free = 0.0
     shares, resized = order_shares_nb(spec, fill, free, equity, atr, slots)

@@ -109,7 +109,7 @@ def _stop_quote_nb(pos, o, h, lo, sl, tp):
     return np.nan
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def simulate_one_nb(
     open_, high, low, close, target, fast, slow, use_lines, atr, spec, rf, stats, returns
 ):
@@ -224,8 +224,8 @@ def simulate_one_nb(
                 alive = False
             if pos != 0.0:
                 exposed += 1
-        # statistics of the equity curve, as sweep.equity_stats_into_nb computes them
-        r = eq / prev - 1.0
+        # statistics of the equity curve (a wiped-out account earns 0 from then on)
+        r = eq / prev - 1.0 if prev > 0.0 else 0.0
         prev = eq
         if keep:
             returns[t] = r

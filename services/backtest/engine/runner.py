@@ -210,7 +210,8 @@ class SimulationResult:
     def returns(self) -> np.ndarray:
         """Return per-bar simple returns, the first against the initial capital."""
         prev = np.concatenate(([self.initial_capital], self.equity[:-1]))
-        return self.equity / prev - 1.0
+        # a wiped-out account (equity 0) earns 0 from then on
+        return np.divide(self.equity, prev, out=np.ones_like(prev), where=prev > 0) - 1.0
 
     @property
     def trade_pnls(self) -> np.ndarray:
