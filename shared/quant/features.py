@@ -6,8 +6,9 @@ feature's window is not yet full. ``warmup`` is how many earlier bars a window m
 that its values equal those computed on the full history: the lookback for sliding-window
 features (equal up to the rounding of the kernels' running sums), plus, for the recursive
 indicators (RSI, MACD, EMA, ATR), the bars after which the weight still carried by their seed
-is at most ``WARMUP_TOL`` (equal to within that relative tolerance). :data:`LOOKBACK` and :data:`WARMUP` are the maxima over all
-features: fetch ``WARMUP`` bars before a window's start and drop them from the answer.
+is at most ``WARMUP_TOL`` (equal to within that relative tolerance). :data:`LOOKBACK` and
+:data:`WARMUP` are the maxima over all features: fetch ``WARMUP`` bars before a window's start
+and drop them from the answer.
 
 :func:`compute_features` takes the bar arrays (numpy, pandas or lists), checks them and returns
 ``(names, matrix)``: a float64 matrix with one row per bar and one column per feature, in

@@ -1,0 +1,325 @@
+"""The LSTM-with-attention member (Keras 3 on TensorFlow), imported lazily.
+
+The architecture is the seed's: sequences of ``seq_len`` (60) bars x the features (50) go
+through LSTM layers of 128, 128 and 64 units, each followed by dropout 0.2; 8-head
+self-attention (key_dim 16) over the last LSTM's sequence, averaged over time; dense 32
+(ReLU, dropout 0.3) and 16 (ReLU); softmax over the 3 classes. Adam at 1e-3 on the sparse
+categorical cross-entropy in mini-batches (seeded shuffling), early stopping on the validation
+loss with Keras' ``EarlyStopping`` rule (best weights restored). The loop is our own, not
+``model.fit``: its one train step is traced once (``fit`` traced twice, and a trace of this
+graph costs seconds on 2 cores), and validation reuses the inference function.
+The third LSTM returns its sequence, not only its last state, so that the attention has
+something to attend over; with 50 features the model has 308,515 parameters.
+
+Reproducibility: :func:`tensorflow` turns on TensorFlow's op determinism once per process and
+training calls ``keras.utils.set_random_seed(seed)`` first, so the same data, config and seed
+give the same weights bit for bit. Inference runs one ``tf.function`` with a fixed input
+signature (any batch size), never an eager per-row call. TensorFlow is imported by the first
+call that needs it, not by importing this module.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.predictor.ml.types import (
+    N_CLASSES,
+    Cancel,
+    FloatArray,
+    Report,
+    TrainingCancelledError,
+    never_cancelled,
+    noop_report,
+)
+
+_PREDICT_CHUNK = 4096  # rows per compiled call, to bound memory on long histories
+_TF: Any = None
+_COPY_WARNING = r"__array__ implementation doesn't accept a copy keyword"
+
+
+def tensorflow() -> Any:
+    """Import TensorFlow once, with op determinism on, and return the module."""
+    global _TF
+    if _TF is None:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        _TF = tf
+    return _TF
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    """Architecture and training settings of the LSTM member (the seed's, by default)."""
+
+    seq_len: int = 60
+    lstm_units: tuple[int, ...] = (128, 128, 64)
+    dropout: float = 0.2
+    attention_heads: int = 8
+    key_dim: int = 16
+    dense_units: tuple[int, ...] = (32, 16)
+    dense_dropout: float = 0.3
+    learning_rate: float = 1e-3
+    epochs: int = 50
+    batch_size: int = 64
+    patience: int = 5
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1 or not self.lstm_units or min(self.lstm_units) < 1:
+            raise ValueError("seq_len and every LSTM layer's units must be >= 1")
+        if self.attention_heads < 1 or self.key_dim < 1:
+            raise ValueError("attention_heads and key_dim must be >= 1")
+        if self.dense_units and min(self.dense_units) < 1:
+            raise ValueError("dense units must be >= 1")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.dense_dropout < 1.0):
+            raise ValueError("dropout rates must be in [0, 1)")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 0:
+            raise ValueError("epochs and batch_size must be >= 1, patience >= 0")
+        if not self.learning_rate > 0.0:
+            raise ValueError("learning_rate must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return JSON-ready settings."""
+        out = asdict(self)
+        out["lstm_units"] = list(self.lstm_units)
+        out["dense_units"] = list(self.dense_units)
+        return out
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> LSTMConfig:
+        """Rebuild from :meth:`to_dict` output."""
+        values = dict(state)
+        values["lstm_units"] = tuple(values["lstm_units"])
+        values["dense_units"] = tuple(values["dense_units"])
+        return cls(**values)
+
+
+def build_model(config: LSTMConfig, n_features: int) -> Any:
+    """Build and compile the (untrained) Keras model for (seq_len, n_features) inputs."""
+    tensorflow()
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(config.seq_len, n_features), name="features")
+    x = inputs
+    for i, units in enumerate(config.lstm_units, start=1):
+        x = layers.LSTM(units, return_sequences=True, name=f"lstm_{i}")(x)
+        x = layers.Dropout(config.dropout, name=f"lstm_{i}_dropout")(x)
+    x = layers.MultiHeadAttention(
+        num_heads=config.attention_heads, key_dim=config.key_dim, name="attention"
+    )(x, x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    for j, units in enumerate(config.dense_units, start=1):
+        x = layers.Dense(units, activation="relu", name=f"dense_{j}")(x)
+        if j == 1 and config.dense_dropout > 0.0:
+            x = layers.Dropout(config.dense_dropout, name="dense_1_dropout")(x)
+    outputs = layers.Dense(N_CLASSES, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="lstm_attention")
+    _compile(model, config.learning_rate)
+    return model
+
+
+def _compile(model: Any, learning_rate: float) -> None:
+    """Compile with Adam and the sparse categorical cross-entropy."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
+
+
+def _cross_entropy(proba: np.ndarray, y: np.ndarray) -> float:
+    """Return the mean sparse categorical cross-entropy (Keras' 1e-7 clip) in float64."""
+    p = np.clip(np.asarray(proba, dtype=np.float64)[np.arange(y.size), y], 1e-7, 1.0)
+    return float(-np.log(p).mean())
+
+
+class _Compiled:
+    """The model's two compiled functions, each traced once for any batch size.
+
+    ``predict`` is the inference function. ``train_step`` runs one Adam step and returns the
+    batch loss; the optimizer's variables are built first, so tracing creates no variable and
+    happens once (Keras' ``fit`` traced its step twice, at ~5 s a trace on these cores).
+    """
+
+    def __init__(self, model: Any, seq_len: int, n_features: int) -> None:
+        tf = tensorflow()
+        import keras
+
+        x_spec = tf.TensorSpec([None, seq_len, n_features], tf.float32)
+        y_spec = tf.TensorSpec([None], tf.int64)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+        def forward(x: Any) -> Any:
+            return model(x, training=False)
+
+        def step(x: Any, y: Any) -> Any:
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            variables = model.trainable_variables
+            grads = tape.gradient(loss, variables)
+            model.optimizer.apply_gradients(zip(grads, variables, strict=True))
+            return loss
+
+        self.predict = tf.function(forward, input_signature=[x_spec])
+        self._step = step
+        self._signature = [x_spec, y_spec]
+        self._train_step: Any = None
+        self._model = model
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Run one optimiser step on a batch and return its loss."""
+        if self._train_step is None:
+            self._model.optimizer.build(self._model.trainable_variables)
+            self._train_step = tensorflow().function(self._step, input_signature=self._signature)
+        return float(self._train_step(x, y))
+
+
+def _fit(
+    compiled: _Compiled,
+    model: Any,
+    config: LSTMConfig,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
+    seed: int,
+    report: Report,
+    cancel: Cancel,
+) -> int:
+    """Train with seeded shuffling and early stopping on the validation loss; return epochs."""
+    x, y, x_val, y_val = data
+    order_rng = np.random.default_rng(seed)
+    has_val = x_val is not None and y_val is not None and y_val.size > 0
+    best_loss, best_weights, stale, stop = np.inf, None, 0, False
+    epochs_run = 0
+    for epoch in range(1, config.epochs + 1):
+        order = order_rng.permutation(x.shape[0])
+        total = 0.0
+        for start in range(0, x.shape[0], config.batch_size):
+            if cancel():
+                raise TrainingCancelledError("lstm training was cancelled")
+            idx = order[start : start + config.batch_size]
+            total += compiled.train_step(x[idx], y[idx]) * idx.size
+        epochs_run = epoch
+        message = f"lstm: epoch {epoch}/{config.epochs}, loss {total / x.shape[0]:.4f}"
+        if has_val:
+            assert x_val is not None and y_val is not None
+            val_loss = _cross_entropy(_predict(compiled, x_val), y_val)
+            message += f", val_loss {val_loss:.4f}"
+            if val_loss < best_loss:
+                best_loss, best_weights, stale = val_loss, model.get_weights(), 0
+            else:
+                stale += 1  # Keras' EarlyStopping: stop after `patience` epochs without gain
+                stop = stale >= config.patience
+        report(epoch, config.epochs, message)
+        if stop:
+            break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return epochs_run
+
+
+def _predict(compiled: _Compiled, x: np.ndarray) -> FloatArray:
+    """Run the compiled inference over chunks of windows; return float64 probabilities."""
+    if x.shape[0] == 0:
+        return np.empty((0, N_CLASSES))
+    parts = [
+        np.asarray(compiled.predict(x[i : i + _PREDICT_CHUNK]))
+        for i in range(0, x.shape[0], _PREDICT_CHUNK)
+    ]
+    return np.concatenate(parts).astype(np.float64)
+
+
+class LSTMMember:
+    """A trained Keras model with its compiled inference function."""
+
+    name = "lstm"
+
+    def __init__(
+        self, model: Any, config: LSTMConfig, epochs_run: int = 0, compiled: Any = None
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.epochs_run = epochs_run
+        self.n_features = int(model.input_shape[-1])
+        self._compiled = compiled or _Compiled(model, config.seq_len, self.n_features)
+
+    @classmethod
+    def train(
+        cls,
+        x_train: np.ndarray,
+        y_train: Any,
+        *,
+        x_val: np.ndarray | None = None,
+        y_val: Any = None,
+        config: LSTMConfig | None = None,
+        seed: int = 42,
+        report: Report = noop_report,
+        cancel: Cancel = never_cancelled,
+    ) -> LSTMMember:
+        """Train on windows (samples x seq_len x features) and classes; report per epoch."""
+        config = config or LSTMConfig()
+        if x_train.ndim != 3 or x_train.shape[1] != config.seq_len:
+            raise ValueError(f"x_train must be (samples, {config.seq_len}, features)")
+        y = np.asarray(y_train, dtype=np.int64)
+        if y.shape != (x_train.shape[0],) or y.size == 0:
+            raise ValueError("y_train must hold one class per (non-empty) sample")
+        tensorflow()
+        import keras
+
+        keras.utils.set_random_seed(int(seed))
+        model = build_model(config, x_train.shape[2])
+        compiled = _Compiled(model, config.seq_len, x_train.shape[2])
+        data = (
+            np.asarray(x_train, np.float32),
+            y,
+            None if x_val is None else np.asarray(x_val, np.float32),
+            None if y_val is None else np.asarray(y_val, np.int64),
+        )
+        epochs = _fit(compiled, model, config, data, int(seed), report, cancel)
+        return cls(model, config, epochs_run=epochs, compiled=compiled)
+
+    @property
+    def parameters(self) -> int:
+        """Return the number of trainable and non-trainable parameters."""
+        return int(self.model.count_params())
+
+    def predict_proba(self, windows: np.ndarray) -> FloatArray:
+        """Return (samples x 3) class probabilities of windows through the compiled function."""
+        x = np.asarray(windows, dtype=np.float32)
+        if x.ndim != 3 or x.shape[1:] != (self.config.seq_len, self.n_features):
+            raise ValueError(
+                f"windows must be (samples, {self.config.seq_len}, {self.n_features}), "
+                f"got {x.shape}"
+            )
+        return _predict(self._compiled, x)
+
+    def to_bytes(self) -> bytes:
+        """Return the model in Keras' portable `.keras` format, as bytes."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            with warnings.catch_warnings():
+                # Keras' saver calls np.array() on TF variables; numpy 2 warns about `copy`.
+                warnings.filterwarnings("ignore", _COPY_WARNING, DeprecationWarning)
+                self.model.save(path)
+            return path.read_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, config: LSTMConfig, epochs_run: int = 0) -> LSTMMember:
+        """Load a model saved by :meth:`to_bytes` (safe mode: no Python code is deserialised)."""
+        tensorflow()
+        import keras
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            path.write_bytes(data)
+            model = keras.models.load_model(path, compile=False, safe_mode=True)
+        _compile(model, config.learning_rate)
+        return cls(model, config, epochs_run=epochs_run)
