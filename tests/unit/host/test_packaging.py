@@ -17,21 +17,25 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build the project's wheel (no dependencies, no build isolation) into a temp folder."""
+    """Build the project's wheel (no dependencies, no build isolation) into a temp folder.
+
+    It is built from a copy of the sources, so setuptools' build/ never lands in the checkout.
+    """
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md", "constraints.txt"):
+        shutil.copy(REPO / name, src / name)
+    for package in ("shared", "services", "gateway_mcp", "trading", "openapi"):
+        shutil.copytree(
+            REPO / package,
+            src / package,
+            symlinks=True,  # gateway_mcp/specs -> ../openapi stays a link
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
     out = tmp_path_factory.mktemp("wheel")
+    pip_wheel = ["pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), "."]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(out),
-            str(REPO),
-        ],
+        [sys.executable, "-m", *pip_wheel],
+        cwd=src,
         check=True,
         capture_output=True,
         timeout=300,
