@@ -28,7 +28,7 @@ from shared.errors import (
     ServiceTimeoutError,
     ServiceUnavailableError,
 )
-from shared.http import app_lifespan
+from shared.http import app_lifespan, register_local_app
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class Service:
             return
         try:
             self.app = self.app_factory()
+            register_local_app(self.name, self.app)  # co-hosted services call it in-process
         except Exception as e:  # any failure of a service must leave the others serving
             self.down_reason = f"its app could not be created ({type(e).__name__}: {e})"
             log.exception("%s service: app factory failed", self.name)

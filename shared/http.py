@@ -2,6 +2,12 @@
 
 The same client works over the network (`base_url`) and in-process (an ASGI app called
 through httpx's ASGI transport), so one process can host every service.
+
+Services never import one another. When a composition root hosts several apps in one
+process (`trading serve`, the gateway's embedded mode) it registers each under its name with
+`register_local_app`; `service_client("market", url)` then calls the URL when one is
+configured, else the co-hosted app in-process (still through its HTTP contract), else the
+`trading serve` layout on localhost.
 """
 
 from __future__ import annotations
@@ -33,6 +39,45 @@ class UpstreamProblemError(AppError):
         self.status = problem.status  # type: ignore[misc]
         self.code = problem.code  # type: ignore[misc]
         self.title = problem.title  # type: ignore[misc]
+
+
+_LOCAL_APPS: dict[str, ASGIApp] = {}
+DEFAULT_HOST_URL = "http://127.0.0.1:8000"
+
+
+def register_local_app(name: str, app: ASGIApp) -> None:
+    """Make app reachable in-process as service `name` (called by composition roots)."""
+    _LOCAL_APPS[name] = app
+
+
+def unregister_local_app(name: str, app: ASGIApp | None = None) -> None:
+    """Forget the in-process app of service `name` (only if it is app, when given)."""
+    if app is None or _LOCAL_APPS.get(name) is app:
+        _LOCAL_APPS.pop(name, None)
+
+
+def local_app(name: str) -> ASGIApp | None:
+    """Return the in-process app registered as service `name`, if any."""
+    return _LOCAL_APPS.get(name)
+
+
+def service_client(
+    name: str,
+    url: str | None,
+    *,
+    token: SecretStr | str | None = None,
+    timeout_s: float = 30.0,
+) -> ServiceClient:
+    """Return a client of service `name`: its URL if set, else its co-hosted app, else
+    `http://127.0.0.1:8000/<name>` (where `trading serve` mounts it)."""
+    if url:
+        return ServiceClient(name, base_url=url.rstrip("/"), token=token, timeout_s=timeout_s)
+    app = local_app(name)
+    if app is not None:
+        return ServiceClient(name, app=app, token=token, timeout_s=timeout_s)
+    return ServiceClient(
+        name, base_url=f"{DEFAULT_HOST_URL}/{name}", token=token, timeout_s=timeout_s
+    )
 
 
 def make_transport(app: ASGIApp | None) -> httpx.AsyncBaseTransport | None:

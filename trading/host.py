@@ -8,13 +8,16 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from shared.http import app_lifespan
+from shared.http import app_lifespan, register_local_app
 from trading.discovery import service_apps
 
 
 def build_platform_app(apps: dict[str, Any] | None = None) -> FastAPI:
-    """Mount every service under /<name> and run their lifespans."""
+    """Mount every service under /<name>, run their lifespans, and let them call one another
+    in-process (each stays behind its HTTP contract)."""
     apps = service_apps() if apps is None else apps
+    for name, sub in apps.items():
+        register_local_app(name, sub)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

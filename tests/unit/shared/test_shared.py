@@ -218,3 +218,29 @@ def test_malformed_json_is_a_400_problem_naming_the_body() -> None:
     assert bad.headers["content-type"] == "application/problem+json"
     assert bad.json()["code"] == "bad_request" and bad.json()["field"] == "body"
     assert invalid.status_code == 422 and invalid.json()["field"] == "n"
+
+
+def test_service_client_prefers_the_url_then_the_co_hosted_app() -> None:
+    from shared.http import register_local_app, service_client, unregister_local_app
+
+    app = FastAPI()
+
+    @app.get("/who")
+    async def who() -> dict[str, str]:
+        return {"me": "in-process"}
+
+    async def ask(client: ServiceClient) -> dict[str, str]:
+        async with client:
+            return dict((await client.request("GET", "/who")).json())
+
+    register_local_app("widgets", app)
+    try:
+        assert asyncio.run(ask(service_client("widgets", None))) == {"me": "in-process"}
+        remote = service_client("widgets", "http://widgets.internal:9000/")
+        assert str(remote.http.base_url).rstrip("/") == "http://widgets.internal:9000"
+        asyncio.run(remote.aclose())
+    finally:
+        unregister_local_app("widgets", app)
+    fallback = service_client("widgets", None)
+    assert str(fallback.http.base_url).rstrip("/") == "http://127.0.0.1:8000/widgets"
+    asyncio.run(fallback.aclose())
