@@ -9,6 +9,8 @@
 - :mod:`.metrics`: accuracy, macro precision/recall/F1, ECE, Brier, Sharpe of the calls, the
   majority-class and previous-direction baselines.
 - :mod:`.training`: :func:`train_ensemble` and :class:`EnsembleModel` (predict, portable bytes).
+- :mod:`.online`: the update buffer and :func:`update_model` (fine-tune, validate on recent
+  rows, keep the candidate only if it is not more than 5% worse).
 
 Training takes `report(done, total, message)` and `cancel() -> bool` hooks: the job runner's
 `shared.jobs.task_report` and `task_cancelled` fit as they are.

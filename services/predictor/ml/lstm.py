@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +285,44 @@ class LSTMMember:
         )
         epochs = _fit(compiled, model, config, data, int(seed), report, cancel)
         return cls(model, config, epochs_run=epochs, compiled=compiled)
+
+    def fine_tune(
+        self,
+        x_train: np.ndarray,
+        y_train: Any,
+        *,
+        x_val: np.ndarray | None = None,
+        y_val: Any = None,
+        epochs: int = 5,
+        seed: int = 42,
+        report: Report = noop_report,
+        cancel: Cancel = never_cancelled,
+    ) -> LSTMMember:
+        """Return a copy trained `epochs` more epochs on new windows (self is unchanged)."""
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        y = np.asarray(y_train, dtype=np.int64)
+        if x_train.ndim != 3 or x_train.shape[1:] != (self.config.seq_len, self.n_features):
+            raise ValueError(f"x_train must be (samples, {self.config.seq_len}, {self.n_features})")
+        if y.shape != (x_train.shape[0],) or y.size == 0:
+            raise ValueError("y_train must hold one class per (non-empty) sample")
+        tensorflow()
+        import keras
+
+        keras.utils.set_random_seed(int(seed))
+        model = keras.models.clone_model(self.model)
+        model.set_weights(self.model.get_weights())
+        _compile(model, self.config.learning_rate)
+        compiled = _Compiled(model, self.config.seq_len, self.n_features)
+        data = (
+            np.asarray(x_train, np.float32),
+            y,
+            None if x_val is None else np.asarray(x_val, np.float32),
+            None if y_val is None else np.asarray(y_val, np.int64),
+        )
+        config = replace(self.config, epochs=epochs)
+        ran = _fit(compiled, model, config, data, int(seed), report, cancel)
+        return LSTMMember(model, self.config, self.epochs_run + ran, compiled)
 
     @property
     def parameters(self) -> int:

@@ -106,6 +106,12 @@ class TrainConfig:
         return cls(**values)
 
 
+def times_ns(timestamps: Any) -> IntArray:
+    """Return timestamps (datetime64, dates, strings) as int64 nanoseconds since the epoch."""
+    stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(timestamps)))
+    return np.asarray(stamps.as_unit("ns").asi8, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class SeriesData:
     """One symbol's bars: feature matrix (bars x features), closes, and bar times."""
@@ -120,10 +126,10 @@ class SeriesData:
         n = self.close.shape[0]
         if self.timestamps is None:
             return np.arange(n, dtype=np.int64)
-        stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(self.timestamps)))
-        if len(stamps) != n:
-            raise ValueError(f"{self.symbol}: {len(stamps)} timestamps for {n} bars")
-        return np.asarray(stamps.as_unit("ns").asi8, dtype=np.int64)
+        stamps = times_ns(self.timestamps)
+        if stamps.size != n:
+            raise ValueError(f"{self.symbol}: {stamps.size} timestamps for {n} bars")
+        return stamps
 
 
 class Member(Protocol):
@@ -141,7 +147,7 @@ class Member(Protocol):
 
 
 @dataclass
-class _Prepared:
+class PreparedSeries:
     """One symbol's labels, returns, usable rows and segment rows."""
 
     data: SeriesData
@@ -150,7 +156,7 @@ class _Prepared:
     segments: dict[str, IntArray]
 
 
-def _prepare(series: Sequence[SeriesData], config: TrainConfig) -> list[_Prepared]:
+def _prepare(series: Sequence[SeriesData], config: TrainConfig) -> list[PreparedSeries]:
     """Label every series and split the usable rows on common dates, purged by horizon."""
     if not series:
         raise ValueError("need at least one series to train on")
@@ -170,7 +176,7 @@ def _prepare(series: Sequence[SeriesData], config: TrainConfig) -> list[_Prepare
     for s, labels, rows, times in staged:
         train, val, test = assign_segments(times[rows], times[rows + config.horizon], bounds)
         segments = {"train": rows[train], "validation": rows[val], "test": rows[test]}
-        out.append(_Prepared(s, labels, forward_returns(s.close, config.horizon), segments))
+        out.append(PreparedSeries(s, labels, forward_returns(s.close, config.horizon), segments))
     if sum(p.segments["train"].size for p in out) == 0:
         raise ValueError("no training rows: the series are shorter than the warm-up")
     return out
@@ -284,10 +290,10 @@ ARTIFACT_NAMES = {"lstm": "lstm.keras", "xgboost": "xgboost.ubj"}
 # ---- training ------------------------------------------------------------------------------
 
 
-def _stacked(
-    prepared: Sequence[_Prepared], z: Sequence[FloatArray], segment: str, config: TrainConfig
+def stack_segment(
+    prepared: Sequence[PreparedSeries], z: Sequence[FloatArray], segment: str, config: TrainConfig
 ) -> dict[str, Any]:
-    """Collect one segment's samples over all series: rows, windows, labels, returns."""
+    """Return one segment's samples over all series: rows, windows, labels, returns."""
     tab, win, y, r, prev = [], [], [], [], []
     for p, zi in zip(prepared, z, strict=True):
         rows = p.segments[segment]
@@ -315,10 +321,10 @@ def _scaled_report(report: Report, offset: float, span: float, total: float) -> 
     return forward
 
 
-def _evaluate(
+def evaluate_segment(
     model: EnsembleModel, data: Mapping[str, Any], majority: int, horizon: int
 ) -> dict[str, Any]:
-    """Metrics of members, ensemble and baselines on one segment's samples."""
+    """Return the metrics of members, ensemble and baselines on one segment's samples."""
     if data["y"].size == 0:
         return {"rows": 0}
     probs: dict[str, FloatArray] = {}
@@ -361,7 +367,7 @@ def train_ensemble(
     train_x = np.concatenate([p.data.features[p.segments["train"]] for p in prepared])
     scaler = Standardizer.fit(train_x, clip=config.clip)
     z = [scaler.transform(p.data.features) for p in prepared]
-    data = {seg: _stacked(prepared, z, seg, config) for seg in ("train", "validation", "test")}
+    data = {seg: stack_segment(prepared, z, seg, config) for seg in ("train", "validation", "test")}
     train, val = data["train"], data["validation"]
 
     spans = {"lstm": float(config.lstm.epochs), "xgboost": 10.0}
@@ -414,7 +420,8 @@ def train_ensemble(
     )
     majority = m.majority_class(train["y"].astype(np.float64))
     model.metrics = {
-        seg: _evaluate(model, data[seg], majority, config.horizon) for seg in ("validation", "test")
+        seg: evaluate_segment(model, data[seg], majority, config.horizon)
+        for seg in ("validation", "test")
     }
     counts = np.bincount(train["y"], minlength=3)
     model.info.update(
@@ -433,7 +440,7 @@ def train_ensemble(
     return model
 
 
-def _bounds(p: _Prepared, rows: IntArray) -> dict[str, Any]:
+def _bounds(p: PreparedSeries, rows: IntArray) -> dict[str, Any]:
     """Return a segment's first and last bar (as times or bar numbers) and its row count."""
     if rows.size == 0:
         return {"first": None, "last": None, "rows": 0}

@@ -78,10 +78,13 @@ def _progress_callback(total: int, report: Report, cancel: Cancel, every: int) -
     import xgboost as xgb
 
     class Progress(xgb.callback.TrainingCallback):  # type: ignore[misc]
+        done = 0  # rounds of this call (epoch counts on from a base model's trees)
+
         def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
             if cancel():
                 raise TrainingCancelledError("xgboost training was cancelled")
-            done = epoch + 1
+            self.done += 1
+            done = self.done
             if done % every == 0 or done == total:
                 loss = evals_log.get("validation", {}).get("mlogloss")
                 tail = f", validation mlogloss {loss[-1]:.4f}" if loss else ""
@@ -89,6 +92,41 @@ def _progress_callback(total: int, report: Report, cancel: Cancel, every: int) -
             return False
 
     return Progress()
+
+
+def _boost(
+    config: XGBoostConfig,
+    data: tuple[FloatArray, Any, FloatArray | None, Any],
+    seed: int,
+    rounds: int,
+    base: Any,
+    report: Report,
+    cancel: Cancel,
+) -> Any:
+    """Run `rounds` boosting rounds (on top of `base` when given) and return the booster."""
+    import xgboost as xgb
+
+    x_train, y_train, x_val, y_val = data
+    y = np.asarray(y_train, dtype=np.float64)
+    if x_train.ndim != 2 or x_train.shape[0] != y.shape[0] or y.shape[0] == 0:
+        raise ValueError(f"need matching non-empty rows, got {x_train.shape} and {y.shape}")
+    if rounds < 1:
+        raise ValueError(f"need at least one boosting round, got {rounds}")
+    dtrain = xgb.DMatrix(x_train, label=y, nthread=config.nthread)
+    evals = []
+    if x_val is not None and y_val is not None and len(y_val):
+        evals.append(
+            (xgb.DMatrix(x_val, label=np.asarray(y_val), nthread=config.nthread), "validation")
+        )
+    return xgb.train(
+        config.params(seed),
+        dtrain,
+        num_boost_round=rounds,
+        evals=evals,
+        verbose_eval=False,
+        xgb_model=base,
+        callbacks=[_progress_callback(rounds, report, cancel, every=max(1, rounds // 10))],
+    )
 
 
 class XGBoostMember:
@@ -114,28 +152,28 @@ class XGBoostMember:
         cancel: Cancel = never_cancelled,
     ) -> XGBoostMember:
         """Train on (rows x features, classes) and return the member; reports per 10 trees."""
-        import xgboost as xgb
-
         config = config or XGBoostConfig()
-        y = np.asarray(y_train, dtype=np.float64)
-        if x_train.ndim != 2 or x_train.shape[0] != y.shape[0] or y.shape[0] == 0:
-            raise ValueError(f"need matching non-empty rows, got {x_train.shape} and {y.shape}")
-        dtrain = xgb.DMatrix(x_train, label=y, nthread=config.nthread)
-        evals = []
-        if x_val is not None and y_val is not None and len(y_val):
-            evals.append(
-                (xgb.DMatrix(x_val, label=np.asarray(y_val), nthread=config.nthread), "validation")
-            )
-        total = config.n_estimators
-        booster = xgb.train(
-            config.params(seed),
-            dtrain,
-            num_boost_round=total,
-            evals=evals,
-            verbose_eval=False,
-            callbacks=[_progress_callback(total, report, cancel, every=max(1, total // 10))],
-        )
+        data = (x_train, y_train, x_val, y_val)
+        booster = _boost(config, data, seed, config.n_estimators, None, report, cancel)
         return cls(booster, config)
+
+    def fine_tune(
+        self,
+        x_train: FloatArray,
+        y_train: Any,
+        *,
+        x_val: FloatArray | None = None,
+        y_val: Any = None,
+        trees: int = 20,
+        seed: int = 42,
+        report: Report = noop_report,
+        cancel: Cancel = never_cancelled,
+    ) -> XGBoostMember:
+        """Return a new member with `trees` more trees fitted on new rows (self is unchanged)."""
+        base = XGBoostMember.from_bytes(self.to_bytes(), self.config).booster
+        data = (x_train, y_train, x_val, y_val)
+        booster = _boost(self.config, data, seed, trees, base, report, cancel)
+        return XGBoostMember(booster, self.config)
 
     def predict_proba(self, x: FloatArray) -> FloatArray:
         """Return (rows x 3) class probabilities of feature rows (float64)."""

@@ -28,6 +28,7 @@ def test_importing_the_ml_package_loads_neither_tensorflow_nor_xgboost() -> None
         "import sys\n"
         "import services.predictor.ml, services.predictor.ml.training\n"
         "import services.predictor.ml.lstm, services.predictor.ml.xgboost_model\n"
+        "import services.predictor.ml.online\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'xgboost') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
