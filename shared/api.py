@@ -22,6 +22,7 @@ from shared.errors import (
     Problem,
     UnauthorizedError,
     ValidationProblemError,
+    new_error_id,
 )
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,26 @@ def _field_name(loc: tuple[Any, ...]) -> str:
 
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
+    error_id = None
     if exc.status >= 500:
-        log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc.detail)
+        # The answer says what failed in the user's terms; hosts, paths and driver messages
+        # go to the log, under an id the answer carries.
+        error_id = new_error_id()
+        cause = exc.__cause__
+        log.warning(
+            "error_id=%s %s %s -> %s %s: %s%s%s",
+            error_id,
+            request.method,
+            request.url.path,
+            exc.status,
+            exc.code,
+            exc.detail,
+            f" | {exc.log_detail}" if exc.log_detail else "",
+            f" | cause: {type(cause).__name__}: {cause}" if cause is not None else "",
+        )
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return problem_response(exc.to_problem(instance=request.url.path), headers)
+    problem = exc.to_problem(instance=request.url.path, error_id=error_id)
+    return problem_response(problem, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -134,13 +151,21 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    error_id = new_error_id()
+    log.error(
+        "error_id=%s unhandled error on %s %s",
+        error_id,
+        request.method,
+        request.url.path,
+        exc_info=exc,
+    )
     problem = Problem(
         title="Internal error",
         status=500,
         detail="The server failed unexpectedly; the error was logged.",
         code="internal_error",
         instance=request.url.path,
+        error_id=error_id,
     )
     return problem_response(problem)
 

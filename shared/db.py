@@ -115,7 +115,8 @@ class Database:
 
     def _unavailable(self, e: BaseException) -> DatabaseUnavailableError:
         return DatabaseUnavailableError(
-            f"Database {self.safe_url} is unreachable: {type(e).__name__}"
+            "The database is not answering; retry shortly.",
+            log_detail=f"database {self.safe_url} unreachable: {type(e).__name__}: {e}",
         )
 
     async def migrate(self) -> bool:
@@ -143,7 +144,7 @@ class Database:
         try:
             await self.migrate()
         except DatabaseUnavailableError as e:
-            log.error("starting without database: %s; retrying in the background", e.detail)
+            log.error("starting without database: %s; retrying in the background", e.log_detail)
             self._retry = asyncio.create_task(self._migrate_until_up(retry_s, max_retry_s))
 
     async def _migrate_until_up(self, retry_s: float, max_retry_s: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, ValidationError
@@ -38,6 +39,11 @@ class Problem(BaseModel):
         default=None, description="Every invalid field, for validation failures."
     )
     instance: str | None = Field(default=None, description="The request path that failed.")
+    error_id: str | None = Field(
+        default=None,
+        description="On server-side failures (5xx): quote it when reporting the problem; the "
+        "service logged the internal details under this id.",
+    )
 
 
 class AppError(Exception):
@@ -54,15 +60,18 @@ class AppError(Exception):
         field: str | None = None,
         errors: list[FieldIssue] | None = None,
         extra: dict[str, Any] | None = None,
+        log_detail: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field
         self.errors = errors
         self.extra = extra or {}
+        # For the log only (hosts, paths, driver messages): never part of an answer.
+        self.log_detail = log_detail
 
-    def to_problem(self, instance: str | None = None) -> Problem:
-        """Return this error as a problem-details model."""
+    def to_problem(self, instance: str | None = None, error_id: str | None = None) -> Problem:
+        """Return this error as a problem-details model (what a client may see)."""
         return Problem(
             type=f"urn:problem:{self.code}",
             title=self.title,
@@ -72,7 +81,13 @@ class AppError(Exception):
             field=self.field,
             errors=self.errors,
             instance=instance,
+            error_id=error_id,
         )
+
+
+def new_error_id() -> str:
+    """Return a short random id tying a 5xx answer to its log lines."""
+    return uuid.uuid4().hex[:12]
 
 
 class BadRequestError(AppError):

@@ -94,7 +94,9 @@ class CsvProvider:
             if stem in index:
                 return index[stem]
         raise SymbolNotFoundError(
-            f"No CSV file for symbol {symbol!r} in {self.directory}", field="symbol"
+            f"Unknown symbol {symbol!r}",
+            field="symbol",
+            log_detail=f"no CSV file for it in {self.directory}",
         )
 
     def _read(self, path: Path) -> pd.DataFrame:
@@ -105,10 +107,15 @@ class CsvProvider:
         try:
             raw = pd.read_csv(path, dtype={"date": str})
         except (OSError, ValueError) as e:
-            raise ProviderError(f"Cannot read {path.name}: {e}") from e
+            raise ProviderError(
+                "The CSV data source could not be read.", log_detail=f"{path}: {e}"
+            ) from e
         missing = {"date", *BAR_COLUMNS} - set(raw.columns)
         if missing:
-            raise ProviderError(f"{path.name} lacks columns {sorted(missing)}")
+            raise ProviderError(
+                "The CSV data source could not be read.",
+                log_detail=f"{path} lacks columns {sorted(missing)}",
+            )
         frame = raw.assign(timestamp=pd.to_datetime(raw["date"], utc=True)).set_index("timestamp")
         frame = frame.loc[:, list(BAR_COLUMNS)].apply(pd.to_numeric, errors="coerce")
         frame = frame.astype("float64").sort_index()
@@ -153,7 +160,9 @@ class ProviderChain:
                 errors.append(e)
                 continue
             except ProviderError as e:
-                log.warning("provider %s failed for %s: %s", provider.name, symbol, e.detail)
+                log.warning(
+                    "provider %s failed for %s: %s", provider.name, symbol, e.log_detail or e.detail
+                )
                 errors.append(e)
                 continue
             return provider.name, frame
@@ -161,8 +170,8 @@ class ProviderChain:
         if unavailable:
             names = ", ".join(p.name for p in self.providers)
             raise ProviderError(
-                f"No provider could answer for {symbol!r} ({names}): "
-                + "; ".join(e.detail for e in errors)
+                f"No data source could supply {symbol!r} right now (tried {names}); retry shortly.",
+                log_detail="; ".join(e.log_detail or e.detail for e in errors),
             )
         raise SymbolNotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
 

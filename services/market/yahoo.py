@@ -216,7 +216,10 @@ def _to_bars(raw: pd.DataFrame) -> pd.DataFrame:
         return empty_bars()
     missing = [c for c in _YF_COLUMNS if c not in raw.columns]
     if missing:
-        raise ProviderError(f"yfinance returned a frame without columns {missing}")
+        raise ProviderError(
+            "Yahoo Finance answered with data the service cannot read.",
+            log_detail=f"yfinance returned a frame without columns {missing}",
+        )
     index = pd.DatetimeIndex(raw.index)
     if index.tz is not None:  # exchange-local midnight: keep the local date, drop the zone
         index = index.tz_localize(None)
@@ -305,8 +308,9 @@ class YahooProvider:
             return await retrying(self._attempt, symbol, window)
         except _TransientError as e:
             raise ProviderError(
-                f"yfinance could not fetch {symbol!r} after {self.max_attempts} attempts: {e}",
+                f"Yahoo Finance did not answer for {symbol!r} after {self.max_attempts} attempts.",
                 extra={"attempts": self.max_attempts},
+                log_detail=f"last attempt: {e}",
             ) from (e.__cause__ or e)
 
     async def _attempt(self, symbol: str, window: dict[str, str]) -> pd.DataFrame:
@@ -357,4 +361,6 @@ class YahooProvider:
         no_bars = isinstance(e, YFPricesMissingError) and e.yahoo_reason is None
         if no_bars and chart and chart[-1].status == 200:  # valid symbol, nothing in range
             return empty_bars()
-        raise ProviderError(f"yfinance failed for {symbol!r}: {cause}") from e
+        raise ProviderError(
+            f"Yahoo Finance could not supply {symbol!r}.", log_detail=f"yfinance: {cause}"
+        ) from e

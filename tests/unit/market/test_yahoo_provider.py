@@ -412,12 +412,15 @@ def test_gives_up_after_max_attempts(csv_bars: pd.DataFrame, failure: Exception 
         asyncio.run(p.fetch_history("AAPL", date(2022, 1, 3), date(2022, 1, 31)))
     assert time.monotonic() - started < 3.0
     error = caught.value
-    assert "yfinance" in error.detail and "after 3 attempts" in error.detail
+    assert "Yahoo Finance" in error.detail and "after 3 attempts" in error.detail
     assert error.extra == {"attempts": 3}
     assert error.__cause__ is not None
     assert p.limiter.granted == 3
     named = f"HTTP {failure}" if isinstance(failure, int) else type(failure).__name__
-    assert named in error.detail and "/v8/finance/chart/AAPL" in error.detail
+    # The answer speaks the user's terms; the URL and the transport's error go to the log.
+    assert error.log_detail is not None
+    assert named in error.log_detail and "/v8/finance/chart/AAPL" in error.log_detail
+    assert "/v8/" not in error.detail and named not in error.detail
 
 
 def test_timeout_is_enforced_even_when_the_transport_hangs(csv_bars: pd.DataFrame) -> None:
@@ -429,7 +432,7 @@ def test_timeout_is_enforced_even_when_the_transport_hangs(csv_bars: pd.DataFram
         try:
             with pytest.raises(ProviderError) as caught:
                 await p.fetch_history("AAPL", date(2022, 1, 3), date(2022, 1, 31))
-            assert "no answer within 0.2 s" in caught.value.detail
+            assert "no answer within 0.2 s" in (caught.value.log_detail or "")
             assert p.limiter.granted == 3
             return time.monotonic() - started
         finally:
@@ -526,8 +529,9 @@ def test_failures_are_caught_even_if_yfinance_hides_exceptions(csv_bars: pd.Data
     fake = FakeYahoo(csv_bars, always=503)
     p = provider(fake)
     YfConfig.debug.hide_exceptions = True  # yfinance would log and return an empty frame
-    with pytest.raises(ProviderError, match="HTTP 503"):
+    with pytest.raises(ProviderError) as caught:
         asyncio.run(p.fetch_history("AAPL", date(2022, 1, 3), date(2022, 1, 31)))
+    assert "HTTP 503" in (caught.value.log_detail or "")
     assert p.limiter.granted == 3
 
 
@@ -594,3 +598,33 @@ def test_yahoo_outage_falls_back_to_csv(csv_bars: pd.DataFrame, tmp_path: Path) 
     assert time.monotonic() - started < 3.0
     assert quote.source == "csv"
     assert quote.price == pytest.approx(csv_bars["close"].iloc[-1])
+
+
+def test_an_outage_answer_names_no_path_and_no_transport_error(
+    csv_bars: pd.DataFrame, tmp_path: Path
+) -> None:
+    """With Yahoo down and a symbol no CSV has, the user reads what failed, not internals."""
+    from services.market.providers import CsvProvider, ProviderError
+    from services.market.settings import SHARED_CSV_DIR
+
+    async def run() -> ProviderError:
+        svc = await market_service(
+            tmp_path,
+            CsvProvider(SHARED_CSV_DIR),
+            provider(FakeYahoo(csv_bars, symbol="ZZZZ", always=503)),
+        )
+        try:
+            with pytest.raises(ProviderError) as caught:
+                await svc.get_history("ZZZZ", start=date(2022, 1, 3), end=date(2022, 1, 31))
+            return caught.value
+        finally:
+            await svc.providers.aclose()
+            await svc.db.dispose()
+
+    error = asyncio.run(run())
+    public = error.to_problem(error_id="abc123").model_dump_json()
+    assert "ZZZZ" in error.detail and "csv, yfinance" in error.detail
+    for internal in (str(SHARED_CSV_DIR), "/v8/finance", "HTTP 503"):
+        assert internal not in public
+        assert error.log_detail is not None
+    assert str(SHARED_CSV_DIR) in error.log_detail and "HTTP 503" in error.log_detail
