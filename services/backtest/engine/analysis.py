@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from services.backtest.engine.core import SimSpec
+from services.backtest.engine.core import SPEC_DTYPE, SimSpec
 from services.backtest.engine.fast import STAT_NAMES
 from services.backtest.engine.montecarlo import block_bootstrap_nb, bootstrap_trades_nb
 from services.backtest.engine.runner import Bars
@@ -53,6 +53,11 @@ def _atr_vector(bars: Bars, atr: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(atr, dtype=np.float64).reshape(-1))
 
 
+def _spec_array(spec: SimSpec) -> np.ndarray:
+    """Return ``spec`` as the one-element record array the prange kernels take."""
+    return np.array([spec], dtype=SPEC_DTYPE)
+
+
 def per_period_rate(annual: float, periods_per_year: float) -> float:
     """Return the per-bar risk-free return of an annual rate (simple division, as the seed)."""
     return annual / periods_per_year
@@ -90,7 +95,7 @@ def sweep_crossover(
         fast_idx,
         slow_idx,
         _atr_vector(bars, atr),
-        spec,
+        _spec_array(spec),
         per_period_rate(risk_free_rate, spec.periods_per_year),
         keep_returns,
     )
@@ -119,7 +124,7 @@ def sweep_targets(
         c,
         t,
         _atr_vector(bars, atr),
-        spec,
+        _spec_array(spec),
         per_period_rate(risk_free_rate, spec.periods_per_year),
         keep_returns,
     )

@@ -35,7 +35,6 @@ Conventions (the contract the tests hold the kernel to):
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -84,28 +83,34 @@ CNT_EXPOSED = 7  # bars that end with an open position
 COUNTERS = 8
 
 
-class SimSpec(NamedTuple):
-    """Scalar settings of one simulation, typed for the kernel (see ``make_spec``)."""
+# Scalar settings of one simulation. A numpy record rather than a NamedTuple: numba types a
+# record argument in ~2 us, a 16-field NamedTuple in ~10 us, on every call. Build one with
+# ``runner.make_spec``; fields read as attributes in Python and in the kernels alike.
+SPEC_DTYPE = np.dtype(
+    [
+        ("initial_capital", np.float64),
+        ("commission", np.float64),
+        ("commission_rate", np.float64),
+        ("min_commission", np.float64),
+        ("slippage", np.float64),
+        ("size_method", np.int64),
+        ("size_value", np.float64),
+        ("fractional", np.bool_),
+        ("allow_short", np.bool_),
+        ("max_positions", np.int64),
+        ("stop_loss", np.float64),  # NaN: none
+        ("take_profit", np.float64),  # NaN: none
+        ("fill_on_close", np.bool_),
+        ("warmup", np.int64),
+        ("periods_per_year", np.float64),
+        ("final_at_open", np.bool_),
+    ],
+    align=True,
+)
+SimSpec = np.record
 
-    initial_capital: float
-    commission: float
-    commission_rate: float
-    min_commission: float
-    slippage: float
-    size_method: int
-    size_value: float
-    fractional: bool
-    allow_short: bool
-    max_positions: int
-    stop_loss: float  # NaN: none
-    take_profit: float  # NaN: none
-    fill_on_close: bool
-    warmup: int
-    periods_per_year: float
-    final_at_open: bool
 
-
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def commission_nb(shares, fill, spec):
     """Return the commission of a fill of ``shares`` at ``fill`` (0 for no shares)."""
     if shares <= 0.0:
@@ -114,7 +119,7 @@ def commission_nb(shares, fill, spec):
     return c if c > spec.min_commission else spec.min_commission
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _round_shares_nb(x, fractional):
     """Return ``x`` floored to whole shares unless fractional, never negative."""
     if not x > 0.0:
@@ -122,7 +127,7 @@ def _round_shares_nb(x, fractional):
     return x if fractional else math.floor(x)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def order_shares_nb(spec, fill, free, equity, atr, slots):
     """Return (shares, resized) for an opening order at ``fill`` with ``free`` margin.
 
@@ -165,20 +170,36 @@ def order_shares_nb(spec, fill, free, equity, atr, slots):
     return shares, resized
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _book_nb(pos, mark):
-    """Return (net value, gross value) of the positions marked at ``mark``."""
+# Rows of the per-symbol book (one column per symbol), one array so that the event helpers
+# take few arguments (each array argument costs a reference-count round trip).
+B_POS = 0  # signed shares
+B_MARK = 1  # latest quote used to value the position
+B_ENTRY = 2  # entry fill price
+B_ENTRY_COMM = 3  # entry commission
+B_ENTRY_EQUITY = 4  # equity when the position opened
+B_STOP = 5  # stop-loss level (NaN: none)
+B_TAKE = 6  # take-profit level (NaN: none)
+B_ENTRY_BAR = 7
+B_PENDING = 8  # wish to execute at the next fill moment (NaN: none)
+BOOK_ROWS = 9
+ACCT_CASH = COUNTERS  # the account array is the counters followed by the cash
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _book_value_nb(book):
+    """Return (net value, gross value) of the positions at their marks."""
     net = 0.0
     gross = 0.0
-    for j in range(pos.shape[0]):
-        if pos[j] != 0.0:
-            v = pos[j] * mark[j]
+    for j in range(book.shape[1]):
+        s = book[B_POS, j]
+        if s != 0.0:
+            v = s * book[B_MARK, j]
             net += v
             gross += abs(v)
     return net, gross
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _log_nb(log, k, t, j, side, shares, fill, quote, comm, pnl, value, reason, trade_return):
     """Write fill ``k`` into the (preallocated) fill log."""
     log[k, LOG_BAR] = t
@@ -195,33 +216,33 @@ def _log_nb(log, k, t, j, side, shares, fill, quote, comm, pnl, value, reason, t
     log[k, LOG_TRADE_RETURN] = trade_return
 
 
-@njit(cache=True, nogil=True)
-def _close_nb(j, t, quote, reason, spec, state, pos, mark, log, cnt, record):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _close_nb(j, t, quote, reason, spec, book, acct, log, record):
     """Close symbol ``j``'s position at ``quote`` (before slippage)."""
-    s = pos[j]
+    s = book[B_POS, j]
     side = -1.0 if s > 0.0 else 1.0  # the closing fill's direction
     fill = quote * (1.0 + side * spec.slippage)
     shares = abs(s)
     comm = commission_nb(shares, fill, spec)
     if side < 0.0:
-        state[0] += shares * fill - comm
+        acct[ACCT_CASH] += shares * fill - comm
     else:
-        state[0] -= shares * fill + comm
-    pnl = s * (fill - state[1 + j]) - state[1 + pos.shape[0] + j] - comm
-    pos[j] = 0.0
-    mark[j] = quote
-    cnt[CNT_FILLS] += 1.0
-    cnt[CNT_TRADES] += 1.0
+        acct[ACCT_CASH] -= shares * fill + comm
+    pnl = s * (fill - book[B_ENTRY, j]) - book[B_ENTRY_COMM, j] - comm
+    book[B_POS, j] = 0.0
+    book[B_MARK, j] = quote
+    acct[CNT_FILLS] += 1.0
+    acct[CNT_TRADES] += 1.0
     if pnl > 0.0:
-        cnt[CNT_WINS] += 1.0
-        cnt[CNT_GROSS_PROFIT] += pnl
+        acct[CNT_WINS] += 1.0
+        acct[CNT_GROSS_PROFIT] += pnl
     else:
-        cnt[CNT_GROSS_LOSS] -= pnl
+        acct[CNT_GROSS_LOSS] -= pnl
     if record:
-        net, _ = _book_nb(pos, mark)
+        net, _ = _book_value_nb(book)
         _log_nb(
             log,
-            int(cnt[CNT_FILLS]) - 1,
+            int(acct[CNT_FILLS]) - 1,
             t,
             j,
             side,
@@ -230,48 +251,48 @@ def _close_nb(j, t, quote, reason, spec, state, pos, mark, log, cnt, record):
             quote,
             comm,
             pnl,
-            state[0] + net,
+            acct[ACCT_CASH] + net,
             reason,
-            pnl / state[1 + 2 * pos.shape[0] + j],
+            pnl / book[B_ENTRY_EQUITY, j],
         )
 
 
-@njit(cache=True, nogil=True)
-def _open_nb(j, t, side, quote, atr, slots, spec, state, pos, mark, stops, log, cnt, record):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _open_nb(j, t, side, quote, atr, slots, spec, book, acct, log, record):
     """Open a ``side`` (+1/-1) position in symbol ``j`` at ``quote`` (before slippage)."""
-    m = pos.shape[0]
-    mark[j] = quote
+    book[B_MARK, j] = quote
     fill = quote * (1.0 + side * spec.slippage)
-    net, gross = _book_nb(pos, mark)
-    equity = state[0] + net
+    net, gross = _book_value_nb(book)
+    cash = acct[ACCT_CASH]
+    equity = cash + net
     # free margin = equity - gross = cash - 2 * shorts <= cash; min() drops rounding ulps
-    free = min(equity - gross, state[0])
+    free = min(equity - gross, cash)
     if free < 0.0:
         free = 0.0
     shares, resized = order_shares_nb(spec, fill, free, equity, atr, slots)
     if not shares > 0.0:
-        cnt[CNT_REJECTED] += 1.0
+        acct[CNT_REJECTED] += 1.0
         return
     if resized:
-        cnt[CNT_RESIZED] += 1.0
+        acct[CNT_RESIZED] += 1.0
     comm = commission_nb(shares, fill, spec)
     if side > 0.0:
-        state[0] -= shares * fill + comm
+        acct[ACCT_CASH] -= shares * fill + comm
     else:
-        state[0] += shares * fill - comm
-    pos[j] = side * shares
-    state[1 + j] = fill
-    state[1 + m + j] = comm
-    state[1 + 2 * m + j] = equity
-    stops[0, j] = fill * (1.0 - side * spec.stop_loss)  # NaN when no stop
-    stops[1, j] = fill * (1.0 + side * spec.take_profit)
-    stops[2, j] = t
-    cnt[CNT_FILLS] += 1.0
+        acct[ACCT_CASH] += shares * fill - comm
+    book[B_POS, j] = side * shares
+    book[B_ENTRY, j] = fill
+    book[B_ENTRY_COMM, j] = comm
+    book[B_ENTRY_EQUITY, j] = equity
+    book[B_STOP, j] = fill * (1.0 - side * spec.stop_loss)  # NaN when no stop
+    book[B_TAKE, j] = fill * (1.0 + side * spec.take_profit)
+    book[B_ENTRY_BAR, j] = t
+    acct[CNT_FILLS] += 1.0
     if record:
-        net, _ = _book_nb(pos, mark)
+        net, _ = _book_value_nb(book)
         _log_nb(
             log,
-            int(cnt[CNT_FILLS]) - 1,
+            int(acct[CNT_FILLS]) - 1,
             t,
             j,
             side,
@@ -280,67 +301,61 @@ def _open_nb(j, t, side, quote, atr, slots, spec, state, pos, mark, stops, log, 
             quote,
             comm,
             np.nan,
-            state[0] + net,
+            acct[ACCT_CASH] + net,
             REASON_SIGNAL,
             np.nan,
         )
 
 
-@njit(cache=True, nogil=True)
-def _execute_nb(t, quotes, atr, arow, pending, spec, state, pos, mark, stops, log, cnt, record):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _execute_nb(t, quotes, atr, arow, spec, book, acct, log, record):
     """Execute the pending wishes at ``quotes[t]``: every close first, then the openings.
 
-    Opening orders see the ATR of bar ``arow`` (the decision bar).
+    Marks every symbol at ``quotes[t]``; opening orders see the ATR of bar ``arow`` (the
+    decision bar). Returns the number of open positions afterwards.
     """
-    m = pos.shape[0]
+    m = book.shape[1]
     for j in range(m):
-        d = pending[j]
-        if d != d or pos[j] == 0.0:
+        book[B_MARK, j] = quotes[t, j]
+    for j in range(m):
+        d = book[B_PENDING, j]
+        s = book[B_POS, j]
+        if d != d or s == 0.0:
             continue
-        if (pos[j] > 0.0 and d <= 0.0) or (pos[j] < 0.0 and d >= 0.0):
-            _close_nb(j, t, quotes[t, j], REASON_SIGNAL, spec, state, pos, mark, log, cnt, record)
+        if (s > 0.0 and d <= 0.0) or (s < 0.0 and d >= 0.0):
+            _close_nb(j, t, quotes[t, j], REASON_SIGNAL, spec, book, acct, log, record)
     held = 0
     for j in range(m):
-        if pos[j] != 0.0:
+        if book[B_POS, j] != 0.0:
             held += 1
     for j in range(m):
-        d = pending[j]
-        pending[j] = np.nan
-        if d != d or d == 0.0 or pos[j] != 0.0:
+        d = book[B_PENDING, j]
+        book[B_PENDING, j] = np.nan
+        if d != d or d == 0.0 or book[B_POS, j] != 0.0:
             continue
         if held >= spec.max_positions:
-            cnt[CNT_REJECTED] += 1.0
+            acct[CNT_REJECTED] += 1.0
             continue
-        _open_nb(
-            j,
-            t,
-            d,
-            quotes[t, j],
-            atr[arow, j],
-            min(spec.max_positions, m) - held,  # free slots share all_in cash
-            spec,
-            state,
-            pos,
-            mark,
-            stops,
-            log,
-            cnt,
-            record,
-        )
-        if pos[j] != 0.0:
+        # free slots share all_in cash
+        slots = min(spec.max_positions, m) - held
+        _open_nb(j, t, d, quotes[t, j], atr[arow, j], slots, spec, book, acct, log, record)
+        if book[B_POS, j] != 0.0:
             held += 1
+    return held
 
 
-@njit(cache=True, nogil=True)
-def _check_stops_nb(t, open_, high, low, spec, state, pos, mark, stops, log, cnt, record):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _check_stops_nb(t, open_, high, low, spec, book, acct, log, record):
     """Exit positions whose stop-loss or take-profit lies inside bar ``t``."""
-    for j in range(pos.shape[0]):
-        s = pos[j]
-        if s == 0.0 or (spec.fill_on_close and stops[2, j] >= t):
+    for j in range(book.shape[1]):
+        book[B_MARK, j] = open_[t, j]
+    for j in range(book.shape[1]):
+        s = book[B_POS, j]
+        if s == 0.0 or (spec.fill_on_close and book[B_ENTRY_BAR, j] >= t):
             continue
         o = open_[t, j]
-        sl = stops[0, j]
-        tp = stops[1, j]
+        sl = book[B_STOP, j]
+        tp = book[B_TAKE, j]
         quote = np.nan
         reason = REASON_STOP_LOSS
         if s > 0.0:
@@ -349,17 +364,26 @@ def _check_stops_nb(t, open_, high, low, spec, state, pos, mark, stops, log, cnt
             elif high[t, j] >= tp:
                 quote = o if o > tp else tp
                 reason = REASON_TAKE_PROFIT
-        else:
-            if high[t, j] >= sl:
-                quote = o if o > sl else sl
-            elif low[t, j] <= tp:
-                quote = o if o < tp else tp
-                reason = REASON_TAKE_PROFIT
+        elif high[t, j] >= sl:
+            quote = o if o > sl else sl
+        elif low[t, j] <= tp:
+            quote = o if o < tp else tp
+            reason = REASON_TAKE_PROFIT
         if quote == quote:
-            _close_nb(j, t, quote, reason, spec, state, pos, mark, log, cnt, record)
+            _close_nb(j, t, quote, reason, spec, book, acct, log, record)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _close_all_nb(t, quotes, reason, spec, book, acct, log, record):
+    """Close every open position at ``quotes[t]`` (the end of the data, or a liquidation)."""
+    for j in range(book.shape[1]):
+        book[B_MARK, j] = quotes[t, j]
+    for j in range(book.shape[1]):
+        if book[B_POS, j] != 0.0:
+            _close_nb(j, t, quotes[t, j], reason, spec, book, acct, log, record)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def simulate_nb(
     open_, high, low, close, target, atr, spec, record, equity_out, cash_out, positions_out
 ):
@@ -370,124 +394,78 @@ def simulate_nb(
     ``CNT_*`` constants.
     """
     n, m = close.shape
-    # state: cash, then per symbol entry fill, entry commission, equity at entry.
-    state = np.zeros(1 + 3 * m)
-    state[0] = spec.initial_capital
-    pos = np.zeros(m)
-    mark = np.empty(m)
-    pending = np.full(m, np.nan)
-    stops = np.full((3, m), np.nan)  # stop level, take-profit level, entry bar
-    cnt = np.zeros(COUNTERS)
-    # Fills per bar and symbol: at most a close and an opening order plus a stop exit.
-    log = np.empty((3 * n * m + 2 * m if record else 0, LOG_COLUMNS))
+    book = np.zeros((BOOK_ROWS, m))
+    book[B_STOP:, :] = np.nan
+    acct = np.zeros(COUNTERS + 1)
+    acct[ACCT_CASH] = spec.initial_capital
+    # Every position opens on a wish and closes once, so at most two fills per wish. Sizing
+    # the log by the wishes keeps it small (a worst-case log would be an mmap per call).
+    rows = 0
+    if record:
+        for t in range(n):
+            for j in range(m):
+                if target[t, j] == target[t, j]:
+                    rows += 2
+    log = np.empty((rows, LOG_COLUMNS))
     any_stops = spec.stop_loss == spec.stop_loss or spec.take_profit == spec.take_profit
+    on_close = spec.fill_on_close
+    last = n - 1
     alive = True
     has_pending = False
     held = 0
+    exposed = 0
+    eq = spec.initial_capital
     # The per-bar path calls no helper (a call costs more than a bar); helpers run on events.
     for t in range(n):
         if alive:
-            if has_pending and not spec.fill_on_close:
-                for j in range(m):
-                    mark[j] = open_[t, j]
-                _execute_nb(
-                    t,
-                    open_,
-                    atr,
-                    t - 1,
-                    pending,
-                    spec,
-                    state,
-                    pos,
-                    mark,
-                    stops,
-                    log,
-                    cnt,
-                    record,
-                )
+            if has_pending and not on_close:
+                held = _execute_nb(t, open_, atr, t - 1, spec, book, acct, log, record)
                 has_pending = False
-                held = 0
-                for j in range(m):
-                    if pos[j] != 0.0:
-                        held += 1
             if any_stops and held > 0:
-                for j in range(m):
-                    mark[j] = open_[t, j]
-                _check_stops_nb(
-                    t, open_, high, low, spec, state, pos, mark, stops, log, cnt, record
-                )
-            if t >= spec.warmup and t < n - 1:
+                _check_stops_nb(t, open_, high, low, spec, book, acct, log, record)
+            if t >= spec.warmup and t < last:
                 for j in range(m):
                     v = target[t, j]
                     if v != v:
                         continue
                     d = 1.0 if v > 0.0 else (-1.0 if v < 0.0 and spec.allow_short else 0.0)
-                    s = pos[j]
+                    s = book[B_POS, j]
                     if d != (1.0 if s > 0.0 else (-1.0 if s < 0.0 else 0.0)):
-                        pending[j] = d  # a wish equal to the current side changes nothing
+                        book[B_PENDING, j] = d  # a wish equal to the current side is nothing
                         has_pending = True
-                if has_pending and spec.fill_on_close:
-                    for j in range(m):
-                        mark[j] = close[t, j]
-                    _execute_nb(
-                        t,
-                        close,
-                        atr,
-                        t,
-                        pending,
-                        spec,
-                        state,
-                        pos,
-                        mark,
-                        stops,
-                        log,
-                        cnt,
-                        record,
-                    )
+                if has_pending and on_close:
+                    _execute_nb(t, close, atr, t, spec, book, acct, log, record)
                     has_pending = False
-            if t == n - 1:
-                for j in range(m):
-                    mark[j] = close[t, j]
-                for j in range(m):
-                    if pos[j] != 0.0:
-                        quote = open_[t, j] if spec.final_at_open else close[t, j]
-                        _close_nb(j, t, quote, REASON_END, spec, state, pos, mark, log, cnt, record)
-            eq = state[0]
+            if t == last:
+                _close_all_nb(
+                    t,
+                    open_ if spec.final_at_open else close,
+                    REASON_END,
+                    spec,
+                    book,
+                    acct,
+                    log,
+                    record,
+                )
+            eq = acct[ACCT_CASH]
             held = 0
             for j in range(m):
-                s = pos[j]
+                s = book[B_POS, j]
                 if s != 0.0:
                     eq += s * close[t, j]
                     held += 1
             if eq <= 0.0:
-                for j in range(m):
-                    mark[j] = close[t, j]
-                for j in range(m):
-                    if pos[j] != 0.0:
-                        _close_nb(
-                            j,
-                            t,
-                            close[t, j],
-                            REASON_LIQUIDATION,
-                            spec,
-                            state,
-                            pos,
-                            mark,
-                            log,
-                            cnt,
-                            record,
-                        )
-                state[0] = max(state[0], 0.0)
-                eq = state[0]
+                _close_all_nb(t, close, REASON_LIQUIDATION, spec, book, acct, log, record)
+                acct[ACCT_CASH] = max(acct[ACCT_CASH], 0.0)
+                eq = acct[ACCT_CASH]
                 held = 0
                 alive = False
-        else:
-            eq = state[0]
         equity_out[t] = eq
         if held > 0:
-            cnt[CNT_EXPOSED] += 1.0
+            exposed += 1
         if record:
-            cash_out[t] = state[0]
+            cash_out[t] = acct[ACCT_CASH]
             for j in range(m):
-                positions_out[t, j] = pos[j]
-    return log[: int(cnt[CNT_FILLS])] if record else log, cnt
+                positions_out[t, j] = book[B_POS, j]
+    acct[CNT_EXPOSED] = exposed
+    return log[: int(acct[CNT_FILLS])], acct[:COUNTERS].copy()

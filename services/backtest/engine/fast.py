@@ -44,7 +44,7 @@ STAT_NAMES = (
 )
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _close_cash_nb(pos, quote, entry_fill, entry_comm, cash, spec):
     """Return (cash, pnl) after closing ``pos`` shares at ``quote`` (before slippage)."""
     shares = abs(pos)
@@ -59,7 +59,7 @@ def _close_cash_nb(pos, quote, entry_fill, entry_comm, cash, spec):
     return cash, pos * (fill - entry_fill) - entry_comm - comm
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _execute_one_nb(d, quote, atr, cash, pos, entry_fill, entry_comm, sl, tp, spec):
     """Execute wish ``d`` at ``quote``: close what is open, then open side ``d`` (if not 0).
 
@@ -93,7 +93,7 @@ def _execute_one_nb(d, quote, atr, cash, pos, entry_fill, entry_comm, sl, tp, sp
     return cash, pos, entry_fill, entry_comm, sl, tp, closed, won, rejected
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _stop_quote_nb(pos, o, h, lo, sl, tp):
     """Return the quote at which a stop or take-profit exits this bar, NaN if none does."""
     if pos > 0.0:

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _path_stats_nb(eq, peak, mdd, x):
     """Compound one return into the path; return (equity, peak, max drawdown)."""
     eq *= 1.0 + x
@@ -23,7 +23,7 @@ def _path_stats_nb(eq, peak, mdd, x):
     return eq, peak, mdd
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def bootstrap_trades_nb(trade_returns, n_runs, seed):
     """Resample the trades (with replacement, same count) n_runs times.
 
@@ -47,7 +47,7 @@ def bootstrap_trades_nb(trade_returns, n_runs, seed):
     return final, mdds
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def block_bootstrap_nb(returns, n_runs, block, seed):
     """Rebuild the return series n_runs times from random circular blocks of ``block`` bars.
 

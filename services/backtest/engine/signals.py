@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def crossover_target_into_nb(fast, slow, allow_short, out):
     """Write +1 where ``fast`` crosses above ``slow``, -1 (or 0) below, NaN elsewhere.
 
@@ -32,7 +32,7 @@ def crossover_target_into_nb(fast, slow, allow_short, out):
             out[t] = np.nan
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def crossover_target_nb(fast, slow, allow_short):
     """Return the crossover targets of ``fast`` over ``slow`` (see the ``_into`` kernel)."""
     out = np.empty(fast.shape[0])
@@ -40,7 +40,7 @@ def crossover_target_nb(fast, slow, allow_short):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def mean_reversion_target_nb(close, rsi, upper, middle, lower, oversold, overbought, allow_short):
     """Return RSI + Bollinger mean-reversion targets from a state machine over the bars.
 

@@ -13,11 +13,13 @@ from numba import njit, prange
 from services.backtest.engine.fast import N_STATS, simulate_one_nb
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def sweep_targets_nb(open_, high, low, close, targets, atr, spec, rf, keep_returns):
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def sweep_targets_nb(open_, high, low, close, targets, atr, specs, rf, keep_returns):
     """Backtest every row of ``targets`` (k, n) on one symbol's bars (n,).
 
-    Returns (stats (k, N_STATS), returns (k, n) when ``keep_returns`` else (k, 0)).
+    ``specs`` is a one-element ``core.SPEC_DTYPE`` array (a record argument does not pass
+    into a ``prange`` body). Returns (stats (k, N_STATS), returns (k, n) when
+    ``keep_returns`` else (k, 0)).
     """
     k, n = targets.shape
     stats = np.empty((k, N_STATS))
@@ -33,7 +35,7 @@ def sweep_targets_nb(open_, high, low, close, targets, atr, spec, rf, keep_retur
             close,
             False,
             atr,
-            spec,
+            specs[0],
             rf,
             stats[i],
             returns[i],
@@ -41,9 +43,9 @@ def sweep_targets_nb(open_, high, low, close, targets, atr, spec, rf, keep_retur
     return stats, returns
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def sweep_crossover_nb(
-    open_, high, low, close, lines, fast_idx, slow_idx, atr, spec, rf, keep_returns
+    open_, high, low, close, lines, fast_idx, slow_idx, atr, specs, rf, keep_returns
 ):
     """Backtest a line crossover for every (fast, slow) pair of row indices into ``lines``.
 
@@ -66,7 +68,7 @@ def sweep_crossover_nb(
             lines[slow_idx[i]],
             True,
             atr,
-            spec,
+            specs[0],
             rf,
             stats[i],
             returns[i],

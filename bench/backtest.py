@@ -1,0 +1,328 @@
+"""Benchmark the backtest engine beside backtesting.py and vectorbt on the same bars.
+
+Bars: the last 2,520 rows (ten years) of ``AAPL.csv``. Strategy: SMA 10/30 crossover, long
+and short, next-open fills, whole shares, 0.2% commission (backtesting.py's ``SmaCross``).
+
+1. One backtest. ``engine kernel`` is ``core.simulate_nb`` with its fill log, targets given;
+   ``engine end to end`` adds the SMAs, the crossover targets and the Python wrapper;
+   ``sweep kernel`` is the register-only single-symbol kernel the sweeps run. Peers:
+   ``Backtest.run`` and vectorbt's ``Portfolio.from_signals`` (signals at the close, as
+   vectorbt does). Final equity is printed beside each time.
+2. The SMA sweep fast 5..50 (step 1) x slow 10..200 (step 5), fast < slow: 1,605 backtests.
+   The engine computes each distinct SMA once and runs the trials in ``prange``;
+   backtesting.py's ``optimize`` runs a sample of the grid (its rate is per backtest);
+   vectorbt broadcasts the whole grid in one ``from_signals``.
+3. A 1,000-run Monte Carlo (trade-order bootstrap and block bootstrap of daily returns).
+
+Times are the best of repeated calls after a warm-up call (numba compile and cache load
+excluded). Run ``python bench/backtest.py``; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(_REPO_ROOT) not in sys.path:  # allow `python bench/backtest.py`
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from services.backtest.engine import core  # noqa: E402
+from services.backtest.engine.analysis import monte_carlo, sma_pairs, sweep_crossover  # noqa: E402
+from services.backtest.engine.fast import N_STATS, simulate_one_nb  # noqa: E402
+from services.backtest.engine.runner import Bars, make_spec, simulate  # noqa: E402
+from services.backtest.engine.signals import crossover_target_nb  # noqa: E402
+from shared.quant.kernels import sma_nb  # noqa: E402
+
+try:  # a module-level class: backtesting.py's optimize pickles it to its worker processes
+    from backtesting import Strategy
+    from backtesting.lib import crossover
+    from backtesting.test import SMA
+
+    class SmaCross(Strategy):
+        """backtesting.py's SMA crossover: close, then buy or sell."""
+
+        n1 = 10
+        n2 = 30
+
+        def init(self) -> None:
+            """Declare the two SMAs."""
+            self.ma1 = self.I(SMA, self.data.Close, self.n1)
+            self.ma2 = self.I(SMA, self.data.Close, self.n2)
+
+        def next(self) -> None:
+            """Reverse on a cross."""
+            if crossover(self.ma1, self.ma2):
+                self.position.close()
+                self.buy()
+            elif crossover(self.ma2, self.ma1):
+                self.position.close()
+                self.sell()
+
+except ImportError:  # pragma: no cover
+    pass
+
+from numba import njit  # noqa: E402
+
+
+@njit(cache=True, nogil=True)
+def bare_loop_nb(open_, close, fast, slow, rate, equity):
+    """Calibrate the machine: the tightest SMA-cross loop (next-open fills, no extras)."""
+    cash = 10_000.0
+    pos = 0.0
+    want = 0.0
+    for t in range(close.shape[0]):
+        if want != 0.0 and t > 0:
+            p = open_[t]
+            if pos != 0.0:
+                cash += pos * p - abs(pos) * p * rate
+            shares = (cash // (p * (1.0 + rate))) * want
+            cash -= shares * p + abs(shares) * p * rate
+            pos = shares
+            want = 0.0
+        if t > 0 and fast[t - 1] < slow[t - 1] and fast[t] > slow[t]:
+            want = 1.0
+        elif t > 0 and slow[t - 1] < fast[t - 1] and slow[t] > fast[t]:
+            want = -1.0
+        equity[t] = cash + pos * close[t]
+    return cash
+
+
+DATA_DIR = _REPO_ROOT.parent / "shared" / "data" / "ohlcv" / "daily"
+BARS = 2520
+FAST, SLOW, COMMISSION = 10, 30, 0.002
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Return the best wall time of ``fn`` in seconds over ``repeats`` calls (after one).
+
+    The best, not the median: these machines are shared, and other tenants' load only ever
+    adds time.
+    """
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _row(what: str, seconds: float, note: str = "") -> None:
+    """Print one result line."""
+    if seconds < 1e-3:
+        shown = f"{seconds * 1e6:10.1f} us"
+    elif seconds < 1:
+        shown = f"{seconds * 1e3:10.2f} ms"
+    else:
+        shown = f"{seconds:10.2f} s "
+    print(f"  {what:<44}{shown}  {note}")
+
+
+def load() -> pd.DataFrame:
+    """Return the benchmark bars."""
+    df = pd.read_csv(DATA_DIR / "AAPL.csv", parse_dates=["date"], index_col="date")
+    return df[["open", "high", "low", "close", "volume"]].iloc[-BARS:]
+
+
+def bench_single(df: pd.DataFrame) -> None:
+    """Time one ten-year backtest in the engine and in the peers."""
+    print(f"1. One backtest: SMA {FAST}/{SLOW} long/short, {len(df)} daily bars")
+    bars = Bars(open=df["open"], high=df["high"], low=df["low"], close=df["close"])
+    close = bars.close[:, 0].copy()
+    spec = make_spec(
+        initial_capital=10_000, commission_rate=COMMISSION, allow_short=True, final_at_open=True
+    )
+    target = crossover_target_nb(sma_nb(close, FAST), sma_nb(close, SLOW), True).reshape(-1, 1)
+    n = len(df)
+    eq, cash, pos = np.empty(n), np.empty(n), np.empty((n, 1))
+    atr = np.full((n, 1), np.nan)
+
+    def kernel() -> object:
+        return core.simulate_nb(
+            bars.open, bars.high, bars.low, bars.close, target, atr, spec, True, eq, cash, pos
+        )
+
+    def end_to_end() -> float:
+        t = crossover_target_nb(sma_nb(close, FAST), sma_nb(close, SLOW), True)
+        return simulate(bars, t, spec).final_capital
+
+    vec = [np.ascontiguousarray(a[:, 0]) for a in (bars.open, bars.high, bars.low, bars.close)]
+    stats = np.empty(N_STATS)
+    fast_line, slow_line = sma_nb(close, FAST), sma_nb(close, SLOW)
+
+    def sweep_kernel() -> None:
+        simulate_one_nb(
+            *vec, close, fast_line, slow_line, True, close, spec, 0.0, stats, np.empty(0)
+        )
+
+    final = end_to_end()
+    out = np.empty(n)
+    _row(
+        "calibration: bare numba loop (MEASURED: 7 us)",
+        _median_time(
+            lambda: bare_loop_nb(vec[0], vec[3], fast_line, slow_line, COMMISSION, out), 300
+        ),
+        "this machine's speed now",
+    )
+    _row(
+        "engine kernel (fill log, targets given)", _median_time(kernel, 300), f"final {final:,.2f}"
+    )
+    _row("engine end to end (SMAs, targets, wrapper)", _median_time(end_to_end, 300))
+    _row("sweep kernel (one trial, no log)", _median_time(sweep_kernel, 300))
+
+    try:
+        from backtesting import Backtest
+
+        data = df.rename(columns=str.capitalize)
+        bt = Backtest(data, SmaCross, cash=10_000, commission=COMMISSION, finalize_trades=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = bt.run()
+            secs = _median_time(bt.run, 5)
+        _row("backtesting.py run", secs, f"final {res['Equity Final [$]']:,.2f}")
+    except ImportError:
+        print("  backtesting.py not installed")
+
+    try:
+        import vectorbt as vbt
+
+        entries = pd.Series(target[:, 0] == 1.0, index=df.index)
+        exits = pd.Series(target[:, 0] == -1.0, index=df.index)
+
+        def vbt_run() -> float:
+            pf = vbt.Portfolio.from_signals(
+                df["close"],
+                entries,
+                exits,
+                short_entries=exits,
+                short_exits=entries,
+                fees=COMMISSION,
+                init_cash=10_000,
+                freq="1D",
+            )
+            return float(pf.final_value())
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            final_vbt = vbt_run()
+            secs = _median_time(vbt_run, 20)
+        _row("vectorbt from_signals (close fills, fractional)", secs, f"final {final_vbt:,.2f}")
+    except ImportError:
+        print("  vectorbt not installed")
+
+
+def bench_sweep(df: pd.DataFrame) -> None:
+    """Time the SMA grid in the engine and in the peers."""
+    pairs = sma_pairs(range(5, 51), range(10, 201, 5))
+    print(f"2. SMA sweep: {len(pairs)} backtests (fast 5..50, slow 10..200 step 5)")
+    bars = Bars(open=df["open"], high=df["high"], low=df["low"], close=df["close"])
+    spec = make_spec(initial_capital=10_000, commission_rate=COMMISSION, allow_short=True)
+    for keep in (False, True):
+        secs = _median_time(lambda k=keep: sweep_crossover(bars, pairs, spec, keep_returns=k), 7)
+        what = "engine sweep" + (" + per-trial returns" if keep else "")
+        _row(what, secs, f"{len(pairs) / secs:,.0f} backtests/s")
+
+    try:
+        from backtesting import Backtest
+
+        data = df.rename(columns=str.capitalize)
+        bt = Backtest(data, SmaCross, cash=10_000, commission=COMMISSION, finalize_trades=True)
+        sample = 40
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            bt.optimize(
+                n1=range(5, 9),
+                n2=range(60, 201, 15),
+                maximize="Equity Final [$]",
+                max_tries=sample,
+                random_state=0,
+                return_heatmap=False,
+            )
+            secs = time.perf_counter() - t0
+        _row(
+            f"backtesting.py optimize ({sample} of the grid)",
+            secs,
+            f"{sample / secs:,.0f} backtests/s",
+        )
+    except ImportError:
+        print("  backtesting.py not installed")
+
+    try:
+        import vectorbt as vbt
+
+        close = df["close"]
+        fw = [f for f, _ in pairs]
+        sw = [s for _, s in pairs]
+
+        def vbt_sweep() -> None:
+            fast = vbt.MA.run(close, window=fw).ma.to_numpy()
+            slow = vbt.MA.run(close, window=sw).ma.to_numpy()
+            above = fast > slow
+            prev = np.vstack([above[:1], above[:-1]])
+            entries = pd.DataFrame(above & ~prev, index=close.index)
+            exits = pd.DataFrame(~above & prev, index=close.index)
+            vbt.Portfolio.from_signals(
+                close,
+                entries,
+                exits,
+                short_entries=exits,
+                short_exits=entries,
+                fees=COMMISSION,
+                init_cash=10_000,
+                freq="1D",
+            ).total_return()
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            secs = _median_time(vbt_sweep, 3)
+        _row("vectorbt broadcast from_signals", secs, f"{len(pairs) / secs:,.0f} backtests/s")
+    except ImportError:
+        print("  vectorbt not installed")
+
+
+def bench_monte_carlo(df: pd.DataFrame) -> None:
+    """Time a 1,000-run Monte Carlo of the SMA backtest."""
+    print("3. Monte Carlo: 1,000 runs of each method")
+    bars = Bars(open=df["open"], high=df["high"], low=df["low"], close=df["close"])
+    close = bars.close[:, 0].copy()
+    spec = make_spec(initial_capital=10_000, commission_rate=COMMISSION, allow_short=True)
+    res = simulate(bars, crossover_target_nb(sma_nb(close, FAST), sma_nb(close, SLOW), True), spec)
+    secs = _median_time(
+        lambda: monte_carlo(res.trade_returns, res.returns, n_runs=1000, seed=7), 10
+    )
+    mc = monte_carlo(res.trade_returns, res.returns, n_runs=1000, seed=7)
+    _row(
+        f"trade bootstrap + block bootstrap (block {mc.block})",
+        secs,
+        f"{res.n_trades} trades, {len(res.returns)} returns",
+    )
+    for name, dist in (("trades", mc.trades), ("blocks", mc.blocks)):
+        s = dist.summary()
+        fr = s["final_return"]
+        dd = s["max_drawdown"]
+        assert isinstance(fr, dict) and isinstance(dd, dict)
+        print(
+            f"    {name:<7} final return p5/p50/p95 {fr['p5']:+.2f}/{fr['p50']:+.2f}/"
+            f"{fr['p95']:+.2f}  max DD p50 {dd['p50']:+.2f}  P(loss) "
+            f"{s['probability_of_loss']:.2f}  VaR95 {s['var']:.2f}  CVaR95 {s['cvar']:.2f}"
+        )
+
+
+def main() -> None:
+    """Run the three benchmarks and print their figures."""
+    df = load()
+    bench_single(df)
+    bench_sweep(df)
+    bench_monte_carlo(df)
+
+
+if __name__ == "__main__":
+    main()
