@@ -84,7 +84,7 @@ COUNTERS = 8
 
 
 # Scalar settings of one simulation. A numpy record rather than a NamedTuple: numba types a
-# record argument in ~2 us, a 16-field NamedTuple in ~10 us, on every call. Build one with
+# record argument in ~3 us, a 16-field NamedTuple in ~10 us, on every call. Build one with
 # ``runner.make_spec``; fields read as attributes in Python and in the kernels alike.
 SPEC_DTYPE = np.dtype(
     [
@@ -107,7 +107,28 @@ SPEC_DTYPE = np.dtype(
     ],
     align=True,
 )
-SimSpec = np.record
+
+
+class SimSpec(np.record):  # type: ignore[misc]  # numpy stubs mark it final
+    """One simulation's settings: a ``SPEC_DTYPE`` record with NamedTuple-style helpers."""
+
+    def _asdict(self) -> dict[str, object]:
+        """Return the fields as a dict of Python scalars."""
+        return {name: self[name].item() for name in SPEC_DTYPE.names or ()}
+
+    def _replace(self, **changes: object) -> SimSpec:
+        """Return a copy with some fields changed (as ``NamedTuple._replace``)."""
+        return spec_from_fields({**self._asdict(), **changes})
+
+
+_SPEC_TYPE = np.dtype((SimSpec, SPEC_DTYPE))
+
+
+def spec_from_fields(fields: dict[str, object]) -> SimSpec:
+    """Return a ``SimSpec`` from every field's value (unchecked: see ``runner.make_spec``)."""
+    row = tuple(fields[name] for name in SPEC_DTYPE.names or ())
+    spec: SimSpec = np.array([row], dtype=_SPEC_TYPE)[0]
+    return spec
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")

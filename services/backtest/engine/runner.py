@@ -155,7 +155,7 @@ def make_spec(
     for name, ok in checks.items():
         if not ok:
             raise ValueError(f"{name}: invalid value")
-    values = dict(
+    values: dict[str, object] = dict(
         initial_capital=float(initial_capital),
         commission=float(commission),
         commission_rate=float(commission_rate),
@@ -173,8 +173,7 @@ def make_spec(
         periods_per_year=float(periods_per_year),
         final_at_open=bool(final_at_open),
     )
-    names = core.SPEC_DTYPE.names or ()
-    return np.rec.array([tuple(values[name] for name in names)], dtype=core.SPEC_DTYPE)[0]
+    return core.spec_from_fields(values)
 
 
 @dataclass(frozen=True)
