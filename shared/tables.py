@@ -160,6 +160,7 @@ class BacktestResult(SQLModel, table=True):
         UniqueConstraint("run_id", name="uq_backtest_results_run_id"),
         Index("idx_backtest_results_run_id", "run_id"),
         Index("idx_backtest_results_strategy", "strategy_name", text("created_at DESC")),
+        Index("idx_backtest_results_symbol", "symbol", text("created_at DESC")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -178,6 +179,11 @@ class BacktestResult(SQLModel, table=True):
     configuration: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     created_at: datetime = _created()
+    # migration 0003: every instrument (`,AAPL,MSFT,`), the input bars' SHA-256, and the
+    # run's per-bar dates, equity and benchmark as a NumPy .npy array
+    symbols: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    bars_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    series: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
 
 class BacktestTrade(SQLModel, table=True):
@@ -202,6 +208,9 @@ class BacktestTrade(SQLModel, table=True):
     total_cost: float = _float()
     pnl: float | None = _float(nullable=True)
     portfolio_value: float | None = _float(nullable=True)
+    # migration 0003: why the fill happened, and a closing fill's return on the opening equity
+    reason: str | None = Field(default=None, sa_column=Column(String(20), nullable=True))
+    trade_return: float | None = _float(nullable=True)
 
 
 class Job(SQLModel, table=True):
