@@ -78,7 +78,10 @@ def sweep_crossover(
     pair_list = [(int(f), int(s)) for f, s in pairs]
     if not pair_list:
         raise ValueError("pairs: no combination to run")
-    kernel = {"sma": sma_nb, "ema": ema_nb}[line]
+    kernels = {"sma": sma_nb, "ema": ema_nb}
+    if line not in kernels:
+        raise ValueError(f"line: one of {', '.join(kernels)}")
+    kernel = kernels[line]
     windows = sorted({w for p in pair_list for w in p})
     row = {w: i for i, w in enumerate(windows)}
     lines = np.empty((len(windows), c.shape[0]))
