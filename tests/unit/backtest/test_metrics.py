@@ -134,6 +134,13 @@ def test_cagr_uses_calendar_time(run: dict) -> None:
     years = m.calendar_years(run["df"].index.to_numpy())
     assert 9.9 < years < 10.1
     assert m.cagr(eq, 100_000, years) == pytest.approx((eq[-1] / 100_000) ** (1 / years) - 1)
+    # quantstats counts years as bars / periods: give it this run's bars per calendar year
+    import quantstats as qs
+
+    r = pd.Series(run["returns"], index=run["df"].index)
+    assert m.cagr(eq, 100_000, years) == pytest.approx(
+        qs.stats.cagr(r, periods=len(r) / years), rel=1e-9
+    )
 
 
 def _psr_reference(r: np.ndarray, sr_star: float) -> float:
