@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import get_route_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -35,11 +37,13 @@ DEFAULT_WORDING: Mapping[int, str] = MappingProxyType(
         401: "A bearer token is required (when the service has one configured).",
         404: "The resource does not exist.",
         409: "The resource is not in a state that allows this.",
-        413: "The request body is too large.",
+        413: "The request body is larger than the service accepts (`MAX_BODY_BYTES`).",
         422: "An input is invalid; `field` names it and `errors` lists every invalid field.",
-        429: "Rate limit reached; retry later.",
+        429: "Rate limit reached (requests per minute per client and operation); retry after "
+        "the `Retry-After` header's seconds.",
         502: "An upstream the service depends on could not be reached or answered nonsense.",
-        503: "A backing store (database) or service is unavailable.",
+        503: "A backing store (database) or service is unavailable, or the service is at its "
+        "concurrency limit (then `Retry-After` says when to retry).",
         504: "An upstream the service depends on did not answer in time.",
     }
 )
@@ -72,6 +76,50 @@ class ProblemDocs:
     def __call__(self, *codes: int) -> dict[int | str, dict[str, Any]]:
         """Return OpenAPI `responses` entries for codes, worded for this service."""
         return problem_responses(*codes, wording=self.wording)
+
+
+RETRY_AFTER_HEADER: Mapping[str, Any] = MappingProxyType(
+    {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+)
+
+
+def _problem_content() -> dict[str, Any]:
+    ref = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    return {"application/json": dict(ref), PROBLEM_MEDIA_TYPE: dict(ref)}
+
+
+def declare_limit_responses(
+    schema: dict[str, Any], wording: Mapping[int, str] | None = None
+) -> dict[str, Any]:
+    """Declare in an OpenAPI document the answers the server limits give, on every operation.
+
+    Every operation but the ops routes (tag `ops`) may answer 429 (rate limit) and 503
+    (overload, or a store down), both with `Retry-After`; one with a request body may also
+    answer 413. Declarations a route made itself keep their wording and gain the header.
+    Returns schema, changed in place.
+    """
+    words = {**DEFAULT_WORDING, **(wording or {})}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    if "Problem" not in components:
+        problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(problem.pop("$defs", {}))
+        components["Problem"] = problem
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "ops" in operation.get("tags", []):
+                continue
+            responses = operation.setdefault("responses", {})
+            codes = [429, 503] + ([413] if "requestBody" in operation else [])
+            for code in codes:
+                entry = responses.setdefault(
+                    str(code), {"description": words[code], "content": _problem_content()}
+                )
+                if code != 413:
+                    entry.setdefault("headers", {})["Retry-After"] = dict(RETRY_AFTER_HEADER)
+    return schema
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -127,6 +175,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             bad = BadRequestError(f"The request body is not valid JSON{where}.", field="body")
             return problem_response(bad.to_problem(instance=request.url.path))
         msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "value_error":  # a validator's own words: drop pydantic's prefix
+            msg = msg.removeprefix("Value error, ")
         issues.append(FieldIssue(field=_field_name(loc), message=msg))
     first = issues[0] if issues else FieldIssue(field="body", message="invalid request")
     detail = "; ".join(f"{i.field}: {i.message}" for i in issues) or "invalid request"
@@ -136,15 +186,24 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    titles = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}
+    titles = {
+        400: "Bad request",
+        404: "Not found",
+        405: "Method not allowed",
+        413: "Payload too large",
+    }
+    codes = {
+        400: "bad_request",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+    }
     problem = Problem(
         type="about:blank",
         title=titles.get(exc.status_code, "HTTP error"),
         status=exc.status_code,
         detail=str(exc.detail),
-        code={400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "http_error"
-        ),
+        code=codes.get(exc.status_code, "http_error"),
         instance=request.url.path,
     )
     return problem_response(problem, getattr(exc, "headers", None))
@@ -179,32 +238,54 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def install_bearer_auth(app: FastAPI, token: SecretStr | None, *, open_paths: set[str]) -> None:
-    """Require `Authorization: Bearer <token>` on every path but open_paths, when a token is set."""
+    """Require `Authorization: Bearer <token>` on every path but open_paths, when a token is set.
+
+    open_paths are compared with the path inside the app, so `/health` stays open when the
+    app is mounted under a prefix (`trading serve`'s `/market/health`).
+    """
     if token is None or not token.get_secret_value():
         return
-    expected = token.get_secret_value().encode()
+    app.add_middleware(
+        BearerAuth, token=token.get_secret_value().encode(), open_paths=frozenset(open_paths)
+    )
 
-    @app.middleware("http")
-    async def _bearer(request: Request, call_next):  # type: ignore[no-untyped-def]
-        if request.url.path in open_paths:
-            return await call_next(request)
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
-            err = UnauthorizedError("Missing or wrong bearer token")
-            return problem_response(
-                err.to_problem(instance=request.url.path), {"WWW-Authenticate": "Bearer"}
-            )
-        return await call_next(request)
+
+class BearerAuth:
+    """ASGI middleware: 401 problem details unless the request carries the bearer token."""
+
+    def __init__(self, app: ASGIApp, token: bytes, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.token = token
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an authorised (or open) request on; answer 401 to any other."""
+        if scope["type"] != "http" or get_route_path(scope) in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, given = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    given = b""
+                break
+        if given and hmac.compare_digest(given, self.token):
+            await self.app(scope, receive, send)
+            return
+        err = UnauthorizedError("Missing or wrong bearer token")
+        instance = str(scope.get("root_path", "")) + str(scope.get("path", ""))
+        response = problem_response(
+            err.to_problem(instance=instance), {"WWW-Authenticate": "Bearer"}
+        )
+        await response(scope, receive, send)
 
 
 def install_server_timing(app: FastAPI) -> None:
-    """Add a `Server-Timing: app;dur=<ms>` header measuring time spent inside the app."""
-    import time
+    """Add a `Server-Timing: app;dur=<ms>` header measuring time spent inside the app.
 
-    @app.middleware("http")
-    async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.3f}"
-        return response
+    Apps built by `shared.app.service_app` get it from `shared.metrics.RequestMetrics`.
+    """
+    from shared.metrics import RequestMetrics
+
+    app.add_middleware(RequestMetrics, service=app.title)

@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.logging import mask_secrets
+from shared.metrics import observe_cache
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class Cache:
             self._l2_failed(e)
             return None, 0
         self._l2_ok()
+        observe_cache("l2", raw is not None)
         return raw, int(ttl or 0)
 
     async def _l2_set(
@@ -198,6 +200,7 @@ class Cache:
     async def get(self, key: str, *, as_hash: bool = False) -> tuple[Any | None, CacheLevel | None]:
         """Return (value, level) from L1 then L2, or (None, None)."""
         value = self.l1.get(key)
+        observe_cache("l1", value is not None)
         if value is not None:
             return value, "l1"
         raw, ttl = await self._l2_get(key, as_hash=as_hash)
@@ -310,6 +313,7 @@ class ModelCache(Generic[M]):
         """Return (answer, level) from L1 then L2, or (None, None); never a mutable entry."""
         full = self.key(key)
         hit = self.cache.l1.get(full)
+        observe_cache("l1", isinstance(hit, self.model))
         if isinstance(hit, self.model):
             return hit, "l1"
         raw, ttl = await self.cache._l2_get(full, as_hash=bool(self.hash_fields))

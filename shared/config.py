@@ -94,6 +94,51 @@ class BaseServiceSettings(BaseSettings):
     job_shutdown_grace_s: float = Field(
         default=5.0, ge=0, description="On shutdown, wait this long for running tasks to stop."
     )
+    # Server limits (shared.limits): every wait and every request is bounded.
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this many seconds of its "
+        "first byte (or of the connection); slower clients are answered 408 and cut.",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body must arrive within this many seconds of its headers; "
+        "slower clients are cut.",
+    )
+    http_keep_alive_s: int = Field(
+        default=5, ge=1, description="An idle keep-alive connection is closed after this long."
+    )
+    http_max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest request line plus headers (431 above)."
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=0, description="Largest request body (413 problem above)."
+    )
+    max_concurrent_requests: int = Field(
+        default=256,
+        ge=1,
+        description="Requests a service handles at once per process (ops routes exempt).",
+    )
+    max_queued_requests: int = Field(
+        default=1024,
+        ge=0,
+        description="Requests beyond max_concurrent_requests that may wait for a slot; more "
+        "are answered 503 with Retry-After at once.",
+    )
+    queue_timeout_s: float = Field(
+        default=10.0, ge=0, description="Longest wait for a slot before a 503 with Retry-After."
+    )
+    overload_retry_after_s: int = Field(
+        default=1, ge=1, description="Retry-After (seconds) of a 503 answered under overload."
+    )
+    rate_limit_per_minute: int = Field(
+        default=1200,
+        ge=0,
+        description="Requests per minute per client (bearer token, else address) and operation "
+        "(Redis key ratelimit:{user_id}:{endpoint}); 0 turns rate limiting off.",
+    )
     dask_scheduler_address: str | None = Field(
         default=None,
         validation_alias=AliasChoices("DASK_SCHEDULER_ADDRESS", "dask_scheduler_address"),

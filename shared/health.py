@@ -62,8 +62,10 @@ def install_health(
     """Add `GET /health` (operation `health`, tag `ops`): 200 when the database answers, else 503.
 
     stores returns the app's database and cache (built in its lifespan); extra adds
-    service-specific fields declared by model.
+    service-specific fields declared by model. The stores getter is kept as
+    `app.state.stores`: `/metrics` reads database pool use and job counts through it.
     """
+    app.state.stores = stores
 
     @app.get(
         HEALTH_PATH,

@@ -1,0 +1,210 @@
+"""Incoming rate limits: N requests per minute per client and operation, 429 beyond.
+
+The seed's design: a counter `ratelimit:{user_id}:{endpoint}` in Redis (under REDIS_PREFIX)
+that lives one minute from the client's first request of the window. `user_id` is a hash of
+the bearer token when the service checks tokens (every client of one shared token shares its
+limits), else the client's address; `endpoint` is the operation id. Without Redis, or while
+Redis does not answer, the same counters are kept in the process (with several workers or
+replicas each then counts on its own). Ops routes are never limited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from shared.errors import RateLimitedError
+from shared.limits import send_problem
+from shared.logging import mask_secrets
+from shared.metrics import count_rejection, route_of
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 60
+KEY = "ratelimit:{user_id}:{endpoint}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of counting one request."""
+
+    allowed: bool
+    count: int
+    retry_after_s: int
+
+
+class LocalWindows:
+    """In-process fixed windows: key -> (window end, count), bounded in size."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self.max_keys = max_keys
+        self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def hit(self, key: str, window_s: int) -> tuple[int, int]:
+        """Count one request under key; return (count in this window, seconds it has left)."""
+        now = time.monotonic()
+        ends, count = self._windows.get(key, (0.0, 0))
+        if ends <= now:
+            ends, count = now + window_s, 0
+        count += 1
+        self._windows[key] = (ends, count)
+        self._windows.move_to_end(key)
+        while len(self._windows) > self.max_keys:
+            self._windows.popitem(last=False)
+        return count, max(1, int(ends - now + 0.999))
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
+class RateLimiter:
+    """Count requests per (user, endpoint) per minute in Redis, or in-process without it."""
+
+    RETRY_REDIS_AFTER_S = 5.0
+
+    def __init__(
+        self,
+        *,
+        per_minute: int,
+        redis_url: str | None = None,
+        prefix: str = "",
+        timeout_s: float = 0.5,
+        max_connections: int = 50,
+        window_s: int = WINDOW_S,
+    ) -> None:
+        self.per_minute = per_minute
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self.max_connections = max_connections
+        self.window_s = window_s
+        self.local = LocalWindows()
+        self.redis: Redis | None = None
+        self._down_since: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Tell whether requests are limited at all (a limit of 0 turns it off)."""
+        return self.per_minute > 0
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[RateLimiter]:
+        """Open the Redis pool (when configured) for the app's lifetime; close it after."""
+        if self.enabled and self.redis_url:
+            pool = BlockingConnectionPool.from_url(
+                self.redis_url,
+                max_connections=self.max_connections,
+                timeout=self.timeout_s,
+                socket_timeout=self.timeout_s,
+                socket_connect_timeout=self.timeout_s,
+            )
+            self.redis = Redis(connection_pool=pool)
+        try:
+            yield self
+        finally:
+            redis, self.redis = self.redis, None
+            if redis is not None:
+                await redis.aclose()
+                await redis.connection_pool.disconnect()
+
+    def key(self, user_id: str, endpoint: str) -> str:
+        """Return the Redis key of a user's counter for an endpoint (with the prefix)."""
+        return self.prefix + KEY.format(user_id=user_id, endpoint=endpoint)
+
+    async def hit(self, user_id: str, endpoint: str) -> Decision:
+        """Count one request of user_id to endpoint; say whether it is within the limit."""
+        key = self.key(user_id, endpoint)
+        counted = await self._redis_hit(key)
+        count, left = counted if counted is not None else self.local.hit(key, self.window_s)
+        return Decision(allowed=count <= self.per_minute, count=count, retry_after_s=left)
+
+    async def _redis_hit(self, key: str) -> tuple[int, int] | None:
+        if self.redis is None:
+            return None
+        if (
+            self._down_since is not None
+            and time.monotonic() - self._down_since < self.RETRY_REDIS_AFTER_S
+        ):
+            return None
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, self.window_s, nx=True)
+            pipe.ttl(key)
+            count, _, ttl = await pipe.execute()
+        except (RedisError, OSError) as e:
+            # A full pool under load is not an outage: count this request locally only.
+            if "No connection available" not in str(e):
+                if self._down_since is None:
+                    log.warning(
+                        "rate limits: Redis %s unavailable (%s); counting in-process meanwhile",
+                        mask_secrets(self.redis_url or ""),
+                        type(e).__name__,
+                    )
+                self._down_since = time.monotonic()
+            return None
+        if self._down_since is not None:
+            log.warning("rate limits: Redis %s is back", mask_secrets(self.redis_url or ""))
+            self._down_since = None
+        left = int(ttl) if int(ttl) > 0 else self.window_s
+        return int(count), left
+
+
+def client_id(scope: Scope, *, trust_token: bool) -> str:
+    """Return who a request counts against: its bearer token's hash, else its address."""
+    if trust_token:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token:
+                    return "t-" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    client = scope.get("client")
+    return "a-" + (str(client[0]) if client else "unknown")
+
+
+class RateLimit:
+    """ASGI middleware: 429 problem details with Retry-After past the per-minute limit."""
+
+    def __init__(
+        self, app: ASGIApp, limiter: RateLimiter, *, trust_token: bool, service: str = ""
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.trust_token = trust_token
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count the request; refuse it when its client is over the limit."""
+        if scope["type"] != "http" or not self.limiter.enabled:
+            await self.app(scope, receive, send)
+            return
+        operation, exempt = route_of(scope)
+        if exempt:
+            await self.app(scope, receive, send)
+            return
+        user = client_id(scope, trust_token=self.trust_token)
+        decision = await self.limiter.hit(user, operation)
+        if decision.allowed:
+            await self.app(scope, receive, send)
+            return
+        count_rejection(self.service, "rate_limited")
+        error = RateLimitedError(
+            f"Rate limit reached: {self.limiter.per_minute} requests per minute per client "
+            f"for {operation}; retry after {decision.retry_after_s} s."
+        )
+        path = str(scope.get("root_path", "")) + str(scope.get("path", ""))
+        await send_problem(
+            scope,
+            send,
+            error.to_problem(instance=path),
+            {"retry-after": str(decision.retry_after_s)},
+        )
