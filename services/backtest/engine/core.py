@@ -55,6 +55,7 @@ REASON_STOP_LOSS = 1
 REASON_TAKE_PROFIT = 2
 REASON_END = 3
 REASON_LIQUIDATION = 4
+REASON_MARGIN_CALL = 5  # a long sold to pay for covering a short (cash never goes negative)
 
 # Columns of the fill log.
 LOG_BAR = 0
@@ -239,7 +240,32 @@ def _log_nb(log, k, t, j, side, shares, fill, quote, comm, pnl, value, reason, t
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _close_nb(j, t, quote, reason, spec, book, acct, log, record):
-    """Close symbol ``j``'s position at ``quote`` (before slippage)."""
+    """Close symbol ``j``'s position at ``quote`` (before slippage); cash never goes negative.
+
+    Covering a short costs cash. When the short has risen so far that the cash left (after
+    the longs it paid for) cannot pay the cover, longs are sold first at their current marks,
+    as a broker's margin call would (reason ``margin_call``), until it can. Only an account
+    that is insolvent even then goes below zero, and the liquidation that follows writes the
+    debt off.
+    """
+    s = book[B_POS, j]
+    if s < 0.0:
+        fill = quote * (1.0 + spec.slippage)
+        need = -s * fill + commission_nb(-s, fill, spec)
+        if need > acct[ACCT_CASH]:
+            for k in range(book.shape[1]):
+                if acct[ACCT_CASH] >= need:
+                    break
+                if book[B_POS, k] > 0.0:
+                    _close_fill_nb(
+                        k, t, book[B_MARK, k], REASON_MARGIN_CALL, spec, book, acct, log, record
+                    )
+    _close_fill_nb(j, t, quote, reason, spec, book, acct, log, record)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _close_fill_nb(j, t, quote, reason, spec, book, acct, log, record):
+    """Fill the close of symbol ``j``'s whole position at ``quote`` (before slippage)."""
     s = book[B_POS, j]
     side = -1.0 if s > 0.0 else 1.0  # the closing fill's direction
     fill = quote * (1.0 + side * spec.slippage)

@@ -19,7 +19,7 @@ SIZE_METHODS: dict[str, int] = {
     "fixed_shares": core.SIZE_FIXED_SHARES,
     "volatility_target": core.SIZE_VOLATILITY_TARGET,
 }
-REASONS = ("signal", "stop_loss", "take_profit", "end", "liquidation")
+REASONS = ("signal", "stop_loss", "take_profit", "end", "liquidation", "margin_call")
 FILL_COLUMNS = (
     "bar",
     "symbol",

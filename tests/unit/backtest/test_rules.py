@@ -215,3 +215,27 @@ def test_ml_ensemble_takes_the_providers_targets() -> None:
     assert [(b, d) for b, d, *_ in _fills(res)] == [(2, "buy"), (4, "sell")]
     with pytest.raises(ValueError, match="signal provider"):
         build_targets("ml_ensemble", {}, bars)
+
+
+def test_covering_a_risen_short_sells_longs_first_and_cash_never_goes_negative() -> None:
+    # A stays at 100; B, shorted at 100, rises to 250 while A is still held long.
+    a_close = [100.0] * 6
+    b_close = [100.0, 100.0, 180.0, 250.0, 250.0, 250.0]
+    close = np.array([a_close, b_close]).T
+    bars = Bars(open=close, high=close * 1.001, low=close * 0.999, close=close)
+    target = np.full((6, 2), NAN)
+    target[0] = [1.0, -1.0]  # long A, short B at bar 1's open
+    target[3, 1] = 0.0  # cover B at bar 4's open; A is not asked to move
+    spec = make_spec(initial_capital=1000, allow_short=True, max_positions=2)
+    res = simulate(bars, target, spec)
+    assert (res.cash >= 0.0).all()
+    marked = res.cash + (res.positions * close).sum(axis=1)
+    np.testing.assert_allclose(marked, res.equity, rtol=1e-12)
+    f = res.fills_frame()
+    at_cover = f[f["bar"] == 4]
+    # the broker's margin call: A sold first (at its mark), then B covered, same bar
+    assert list(zip(at_cover["symbol"], at_cover["direction"], at_cover["reason"])) == [
+        (0, "sell", "margin_call"),
+        (1, "buy", "signal"),
+    ]
+    assert res.equity[-1] > 0.0
