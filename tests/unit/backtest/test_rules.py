@@ -234,7 +234,8 @@ def test_covering_a_risen_short_sells_longs_first_and_cash_never_goes_negative()
     f = res.fills_frame()
     at_cover = f[f["bar"] == 4]
     # the broker's margin call: A sold first (at its mark), then B covered, same bar
-    assert list(zip(at_cover["symbol"], at_cover["direction"], at_cover["reason"])) == [
+    rows = zip(at_cover["symbol"], at_cover["direction"], at_cover["reason"], strict=True)
+    assert list(rows) == [
         (0, "sell", "margin_call"),
         (1, "buy", "signal"),
     ]
