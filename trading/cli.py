@@ -52,16 +52,62 @@ def serve_in_thread(asgi_app: Any, port: int) -> Iterator[str]:
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(
+        1, min=1, help="Worker processes (each runs every service; metrics are shared)."
+    ),
+    header_timeout: float | None = typer.Option(
+        None, help="Seconds for a request's line and headers (default HTTP_HEADER_TIMEOUT_S)."
+    ),
+    body_timeout: float | None = typer.Option(
+        None, help="Seconds for a request body (default HTTP_BODY_TIMEOUT_S)."
+    ),
+    keep_alive: int | None = typer.Option(
+        None, help="Seconds an idle keep-alive connection stays open (default HTTP_KEEP_ALIVE_S)."
+    ),
 ) -> None:
-    """Serve every service over HTTP in one process (Swagger UI at /market/docs)."""
+    """Serve every service over HTTP (Swagger UI at /market/docs), with the server limits.
+
+    Slow request heads and bodies are cut (408 / closed) and idle keep-alive connections
+    closed, per the HTTP_* settings or these options. With --workers N the processes share
+    one /metrics exposition through a PROMETHEUS_MULTIPROC_DIR (a temporary folder unless
+    set), and rate limits are shared only through Redis.
+    """
+    import tempfile
+
     import uvicorn
 
     from shared.config import BaseServiceSettings
     from shared.logging import configure_logging
-    from trading.host import build_platform_app
+    from shared.server import PROTOCOL_PATH
 
-    configure_logging(BaseServiceSettings().log_level)
-    uvicorn.run(build_platform_app(), host=host, port=port, log_config=None)
+    # Options become settings through the environment, which every worker process inherits.
+    for name, value in (
+        ("HTTP_HEADER_TIMEOUT_S", header_timeout),
+        ("HTTP_BODY_TIMEOUT_S", body_timeout),
+        ("HTTP_KEEP_ALIVE_S", keep_alive),
+    ):
+        if value is not None:
+            os.environ[name] = str(value)
+    settings = BaseServiceSettings()
+    configure_logging(settings.log_level)
+    multiproc: tempfile.TemporaryDirectory[str] | None = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiproc = tempfile.TemporaryDirectory(prefix="trading-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc.name
+    try:
+        uvicorn.run(
+            "trading.host:build_platform_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            http=PROTOCOL_PATH,
+            timeout_keep_alive=settings.http_keep_alive_s,
+            log_config=None,
+        )
+    finally:
+        if multiproc is not None:
+            multiproc.cleanup()
 
 
 @app.command()
