@@ -11,24 +11,34 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
 from fastmcp.server.auth import AccessToken, TokenVerifier
+from fastmcp.server.middleware import Middleware as McpMiddleware
+from fastmcp.server.middleware import MiddlewareContext
 from fastmcp.server.providers import Provider
 from fastmcp.server.providers.openapi import MCPType, OpenAPIProvider, RouteMap
 from fastmcp.tools.base import Tool
 from fastmcp.utilities.openapi import HTTPRoute
+from prometheus_client import Counter, Histogram
 from pydantic import SecretStr
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_mcp.results import Limits
-from gateway_mcp.services import AppFactory, Service, open_services
+from gateway_mcp.services import AppFactory, Service, gateway_health, open_services
 from gateway_mcp.settings import GatewaySettings
 from gateway_mcp.tools import GatewayTools, gateway_tool
+from shared.limits import BodyLimit
+from shared.metrics import CONTENT_TYPE, LATENCY_BUCKETS, RequestMetrics, render
+from shared.server import CONFIG_ATTRIBUTE, HttpLimits, uvicorn_options
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,16 @@ ROUTE_MAPS = [
     RouteMap(pattern=OPS_PATHS, mcp_type=MCPType.EXCLUDE),
     RouteMap(mcp_type=MCPType.TOOL),  # every other operation, GET included, is a tool
 ]
+
+TOOL_CALLS = Counter(
+    "mcp_tool_calls", "MCP tool calls by tool and outcome (ok, error).", ["tool", "outcome"]
+)
+TOOL_SECONDS = Histogram(
+    "mcp_tool_call_duration_seconds",
+    "Duration of MCP tool calls (jobs included).",
+    ["tool"],
+    buckets=(*LATENCY_BUCKETS, 60, 300, 900),
+)
 
 INSTRUCTIONS = """Tools of an AI trading research platform, one group per service:
 {groups}
@@ -76,6 +96,25 @@ def build_service_provider(service: Service, limits: Limits) -> Provider:
         if isinstance(component, Tool)
     }
     return provider.wrap_transform(GatewayTools(tools))
+
+
+class ToolMetrics(McpMiddleware):
+    """Count and time every tool call (outcome `error` for a tool error or an exception)."""
+
+    async def on_call_tool(self, context: MiddlewareContext[Any], call_next: Any) -> Any:
+        """Time the call; count its outcome."""
+        tool = str(getattr(context.message, "name", "unknown"))
+        t0 = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await call_next(context)
+            outcome = "error" if getattr(result, "is_error", False) else "ok"
+            return result
+        except ToolError:
+            raise
+        finally:
+            TOOL_CALLS.labels(tool, outcome).inc()
+            TOOL_SECONDS.labels(tool).observe(time.perf_counter() - t0)
 
 
 class StaticBearerVerifier(TokenVerifier):
@@ -128,7 +167,26 @@ def build_gateway(
     for service in services:  # each service under its namespace: market_get_price, ...
         gateway.add_provider(build_service_provider(service, limits), namespace=service.name)
     gateway.services = {s.name: s for s in services}  # type: ignore[attr-defined]
+    gateway.add_middleware(ToolMetrics())
+    install_ops_routes(gateway, services, timeout_s=settings.health_timeout_s)
     return gateway
+
+
+def install_ops_routes(gateway: FastMCP, services: list[Service], *, timeout_s: float) -> None:
+    """Add `GET /health` and `GET /metrics` to the gateway's HTTP app (no token needed).
+
+    `/health` asks every service's `/health` (at most timeout_s each, concurrently): 200 with
+    `ok` or `degraded`, 503 `unavailable` when no service answers. Neither route is a tool.
+    """
+
+    @gateway.custom_route("/health", methods=["GET"], include_in_schema=False)
+    async def health(_: Request) -> Response:
+        state = await gateway_health(services, timeout_s)
+        return JSONResponse(state, status_code=503 if state["status"] == "unavailable" else 200)
+
+    @gateway.custom_route("/metrics", methods=["GET"], include_in_schema=False)
+    async def metrics(_: Request) -> Response:
+        return Response(render(), media_type=CONTENT_TYPE)
 
 
 class SlashAlias:
@@ -150,7 +208,11 @@ def http_app(gateway: FastMCP, settings: GatewaySettings) -> Any:
     return gateway.http_app(
         path=settings.path,
         transport="http",
-        middleware=[Middleware(SlashAlias, path=settings.path)],
+        middleware=[
+            Middleware(SlashAlias, path=settings.path),
+            Middleware(RequestMetrics, service="gateway"),
+            Middleware(BodyLimit, max_bytes=settings.max_body_bytes, service="gateway"),
+        ],
     )
 
 
@@ -170,5 +232,7 @@ async def run_http(gateway: FastMCP, settings: GatewaySettings) -> None:
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=2,
+        **uvicorn_options(settings),
     )
+    setattr(config, CONFIG_ATTRIBUTE, HttpLimits.from_settings(settings))
     await uvicorn.Server(config).serve()

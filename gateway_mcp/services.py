@@ -8,10 +8,12 @@ error mapping, result sizing) is the same code.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from prometheus_client import Counter, Histogram
 
 from gateway_mcp.jobs import follow_job, status_url
 from gateway_mcp.settings import GatewaySettings
@@ -29,11 +32,25 @@ from shared.errors import (
     ServiceUnavailableError,
 )
 from shared.http import app_lifespan, register_local_app
+from shared.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
 
 AppFactory = Callable[[], Any]
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+UPSTREAM_REQUESTS = Counter(
+    "gateway_upstream_requests",
+    "Requests the gateway sent to a service, by status (`timeout`, `unreachable`, `down` when "
+    "no answer came).",
+    ["service", "status"],
+)
+UPSTREAM_SECONDS = Histogram(
+    "gateway_upstream_request_duration_seconds",
+    "Time a service took to answer the gateway.",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 def discover_specs(spec_dir: Path) -> dict[str, dict[str, Any]]:
@@ -166,34 +183,37 @@ class ServiceTransport(httpx2.AsyncBaseTransport):
             await inner.aclose()
 
     async def _send(self, request: httpx2.Request) -> httpx2.Response:
+        t0 = time.perf_counter()
+        response, status = await self._send_once(request)
+        UPSTREAM_REQUESTS.labels(self.service.name, status).inc()
+        UPSTREAM_SECONDS.labels(self.service.name).observe(time.perf_counter() - t0)
+        return response
+
+    async def _send_once(self, request: httpx2.Request) -> tuple[httpx2.Response, str]:
+        """Return the service's answer (or the problem standing for none) and a status label."""
         svc = self.service
         if self._inner is None:
             reason = svc.down_reason or "the gateway has not started it"
-            return _problem(
-                request,
-                ServiceUnavailableError(
-                    f"The {svc.name} service is not available: {reason}. "
-                    "The gateway's other services are unaffected."
-                ),
+            error: AppError = ServiceUnavailableError(
+                f"The {svc.name} service is not available: {reason}. "
+                "The gateway's other services are unaffected."
             )
+            return _problem(request, error), "down"
         try:
-            return await self._inner.handle_async_request(request)
+            response = await self._inner.handle_async_request(request)
         except httpx2.TimeoutException as e:
-            return _problem(
-                request,
-                ServiceTimeoutError(
-                    f"The {svc.name} service at {svc.base_url} did not answer within "
-                    f"{svc.settings.service_timeout_s:g} s ({type(e).__name__})."
-                ),
+            error = ServiceTimeoutError(
+                f"The {svc.name} service at {svc.base_url} did not answer within "
+                f"{svc.settings.service_timeout_s:g} s ({type(e).__name__})."
             )
+            return _problem(request, error), "timeout"
         except httpx2.TransportError as e:
-            return _problem(
-                request,
-                ServiceUnavailableError(
-                    f"The {svc.name} service is unreachable at {svc.base_url} "
-                    f"({type(e).__name__}: {e}). The gateway's other services are unaffected."
-                ),
+            error = ServiceUnavailableError(
+                f"The {svc.name} service is unreachable at {svc.base_url} "
+                f"({type(e).__name__}: {e}). The gateway's other services are unaffected."
             )
+            return _problem(request, error), "unreachable"
+        return response, str(response.status_code)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send a request; follow a 202 job answer to its end, reporting progress."""
@@ -238,3 +258,45 @@ def open_services(
         svc.build_app()
         services.append(svc)
     return services
+
+
+async def probe_service(service: Service, timeout_s: float) -> dict[str, Any]:
+    """Ask one service's `/health` now; return its state for the gateway's `/health`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await service.client.get("/health")
+    except (TimeoutError, httpx2.HTTPError) as e:
+        return {"status": "unavailable", "detail": f"/health failed ({type(e).__name__})"}
+    state: dict[str, Any] = {"http_status": response.status_code}
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code == 200:
+        reported = body.get("status") if isinstance(body, dict) else None
+        state["status"] = reported if reported in {"ok", "degraded"} else "ok"
+    else:
+        state["status"] = "unavailable"
+        if isinstance(body, dict) and isinstance(body.get("detail"), str):
+            state["detail"] = body["detail"]
+    if isinstance(body, dict):
+        state.update({k: v for k, v in body.items() if k in {"database", "redis"}})
+    return state
+
+
+async def gateway_health(services: list[Service], timeout_s: float) -> dict[str, Any]:
+    """Return the gateway's health: each service's state and an overall status.
+
+    `ok` when every service is; `degraded` when some service is degraded or down but one
+    still answers; `unavailable` when none does (the gateway can then do nothing useful).
+    """
+    states = await asyncio.gather(*(probe_service(s, timeout_s) for s in services))
+    by_name = {s.name: state for s, state in zip(services, states, strict=True)}
+    usable = [st for st in states if st["status"] in {"ok", "degraded"}]
+    if not usable:
+        status = "unavailable"
+    elif len(usable) == len(states) and all(st["status"] == "ok" for st in states):
+        status = "ok"
+    else:
+        status = "degraded"
+    return {"status": status, "services": by_name}
