@@ -11,9 +11,11 @@ own spec, never from fastmcp's internal schema markers.
 
 from __future__ import annotations
 
+import base64
 import copy
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
 from fastmcp.exceptions import ToolError
@@ -23,7 +25,7 @@ from fastmcp.tools.base import ToolResult
 from fastmcp.tools.tool_transform import forward_raw
 from fastmcp.utilities.openapi import HTTPRoute
 from fastmcp.utilities.versions import VersionSpec
-from mcp_types import ToolAnnotations
+from mcp_types import ImageContent, ToolAnnotations
 
 from gateway_mcp.results import (
     PAGE_KEY,
@@ -63,6 +65,62 @@ def response_schema(spec: dict[str, Any], route: HTTPRoute) -> dict[str, Any] | 
     return None
 
 
+def image_media_type(spec: dict[str, Any], route: HTTPRoute) -> str | None:
+    """Return the image media type (`image/png`, ...) of an operation whose success answer
+    is an image and not JSON, else None."""
+    operation = spec.get("paths", {}).get(route.path, {}).get(route.method.lower(), {})
+    for status, answer in sorted(operation.get("responses", {}).items()):
+        if not str(status).startswith("2"):
+            continue
+        content = answer.get("content", {})
+        images = [m for m in content if str(m).startswith("image/")]
+        if images and JSON_MEDIA not in content:
+            return str(images[0])
+    return None
+
+
+def _image_request(route: HTTPRoute, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Return (path, query) of an image operation called with the tool's arguments."""
+    path, query = route.path, {}
+    for name, value in arguments.items():
+        if value is None:
+            continue
+        where = route.parameter_map.get(name, {"location": "query", "openapi_name": name})
+        original = where.get("openapi_name", name)
+        if where.get("location") == "path":
+            path = path.replace("{" + original + "}", quote(str(value), safe=""))
+        elif where.get("location") == "query":
+            query[original] = value
+    return path, query
+
+
+def _service_client(service: str) -> httpx2.AsyncClient:
+    """Return the service's HTTP client from the running gateway's lifespan context."""
+    from fastmcp.server.dependencies import get_context
+
+    services = get_context().lifespan_context.get("services", {})
+    if service not in services:
+        raise ToolError(f"{service} service is not part of this gateway")
+    client: httpx2.AsyncClient = services[service].client
+    return client
+
+
+async def _image_result(
+    client: httpx2.AsyncClient, route: HTTPRoute, service: str, arguments: dict[str, Any]
+) -> ToolResult:
+    """Call an image operation; return the image as MCP image content (errors as problems)."""
+    path, query = _image_request(route, arguments)
+    response = await client.request(route.method.upper(), path, params=query)
+    if response.is_error:
+        problem = parse_problem(response.status_code, response.content, response.reason_phrase)
+        raise problem_error(service, problem)
+    media = response.headers.get("content-type", "").split(";")[0].strip()
+    if not media.startswith("image/"):
+        raise ToolError(f"{service} service answered {media or 'nothing'}, not an image")
+    data = base64.b64encode(response.content).decode()
+    return ToolResult(content=[ImageContent(type="image", data=data, mime_type=media)])
+
+
 def _page_args(arguments: dict[str, Any], limits: Limits) -> tuple[int, int]:
     limit, offset = arguments.pop("limit", None), arguments.pop("offset", None)
     try:
@@ -74,17 +132,32 @@ def _page_args(arguments: dict[str, Any], limits: Limits) -> tuple[int, int]:
 
 
 def gateway_tool(
-    inner: Tool, route: HTTPRoute, service: str, limits: Limits, spec: dict[str, Any]
+    inner: Tool,
+    route: HTTPRoute,
+    service: str,
+    limits: Limits,
+    spec: dict[str, Any],
+    client: httpx2.AsyncClient | None = None,
 ) -> Tool:
-    """Return inner with paging arguments (when useful), mapped errors and sized answers."""
+    """Return inner with paging arguments (when useful), mapped errors and sized answers.
+
+    An operation whose success answer is an image (e.g. `image/png`) is called through
+    client (default: the service's client in the gateway's lifespan context) and answered
+    as MCP image content, which a model sees as a picture.
+    """
+    image = image_media_type(spec, route)
     job = is_job_route(route)
-    body = None if job else response_schema(spec, route)
+    body = None if job or image else response_schema(spec, route)
     # fastmcp answers a non-object body as {"result": <body>}; the gateway keeps that shape.
     wrapped = body is not None and not is_object_schema(body, spec)
     parameters = copy.deepcopy(inner.parameters)
     props = parameters.setdefault("properties", {})
-    paged = (job or schema_has_rows(body, spec)) and not ({"limit", "offset"} & set(props))
-    output_schema = None if job else inner.output_schema
+    paged = (
+        not image
+        and (job or schema_has_rows(body, spec))
+        and not ({"limit", "offset"} & set(props))
+    )
+    output_schema = None if job or image else inner.output_schema
     description = inner.description or ""
     if paged:
         props.update(page_arguments(limits))
@@ -99,6 +172,8 @@ def gateway_tool(
     async def call(**arguments: Any) -> ToolResult:
         """Call the service; map its errors; cut rows and size to the gateway's limits."""
         args = dict(arguments)
+        if image:
+            return await _image_result(client or _service_client(service), route, service, args)
         limit, offset = _page_args(args, limits) if paged else (0, 0)
         try:
             result = await forward_raw(**args)

@@ -67,7 +67,7 @@ def annualized_volatility(returns: np.ndarray, periods_per_year: float) -> float
 def sharpe_ratio(returns: np.ndarray, risk_free_rate: float, periods_per_year: float) -> float:
     """Return the annualised Sharpe ratio of returns over the risk-free rate (sample std)."""
     x = returns - risk_free_rate / periods_per_year
-    sd = np.std(x, ddof=1)
+    sd = np.std(x, ddof=1) if np.ptp(x) > 0 else 0.0  # constant: no risk, not 1e-19
     return float(np.mean(x) / sd * math.sqrt(periods_per_year)) if sd > 0 else float("nan")
 
 
@@ -129,7 +129,7 @@ def alpha_beta(
     x = benchmark_returns - rf
     xc = x - x.mean()
     var = float(np.mean(xc * xc))
-    if var == 0:
+    if var == 0 or np.ptp(x) == 0:  # a flat benchmark: float noise is no variance
         return float("nan"), float("nan")
     beta = float(np.mean(xc * y) / var)
     alpha = float((1.0 + np.mean(y - beta * x)) ** periods_per_year - 1.0)
@@ -162,7 +162,7 @@ def bootstrap_mean_ci(
 
 def _moments(returns: np.ndarray) -> tuple[float, float, float]:
     """Return (per-bar Sharpe with sample std, population skewness, non-excess kurtosis)."""
-    sd = np.std(returns, ddof=1)
+    sd = np.std(returns, ddof=1) if np.ptp(returns) > 0 else 0.0
     sr = float(np.mean(returns) / sd) if sd > 0 else 0.0
     skew = float(stats.skew(returns)) if sd > 0 else 0.0
     kurt = float(stats.kurtosis(returns, fisher=False)) if sd > 0 else 3.0

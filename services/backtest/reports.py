@@ -1,0 +1,286 @@
+"""From a simulation to the answer's parts: metrics, benchmark, trades summary, equity, notes.
+
+Pure functions (numpy and the engine in, schema models out), run off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from services.backtest.config import AllIn, BacktestConfig, BuyAndHoldStrategy, simulate_config
+from services.backtest.engine.runner import Bars, SimulationResult
+from services.backtest.metrics import (
+    PerformanceMetrics,
+    annualized_return,
+    annualized_volatility,
+    cagr,
+    calendar_years,
+    compute_metrics,
+    drawdowns,
+    returns_from_equity,
+    sharpe_ratio,
+    sortino_ratio,
+    total_return,
+)
+from services.backtest.schemas import (
+    Benchmark,
+    EquityCurve,
+    Metrics,
+    TradesSummary,
+    finite,
+)
+from services.backtest.strategies import SignalProvider
+
+# Seed's success criteria: hypotheses to test, stated beside the result (never targets).
+SEED_SHARPE, SEED_WIN_RATE, SEED_P = 1.5, 0.6, 0.05
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One simulated backtest with everything its answer and its stored row need."""
+
+    sim: SimulationResult
+    benchmark_equity: np.ndarray
+    dates: np.ndarray  # datetime64[D], one per bar
+    fills: pd.DataFrame  # sim.fills_frame(bars), timestamps as datetime64
+    metrics: Metrics
+    benchmark: Benchmark
+    trades: TradesSummary
+    notes: list[str]
+    rows: list[dict[str, Any]]  # the fills as `backtest_trades` rows
+
+
+def metrics_model(perf: PerformanceMetrics, sim: SimulationResult | None = None) -> Metrics:
+    """Return the answer's metrics (NaN and infinity become null)."""
+    lo, hi = perf.mean_return_ci
+    return Metrics(
+        final_capital=float(perf.final_capital),
+        total_return=finite(perf.total_return),
+        cagr=finite(perf.cagr),
+        annualized_return=finite(perf.annualized_return),
+        annualized_volatility=finite(perf.annualized_volatility),
+        periods_per_year=float(perf.periods_per_year),
+        sharpe_ratio=finite(perf.sharpe_ratio),
+        sortino_ratio=finite(perf.sortino_ratio),
+        calmar_ratio=finite(perf.calmar_ratio),
+        max_drawdown=finite(perf.max_drawdown),
+        max_drawdown_duration=int(perf.max_drawdown_duration),
+        avg_drawdown=finite(perf.avg_drawdown),
+        exposure=finite(perf.exposure),
+        total_trades=int(perf.total_trades),
+        win_rate=finite(perf.win_rate),
+        profit_factor=finite(perf.profit_factor),
+        expectancy=finite(perf.expectancy),
+        alpha=finite(perf.alpha),
+        beta=finite(perf.beta),
+        t_statistic=finite(perf.t_statistic),
+        p_value=finite(perf.p_value),
+        mean_return_ci=[finite(lo), finite(hi)],
+        probabilistic_sharpe_ratio=finite(perf.probabilistic_sharpe_ratio),
+        rejected_orders=sim.n_rejected if sim is not None else 0,
+        resized_orders=sim.n_resized if sim is not None else 0,
+    )
+
+
+def benchmark_model(
+    equity: np.ndarray,
+    initial_capital: float,
+    *,
+    years: float,
+    periods_per_year: float,
+    risk_free_rate: float,
+) -> Benchmark:
+    """Return the headline metrics of a buy-and-hold equity curve."""
+    r = returns_from_equity(equity, initial_capital)
+    return Benchmark(
+        final_capital=float(equity[-1]),
+        total_return=finite(total_return(equity, initial_capital)),
+        cagr=finite(cagr(equity, initial_capital, years)),
+        annualized_return=finite(annualized_return(r, periods_per_year)),
+        annualized_volatility=finite(annualized_volatility(r, periods_per_year)),
+        sharpe_ratio=finite(sharpe_ratio(r, risk_free_rate, periods_per_year)),
+        sortino_ratio=finite(sortino_ratio(r, risk_free_rate, periods_per_year)),
+        max_drawdown=finite(drawdowns(equity, initial_capital).max_drawdown),
+    )
+
+
+def benchmark_config(config: BacktestConfig) -> BacktestConfig:
+    """Return the buy-and-hold twin of a config: same bars, costs and warm-up, no stops."""
+    return config.model_copy(
+        update={
+            "strategy": BuyAndHoldStrategy(name="buy_and_hold"),
+            "position_size": AllIn(method="all_in"),
+            "stop_loss": None,
+            "take_profit": None,
+            "max_positions": len(config.symbol_list),
+        }
+    )
+
+
+def trades_summary(sim: SimulationResult, fills: pd.DataFrame) -> TradesSummary:
+    """Return what the fills add up to."""
+    closing = fills[fills["pnl"].notna()]
+    pnl = closing["pnl"].to_numpy(dtype=np.float64)
+    rets = closing["trade_return"].to_numpy(dtype=np.float64)
+    gain = float(pnl[pnl > 0].sum())
+    loss = float(-pnl[pnl < 0].sum())
+    return TradesSummary(
+        fills=len(fills),
+        round_trips=len(closing),
+        winning=int((pnl > 0).sum()),
+        losing=int((pnl < 0).sum()),
+        win_rate=finite(float((pnl > 0).mean())) if len(pnl) else None,
+        profit_factor=finite(gain / loss) if loss > 0 else None,
+        expectancy=finite(float(pnl.mean())) if len(pnl) else None,
+        avg_trade_return=finite(float(rets.mean())) if len(rets) else None,
+        best_trade_return=finite(float(rets.max())) if len(rets) else None,
+        worst_trade_return=finite(float(rets.min())) if len(rets) else None,
+        total_commission=float(fills["commission"].sum()),
+        total_slippage=float(fills["slippage_cost"].sum()),
+        exits=dict(Counter(str(r) for r in closing["reason"])),
+        rejected_orders=sim.n_rejected,
+        resized_orders=sim.n_resized,
+    )
+
+
+FILL_FIELDS = (
+    "timestamp",
+    "symbol",
+    "direction",
+    "shares",
+    "price",
+    "commission",
+    "slippage_cost",
+    "total_cost",
+    "pnl",
+    "portfolio_value",
+    "reason",
+    "trade_return",
+)
+
+
+def fill_rows(fills: pd.DataFrame) -> list[dict[str, Any]]:
+    """Return the fills as `backtest_trades` rows: UTC timestamps, NaN as None."""
+    stamps = pd.DatetimeIndex(fills["timestamp"]).tz_localize("UTC").to_pydatetime()
+    rows = []
+    for ts, rec in zip(stamps, fills.to_dict("records"), strict=True):
+        row: dict[str, Any] = {"timestamp": ts}
+        for name in FILL_FIELDS[1:]:
+            value = rec[name]
+            if isinstance(value, float) and not np.isfinite(value):
+                value = None
+            row[name] = value
+        rows.append(row)
+    return rows
+
+
+def downsample(n: int, points: int) -> np.ndarray:
+    """Return at most `points` evenly spaced indices of 0..n-1, first and last included."""
+    if n <= points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, points).round().astype(np.int64))
+
+
+def equity_curve(
+    dates: np.ndarray, equity: np.ndarray, benchmark: np.ndarray, points: int
+) -> EquityCurve:
+    """Return the equity and benchmark at (at most) `points` bar dates."""
+    idx = downsample(len(dates), points)
+    return EquityCurve(
+        timestamps=np.asarray(dates, dtype="datetime64[D]")[idx].tolist(),
+        equity=np.asarray(equity, dtype=np.float64)[idx].tolist(),
+        benchmark=np.asarray(benchmark, dtype=np.float64)[idx].tolist(),
+        points=len(idx),
+        total_points=len(dates),
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def reading_notes(metrics: Metrics, benchmark: Benchmark) -> list[str]:
+    """Return the plain-language caveats of a result (what a careful reader checks first)."""
+    notes = [
+        f"Total return {_pct(metrics.total_return)} (Sharpe {_num(metrics.sharpe_ratio)}, "
+        f"max drawdown {_pct(metrics.max_drawdown)}) against buy-and-hold's "
+        f"{_pct(benchmark.total_return)} (Sharpe {_num(benchmark.sharpe_ratio)}, max drawdown "
+        f"{_pct(benchmark.max_drawdown)}) on the same bars and costs."
+    ]
+    p = metrics.p_value
+    if p is None:
+        notes.append("The mean bar return has no variance to test.")
+    elif p >= SEED_P:
+        notes.append(f"The mean bar return is not distinguishable from zero (t-test p = {p:.2f}).")
+    else:
+        notes.append(
+            f"The mean bar return differs from zero (t-test p = {p:.3f}) for this one "
+            "configuration; a search over many configurations needs /optimize's deflated "
+            "Sharpe ratio instead."
+        )
+    if metrics.total_trades < 30:
+        notes.append(
+            f"Only {metrics.total_trades} closed trade(s): win rate, profit factor and "
+            "expectancy are noisy."
+        )
+    if metrics.rejected_orders:
+        notes.append(f"{metrics.rejected_orders} order(s) were rejected (cash or max_positions).")
+    sharpe_ok = (metrics.sharpe_ratio or 0.0) > SEED_SHARPE
+    win_ok = (metrics.win_rate or 0.0) > SEED_WIN_RATE
+    p_ok = p is not None and p < SEED_P
+    met = sum((sharpe_ok, win_ok, p_ok))
+    notes.append(
+        f"Seed hypotheses (Sharpe > {SEED_SHARPE}, win rate > {SEED_WIN_RATE:.0%}, "
+        f"p < {SEED_P}): {met} of 3 hold here."
+    )
+    return notes
+
+
+def evaluate(
+    config: BacktestConfig, bars: Bars, signals: SignalProvider | None = None
+) -> Evaluation:
+    """Simulate config and its buy-and-hold benchmark on bars; compute every answer part."""
+    sim = simulate_config(config, bars, signals)
+    bench = simulate_config(benchmark_config(config), bars)
+    years = calendar_years(bars.index)
+    ppy = config.periods_per_year
+    with np.errstate(all="ignore"):  # degenerate inputs (a flat benchmark) give null metrics
+        perf = compute_metrics(
+            sim.equity,
+            sim.initial_capital,
+            years=years,
+            periods_per_year=ppy,
+            risk_free_rate=config.risk_free_rate,
+            trade_pnls=sim.trade_pnls,
+            exposure=sim.exposure,
+            benchmark_equity=bench.equity,
+        )
+    metrics = metrics_model(perf, sim)
+    benchmark = benchmark_model(
+        bench.equity,
+        sim.initial_capital,
+        years=years,
+        periods_per_year=ppy,
+        risk_free_rate=config.risk_free_rate,
+    )
+    fills = sim.fills_frame(bars)
+    return Evaluation(
+        sim=sim,
+        benchmark_equity=bench.equity,
+        dates=bars.index.astype("datetime64[D]"),
+        fills=fills,
+        metrics=metrics,
+        benchmark=benchmark,
+        trades=trades_summary(sim, fills),
+        notes=reading_notes(metrics, benchmark),
+        rows=fill_rows(fills),
+    )

@@ -1,0 +1,169 @@
+"""The only code that touches SQL for backtests: runs in `backtest_results`, fills in
+`backtest_trades`. Keyword-only arguments; the caller owns the transaction."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Table, and_, func, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.tables import BacktestResult, BacktestTrade
+
+RESULTS: Table = BacktestResult.__table__  # type: ignore[attr-defined]
+TRADES: Table = BacktestTrade.__table__  # type: ignore[attr-defined]
+
+
+def aware(moment: datetime) -> datetime:
+    """Return moment as UTC-aware (SQLite hands back naive datetimes)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def join_symbols(symbols: Sequence[str]) -> str:
+    """Return the `symbols` column value: every instrument between commas."""
+    return "," + ",".join(symbols) + ","
+
+
+def split_symbols(row: Any) -> list[str]:
+    """Return a row's instruments (seed rows without `symbols` have their one `symbol`)."""
+    if row.symbols:
+        return [s for s in row.symbols.split(",") if s]
+    return [row.symbol]
+
+
+@dataclass(frozen=True)
+class Series:
+    """A run's per-bar dates, equity and buy-and-hold equity."""
+
+    dates: np.ndarray  # datetime64[D]
+    equity: np.ndarray
+    benchmark: np.ndarray
+
+
+def encode_series(series: Series) -> bytes:
+    """Return the series as one (3, n) float64 .npy array (dates as days since 1970)."""
+    days = series.dates.astype("datetime64[D]").astype(np.int64).astype(np.float64)
+    buf = io.BytesIO()
+    np.save(buf, np.vstack([days, series.equity, series.benchmark]), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_series(blob: bytes) -> Series:
+    """Return the series stored by `encode_series`."""
+    a = np.load(io.BytesIO(blob), allow_pickle=False)
+    return Series(
+        dates=a[0].astype(np.int64).astype("datetime64[D]"),
+        equity=np.ascontiguousarray(a[1]),
+        benchmark=np.ascontiguousarray(a[2]),
+    )
+
+
+def _day(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+async def insert_run(
+    session: AsyncSession,
+    *,
+    run_id: uuid.UUID,
+    created_at: datetime,
+    strategy: str,
+    symbols: Sequence[str],
+    start_date: date,
+    end_date: date,
+    initial_capital: float,
+    final_capital: float,
+    headline: dict[str, float | int | None],
+    configuration: dict[str, Any],
+    metrics: dict[str, Any],
+    bars_hash: str,
+    series: Series,
+    fills: Sequence[dict[str, Any]],
+) -> None:
+    """Add one run and its fills (in fill order)."""
+    await session.execute(
+        insert(RESULTS).values(
+            run_id=run_id,
+            created_at=created_at,
+            strategy_name=strategy,
+            symbol=symbols[0],
+            symbols=join_symbols(symbols),
+            start_date=_day(start_date),
+            end_date=_day(end_date),
+            initial_capital=initial_capital,
+            final_capital=final_capital,
+            total_return=headline.get("total_return"),
+            sharpe_ratio=headline.get("sharpe_ratio"),
+            max_drawdown=headline.get("max_drawdown"),
+            win_rate=headline.get("win_rate"),
+            total_trades=headline.get("total_trades"),
+            configuration=configuration,
+            metrics=metrics,
+            bars_hash=bars_hash,
+            series=encode_series(series),
+        )
+    )
+    if fills:
+        await session.execute(insert(TRADES), [{"run_id": run_id, **f} for f in fills])
+
+
+async def load_run(session: AsyncSession, *, run_id: uuid.UUID) -> Any | None:
+    """Return one stored run (a row with the table's columns), or None."""
+    t = RESULTS
+    return (await session.execute(select(t).where(t.c.run_id == run_id))).first()
+
+
+def _run_filter(strategy: str | None, symbol: str | None) -> list[Any]:
+    c = RESULTS.c
+    conditions: list[Any] = []
+    if strategy:
+        conditions.append(c.strategy_name == strategy)
+    if symbol:
+        conditions.append(
+            or_(
+                c.symbols.contains(f",{symbol},", autoescape=True),
+                and_(c.symbols.is_(None), c.symbol == symbol),
+            )
+        )
+    return conditions
+
+
+async def list_runs(
+    session: AsyncSession,
+    *,
+    strategy: str | None,
+    symbol: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Any], int]:
+    """Return (a page of runs newest first, the number of runs matching)."""
+    t = RESULTS
+    conditions = _run_filter(strategy, symbol)
+    total = await session.scalar(select(func.count()).select_from(t).where(*conditions))
+    rows = await session.execute(
+        select(t)
+        .where(*conditions)
+        .order_by(t.c.created_at.desc(), t.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows.all()), int(total or 0)
+
+
+async def load_fills(
+    session: AsyncSession, *, run_id: uuid.UUID, limit: int | None = None, offset: int = 0
+) -> tuple[list[Any], int]:
+    """Return (a page of a run's fills in fill order, how many it has)."""
+    t = TRADES
+    total = await session.scalar(select(func.count()).select_from(t).where(t.c.run_id == run_id))
+    query = select(t).where(t.c.run_id == run_id).order_by(t.c.timestamp, t.c.id).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    rows = await session.execute(query)
+    return list(rows.all()), int(total or 0)

@@ -1,0 +1,346 @@
+"""HTTP routes of the backtest service: parse, call the service, return a schema or a job.
+
+Route docstrings become the MCP tool descriptions: they say what comes back, in which
+units, and when a request answers directly (200) or runs as a job (202 + `Location`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
+
+from services.backtest.schemas import (
+    BacktestRequest,
+    BacktestResult,
+    MonteCarloRequest,
+    MonteCarloResult,
+    OptimizeRequest,
+    OptimizeResult,
+    RunLinks,
+    RunList,
+    StrategyList,
+    TradeList,
+    WalkForwardRequest,
+    WalkForwardResult,
+)
+from services.backtest.service import BacktestService, Prepared
+from shared.api import ProblemDocs
+from shared.jobs import JobContext, JobRunner, accepted, accepted_responses
+
+router = APIRouter()
+
+errors = ProblemDocs(
+    {
+        404: "The symbol (or stored run) does not exist.",
+        422: "An input is invalid (`field` names it): a bad date range, an unknown strategy "
+        "parameter, a param_grid the strategy rejects, too few bars for the windows, or a "
+        "strategy this deployment cannot run (`strategy_unavailable`: `ml_ensemble` without "
+        "a predictor).",
+        502: "The market service failed to give the bars.",
+        503: "The database or the market service is unavailable.",
+    }
+)
+RUN_ERRORS = errors(400, 401, 404, 422, 502, 503)
+READ_ERRORS = errors(401, 404, 422, 503)
+RunId = Annotated[uuid.UUID, Path(description="The run's id (`run_id` of a backtest answer).")]
+EquityPoints = Annotated[
+    int,
+    Query(
+        ge=2,
+        le=20_000,
+        description="Most points of the equity curve (evenly spaced; metrics use every bar).",
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows to return.")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Rows to skip first.")]
+SymbolQuery = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9.\-^=]{1,15}$",
+        description="Only runs that traded this instrument (case-insensitive).",
+    ),
+]
+StrategyQuery = Annotated[
+    str | None, Query(max_length=100, description="Only runs of this strategy name.")
+]
+
+
+def get_service(request: Request) -> BacktestService:
+    """Return the app's BacktestService (built in lifespan)."""
+    return request.app.state.backtest  # type: ignore[no-any-return]
+
+
+def get_jobs(request: Request) -> JobRunner:
+    """Return the app's JobRunner (built in lifespan)."""
+    return request.app.state.jobs  # type: ignore[no-any-return]
+
+
+Service = Annotated[BacktestService, Depends(get_service)]
+Jobs = Annotated[JobRunner, Depends(get_jobs)]
+
+
+def _prefix(request: Request) -> str:
+    """Return this app's mount point (`/backtest` under `trading serve`)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def with_links(result: BacktestResult, prefix: str) -> BacktestResult:
+    """Return result with its links under the app's mount point."""
+    if not prefix:
+        return result
+    links = result.links
+    return result.model_copy(
+        update={
+            "links": RunLinks(
+                result=prefix + links.result,
+                trades=prefix + links.trades,
+                chart=prefix + links.chart,
+            )
+        }
+    )
+
+
+async def _backtest_job(
+    service: BacktestService, body: BacktestRequest, prefix: str, ctx: JobContext
+) -> dict[str, Any]:
+    ctx.report(0, 1, "loading bars")
+    result = await service.run_backtest(body)
+    ctx.report(1, 1, "stored")
+    return with_links(result, prefix).model_dump(mode="json")
+
+
+async def _prepared_job(service: BacktestService, prepared: Prepared, ctx: JobContext) -> Any:
+    result = await service.run_prepared(prepared, ctx)
+    return result.model_dump(mode="json")
+
+
+async def _start(
+    request: Request, service: BacktestService, jobs: JobRunner, prepared: Prepared
+) -> Any:
+    """Answer prepared work directly, or start it as a job (202)."""
+    if not prepared.needs_job:
+        return await service.run_prepared(prepared)
+    job = await jobs.submit(
+        prepared.work, prepared.request, partial(_prepared_job, service, prepared)
+    )
+    return accepted(request, job)
+
+
+@router.get(
+    "/strategies",
+    operation_id="list_strategies",
+    response_model=StrategyList,
+    responses=errors(401),
+    summary="Strategies and their parameters",
+)
+async def list_strategies(service: Service) -> StrategyList:
+    """List the strategies `strategy.name` accepts, each with the JSON schema of its
+    `strategy.params` (bounds, defaults, cross-field rules such as slow > fast) and the
+    numeric parameters a `param_grid` can search. `ml_ensemble` is listed unavailable until
+    the predictor service provides its signals."""
+    return service.strategies()
+
+
+@router.post(
+    "/backtest",
+    operation_id="run_backtest",
+    response_model=BacktestResult,
+    responses={**accepted_responses(), **RUN_ERRORS},
+    summary="Run one backtest and store it",
+)
+async def run_backtest(
+    body: BacktestRequest, request: Request, service: Service, jobs: Jobs
+) -> Any:
+    """Backtest a strategy on daily (or weekly/monthly) bars from the market service; store
+    the run (config, metrics, input-bar hash, every fill) and return it.
+
+    Orders decided at a bar's close fill at the next bar's open (`fill: "close"`: that
+    close), with adverse `slippage` (fraction) and commission `commission` per share plus
+    `commission_rate` of value (at least `min_commission`). Cash never goes negative:
+    unaffordable orders are resized or rejected (counted). Open positions close at the
+    last close. `symbols` (instead of `symbol`) trades one portfolio with shared cash and
+    `max_positions`.
+
+    Answer: `run_id`; `metrics` as fractions (total_return, cagr, sharpe_ratio, sortino,
+    calmar, max_drawdown (negative), win_rate, profit_factor, p_value of the mean return,
+    probabilistic_sharpe_ratio, `final_capital`, ...); `benchmark` (buy-and-hold on the
+    same bars and costs); a `trades` summary (fills: `GET /trades/{run_id}`); the `equity`
+    curve (at most `equity_points` points); `notes` on how far to trust the numbers; links
+    to the chart (`GET /results/{run_id}/chart.png`).
+
+    Answers 200 directly (milliseconds of compute) unless `symbols` has more than 5
+    instruments: then 202 and it runs as a job (`Location` is its status URL).
+    """
+    if service.backtest_needs_job(body):
+        prefix = _prefix(request)
+        job = await jobs.submit("backtest", body, partial(_backtest_job, service, body, prefix))
+        return accepted(request, job)
+    return with_links(await service.run_backtest(body), _prefix(request))
+
+
+@router.post(
+    "/walk_forward",
+    operation_id="walk_forward",
+    response_model=WalkForwardResult,
+    responses={**accepted_responses(), **RUN_ERRORS},
+    summary="Walk-forward analysis",
+)
+async def run_walk_forward(
+    body: WalkForwardRequest, request: Request, service: Service, jobs: Jobs
+) -> Any:
+    """Fit the strategy in sample and test it out of sample, window after window, on one
+    `symbol`: `train_period` bars (default 252) then `test_period` bars (default 21), rolling
+    forward by `test_period` (`anchored`: every train window starts at the first bar).
+    N bars give (N - train - test) // test + 1 windows.
+
+    In each window the `param_grid` combination best on `objective` over the train bars is
+    traded on the test bars (no `param_grid`: the `strategy.params` as given). The strategy
+    sees the train bars as history; positions are closed at each window's end.
+
+    Answer: `n_windows`, per-window dates, fitted `params`, in-sample and out-of-sample
+    metrics; the stitched out-of-sample `equity`, its `metrics` and `benchmark`
+    (buy-and-hold on the same bars); `walk_forward_efficiency` = out-of-sample over
+    in-sample annualised return (0.5 or more: the fit carries over); a one-line `reading`.
+
+    Answers 200 directly when windows x combinations x bars is at most 20,000,000
+    trial-bars (about a second); otherwise 202 and runs as a job with progress per window.
+    """
+    prepared = await service.prepare_walk_forward(body)
+    return await _start(request, service, jobs, prepared)
+
+
+@router.post(
+    "/optimize",
+    operation_id="optimize_parameters",
+    response_model=OptimizeResult,
+    responses={**accepted_responses(), **RUN_ERRORS},
+    summary="Parameter search with overfitting statistics",
+)
+async def optimize_parameters(
+    body: OptimizeRequest, request: Request, service: Service, jobs: Jobs
+) -> Any:
+    """Search a strategy's parameters on one `symbol`: every combination of `param_grid`
+    (`method: "grid"`) or `n_trials` of them drawn with `seed` (`"random"`), filtered by
+    `constraints` such as `"fast < slow"`, ranked by `objective` (any metric:
+    sharpe_ratio, total_return, cagr, calmar_ratio, max_drawdown, ...).
+
+    Answer: `n_trials`, the `top_n` combinations with their metrics, `best_params`, and,
+    because many trials were tried, the winner's `deflated_sharpe_ratio` (probability its
+    Sharpe beats the best of n_trials skill-less trials; >= 0.95 is significant) and `pbo`,
+    the probability of backtest overfitting by combinatorially symmetric cross-validation
+    (> 0.5: likely overfitted), each in [0, 1], with a one-line `reading`.
+
+    Answers 200 directly when trials x bars is at most 20,000,000 (e.g. 1,605 SMA pairs on
+    ten years of daily bars); otherwise 202 and runs as a job with progress per batch of
+    trials. At most 60,000,000 trial-bars per search.
+    """
+    prepared = await service.prepare_optimize(body)
+    return await _start(request, service, jobs, prepared)
+
+
+@router.post(
+    "/monte_carlo",
+    operation_id="run_monte_carlo",
+    response_model=MonteCarloResult,
+    responses={**accepted_responses(), **RUN_ERRORS},
+    summary="Monte Carlo of a run",
+)
+async def run_monte_carlo(
+    body: MonteCarloRequest, request: Request, service: Service, jobs: Jobs
+) -> Any:
+    """Resample a stored run (`run_id`) or a new backtest (`config`, run and stored first)
+    `n_runs` times (default 1,000) two ways, with `seed`: the trade-order bootstrap (its
+    closed trades drawn with replacement) and the circular block bootstrap of its bar
+    returns (`block` bars, default n^(1/3)).
+
+    Answer per method: percentiles (p5..p95) of the final return and of the maximum
+    drawdown, the probability of loss, VaR and CVaR at `confidence` (losses as positive
+    fractions); the run's actual return and drawdown; a one-line `reading`.
+
+    Answers 200 directly when n_runs x (bars + trades) is at most 20,000,000 path steps
+    (1,000 runs of ten daily years take milliseconds); otherwise 202 and runs as a job.
+    """
+    prepared = await service.prepare_monte_carlo(body)
+    return await _start(request, service, jobs, prepared)
+
+
+@router.get(
+    "/results",
+    operation_id="list_results",
+    response_model=RunList,
+    responses=errors(401, 422, 503),
+    summary="Stored backtest runs",
+)
+async def list_results(
+    service: Service,
+    strategy: StrategyQuery = None,
+    symbol: SymbolQuery = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> RunList:
+    """List stored runs, newest first, optionally only one `strategy` or runs that traded
+    `symbol`: run_id, dates, capital, total_return, sharpe_ratio, max_drawdown, win_rate,
+    total_trades. `page` gives the total and the next `offset`."""
+    return await service.list_results(strategy=strategy, symbol=symbol, limit=limit, offset=offset)
+
+
+@router.get(
+    "/results/{run_id}",
+    operation_id="get_results",
+    response_model=BacktestResult,
+    responses=READ_ERRORS,
+    summary="One stored backtest",
+)
+async def get_results(
+    run_id: RunId, request: Request, service: Service, equity_points: EquityPoints = 250
+) -> BacktestResult:
+    """Return a stored run exactly as `run_backtest` answered it (config, metrics,
+    benchmark, trades summary, equity at most `equity_points` points, notes)."""
+    result = await service.get_result(run_id, equity_points=equity_points)
+    return with_links(result, _prefix(request))
+
+
+@router.get(
+    "/results/{run_id}/chart.png",
+    operation_id="get_chart",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "A PNG image.",
+        },
+        **READ_ERRORS,
+    },
+    summary="Chart of a stored backtest (PNG)",
+)
+async def get_chart(
+    run_id: RunId,
+    service: Service,
+    width: Annotated[int, Query(ge=300, le=2400, description="Pixels.")] = 1000,
+    height: Annotated[int, Query(ge=200, le=1600, description="Pixels.")] = 600,
+) -> Response:
+    """Draw a stored run: its equity against buy-and-hold on top with buys (^) and sells (v)
+    marked, both drawdowns below. Returns a PNG image."""
+    png = await service.chart(run_id, width=width, height=height)
+    return Response(content=png, media_type="image/png")
+
+
+@router.get(
+    "/trades/{run_id}",
+    operation_id="get_trades",
+    response_model=TradeList,
+    responses=READ_ERRORS,
+    summary="Fills of a stored backtest",
+)
+async def get_trades(
+    run_id: RunId, service: Service, limit: Limit = 100, offset: Offset = 0
+) -> TradeList:
+    """Page through a stored run's fills, oldest first: timestamp, symbol, direction
+    (buy/sell), shares, price (slippage included), commission, slippage_cost, total_cost,
+    pnl (realised, on closing fills), portfolio_value, reason (signal, stop_loss,
+    take_profit, end) and trade_return. `page` gives the total and the next `offset`."""
+    return await service.get_trades(run_id, limit=limit, offset=offset)

@@ -1,0 +1,539 @@
+"""Public contract of the backtest service: requests and answers, documented for a cold reader.
+
+Requests extend the seed's `BacktestConfig` (services/backtest/config.py) with what a request
+adds (`adjusted`, `equity_points`, search settings). Every ratio is a fraction, never a
+percent. A metric that is undefined on the data (a Sharpe ratio without variance, a profit
+factor without a losing trade) is `null`.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.backtest.config import BacktestConfig
+
+
+def finite(x: float | None) -> float | None:
+    """Return x as a float, or None when it is missing, NaN or infinite (JSON has neither)."""
+    if x is None:
+        return None
+    f = float(x)
+    return f if math.isfinite(f) else None
+
+
+class Answer(BaseModel):
+    """Base of the answer models: frozen, so a cached answer can be shared but never changed."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+# ---- requests ---------------------------------------------------------------------------
+
+
+class RunConfig(BacktestConfig):
+    """A backtest configuration as a request carries it: the seed's names plus `adjusted`."""
+
+    adjusted: bool = Field(
+        default=False,
+        description="Use dividend- and split-adjusted prices (the market's `adjusted=true`). "
+        "Default: the vendor's prices as published.",
+    )
+
+
+EQUITY_POINTS_DOC = (
+    "Most points of the equity curve in the answer (evenly spaced; first and last bar always "
+    "kept). Metrics always use every bar."
+)
+
+
+EXAMPLE: dict[str, Any] = {
+    "symbol": "GOOG",
+    "start_date": "2004-08-19",
+    "end_date": "2013-03-01",
+    "initial_capital": 10000,
+    "strategy": {"name": "sma_crossover", "params": {"fast": 10, "slow": 20, "allow_short": True}},
+    "commission_rate": 0.002,
+    "slippage": 0.0,
+    "warmup_period": 0,
+}
+
+
+class BacktestRequest(RunConfig):
+    """One backtest: the seed's `BacktestConfig`, and how much of the equity curve to return."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
+
+    equity_points: int = Field(default=250, ge=2, le=20_000, description=EQUITY_POINTS_DOC)
+
+
+class Range(BaseModel):
+    """Evenly spaced values from `start` to `stop` inclusive, `step` apart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: float = Field(description="First value.")
+    stop: float = Field(description="Last value (included when on the step grid).")
+    step: float = Field(gt=0, description="Distance between values (> 0).")
+
+
+ParamValues = list[float] | Range
+Objective = Literal[
+    "sharpe_ratio",
+    "sortino_ratio",
+    "calmar_ratio",
+    "total_return",
+    "cagr",
+    "annualized_return",
+    "annualized_volatility",
+    "max_drawdown",
+    "win_rate",
+    "exposure",
+    "final_capital",
+    "total_trades",
+]
+PARAM_GRID_DOC = (
+    "Strategy parameter -> values to try: a list (`[10, 20, 50]`) or a range "
+    '(`{"start": 5, "stop": 50, "step": 5}`, stop included). Parameters not named keep '
+    "their `strategy.params` value. Integer parameters take integral values only."
+)
+CONSTRAINTS_DOC = (
+    "Conditions every combination must meet, each `<param> <op> <param or number>` with op "
+    "one of `< <= > >= == !=`, e.g. `fast < slow`. Combinations the strategy rejects anyway "
+    "(its own parameter checks) are skipped and counted in `n_invalid`."
+)
+OBJECTIVE_DOC = "The metric to rank combinations by (`max_drawdown` is negative: higher is better)."
+
+
+class SearchSettings(BaseModel):
+    """What a parameter search maximises, and under which conditions."""
+
+    param_grid: dict[str, ParamValues] = Field(
+        default_factory=dict, max_length=8, description=PARAM_GRID_DOC
+    )
+    constraints: list[Annotated[str, Field(max_length=100)]] = Field(
+        default_factory=list, max_length=16, description=CONSTRAINTS_DOC
+    )
+    objective: Objective = Field(default="sharpe_ratio", description=OBJECTIVE_DOC)
+    maximize: bool = Field(
+        default=True, description="Rank the objective highest first (false: lowest first)."
+    )
+
+
+class OptimizeRequest(SearchSettings, RunConfig):
+    """A parameter search on one instrument, with overfitting statistics of the winner."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **EXAMPLE,
+                    "param_grid": {
+                        "fast": {"start": 5, "stop": 50, "step": 5},
+                        "slow": {"start": 10, "stop": 200, "step": 10},
+                    },
+                    "constraints": ["fast < slow"],
+                    "objective": "sharpe_ratio",
+                }
+            ]
+        }
+    )
+
+    method: Literal["grid", "random"] = Field(
+        default="grid",
+        description="`grid`: every combination; `random`: `n_trials` of them drawn without "
+        "replacement with `seed`.",
+    )
+    n_trials: int = Field(
+        default=200, ge=1, le=200_000, description="Combinations to draw for `random`."
+    )
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Random draw seed.")
+    top_n: int = Field(default=10, ge=1, le=100, description="Best combinations to return.")
+    pbo_splits: int = Field(
+        default=10,
+        ge=4,
+        le=16,
+        multiple_of=2,
+        description="Blocks of bars for the PBO's combinatorially symmetric cross-validation "
+        "(C(S, S/2) splits: 10 gives 252, 16 gives 12,870; more is slower).",
+    )
+
+
+class WalkForwardRequest(SearchSettings, RunConfig):
+    """Rolling (or anchored) in-sample fit and out-of-sample test windows on one instrument."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **EXAMPLE,
+                    "param_grid": {"fast": [5, 10, 20], "slow": [30, 50, 100]},
+                    "train_period": 252,
+                    "test_period": 63,
+                }
+            ]
+        }
+    )
+
+    train_period: int = Field(default=252, ge=20, le=10_000, description="In-sample bars.")
+    test_period: int = Field(default=21, ge=1, le=5_000, description="Out-of-sample bars.")
+    anchored: bool = Field(
+        default=False,
+        description="In-sample windows all start at the first bar (expanding) instead of rolling.",
+    )
+    equity_points: int = Field(default=250, ge=2, le=20_000, description=EQUITY_POINTS_DOC)
+
+
+class MonteCarloRequest(BaseModel):
+    """Resample a stored run (`run_id`) or a new backtest (`config`): give exactly one."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"config": EXAMPLE, "n_runs": 1000, "seed": 0}]},
+    )
+
+    run_id: uuid.UUID | None = Field(default=None, description="A stored run to resample.")
+    config: BacktestRequest | None = Field(
+        default=None, description="A backtest to run (and store) and then resample."
+    )
+    n_runs: int = Field(default=1000, ge=1, le=200_000, description="Resampled paths per method.")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Random seed.")
+    block: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Block length in bars of the block bootstrap. Default: n^(1/3).",
+    )
+    confidence: float = Field(
+        default=0.95, ge=0.5, lt=1, description="Confidence level of VaR and CVaR."
+    )
+
+
+# ---- answers ----------------------------------------------------------------------------
+
+Num = float | None
+
+
+class Metrics(Answer):
+    """Performance of one equity curve. Fractions, not percents; `null` when undefined."""
+
+    final_capital: float = Field(description="Equity after the last bar, in cash.")
+    total_return: Num = Field(description="final_capital / initial_capital - 1.")
+    cagr: Num = Field(description="Compound annual growth over calendar time.")
+    annualized_return: Num = Field(description="Geometric mean return per year of bars.")
+    annualized_volatility: Num = Field(description="Sample std of bar returns, annualised.")
+    periods_per_year: float = Field(description="Bars per year used to annualise (252 daily).")
+    sharpe_ratio: Num = Field(description="Annualised mean excess return over its sample std.")
+    sortino_ratio: Num = Field(description="Annualised, downside deviation below risk-free.")
+    calmar_ratio: Num = Field(description="annualized_return / |max_drawdown|.")
+    max_drawdown: Num = Field(description="Worst peak-to-trough fall, a negative fraction.")
+    max_drawdown_duration: int = Field(description="Longest drawdown, bars peak to recovery.")
+    avg_drawdown: Num = Field(description="Mean depth of the drawdown episodes.")
+    exposure: Num = Field(description="Fraction of bars ending with an open position.")
+    total_trades: int = Field(description="Closed round trips.")
+    win_rate: Num = Field(description="Fraction of round trips with positive pnl.")
+    profit_factor: Num = Field(description="Gross profit / gross loss (null: no losing trade).")
+    expectancy: Num = Field(description="Mean pnl per round trip, in cash.")
+    alpha: Num = Field(description="Annualised alpha against buy-and-hold on the same bars.")
+    beta: Num = Field(description="Beta against buy-and-hold on the same bars.")
+    t_statistic: Num = Field(description="t statistic of the mean bar return being zero.")
+    p_value: Num = Field(description="Two-sided p-value of that t-test (small: mean != 0).")
+    mean_return_ci: list[Num] = Field(
+        description="95% bootstrap confidence interval of the mean bar return: [low, high]."
+    )
+    probabilistic_sharpe_ratio: Num = Field(
+        description="Probability that the true Sharpe ratio is above zero (PSR), in [0, 1]."
+    )
+    rejected_orders: int = Field(description="Orders refused (no cash, or max_positions).")
+    resized_orders: int = Field(description="Orders cut to what the cash could pay for.")
+
+
+class Benchmark(Answer):
+    """Buy-and-hold on the same bars, costs and warm-up (an equal split for several symbols)."""
+
+    strategy: Literal["buy_and_hold"] = "buy_and_hold"
+    final_capital: float
+    total_return: Num
+    cagr: Num
+    annualized_return: Num
+    annualized_volatility: Num
+    sharpe_ratio: Num
+    sortino_ratio: Num
+    max_drawdown: Num
+
+
+class TradesSummary(Answer):
+    """What the fills add up to; `GET /trades/{run_id}` lists them."""
+
+    fills: int = Field(description="Orders executed (an entry and its exit are two fills).")
+    round_trips: int = Field(description="Closed trades.")
+    winning: int
+    losing: int
+    win_rate: Num
+    profit_factor: Num
+    expectancy: Num = Field(description="Mean pnl per round trip, in cash.")
+    avg_trade_return: Num = Field(description="Mean pnl over the equity at entry.")
+    best_trade_return: Num
+    worst_trade_return: Num
+    total_commission: float
+    total_slippage: float
+    exits: dict[str, int] = Field(
+        description="Closing fills by reason: `signal`, `stop_loss`, `take_profit`, `end`."
+    )
+    rejected_orders: int
+    resized_orders: int
+
+
+class EquityCurve(Answer):
+    """The equity and the benchmark's equity at (downsampled) bar dates."""
+
+    timestamps: list[date]
+    equity: list[float]
+    benchmark: list[float]
+    points: int = Field(description="Points returned.")
+    total_points: int = Field(description="Bars in the run (every one is in the metrics).")
+
+
+class RunLinks(Answer):
+    """Where to read more of a stored run."""
+
+    result: str
+    trades: str
+    chart: str
+
+
+class BacktestResult(Answer):
+    """A stored backtest: config, metrics beside buy-and-hold, equity, trades summary."""
+
+    run_id: uuid.UUID
+    created_at: datetime
+    strategy: str
+    symbols: list[str]
+    start: date = Field(description="First bar used.")
+    end: date = Field(description="Last bar used.")
+    bars: int
+    bars_hash: str = Field(description="SHA-256 of the input bars: the same hash, same bars.")
+    config: dict[str, Any] = Field(description="The full configuration, defaults filled in.")
+    metrics: Metrics
+    benchmark: Benchmark
+    trades: TradesSummary
+    equity: EquityCurve
+    notes: list[str] = Field(description="What to keep in mind when reading these numbers.")
+    links: RunLinks
+
+
+class Page(Answer):
+    """Which rows of a list this answer holds."""
+
+    total: int
+    limit: int
+    offset: int
+    returned: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last.")
+
+
+class RunSummary(Answer):
+    """One stored run, as listed."""
+
+    run_id: uuid.UUID
+    created_at: datetime
+    strategy: str
+    symbols: list[str]
+    start_date: date
+    end_date: date
+    initial_capital: float
+    final_capital: float
+    total_return: Num
+    sharpe_ratio: Num
+    max_drawdown: Num
+    win_rate: Num
+    total_trades: int | None
+
+
+class RunList(Answer):
+    """Stored runs, newest first."""
+
+    results: list[RunSummary]
+    page: Page
+
+
+class Fill(Answer):
+    """One executed order (the seed's `backtest_trades` columns, plus why and its return)."""
+
+    timestamp: datetime
+    symbol: str
+    direction: Literal["buy", "sell"]
+    shares: float
+    price: float = Field(description="Fill price, slippage included.")
+    commission: float
+    slippage_cost: float = Field(description="|fill - quote| x shares.")
+    total_cost: float = Field(description="Cash the fill cost (+) or brought in (-).")
+    pnl: Num = Field(description="Realised pnl, on closing fills only.")
+    portfolio_value: Num = Field(description="Equity right after the fill.")
+    reason: str | None = Field(description="`signal`, `stop_loss`, `take_profit` or `end`.")
+    trade_return: Num = Field(description="Closing fills: pnl over the equity at entry.")
+
+
+class TradeList(Answer):
+    """A page of a run's fills, oldest first."""
+
+    run_id: uuid.UUID
+    trades: list[Fill]
+    page: Page
+
+
+class StrategyInfo(Answer):
+    """One strategy and its parameters."""
+
+    name: str
+    description: str
+    available: bool = Field(description="False when it needs a service that is not there.")
+    note: str | None = None
+    parameters: dict[str, Any] = Field(description="JSON schema of `strategy.params`.")
+    defaults: dict[str, Any]
+    searchable: list[str] = Field(description="Numeric parameters a `param_grid` may search.")
+
+
+class StrategyList(Answer):
+    """Every strategy `strategy.name` accepts."""
+
+    strategies: list[StrategyInfo]
+
+
+class Trial(Answer):
+    """One combination of a search and its metrics on the whole period."""
+
+    rank: int
+    params: dict[str, float | int | bool]
+    metrics: dict[str, Num]
+
+
+class OptimizeResult(Answer):
+    """The best combinations, and whether the winner's edge survives the search."""
+
+    strategy: str
+    symbol: str
+    start: date
+    end: date
+    bars: int
+    bars_hash: str
+    method: Literal["grid", "random"]
+    objective: str
+    maximize: bool
+    n_combinations: int = Field(description="Combinations meeting the constraints.")
+    n_trials: int = Field(description="Backtests run (every one counts for DSR and PBO).")
+    n_invalid: int = Field(description="Combinations the strategy's own checks rejected.")
+    best_params: dict[str, float | int | bool]
+    top: list[Trial]
+    deflated_sharpe_ratio: Num = Field(
+        description="P(the winner's Sharpe beats the best of n_trials skill-less trials), "
+        "[0, 1]; above 0.95 is significant."
+    )
+    pbo: Num = Field(
+        description="Probability of backtest overfitting by CSCV, [0, 1]: the share of splits "
+        "where the in-sample winner ranks at or below the median out of sample."
+    )
+    pbo_splits: int
+    reading: str = Field(description="One line: what DSR and PBO say about the winner.")
+    elapsed_s: float
+    backtests_per_second: float
+
+
+class InSample(Answer):
+    """The fitted combination's performance on its training window."""
+
+    objective: Num
+    annualized_return: Num
+    sharpe_ratio: Num
+
+
+class OutOfSample(Answer):
+    """The fitted combination's performance on the test window that follows."""
+
+    total_return: Num
+    annualized_return: Num
+    sharpe_ratio: Num
+    max_drawdown: Num
+    total_trades: int
+
+
+class WindowResult(Answer):
+    """One walk-forward window."""
+
+    index: int
+    train_start: date
+    train_end: date
+    test_start: date
+    test_end: date
+    params: dict[str, float | int | bool]
+    in_sample: InSample
+    out_of_sample: OutOfSample
+
+
+class WalkForwardResult(Answer):
+    """Windows fitted in sample and tested out of sample, stitched into one OOS equity."""
+
+    strategy: str
+    symbol: str
+    bars: int
+    bars_hash: str
+    anchored: bool
+    train_period: int
+    test_period: int
+    objective: str
+    n_windows: int
+    windows: list[WindowResult]
+    metrics: Metrics = Field(description="Of the stitched out-of-sample equity.")
+    benchmark: Benchmark = Field(description="Buy-and-hold over the out-of-sample bars.")
+    equity: EquityCurve
+    in_sample_annualized_return: Num = Field(description="Mean over the windows.")
+    out_of_sample_annualized_return: Num
+    walk_forward_efficiency: Num = Field(
+        description="Out-of-sample over in-sample annualised return (null when in-sample <= 0)."
+    )
+    reading: str
+
+
+class Percentiles(Answer):
+    """Percentiles of a resampled quantity."""
+
+    p5: float
+    p25: float
+    p50: float
+    p75: float
+    p95: float
+
+
+class Distribution(Answer):
+    """The outcome of one resampling method over n_runs paths."""
+
+    final_return: Percentiles
+    max_drawdown: Percentiles
+    probability_of_loss: float
+    var: float = Field(
+        description="Value at risk: the loss (a positive fraction) that the worst "
+        "1 - confidence of paths exceed; negative when even they gain."
+    )
+    cvar: float = Field(description="Mean loss of the paths at or beyond the VaR (same sign).")
+
+
+class MonteCarloResult(Answer):
+    """Trade-order and block bootstrap of a run."""
+
+    run_id: uuid.UUID
+    n_runs: int
+    seed: int
+    block: int
+    confidence: float
+    n_trades: int
+    actual_total_return: Num
+    actual_max_drawdown: Num
+    trade_bootstrap: Distribution | None = Field(
+        description="Trades resampled with replacement (null without closed trades)."
+    )
+    block_bootstrap: Distribution
+    reading: str

@@ -1,0 +1,542 @@
+"""The backtest service's domain logic: load bars, simulate, store, read back, analyse.
+
+Never imports FastAPI: routes call these methods, jobs run them, tests call them directly.
+Long work is prepared here first (inputs checked, bars loaded: every bad input is a 4xx
+before anything is accepted), then run inline or as a job: `Prepared.needs_job` says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from services.backtest import repository as repo
+from services.backtest.charts import render_chart
+from services.backtest.market import LoadedBars, MarketBars
+from services.backtest.metrics import calendar_years, drawdowns, returns_from_equity
+from services.backtest.optimize import Inline, Runner, SearchPlan, optimize, plan_search
+from services.backtest.reports import Evaluation, equity_curve, evaluate
+from services.backtest.resampling import Source, resample, steps
+from services.backtest.schemas import (
+    BacktestRequest,
+    BacktestResult,
+    Benchmark,
+    Fill,
+    Metrics,
+    MonteCarloRequest,
+    MonteCarloResult,
+    OptimizeRequest,
+    OptimizeResult,
+    Page,
+    RunConfig,
+    RunLinks,
+    RunList,
+    RunSummary,
+    StrategyInfo,
+    StrategyList,
+    TradeList,
+    TradesSummary,
+    WalkForwardRequest,
+    WalkForwardResult,
+)
+from services.backtest.settings import BacktestSettings
+from services.backtest.strategies import STRATEGIES
+from services.backtest.walkforward import check_windows, walk_forward
+from shared.cache import Cache, LRUCache, ModelCache
+from shared.db import Database
+from shared.errors import AppError, NotFoundError, ValidationProblemError
+from shared.http import local_app
+from shared.tables import utcnow
+
+STORED_VERSION = 1
+
+
+class StrategyUnavailableError(AppError):
+    """The strategy exists but cannot run here (it needs a service this deployment lacks)."""
+
+    status = 422
+    code = "strategy_unavailable"
+    title = "Strategy unavailable"
+
+
+class RunNotFoundError(NotFoundError):
+    """No stored run has this id."""
+
+    code = "run_not_found"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Checked inputs and loaded bars of a long request, and whether it runs as a job."""
+
+    work: str  # optimize | walk_forward | monte_carlo
+    request: Any
+    loaded: LoadedBars | None
+    plan: SearchPlan | None
+    source: Source | None
+    cost: int  # trial-bars or path steps
+    needs_job: bool
+
+
+def config_digest(config: dict[str, Any], bars_hash: str) -> str:
+    """Return a key naming one configuration on one set of bars."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{text}|{bars_hash}".encode()).hexdigest()
+
+
+def stored_config(request: RunConfig) -> dict[str, Any]:
+    """Return the configuration stored with a run: every field, defaults filled in."""
+    return request.model_dump(mode="json", exclude={"equity_points"})
+
+
+class BacktestService:
+    """Backtests on the market service's bars, stored so they survive a restart."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        cache: Cache,
+        market: MarketBars,
+        settings: BacktestSettings,
+    ) -> None:
+        self.db = db
+        self.cache = cache
+        self.market = market
+        self.settings = settings
+        self.results = ModelCache(cache, BacktestResult)
+        self._evaluations = LRUCache(maxsize=64, max_bytes=256 * 2**20)
+
+    # ---- strategies and inputs ----------------------------------------------------------
+
+    def predictor_configured(self) -> bool:
+        """Return whether a predictor service is reachable by configuration."""
+        return bool(self.settings.predictor_url) or local_app("predictor") is not None
+
+    def strategies(self) -> StrategyList:
+        """Return every strategy with its parameter schema and defaults."""
+        out = []
+        for d in STRATEGIES.values():
+            schema = d.params.model_json_schema()
+            searchable = [
+                n for n, f in d.params.model_fields.items() if f.annotation in (int, float)
+            ]
+            note = None
+            if d.needs_signals:
+                note = (
+                    "Trades the predictor's ensemble signals; comes with the predictor "
+                    "service; until then a request naming it is a 422 `strategy_unavailable`."
+                )
+            out.append(
+                StrategyInfo(
+                    name=d.name,
+                    description=d.description.strip(),
+                    available=not d.needs_signals,
+                    note=note,
+                    parameters=schema,
+                    defaults=d.params().model_dump(),
+                    searchable=searchable,
+                )
+            )
+        return StrategyList(strategies=out)
+
+    def check_strategy(self, config: RunConfig) -> None:
+        """Raise the problem of a strategy this version cannot run (`ml_ensemble`)."""
+        if not STRATEGIES[config.strategy.name].needs_signals:
+            return
+        if not self.predictor_configured():
+            raise StrategyUnavailableError(
+                "ml_ensemble trades the predictor service's signals and no predictor is "
+                "configured (PREDICTOR_URL). Use a rule strategy (GET /strategies).",
+                field="strategy.name",
+            )
+        raise StrategyUnavailableError(
+            "ml_ensemble needs the predictor's signal contract, which this version of the "
+            "backtest service does not read yet. Use a rule strategy (GET /strategies).",
+            field="strategy.name",
+        )
+
+    async def load(self, config: RunConfig, *, single: bool = False) -> LoadedBars:
+        """Check the strategy, then load the config's bars from the market service."""
+        self.check_strategy(config)
+        symbols = config.symbol_list
+        if single and len(symbols) != 1:
+            raise ValidationProblemError(
+                "This analysis runs on one instrument: give `symbol`, not `symbols`.",
+                field="symbols",
+            )
+        return await self.market.load(
+            symbols,
+            config.start_date,
+            config.end_date,
+            interval=config.data_frequency,
+            adjusted=config.adjusted,
+            symbols_field="symbols" if config.symbols is not None else None,
+        )
+
+    # ---- one backtest -------------------------------------------------------------------
+
+    def backtest_needs_job(self, request: BacktestRequest) -> bool:
+        """Return whether a backtest runs as a job (more instruments than the sync limit)."""
+        return len(request.symbol_list) > self.settings.backtest_sync_max_symbols
+
+    async def evaluate(self, request: RunConfig, loaded: LoadedBars) -> Evaluation:
+        """Simulate a config on loaded bars (memoised: same config, same bars, same result)."""
+        key = config_digest(stored_config(request), loaded.bars_hash)
+        hit = self._evaluations.get(key)
+        if isinstance(hit, Evaluation):
+            return hit
+        try:
+            ev = await asyncio.to_thread(evaluate, request, loaded.bars)
+        except ValueError as e:  # the engine's own checks (shapes, settings)
+            raise ValidationProblemError(f"The backtest cannot run: {e}", field="body") from e
+        if self.settings.backtest_bars_ttl_s > 0:
+            self._evaluations.set(key, ev, self.settings.backtest_bars_ttl_s)
+        return ev
+
+    async def run_backtest(self, request: BacktestRequest) -> BacktestResult:
+        """Load bars, simulate, store the run and its fills; return the stored answer."""
+        loaded = await self.load(request)
+        return await self.store_backtest(request, loaded)
+
+    async def store_backtest(self, request: BacktestRequest, loaded: LoadedBars) -> BacktestResult:
+        """Simulate on loaded bars and store the run; return its answer."""
+        ev = await self.evaluate(request, loaded)
+        run_id = uuid.uuid4()
+        created = utcnow()
+        dates = pd.DatetimeIndex(ev.dates)
+        stored = {
+            "version": STORED_VERSION,
+            "start": dates[0].date().isoformat(),
+            "end": dates[-1].date().isoformat(),
+            "bars": len(dates),
+            "metrics": ev.metrics.model_dump(mode="json"),
+            "benchmark": ev.benchmark.model_dump(mode="json"),
+            "trades": ev.trades.model_dump(mode="json"),
+            "notes": ev.notes,
+        }
+        series = repo.Series(ev.dates, ev.sim.equity, ev.benchmark_equity)
+        config = stored_config(request)
+        m = ev.metrics
+        async with self.db.session() as session:
+            await repo.insert_run(
+                session,
+                run_id=run_id,
+                created_at=created,
+                strategy=request.strategy.name,
+                symbols=loaded.bars.symbols,
+                start_date=request.start_date,
+                end_date=request.end_date,
+                initial_capital=request.initial_capital,
+                final_capital=m.final_capital,
+                headline={
+                    "total_return": m.total_return,
+                    "sharpe_ratio": m.sharpe_ratio,
+                    "max_drawdown": m.max_drawdown,
+                    "win_rate": m.win_rate,
+                    "total_trades": m.total_trades,
+                },
+                configuration=config,
+                metrics=stored,
+                bars_hash=loaded.bars_hash,
+                series=series,
+                fills=ev.rows,
+            )
+            await session.commit()
+        return self._answer(
+            run_id=run_id,
+            created=created,
+            strategy=request.strategy.name,
+            symbols=list(loaded.bars.symbols),
+            bars_hash=loaded.bars_hash,
+            config=config,
+            stored=stored,
+            series=series,
+            points=request.equity_points,
+        )
+
+    @staticmethod
+    def _answer(
+        *,
+        run_id: uuid.UUID,
+        created: Any,
+        strategy: str,
+        symbols: list[str],
+        bars_hash: str,
+        config: dict[str, Any],
+        stored: dict[str, Any],
+        series: repo.Series,
+        points: int,
+    ) -> BacktestResult:
+        """Return a run's answer from what is stored (POST and GET build it the same way)."""
+        base = f"/results/{run_id}"
+        return BacktestResult(
+            run_id=run_id,
+            created_at=repo.aware(created),
+            strategy=strategy,
+            symbols=symbols,
+            start=date.fromisoformat(stored["start"]),
+            end=date.fromisoformat(stored["end"]),
+            bars=int(stored["bars"]),
+            bars_hash=bars_hash,
+            config=config,
+            metrics=Metrics.model_validate(stored["metrics"]),
+            benchmark=Benchmark.model_validate(stored["benchmark"]),
+            trades=TradesSummary.model_validate(stored["trades"]),
+            equity=equity_curve(series.dates, series.equity, series.benchmark, points),
+            notes=list(stored["notes"]),
+            links=RunLinks(result=base, trades=f"/trades/{run_id}", chart=f"{base}/chart.png"),
+        )
+
+    # ---- stored runs --------------------------------------------------------------------
+
+    async def _row(self, run_id: uuid.UUID) -> Any:
+        async with self.db.session() as session:
+            row = await repo.load_run(session, run_id=run_id)
+        if row is None or row.series is None or not row.metrics:
+            raise RunNotFoundError(f"No stored backtest run {run_id}.", field="run_id")
+        return row
+
+    async def get_result(self, run_id: uuid.UUID, *, equity_points: int = 250) -> BacktestResult:
+        """Return a stored run as `POST /backtest` answered it."""
+        key = f"backtest:result:{run_id}:{equity_points}"
+        cached, _ = await self.results.get(key)
+        if cached is not None:
+            return cached
+        row = await self._row(run_id)
+        answer = self._answer(
+            run_id=row.run_id,
+            created=row.created_at,
+            strategy=row.strategy_name,
+            symbols=repo.split_symbols(row),
+            bars_hash=row.bars_hash or "",
+            config=row.configuration or {},
+            stored=row.metrics,
+            series=repo.decode_series(row.series),
+            points=equity_points,
+        )
+        await self.results.set(key, answer, self.settings.backtest_result_ttl_s)
+        return answer
+
+    async def list_results(
+        self, *, strategy: str | None, symbol: str | None, limit: int, offset: int
+    ) -> RunList:
+        """Return stored runs newest first, filtered by strategy and instrument."""
+        async with self.db.session() as session:
+            rows, total = await repo.list_runs(
+                session,
+                strategy=strategy,
+                symbol=symbol.upper() if symbol else None,
+                limit=limit,
+                offset=offset,
+            )
+        runs = [
+            RunSummary(
+                run_id=r.run_id,
+                created_at=repo.aware(r.created_at),
+                strategy=r.strategy_name,
+                symbols=repo.split_symbols(r),
+                start_date=repo.aware(r.start_date).date(),
+                end_date=repo.aware(r.end_date).date(),
+                initial_capital=r.initial_capital,
+                final_capital=r.final_capital,
+                total_return=r.total_return,
+                sharpe_ratio=r.sharpe_ratio,
+                max_drawdown=r.max_drawdown,
+                win_rate=r.win_rate,
+                total_trades=r.total_trades,
+            )
+            for r in rows
+        ]
+        return RunList(results=runs, page=_page(total, limit, offset, len(runs)))
+
+    async def get_trades(self, run_id: uuid.UUID, *, limit: int, offset: int) -> TradeList:
+        """Return a page of a stored run's fills, oldest first."""
+        await self._row(run_id)
+        async with self.db.session() as session:
+            rows, total = await repo.load_fills(session, run_id=run_id, limit=limit, offset=offset)
+        fills = [
+            Fill(
+                timestamp=repo.aware(r.timestamp),
+                symbol=r.symbol,
+                direction="buy" if r.direction == "buy" else "sell",
+                shares=r.shares,
+                price=r.price,
+                commission=r.commission,
+                slippage_cost=r.slippage_cost,
+                total_cost=r.total_cost,
+                pnl=r.pnl,
+                portfolio_value=r.portfolio_value,
+                reason=r.reason,
+                trade_return=r.trade_return,
+            )
+            for r in rows
+        ]
+        return TradeList(run_id=run_id, trades=fills, page=_page(total, limit, offset, len(fills)))
+
+    async def chart(self, run_id: uuid.UUID, *, width: int, height: int) -> bytes:
+        """Return the PNG chart of a stored run (drawn once, then cached)."""
+        key = f"backtest:chart:{run_id}:{width}x{height}:v1"
+        cached, _ = await self.cache.get(key)
+        if isinstance(cached, str):
+            return base64.b64decode(cached)
+        row = await self._row(run_id)
+        async with self.db.session() as session:
+            fills, _ = await repo.load_fills(session, run_id=run_id)
+        series = repo.decode_series(row.series)
+        symbols = repo.split_symbols(row)
+        m = row.metrics.get("metrics", {})
+        b = row.metrics.get("benchmark", {})
+        title = (
+            f"{row.strategy_name} on {', '.join(symbols)}: "
+            f"{_pct(m.get('total_return'))} (buy and hold {_pct(b.get('total_return'))}), "
+            f"Sharpe {_num(m.get('sharpe_ratio'))}, max drawdown {_pct(m.get('max_drawdown'))}"
+        )
+        png = await asyncio.to_thread(
+            render_chart,
+            dates=series.dates,
+            equity=series.equity,
+            benchmark=series.benchmark,
+            fill_dates=[np.datetime64(repo.aware(f.timestamp).date()) for f in fills],
+            fill_directions=[f.direction for f in fills],
+            title=title,
+            width=width,
+            height=height,
+        )
+        await self.cache.set(
+            key, base64.b64encode(png).decode(), self.settings.backtest_result_ttl_s
+        )
+        return png
+
+    # ---- long work: prepare (checks, bars), then run inline or as a job ------------------
+
+    def _needs_job(self, cost: int, limit: int) -> bool:
+        return cost > limit
+
+    async def prepare_optimize(self, request: OptimizeRequest) -> Prepared:
+        """Check a search request and load its bars."""
+        loaded = await self.load(request, single=True)
+        plan = plan_search(
+            request,
+            request.strategy.name,
+            request.strategy.params,
+            method=request.method,
+            n_trials=request.n_trials,
+            seed=request.seed,
+        )
+        cost = len(plan.combos) * loaded.bars.n_bars
+        if cost > self.settings.backtest_max_trial_bars:
+            raise ValidationProblemError(
+                f"{len(plan.combos):,} trials x {loaded.bars.n_bars:,} bars is over the limit "
+                f"of {self.settings.backtest_max_trial_bars:,} trial-bars (per-trial returns "
+                "are kept for DSR and PBO). Coarsen param_grid or use method=random with "
+                "fewer n_trials.",
+                field="param_grid",
+            )
+        needs = self._needs_job(cost, self.settings.backtest_sync_max_trial_bars)
+        return Prepared("optimize", request, loaded, plan, None, cost, needs)
+
+    async def prepare_walk_forward(self, request: WalkForwardRequest) -> Prepared:
+        """Check a walk-forward request and load its bars."""
+        loaded = await self.load(request, single=True)
+        windows = check_windows(loaded.bars.n_bars, request)
+        plan = None
+        if request.param_grid:
+            plan = plan_search(
+                request, request.strategy.name, request.strategy.params, require_grid=True
+            )
+        trials = len(plan.combos) if plan else 1
+        cost = sum(trials * (tr_end - lo) + (te_end - tr_end) for lo, tr_end, _, te_end in windows)
+        if cost > self.settings.backtest_max_trial_bars * 10:
+            raise ValidationProblemError(
+                f"{len(windows)} windows x {trials:,} trials is too much work ({cost:,} "
+                "trial-bars); coarsen param_grid or lengthen test_period.",
+                field="param_grid",
+            )
+        needs = self._needs_job(cost, self.settings.backtest_sync_max_trial_bars)
+        return Prepared("walk_forward", request, loaded, plan, None, cost, needs)
+
+    async def prepare_monte_carlo(self, request: MonteCarloRequest) -> Prepared:
+        """Find (or run and store) the run to resample."""
+        if (request.run_id is None) == (request.config is None):
+            raise ValidationProblemError(
+                "Give exactly one of `run_id` (a stored run) or `config` (a backtest to run).",
+                field="run_id",
+            )
+        if request.config is not None:
+            run_id = (await self.run_backtest(request.config)).run_id
+        else:
+            assert request.run_id is not None
+            run_id = request.run_id
+        source = await self.source(run_id)
+        cost = steps(source, request.n_runs)
+        needs = self._needs_job(cost, self.settings.backtest_sync_max_mc_steps)
+        return Prepared("monte_carlo", request, None, None, source, cost, needs)
+
+    async def source(self, run_id: uuid.UUID) -> Source:
+        """Return a stored run's bar returns and trade returns."""
+        row = await self._row(run_id)
+        async with self.db.session() as session:
+            fills, _ = await repo.load_fills(session, run_id=run_id)
+        series = repo.decode_series(row.series)
+        initial = float(row.initial_capital)
+        trade_returns = np.array(
+            [f.trade_return for f in fills if f.trade_return is not None], dtype=np.float64
+        )
+        return Source(
+            run_id=run_id,
+            returns=returns_from_equity(series.equity, initial),
+            trade_returns=trade_returns,
+            total_return=float(series.equity[-1] / initial - 1.0),
+            max_drawdown=drawdowns(series.equity, initial).max_drawdown,
+        )
+
+    async def run_prepared(
+        self, prepared: Prepared, runner: Runner | None = None
+    ) -> OptimizeResult | WalkForwardResult | MonteCarloResult:
+        """Run prepared work on runner (a job's context), or inline."""
+        runner = runner or Inline()
+        if prepared.work == "monte_carlo":
+            assert prepared.source is not None
+            return await resample(prepared.request, prepared.source, runner)
+        loaded = prepared.loaded
+        assert loaded is not None
+        request = prepared.request
+        spec = request.to_spec()
+        if prepared.work == "optimize":
+            assert prepared.plan is not None
+            years = calendar_years(loaded.bars.index)
+            return await optimize(
+                request, prepared.plan, loaded.bars, loaded.bars_hash, spec, years, runner
+            )
+        return await walk_forward(
+            request, prepared.plan, loaded.bars, loaded.bars_hash, spec, runner
+        )
+
+
+def _page(total: int, limit: int, offset: int, returned: int) -> Page:
+    end = offset + returned
+    return Page(
+        total=total,
+        limit=limit,
+        offset=offset,
+        returned=returned,
+        next_offset=end if end < total else None,
+    )
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):.1%}"
+
+
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):.2f}"

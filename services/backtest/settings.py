@@ -1,0 +1,77 @@
+"""Settings of the backtest service (shared base: `shared.config.BaseServiceSettings`)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import AliasChoices, Field, SecretStr
+
+from shared.config import BaseServiceSettings
+
+
+class BacktestSettings(BaseServiceSettings):
+    """Settings of the backtest service.
+
+    The `*_sync_*` limits decide when a request is answered directly (200) and when it runs
+    as a job (202): the rule is stated in each route's description.
+    """
+
+    unknown_prefixes: ClassVar[tuple[str, ...]] = ("BACKTEST_",)
+
+    market_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MARKET_URL", "BACKTEST_MARKET_URL", "market_url"),
+        description="Base URL of the market service (e.g. http://market:8000). Unset: the "
+        "co-hosted market app in-process, else http://127.0.0.1:8000/market.",
+    )
+    market_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BACKTEST_MARKET_TOKEN", "market_token"),
+        description="Bearer token sent to the market service (default: API_TOKEN).",
+    )
+    market_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=AliasChoices("BACKTEST_MARKET_TIMEOUT_S", "market_timeout_s"),
+        description="Seconds to wait for one market answer.",
+    )
+    predictor_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PREDICTOR_URL", "BACKTEST_PREDICTOR_URL", "predictor_url"),
+        description="Base URL of the predictor service (the `ml_ensemble` strategy's signals).",
+    )
+    backtest_sync_max_symbols: int = Field(
+        default=5,
+        ge=1,
+        description="`POST /backtest` with more instruments than this runs as a job.",
+    )
+    backtest_sync_max_trial_bars: int = Field(
+        default=20_000_000,
+        ge=0,
+        description="Optimisation and walk-forward run as a job above this many trial-bars "
+        "(backtests x bars each).",
+    )
+    backtest_sync_max_mc_steps: int = Field(
+        default=20_000_000,
+        ge=0,
+        description="Monte Carlo runs as a job above n_runs x (bars + trades) path steps.",
+    )
+    backtest_max_trial_bars: int = Field(
+        default=60_000_000,
+        ge=1,
+        description="Most trial-bars one optimisation keeps (per-trial returns for DSR and "
+        "PBO are held in memory: 8 bytes each).",
+    )
+    backtest_bars_ttl_s: int = Field(
+        default=300, ge=0, description="Seconds loaded bars stay in the in-process cache."
+    )
+    backtest_bars_cache_size: int = Field(
+        default=64, ge=1, description="Bar windows kept in the in-process cache."
+    )
+    backtest_result_ttl_s: int = Field(
+        default=86_400, ge=1, description="Seconds a stored run's answer and chart stay cached."
+    )
+
+    def market_bearer(self) -> SecretStr | None:
+        """Return the token to send to the market service."""
+        return self.market_token or self.api_token

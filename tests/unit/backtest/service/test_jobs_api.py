@@ -1,0 +1,121 @@
+"""Long work as jobs (the shared job contract): 202 + Location under the mount, progress,
+the same answer as inline work, cancellation; and runs that outlive their process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from shared.http import unregister_local_app
+from tests.unit.backtest.service.conftest import GOOG_SMA, platform_client, wait_done
+
+SEARCH = {
+    **GOOG_SMA,
+    "param_grid": {"fast": [5, 10, 15, 20], "slow": [30, 60, 90]},
+    "constraints": ["fast < slow"],
+}
+TIMING = {"elapsed_s", "backtests_per_second"}
+
+
+def start(client: TestClient, path: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """POST work that must become a job; return its Location and the 202 body."""
+    answer = client.post(f"/backtest/{path}", json=body)
+    assert answer.status_code == 202, answer.text
+    return answer.headers["location"], answer.json()
+
+
+def without(d: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def test_a_search_too_big_to_answer_runs_as_a_job_with_the_same_result(
+    api: TestClient, jobs_api: TestClient
+) -> None:
+    location, job = start(jobs_api, "optimize", SEARCH)
+    done = wait_done(jobs_api, location)
+    inline = api.post("/backtest/optimize", json=SEARCH)
+
+    assert location == f"/backtest/jobs/{job['id']}"
+    assert job["kind"] == "optimize" and job["status"] in ("queued", "running")
+    assert job["request"]["param_grid"] == SEARCH["param_grid"]
+    assert done["status"] == "succeeded", done["error"]
+    assert inline.status_code == 200
+    assert without(done["result"], TIMING) == without(inline.json(), TIMING)
+    assert done["progress"]["done"] == done["progress"]["total"]
+
+
+def test_a_walk_forward_job_reports_its_windows(jobs_api: TestClient) -> None:
+    location, _ = start(
+        jobs_api, "walk_forward", {**SEARCH, "train_period": 504, "test_period": 252}
+    )
+    done = wait_done(jobs_api, location)
+
+    assert done["status"] == "succeeded", done["error"]
+    n = done["result"]["n_windows"]
+    assert done["progress"]["total"] == n and done["progress"]["done"] == n
+    assert done["progress"]["message"] == f"{n} of {n} windows done"
+
+
+def test_a_monte_carlo_job_matches_the_inline_answer(api: TestClient, jobs_api: TestClient) -> None:
+    body = {"config": GOOG_SMA, "n_runs": 300, "seed": 11}
+    location, _ = start(jobs_api, "monte_carlo", body)
+    done = wait_done(jobs_api, location)
+    inline = api.post("/backtest/monte_carlo", json=body).json()
+
+    assert done["status"] == "succeeded", done["error"]
+    result = done["result"]
+    assert without(result, {"run_id"}) == without(inline, {"run_id"})
+    assert jobs_api.get(f"/backtest/results/{result['run_id']}").status_code == 200
+
+
+def test_a_large_portfolio_backtest_runs_as_a_job_and_is_stored(jobs_api: TestClient) -> None:
+    body = {**GOOG_SMA, "symbol": None, "symbols": ["KO", "PG"], "max_positions": 2}
+    location, _ = start(jobs_api, "backtest", body)
+    done = wait_done(jobs_api, location)
+
+    assert done["status"] == "succeeded", done["error"]
+    result = done["result"]
+    assert result["links"]["result"] == f"/backtest/results/{result['run_id']}"
+    stored = jobs_api.get(result["links"]["result"])
+    assert stored.status_code == 200 and stored.json() == result
+
+
+def test_a_running_job_can_be_cancelled(jobs_api: TestClient) -> None:
+    body = {
+        **GOOG_SMA,
+        "symbol": "AAPL",
+        "start_date": "2003-11-01",
+        "end_date": "2023-10-27",
+        "param_grid": {"fast": {"start": 2, "stop": 60, "step": 1}, "slow": [80, 120, 160]},
+        "test_period": 21,
+    }
+    location, _ = start(jobs_api, "walk_forward", body)
+    cancelled = jobs_api.delete(location)
+    done = wait_done(jobs_api, location)
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert done["status"] == "failed" and done["error"]["code"] == "cancelled"
+    assert done["result"] is None
+
+
+def test_runs_survive_a_restart_of_the_service(tmp_path: Path) -> None:
+    with platform_client(tmp_path) as first:
+        run = first.post("/backtest/backtest", json=GOOG_SMA).json()
+        fills = first.get(f"/backtest/trades/{run['run_id']}", params={"limit": 1000}).json()
+        png = first.get(f"/backtest/results/{run['run_id']}/chart.png").content
+    unregister_local_app("market")
+    unregister_local_app("backtest")
+    with platform_client(tmp_path) as second:
+        again = second.get(f"/backtest/results/{run['run_id']}").json()
+        fills_again = second.get(f"/backtest/trades/{run['run_id']}", params={"limit": 1000}).json()
+        png_again = second.get(f"/backtest/results/{run['run_id']}/chart.png").content
+        listed = second.get("/backtest/results").json()
+    unregister_local_app("market")
+    unregister_local_app("backtest")
+
+    assert again == run
+    assert fills_again == fills
+    assert png_again == png
+    assert [r["run_id"] for r in listed["results"]] == [run["run_id"]]
