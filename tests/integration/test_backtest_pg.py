@@ -1,0 +1,160 @@
+"""The backtest service on real PostgreSQL and Redis, its bars from a market service over HTTP
+(MARKET_URL, as when deployed apart): runs, fills, charts and job results outlive the
+service; migration 0003 round-trips with data in place."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from alembic import command
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from services.backtest.app import create_app
+from services.backtest.settings import BacktestSettings
+from services.market.app import create_app as create_market
+from services.market.settings import SHARED_CSV_DIR
+from shared.db import Database, alembic_config
+from tests.conftest import market_settings
+from trading.cli import free_port, serve_in_thread
+
+pytestmark = pytest.mark.integration
+
+CONFIG: dict[str, Any] = {
+    "symbols": ["MSFT", "KO"],
+    "start_date": "2012-01-01",
+    "end_date": "2022-12-31",
+    "initial_capital": 50_000,
+    "strategy": {"name": "macd_trend", "params": {"allow_short": True}},
+    "commission": 0.005,
+    "slippage": 0.0005,
+    "max_positions": 2,
+    "stop_loss": 0.1,
+}
+
+
+@pytest.fixture
+def market_url(pg_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[str]:
+    """Serve a market service on the test database over HTTP; yield its URL."""
+    settings = market_settings(
+        tmp_path,
+        SHARED_CSV_DIR,
+        database_url=pg_url,
+        redis_url="redis://127.0.0.1:6379/0",
+        redis_prefix=redis_prefix + "market:",
+    )
+    with serve_in_thread(create_market(settings), free_port()) as url:
+        yield url
+
+
+def backtest(pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path) -> TestClient:
+    """Return a client of a fresh backtest app on the test database, Redis and market."""
+    settings = BacktestSettings(
+        data_dir=tmp_path,
+        database_url=pg_url,
+        redis_url="redis://127.0.0.1:6379/0",
+        redis_prefix=redis_prefix,
+        market_url=market_url,
+        backtest_sync_max_trial_bars=0,  # the search below runs as a job
+    )
+    return TestClient(create_app(settings))
+
+
+def wait_done(client: TestClient, url: str) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status: dict[str, Any] = client.get(url).json()
+        if status["status"] in ("succeeded", "failed"):
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not end")
+
+
+def test_runs_trades_charts_and_jobs_survive_a_restart(
+    pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
+) -> None:
+    with backtest(pg_url, redis_prefix, market_url, tmp_path) as first:
+        run = first.post("/backtest", json=CONFIG)
+        assert run.status_code == 200, run.text
+        body = run.json()
+        fills = first.get(f"/trades/{body['run_id']}", params={"limit": 1000}).json()
+        png = first.get(f"/results/{body['run_id']}/chart.png").content
+        search = first.post(
+            "/optimize",
+            json={
+                **CONFIG,
+                "symbols": None,
+                "symbol": "MSFT",
+                "param_grid": {"fast": [8, 12], "slow": [26, 40]},
+            },
+        )
+        assert search.status_code == 202, search.text
+        job = wait_done(first, search.headers["location"])
+        health = first.get("/health").json()
+    with backtest(pg_url, redis_prefix, market_url, tmp_path) as second:
+        again = second.get(f"/results/{body['run_id']}").json()
+        fills_again = second.get(f"/trades/{body['run_id']}", params={"limit": 1000}).json()
+        png_again = second.get(f"/results/{body['run_id']}/chart.png").content
+        job_again = second.get(search.headers["location"]).json()
+        listed = second.get("/results", params={"symbol": "KO"}).json()
+        mc = second.post("/monte_carlo", json={"run_id": body["run_id"], "n_runs": 200})
+
+    assert health == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert body["symbols"] == ["MSFT", "KO"] and body["metrics"]["total_trades"] > 0
+    assert again == body
+    assert fills_again == fills and fills["page"]["total"] == body["trades"]["fills"]
+    assert {f["reason"] for f in fills["trades"]} >= {"signal"}
+    assert png_again == png and png[:4] == b"\x89PNG"
+    assert job["status"] == "succeeded" and job_again == job
+    assert job["result"]["n_trials"] == 4
+    assert [r["run_id"] for r in listed["results"]] == [body["run_id"]]
+    assert mc.status_code == 200 and mc.json()["n_trades"] == body["metrics"]["total_trades"]
+    keys = redis.Redis.from_url("redis://127.0.0.1:6379/0").keys(f"{redis_prefix}backtest:*")
+    assert any(b":chart:" in k for k in keys)  # charts are cached in Redis for every replica
+
+
+def test_migration_0003_round_trips_with_runs_in_place(
+    pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
+) -> None:
+    with backtest(pg_url, redis_prefix, market_url, tmp_path) as client:
+        body = client.post("/backtest", json=CONFIG).json()
+
+    async def move(target: str, down: bool) -> tuple[int, set[str]]:
+        db = Database(pg_url)
+        try:
+            async with db.engine.begin() as conn:
+
+                def go(c: Any) -> None:
+                    cfg = alembic_config()
+                    cfg.attributes["connection"] = c
+                    (command.downgrade if down else command.upgrade)(cfg, target)
+
+                await conn.run_sync(go)
+                trades = await conn.scalar(
+                    text("SELECT count(*) FROM backtest_trades WHERE run_id = :r"),
+                    {"r": uuid.UUID(body["run_id"])},
+                )
+                cols = await conn.execute(
+                    text(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_name = 'backtest_results'"
+                    )
+                )
+                return int(trades or 0), {r[0] for r in cols}
+        finally:
+            await db.dispose()
+
+    down_trades, down_cols = asyncio.run(move("0002", True))
+    up_trades, up_cols = asyncio.run(move("head", False))
+
+    assert down_trades == up_trades == body["trades"]["fills"]
+    assert "bars_hash" not in down_cols and "symbol" in down_cols
+    assert {"bars_hash", "symbols", "series"} <= up_cols
