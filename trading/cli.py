@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -114,13 +115,14 @@ def serve(
 def demo(
     symbols: str = typer.Option("AAPL,MSFT,NVDA,^GSPC", help="Comma-separated tickers."),
 ) -> None:
-    """Start the market service, then print last price, RSI and MACD of a few symbols via HTTP."""
+    """Start every service; query prices and indicators, then run a backtest, all via HTTP."""
     import httpx
 
-    from services.market.app import create_app
     from services.market.settings import MarketSettings
     from shared.logging import configure_logging
+    from trading.host import build_platform_app
 
+    os.environ.setdefault("LOG_LEVEL", "WARNING")  # the apps log at LOG_LEVEL: keep it quiet
     configure_logging("WARNING")
     settings = MarketSettings()
     typer.echo(f"database : {settings.resolved_database_url()}")
@@ -132,10 +134,11 @@ def demo(
         f"(CSV folder: {settings.market_data_dir})"
     )
     with (
-        serve_in_thread(create_app(settings), free_port()) as url,
-        httpx.Client(base_url=url, timeout=60) as http,
+        serve_in_thread(build_platform_app(), free_port()) as root,
+        httpx.Client(base_url=f"{root}/market", timeout=60) as http,
+        httpx.Client(base_url=f"{root}/backtest", timeout=120) as backtests,
     ):
-        typer.echo(f"service  : {url}  (OpenAPI at {url}/docs)\n")
+        typer.echo(f"services : {root}  (OpenAPI at {root}/market/docs, {root}/backtest/docs)\n")
         status = http.get("/market_status").json()
         typer.echo(
             f"NYSE now: {'OPEN' if status['is_open'] else 'closed'}; next open "
@@ -174,6 +177,65 @@ def demo(
         )
         again = http.get(f"/historical/{first}", params={"start": "2020-01-01"}).json()
         typer.echo(f"same request again: served from {again['metadata']['cache_level']}")
+        _demo_backtest(backtests, first, hist["end"], settings.data_dir)
+
+
+def _demo_backtest(http: Any, symbol: str, end: str, data_dir: Path) -> None:
+    """Run one ten-year backtest through the backtest service; print it beside buy-and-hold."""
+    last = date.fromisoformat(end[:10])
+    config = {
+        "symbol": symbol,
+        "start_date": last.replace(year=last.year - 10).isoformat(),
+        "end_date": last.isoformat(),
+        "initial_capital": 100_000,
+        "strategy": {"name": "sma_crossover", "params": {"fast": 20, "slow": 50}},
+        "commission_rate": 0.001,
+        "slippage": 0.0005,
+        "warmup_period": 50,
+    }
+    t0 = time.perf_counter()
+    answer = http.post("/backtest", json=config)
+    ms = (time.perf_counter() - t0) * 1000
+    if answer.status_code != 200:
+        typer.echo(f"\nbacktest failed: {answer.json().get('detail', answer.text)}")
+        return
+    run = answer.json()
+    m, b, t = run["metrics"], run["benchmark"], run["trades"]
+    typer.echo(
+        f"\nbacktest : SMA 20/50 crossover, long only, on {symbol} {run['start']} .. "
+        f"{run['end']} ({run['bars']} bars), 0.1% commission, 0.05% slippage, next-open "
+        f"fills; run {run['run_id']} ({ms:.0f} ms over HTTP)"
+    )
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1%}"
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    rows = [
+        ("final capital", f"{m['final_capital']:,.0f}", f"{b['final_capital']:,.0f}"),
+        ("total return", pct(m["total_return"]), pct(b["total_return"])),
+        ("CAGR", pct(m["cagr"]), pct(b["cagr"])),
+        ("volatility (annual)", pct(m["annualized_volatility"]), pct(b["annualized_volatility"])),
+        ("Sharpe", num(m["sharpe_ratio"]), num(b["sharpe_ratio"])),
+        ("Sortino", num(m["sortino_ratio"]), num(b["sortino_ratio"])),
+        ("max drawdown", pct(m["max_drawdown"]), pct(b["max_drawdown"])),
+    ]
+    typer.echo(f"{'':<22}{'strategy':>12}{'buy & hold':>14}")
+    for label, mine, theirs in rows:
+        typer.echo(f"{label:<22}{mine:>12}{theirs:>14}")
+    typer.echo(
+        f"trades: {t['round_trips']} round trips, win rate {pct(m['win_rate'])}, profit factor "
+        f"{num(m['profit_factor'])}, exposure {pct(m['exposure'])}; alpha {pct(m['alpha'])}, "
+        f"beta {num(m['beta'])}; p-value of the mean daily return {num(m['p_value'])}, "
+        f"probabilistic Sharpe {num(m['probabilistic_sharpe_ratio'])}"
+    )
+    chart = http.get(f"/results/{run['run_id']}/chart.png")
+    path = Path(data_dir) / "charts" / f"backtest-{run['run_id']}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(chart.content)
+    typer.echo(f"chart    : {path}")
 
 
 class _ProtocolOnlyStdout:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 
-def test_demo_prints_real_prices_and_indicators(tmp_path: Path, csv_dir: Path) -> None:
+def test_demo_prints_real_prices_indicators_and_a_backtest(tmp_path: Path, csv_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
     env.update(DATA_DIR=str(tmp_path), MARKET_PROVIDERS="csv")
     trading = Path(sys.executable).with_name("trading")
@@ -27,3 +27,10 @@ def test_demo_prints_real_prices_and_indicators(tmp_path: Path, csv_dir: Path) -
     assert "sqlite+aiosqlite" in out
     assert "same request again: served from l1" in out
     assert (tmp_path / "trading.db").exists()
+    # it ends with a backtest through the backtest service, beside buy-and-hold, and its chart
+    tail = out[out.index("backtest :") :]
+    assert "on AAPL 2013-10-28 .. 2023-10-27" in tail
+    assert "buy & hold" in tail and "max drawdown" in tail and "Sharpe" in tail
+    chart = Path(tail.strip().splitlines()[-1].removeprefix("chart    : "))
+    assert chart.parent == tmp_path / "charts"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
