@@ -46,13 +46,32 @@ class BaseServiceSettings(BaseSettings):
         description="TLS to a remote PostgreSQL (libpq's sslmode names); also read from "
         "`?sslmode=` in the URL.",
     )
-    database_connect_timeout_s: float = Field(default=3.0, gt=0)
+    database_connect_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="Connecting to the database, and waiting for a pooled connection.",
+    )
+    database_command_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="One SQL statement. A request's wait on the database is bounded by "
+        "connect + command timeouts, a silent network drop included (then 503).",
+    )
     health_timeout_s: float = Field(
         default=2.0, gt=0, description="`/health` waits this long for `SELECT 1`."
     )
     redis_url: str | None = Field(default=None, description="redis:// URL; unset = L1 only.")
     redis_prefix: str = Field(default="", description="Prefix for every Redis key.")
     redis_timeout_s: float = Field(default=0.5, gt=0)
+    redis_max_connections: int = Field(
+        default=50, ge=1, description="Redis connections per process (a pool that waits)."
+    )
+    redis_pool_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Longest wait for a free Redis connection; then the call skips Redis "
+        "(a busy pool, not an outage).",
+    )
     l1_cache_size: int = Field(default=1000, ge=1, description="L1 entries at most.")
     l1_cache_max_mb: int = Field(default=256, ge=1, description="L1 memory bound (JSON size).")
     api_token: SecretStr | None = Field(

@@ -1,6 +1,20 @@
 """Async database engine, sessions and migrations (PostgreSQL or embedded SQLite).
 
 Migrations run when a service starts (and with `trading migrate`), never on a request path.
+
+Every wait on PostgreSQL is bounded, a silent network drop included: connecting and waiting
+for a pooled connection by ``connect_timeout_s``, each statement by ``command_timeout_s``
+(asyncpg's ``command_timeout``), and a whole :meth:`Database.session` by the sum of the two
+(:attr:`Database.bound_s`); a session that overruns answers 503 at once while its dead
+connection is torn down in the background. TCP keepalive (client side, and asked of the
+server) finds dead idle connections; ``TCP_USER_TIMEOUT`` cuts ones whose sent data is never
+acknowledged.
+
+After a connection failure (refused, reset, timed out) a circuit breaker answers 503 at once
+for ``connect_timeout_s`` instead of letting every request wait out its own bound; then one
+session tries the database again (``/health`` always asks it, and its success closes the
+breaker). A pool with no free connection is load, not an outage: it answers 503 but does
+not open the breaker.
 """
 
 from __future__ import annotations
@@ -10,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +34,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -26,6 +42,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from shared.breaker import CircuitBreaker, Permit, log_transitions
 from shared.config import BaseServiceSettings
 from shared.errors import DatabaseUnavailableError
 from shared.logging import mask_secrets
@@ -37,12 +54,19 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATE_LOCK = 0x7472_6164_696E_67  # "trading"
 MIGRATE_TIMEOUT_S = 60.0
 
+# TCP keepalive on PostgreSQL connections: first probe after this idle time, then every
+# KEEPALIVE_INTERVAL_S, dead after KEEPALIVE_COUNT unanswered probes.
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_COUNT = 3
+
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError,
     InterfaceError,
     OSError,
     asyncio.TimeoutError,
     ConnectionError,
+    PoolTimeoutError,  # no pooled connection came free within the pool timeout
 )
 
 
@@ -67,12 +91,14 @@ class Database:
         url: str,
         *,
         connect_timeout_s: float = 3.0,
+        command_timeout_s: float = 10.0,
         sslmode: str | None = None,
         echo: bool = False,
     ) -> None:
         self.url = url
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
         kwargs: dict[str, object] = {"echo": echo, "pool_pre_ping": True}
         self.sqlite_path: Path | None = None
         if self.dialect == "sqlite":
@@ -84,7 +110,13 @@ class Database:
         else:
             connect_args: dict[str, object] = {
                 "timeout": connect_timeout_s,
-                "command_timeout": 30,
+                "command_timeout": command_timeout_s,
+                # the server's side of keepalive: it drops sessions of clients that vanished
+                "server_settings": {
+                    "tcp_keepalives_idle": str(KEEPALIVE_IDLE_S),
+                    "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL_S),
+                    "tcp_keepalives_count": str(KEEPALIVE_COUNT),
+                },
             }
             if sslmode:  # libpq's names; asyncpg takes them as its `ssl` argument
                 connect_args["ssl"] = sslmode
@@ -96,7 +128,17 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            user_timeout_ms = int((connect_timeout_s + command_timeout_s) * 1000)
+            event.listen(
+                self.engine.sync_engine,
+                "connect",
+                lambda conn, _record: _tcp_keepalive(conn, user_timeout_ms),
+            )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.breaker = CircuitBreaker(
+            "database", failure_threshold=1, cooldown_s=connect_timeout_s, on_change=log_transitions
+        )
         self._retry: asyncio.Task[None] | None = None
 
     @classmethod
@@ -105,8 +147,14 @@ class Database:
         return cls(
             settings.resolved_database_url(),
             connect_timeout_s=settings.database_connect_timeout_s,
+            command_timeout_s=settings.database_command_timeout_s,
             sslmode=settings.database_sslmode,
         )
+
+    @property
+    def bound_s(self) -> float:
+        """Return the longest a session may wait on the database (connect + command)."""
+        return self.connect_timeout_s + self.command_timeout_s
 
     @property
     def safe_url(self) -> str:
@@ -178,18 +226,23 @@ class Database:
         The answer is bounded even on a silent network drop: the probe runs in its own task,
         and tearing down its dead connection goes on in the background after the verdict.
         """
+        permit = self.breaker.allow() or Permit(trial=False)  # a probe always asks
         probe = asyncio.ensure_future(self._select_one())
         probe.add_done_callback(_swallow)
         done, _ = await asyncio.wait({probe}, timeout=timeout_s or self.connect_timeout_s)
         if not done:
             probe.cancel()
+            self.breaker.failure(permit)
             raise self._unavailable(TimeoutError())
         try:
             probe.result()
         except Exception as e:
             if _is_connection_error(e):
+                self._failed(e, permit)
                 raise self._unavailable(e) from e
+            self.breaker.release(permit)
             raise
+        self.breaker.success(permit)
 
     async def _select_one(self) -> None:
         async with self.engine.connect() as conn:
@@ -197,17 +250,49 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """Yield a session; connection failures become DatabaseUnavailableError (503)."""
+        """Yield a session; connection failures become DatabaseUnavailableError (503).
+
+        The whole block is bounded by :attr:`bound_s`, and so is the wait for its teardown:
+        a connection lost to a silent network drop is closed in the background.
+        """
+        permit = self.breaker.allow()
+        if permit is None:
+            raise DatabaseUnavailableError(
+                "The database is not answering; retry shortly.",
+                log_detail=f"database {self.safe_url}: circuit open after a connection failure",
+            )
+        session = self.sessions()
         try:
-            async with asyncio.timeout(self.connect_timeout_s + 60):
-                async with self.sessions() as session:
-                    yield session
+            async with asyncio.timeout(self.bound_s):
+                yield session
         except DatabaseUnavailableError:
+            self.breaker.release(permit)
             raise
-        except Exception as e:
-            if _is_connection_error(e):
+        except BaseException as e:
+            if isinstance(e, Exception) and _is_connection_error(e):
+                self._failed(e, permit)
                 raise self._unavailable(e) from e
+            self.breaker.release(permit)
             raise
+        else:
+            self.breaker.success(permit)
+        finally:
+            await self._close(session)
+
+    def _failed(self, e: BaseException, permit: Permit | None) -> None:
+        """Record a connection failure (a pool with no free connection is load, not one)."""
+        if isinstance(e, PoolTimeoutError):
+            self.breaker.release(permit)
+        else:
+            self.breaker.failure(permit)
+
+    async def _close(self, session: AsyncSession) -> None:
+        """Close session, waiting at most the connect timeout (the rest goes on behind)."""
+        closing = asyncio.ensure_future(session.close())
+        closing.add_done_callback(_swallow)
+        done, _ = await asyncio.shield(asyncio.wait({closing}, timeout=self.connect_timeout_s))
+        if not done:
+            log.warning("closing a database session is slow; finishing it in the background")
 
     async def dispose(self) -> None:
         """Stop retrying migrations and close every pooled connection."""
@@ -250,6 +335,26 @@ def _swallow(task: asyncio.Future[None]) -> None:
     """Retrieve a background probe's outcome so asyncio does not log it as never retrieved."""
     if not task.cancelled():
         task.exception()
+
+
+def _tcp_keepalive(dbapi_conn: object, user_timeout_ms: int) -> None:
+    """Turn on TCP keepalive (and a user timeout) on a new asyncpg connection's socket."""
+    transport = getattr(getattr(dbapi_conn, "driver_connection", None), "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket: nothing between client and server can drop
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", user_timeout_ms),
+    ):
+        if hasattr(socket, name):  # Linux has all four; macOS lacks TCP_USER_TIMEOUT
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, value)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

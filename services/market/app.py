@@ -63,14 +63,12 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.from_settings(settings)
-        cache = Cache(
-            redis_url=settings.redis_url,
-            prefix=settings.redis_prefix,
-            l1_size=settings.l1_cache_size,
-            l1_max_bytes=settings.l1_cache_max_mb * 2**20,
-            timeout_s=settings.redis_timeout_s,
+        cache = Cache.from_settings(settings)
+        chain = ProviderChain(
+            build_providers(settings),
+            failure_threshold=settings.market_breaker_failures,
+            cooldown_s=settings.market_breaker_cooldown_s,
         )
-        chain = ProviderChain(build_providers(settings))
         await asyncio.to_thread(nyse)  # build the NYSE calendar off the event loop, once
         await db.start()
         app.state.market = MarketService(
@@ -81,6 +79,8 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
             indicator_ttl_s=settings.indicator_ttl_s,
             historical_ttl_s=settings.historical_ttl_s,
             bulk_concurrency=settings.bulk_concurrency,
+            stale_s=settings.market_stale_s,
+            request_deadline_s=settings.market_request_deadline_s,
         )
         try:
             yield

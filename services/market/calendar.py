@@ -18,6 +18,9 @@ CalendarKind = Literal["XNYS", "weekdays", "daily"]
 
 _CRYPTO = re.compile(r"-(USD|USDT|USDC|EUR|GBP|BTC|ETH)$")
 CALENDAR_START = "1990-01-01"
+# A fixed end (not the library's default of a year from today): the instants `market_status`
+# accepts are then fixed too, and the OpenAPI schema states them.
+CALENDAR_END = "2099-12-31"
 
 
 def calendar_kind(symbol: str) -> CalendarKind:
@@ -32,7 +35,7 @@ def calendar_kind(symbol: str) -> CalendarKind:
 @lru_cache(maxsize=1)
 def nyse() -> xcals.ExchangeCalendar:
     """Return the NYSE calendar (built once per process, ~0.1 s)."""
-    return xcals.get_calendar("XNYS", start=CALENDAR_START)
+    return xcals.get_calendar("XNYS", start=CALENDAR_START, end=CALENDAR_END)
 
 
 def sessions_between(symbol: str, start: date, end: date) -> pd.DatetimeIndex:
@@ -56,6 +59,45 @@ def last_completed_session(now: datetime | None = None) -> date:
     ts = pd.Timestamp(now or datetime.now(UTC))
     ts = ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
     return cal.minute_to_past_session(ts).date()
+
+
+def _utc(now: datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(now)
+    return ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
+
+
+def is_trading(symbol: str, now: datetime) -> bool:
+    """Tell whether symbol's market is in a session at now (its daily bar is unfinished).
+
+    NYSE symbols: regular hours of an NYSE session; FX (`=X`): weekdays (UTC); crypto: always.
+    """
+    kind = calendar_kind(symbol)
+    ts = _utc(now)
+    if kind == "daily":
+        return True
+    if kind == "weekdays":
+        return ts.day_of_week < 5
+    cal = nyse()
+    if not cal.first_minute <= ts <= cal.last_minute:
+        return False
+    return bool(cal.is_open_on_minute(ts))
+
+
+def last_final_day(symbol: str, now: datetime) -> date:
+    """Return the date of symbol's latest daily bar that is final at now.
+
+    A bar dated after it belongs to a session still trading (or not begun): it may change
+    and is never stored. NYSE: the last session closed at or before now; FX and crypto: the
+    last weekday, or day, before today (UTC).
+    """
+    kind = calendar_kind(symbol)
+    ts = _utc(now)
+    if kind == "XNYS":
+        return last_completed_session(ts.to_pydatetime())
+    day = ts.date() - timedelta(days=1)
+    while kind == "weekdays" and day.weekday() >= 5:
+        day -= timedelta(days=1)
+    return day
 
 
 def market_status(at: datetime | None = None, *, horizon_days: int = 365) -> dict[str, object]:

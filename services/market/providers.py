@@ -2,13 +2,23 @@
 
 A provider returns raw daily bars as a DataFrame indexed by UTC-midnight timestamps with the
 columns of :data:`BAR_COLUMNS`. Providers never validate, cache or store: the service does.
+
+The chain asks providers in order, each behind a circuit breaker (after
+``failure_threshold`` consecutive failures a provider is skipped for ``cooldown_s``, then one
+trial call decides), and within the request's deadline (:func:`deadline`): a remote provider
+is given only the time the request has left. What was skipped travels with the answer
+(:attr:`Fetched.label`, e.g. ``csv,yfinance skipped (circuit open)``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +26,7 @@ from typing import Protocol
 import pandas as pd
 
 from services.market.bars import BAR_COLUMNS, empty_bars
+from shared.breaker import CircuitBreaker, log_transitions
 from shared.errors import AppError, NotFoundError, UpstreamUnavailableError
 
 log = logging.getLogger(__name__)
@@ -23,13 +34,42 @@ log = logging.getLogger(__name__)
 __all__ = [  # BAR_COLUMNS and empty_bars stay importable from here for the providers
     "BAR_COLUMNS",
     "CsvProvider",
+    "Fetched",
     "Provider",
     "ProviderChain",
     "ProviderError",
     "SymbolNotFoundError",
     "csv_candidates",
+    "deadline",
     "empty_bars",
+    "remaining_s",
 ]
+
+# Monotonic time by which the current request's provider calls must be done (None: no bound).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "provider_deadline", default=None
+)
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Bound the provider calls made inside to seconds from now (an outer, earlier one wins)."""
+    if seconds is None:
+        yield
+        return
+    outer = _DEADLINE.get()
+    mine = time.monotonic() + seconds
+    token = _DEADLINE.set(mine if outer is None else min(outer, mine))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def remaining_s() -> float | None:
+    """Return the seconds left of the current request's deadline (None: unbounded)."""
+    end = _DEADLINE.get()
+    return None if end is None else end - time.monotonic()
 
 
 class SymbolNotFoundError(NotFoundError):
@@ -45,9 +85,10 @@ class ProviderError(UpstreamUnavailableError):
 
 
 class Provider(Protocol):
-    """A source of daily OHLCV bars."""
+    """A source of daily OHLCV bars; `remote` ones are bounded by the request's deadline."""
 
     name: str
+    remote: bool
 
     async def fetch_history(self, symbol: str, start: date, end: date) -> pd.DataFrame:
         """Return bars with `start <= day <= end` (may be empty); raise SymbolNotFoundError."""
@@ -77,6 +118,7 @@ class CsvProvider:
     """Read `SYMBOL.csv` files (`date,open,high,low,close,adj_close,volume`) from a folder."""
 
     name = "csv"
+    remote = False  # a local folder: always asked, even when the deadline has passed
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -143,29 +185,94 @@ class CsvProvider:
         self._frames.clear()
 
 
-class ProviderChain:
-    """Ask providers in order; the first that knows the symbol answers."""
+@dataclass(frozen=True)
+class Fetched:
+    """Bars from the provider that answered, and the providers skipped before it."""
 
-    def __init__(self, providers: Sequence[Provider]) -> None:
+    source: str
+    frame: pd.DataFrame
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Return the answer's `source`: the provider, then what was skipped and why."""
+        return ",".join((self.source, *self.skipped))
+
+
+class ProviderChain:
+    """Ask providers in order, each behind a circuit breaker; the first that knows the symbol
+    answers."""
+
+    def __init__(
+        self,
+        providers: Sequence[Provider],
+        *,
+        failure_threshold: int = 3,
+        cooldown_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not providers:
             raise ValueError("at least one provider is required")
         self.providers = list(providers)
+        self.breakers = {
+            p.name: CircuitBreaker(
+                f"provider {p.name}",
+                failure_threshold=failure_threshold,
+                cooldown_s=cooldown_s,
+                clock=clock,
+                on_change=log_transitions,
+            )
+            for p in self.providers
+        }
 
-    async def _first(self, symbol: str, call: str, *args: object) -> tuple[str, pd.DataFrame]:
+    def breaker_states(self) -> list[dict[str, object]]:
+        """Return each provider's breaker as plain data (for health and metrics)."""
+        return [self.breakers[p.name].snapshot() for p in self.providers]
+
+    async def _first(self, symbol: str, call: str, *args: object) -> Fetched:
         errors: list[AppError] = []
+        skipped: list[str] = []
         for provider in self.providers:
-            try:
-                frame = await getattr(provider, call)(symbol, *args)
-            except SymbolNotFoundError as e:
-                errors.append(e)
+            remote = getattr(provider, "remote", True)
+            left = remaining_s() if remote else None
+            if left is not None and left <= 0:
+                skipped.append(f"{provider.name} skipped (request deadline)")
+                errors.append(ProviderError("", log_detail=f"{provider.name}: no time left"))
                 continue
-            except ProviderError as e:
-                log.warning(
-                    "provider %s failed for %s: %s", provider.name, symbol, e.log_detail or e.detail
+            breaker = self.breakers[provider.name]
+            permit = breaker.allow()
+            if permit is None:
+                skipped.append(f"{provider.name} skipped (circuit open)")
+                errors.append(
+                    ProviderError(
+                        "",
+                        log_detail=f"{provider.name}: circuit open after repeated failures, "
+                        f"{breaker.retry_after_s():.0f} s of cool-down left",
+                    )
                 )
+                continue
+            try:
+                async with asyncio.timeout(left):
+                    frame = await getattr(provider, call)(symbol, *args)
+            except SymbolNotFoundError as e:
+                breaker.success(permit)  # it answered: it does not know the symbol
                 errors.append(e)
                 continue
-            return provider.name, frame
+            except (ProviderError, TimeoutError) as e:
+                breaker.failure(permit)
+                detail = (
+                    e.log_detail or e.detail
+                    if isinstance(e, ProviderError)
+                    else "no answer within the request deadline"
+                )
+                log.warning("provider %s failed for %s: %s", provider.name, symbol, detail)
+                errors.append(ProviderError("", log_detail=f"{provider.name}: {detail}"))
+                continue
+            except BaseException:
+                breaker.release(permit)
+                raise
+            breaker.success(permit)
+            return Fetched(provider.name, frame, tuple(skipped))
         unavailable = [e for e in errors if isinstance(e, ProviderError)]
         if unavailable:
             names = ", ".join(p.name for p in self.providers)
@@ -175,12 +282,12 @@ class ProviderChain:
             )
         raise SymbolNotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
 
-    async def fetch_history(self, symbol: str, start: date, end: date) -> tuple[str, pd.DataFrame]:
-        """Return (provider name, bars) from the first provider that knows the symbol."""
+    async def fetch_history(self, symbol: str, start: date, end: date) -> Fetched:
+        """Return bars start..end from the first provider that knows the symbol."""
         return await self._first(symbol, "fetch_history", start, end)
 
-    async def fetch_latest(self, symbol: str) -> tuple[str, pd.DataFrame]:
-        """Return (provider name, latest bars) from the first provider that knows the symbol."""
+    async def fetch_latest(self, symbol: str) -> Fetched:
+        """Return the latest bars from the first provider that knows the symbol."""
         return await self._first(symbol, "fetch_latest")
 
     async def aclose(self) -> None:

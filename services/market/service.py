@@ -8,6 +8,14 @@ Redis keys (under the configured prefix, each ending in ``:v<schema version>`` o
 answer), ``market:historical:{symbol}:{interval}:{start}:{end}:{adjusted}:{fill_gaps}``,
 ``indicators:{symbol}:{indicator}`` (latest value; ``indicator(k=v,...)`` for non-default
 parameters) and ``indicators:{symbol}:{indicator(k=v,...),...}:{start}:{end}`` (series).
+
+Every answer is read through ``ModelCache.get_or_compute``: one computation per key at a
+time, and an expired entry served for ``stale_s`` more while one request refreshes it. A
+price may be served stale only while its exchange is closed (its bar cannot change then);
+while the exchange is open the quote comes from the provider, is refreshed ahead of expiry,
+and is never older than ``price_ttl_s``. A bar of a session still trading is never stored
+(:func:`services.market.calendar.last_final_day`): the database holds final bars only.
+"Now" comes from ``clock`` (a settable callable returning an aware datetime).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -23,9 +32,9 @@ import pandas as pd
 from services.market import frames
 from services.market import repository as repo
 from services.market.bars import Loaded
-from services.market.calendar import last_completed_session, market_status
+from services.market.calendar import is_trading, last_final_day, market_status
 from services.market.frames import Checked
-from services.market.providers import ProviderChain
+from services.market.providers import ProviderChain, deadline
 from services.market.schemas import (
     Answer,
     BulkFetchItem,
@@ -41,7 +50,12 @@ from services.market.validation import check_date_range, normalize_symbol, rejec
 from shared import quant
 from shared.cache import Cache, ModelCache
 from shared.db import Database
-from shared.errors import AppError, NotFoundError, ValidationProblemError
+from shared.errors import (
+    AppError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    ValidationProblemError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +63,24 @@ log = logging.getLogger(__name__)
 RECENT_DAYS = 4
 INTERVALS = ("1d", "1wk", "1mo")
 PRICE_FIELDS = ("open", "high", "low", "close", "volume", "timestamp")  # the seed's hash
+# While the exchange is open, a price is refreshed in the background once this fraction of
+# its TTL is left, so callers are not kept waiting at its expiry.
+PRICE_EARLY_FRACTION = 0.2
 
 A = TypeVar("A", bound=Answer)
 
 
-def _today() -> date:
-    return datetime.now(UTC).date()
+def utc_now() -> datetime:
+    """Return the current time, UTC (the service's default clock)."""
+    return datetime.now(UTC)
+
+
+def final_bars(frame: pd.DataFrame, symbol: str, now: datetime) -> pd.DataFrame:
+    """Return the rows of frame whose session is over at now (the bars that may be stored)."""
+    if frame.empty:
+        return frame
+    last = pd.Timestamp(last_final_day(symbol, now), tz="UTC")
+    return frame.loc[frame.index <= last]
 
 
 def _missing_ranges(
@@ -105,6 +131,9 @@ class MarketService:
         indicator_ttl_s: int = 60,
         historical_ttl_s: int = 86400,
         bulk_concurrency: int = 8,
+        stale_s: float = 300.0,
+        request_deadline_s: float | None = 10.0,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.db = db
         self.cache = cache
@@ -113,41 +142,77 @@ class MarketService:
         self.indicator_ttl_s = indicator_ttl_s
         self.historical_ttl_s = historical_ttl_s
         self.bulk_concurrency = bulk_concurrency
+        self.stale_s = stale_s
+        self.request_deadline_s = request_deadline_s
+        self.clock = clock
         self.prices = ModelCache(cache, PriceQuote, hash_fields=PRICE_FIELDS)
         self.histories = ModelCache(cache, HistoricalData)
         self.series = ModelCache(cache, IndicatorSeries)
         self.latest = ModelCache(cache, LatestIndicator)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
+    def today(self) -> date:
+        """Return today's date (UTC) on the service's clock."""
+        return self.clock().astimezone(UTC).date()
+
     # ---------------------------------------------------------------- price
     async def get_price(self, raw_symbol: str) -> PriceQuote:
-        """Return the latest price: cache, then a fresh-enough database row, then provider."""
+        """Return the latest price: the provider while the exchange trades, else cache,
+        database (a final bar of the last session), provider."""
         symbol = normalize_symbol(raw_symbol)
         key = f"market:price:{symbol}"
-        cached, level = await self.prices.get(key)
-        if cached is not None:
-            return _from_cache(cached, level)
+        if is_trading(symbol, self.clock()):  # the bar moves: never older than the TTL
+            stale_s, early_s = 0.0, self.price_ttl_s * PRICE_EARLY_FRACTION
+        else:  # the last bar is final: an old answer is still the right one
+            stale_s, early_s = self.stale_s, 0.0
+        with deadline(self.request_deadline_s):
+            quote, level = await self.prices.get_or_compute(
+                key,
+                lambda: self._fetch_price(symbol, key, early_s),
+                self.price_ttl_s,
+                stale_s=stale_s,
+                early_s=early_s,
+            )
+        return _from_cache(quote, level) if level is not None else quote
+
+    async def _fetch_price(self, symbol: str, key: str, early_s: float) -> PriceQuote:
         async with self._locks[symbol]:
+            # Another request may have stored it while this one waited for the lock.
+            again = self.prices.peek_live(key, min_ttl_s=early_s)
+            if again is not None:
+                return again
+            now = self.clock()
+            if not is_trading(symbol, now):
+                try:
+                    async with self.db.session() as session:
+                        bars = await repo.latest_bars(session, symbol=symbol, n=2)
+                except DatabaseUnavailableError as e:  # the provider still knows the price
+                    log.warning("stored bars of %s unreadable, asking the provider: %s", symbol, e)
+                    bars = None
+                final_day = last_final_day(symbol, now)
+                if bars is not None and not bars.empty and bars.index[-1].date() >= final_day:
+                    return self._quote(symbol, bars, "database", str(bars["source"].iloc[-1]))
+            fetched = await self.providers.fetch_latest(symbol)
+            clean, rejected = reject_bad_rows(fetched.frame)
+            if clean.empty:
+                raise NotFoundError(
+                    f"No valid recent bar for {symbol}"
+                    + (f" ({len(rejected)} rejected by validation)" if rejected else ""),
+                    field="symbol",
+                )
+            await self._store_final(symbol, final_bars(clean, symbol, now), fetched.source)
+            return self._quote(symbol, clean, "provider", fetched.label)
+
+    async def _store_final(self, symbol: str, bars: pd.DataFrame, source: str) -> None:
+        """Store final bars that came with a quote; the quote stands if the database is down."""
+        if bars.empty:
+            return
+        try:
             async with self.db.session() as session:
-                bars = await repo.latest_bars(session, symbol=symbol, n=2)
-            fresh_day = last_completed_session()
-            if not bars.empty and bars.index[-1].date() >= fresh_day:
-                quote = self._quote(symbol, bars, "database", str(bars["source"].iloc[-1]))
-            else:
-                source, raw = await self.providers.fetch_latest(symbol)
-                clean, rejected = reject_bad_rows(raw)
-                if clean.empty:
-                    raise NotFoundError(
-                        f"No valid recent bar for {symbol}"
-                        + (f" ({len(rejected)} rejected by validation)" if rejected else ""),
-                        field="symbol",
-                    )
-                async with self.db.session() as session:
-                    await repo.upsert_bars(session, symbol=symbol, frame=clean, source=source)
-                    await session.commit()
-                quote = self._quote(symbol, clean, "provider", source)
-        await self.prices.set(key, quote, self.price_ttl_s)
-        return quote
+                await repo.upsert_bars(session, symbol=symbol, frame=bars, source=source)
+                await session.commit()
+        except DatabaseUnavailableError as e:
+            log.warning("bars of %s not stored (answered from the provider): %s", symbol, e)
 
     @staticmethod
     def _quote(symbol: str, bars: pd.DataFrame, served_from: str, source: str) -> PriceQuote:
@@ -179,7 +244,7 @@ class MarketService:
         self, symbol: str, start: date | None, end: date | None, default_days: int = 365
     ) -> tuple[date, date]:
         """Fill in a missing end (latest available bar) and start (default_days before end)."""
-        today = _today()
+        today = self.today()
         check_date_range(start, end, today=today)
         if end is None:
             latest = await self.get_price(symbol)
@@ -192,42 +257,51 @@ class MarketService:
         return start, end
 
     async def load(self, symbol: str, start: date, end: date) -> Loaded:
-        """Return validated bars start..end from the database, fetching only missing ranges."""
-        today = _today()
+        """Return validated final bars start..end from the database, fetching only missing
+        ranges; a bar of a session still trading is neither stored nor returned."""
+        now = self.clock()
+        today = now.astimezone(UTC).date()
         fetch_end = min(end, today)
         sources: set[str] = set()
         rejected: list[dict[str, object]] = []
         served_from = "database"
-        async with self._locks[symbol]:
-            async with self.db.session() as session:
-                covered = await repo.coverage(session, symbol=symbol)
-            missing = _missing_ranges(start, fetch_end, covered) if start <= fetch_end else []
-            # Fetch every missing piece first (no connection held while the vendor answers),
-            # then write them in one transaction: a failed fetch stores nothing.
-            fetched = []
-            for lo, hi in missing:
-                source, raw = await self.providers.fetch_history(symbol, lo, hi)
-                clean, bad = reject_bad_rows(raw)
-                rejected.extend(bad)
-                fetched.append((lo, hi, source, clean, bad))
-                sources.add(source)
-                served_from = "provider"
-            async with self.db.session() as session:
-                for lo, hi, source, clean, bad in fetched:
-                    await repo.upsert_bars(session, symbol=symbol, frame=clean, source=source)
-                    stable_end = min(hi, today - timedelta(days=RECENT_DAYS))
-                    if lo <= stable_end and not bad:
-                        await repo.add_coverage(
-                            session,
-                            symbol=symbol,
-                            start=lo,
-                            end=stable_end,
-                            source=source,
-                            rows=len(clean),
-                        )
+        async with self.db.session() as session:
+            covered = await repo.coverage(session, symbol=symbol)
+        missing = _missing_ranges(start, fetch_end, covered) if start <= fetch_end else []
+        if missing:  # one fetch per symbol at a time; the others find it stored
+            async with self._locks[symbol]:
+                async with self.db.session() as session:
+                    covered = await repo.coverage(session, symbol=symbol)
+                missing = _missing_ranges(start, fetch_end, covered)
+                # Fetch every missing piece first (no connection held while the vendor
+                # answers), then write them in one transaction: a failed fetch stores nothing.
+                fetched = []
+                for lo, hi in missing:
+                    got = await self.providers.fetch_history(symbol, lo, hi)
+                    clean, bad = reject_bad_rows(got.frame)
+                    rejected.extend(bad)
+                    fetched.append((lo, hi, got.source, final_bars(clean, symbol, now), bad))
+                    sources.update(got.label.split(","))
+                    served_from = "provider"
                 if fetched:
-                    await session.commit()
-                frame = await repo.load_bars(session, symbol=symbol, start=start, end=end)
+                    async with self.db.session() as session:
+                        for lo, hi, source, clean, bad in fetched:
+                            await repo.upsert_bars(
+                                session, symbol=symbol, frame=clean, source=source
+                            )
+                            stable_end = min(hi, today - timedelta(days=RECENT_DAYS))
+                            if lo <= stable_end and not bad:
+                                await repo.add_coverage(
+                                    session,
+                                    symbol=symbol,
+                                    start=lo,
+                                    end=stable_end,
+                                    source=source,
+                                    rows=len(clean),
+                                )
+                        await session.commit()
+        async with self.db.session() as session:
+            frame = await repo.load_bars(session, symbol=symbol, start=start, end=end)
         sources.update(str(s) for s in frame["source"].dropna().unique())
         return Loaded(frame.drop(columns="source"), served_from, sorted(sources), rejected)
 
@@ -247,17 +321,30 @@ class MarketService:
             raise ValidationProblemError(
                 f"interval must be one of {', '.join(INTERVALS)}", field="interval"
             )
-        start, end = await self.resolve_window(symbol, start, end)
-        key = (
-            f"market:historical:{symbol}:{interval}:{start}:{end}:{int(adjusted)}:{int(fill_gaps)}"
-        )
-        cached, level = await self.histories.get(key)
-        if cached is not None:
-            return cached.model_copy(update={"metadata": _from_cache(cached.metadata, level)})
+        with deadline(self.request_deadline_s):
+            start, end = await self.resolve_window(symbol, start, end)
+            key = (
+                f"market:historical:{symbol}:{interval}:{start}:{end}:{int(adjusted)}"
+                f":{int(fill_gaps)}"
+            )
+            old = end < self.today() - timedelta(days=RECENT_DAYS)
+            result, level = await self.histories.get_or_compute(
+                key,
+                lambda: self._history(symbol, start, end, interval, adjusted, fill_gaps),
+                self.historical_ttl_s if old else self.price_ttl_s,
+                stale_s=self.stale_s,
+            )
+        if level is None:
+            return result
+        return result.model_copy(update={"metadata": _from_cache(result.metadata, level)})
+
+    async def _history(
+        self, symbol: str, start: date, end: date, interval: str, adjusted: bool, fill_gaps: bool
+    ) -> HistoricalData:
         loaded = await self.load(symbol, start, end)
         if loaded.frame.empty and not await self._known(symbol):
             raise NotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
-        result = await asyncio.to_thread(
+        return await asyncio.to_thread(
             frames.shape_history,
             symbol,
             loaded,
@@ -267,13 +354,6 @@ class MarketService:
             adjusted=adjusted,
             fill_gaps=fill_gaps,
         )
-        ttl = (
-            self.historical_ttl_s
-            if end < _today() - timedelta(days=RECENT_DAYS)
-            else self.price_ttl_s
-        )
-        await self.histories.set(key, result, ttl)
-        return result
 
     async def _known(self, symbol: str) -> bool:
         """Tell whether any provider knows the symbol (raises 404 through the chain if none)."""
@@ -293,21 +373,27 @@ class MarketService:
         """Return indicator series for a window, computed with enough earlier history."""
         symbol = normalize_symbol(raw_symbol)
         checked = self._check_indicators(names, params)
-        start, end = await self.resolve_window(symbol, start, end)
-        label = ",".join(f"{n}({_param_label(p)})" for n, p in checked.items())
-        key = f"indicators:{symbol}:{label}:{start}:{end}"
-        cached, level = await self.series.get(key)
-        if cached is not None:
-            return _from_cache(cached, level)
+        with deadline(self.request_deadline_s):
+            start, end = await self.resolve_window(symbol, start, end)
+            label = ",".join(f"{n}({_param_label(p)})" for n, p in checked.items())
+            result, level = await self.series.get_or_compute(
+                f"indicators:{symbol}:{label}:{start}:{end}",
+                lambda: self._series(symbol, checked, start, end),
+                self.indicator_ttl_s,
+                stale_s=self.stale_s,
+            )
+        return _from_cache(result, level) if level is not None else result
+
+    async def _series(
+        self, symbol: str, checked: Checked, start: date, end: date
+    ) -> IndicatorSeries:
         warmup = max(quant.warmup_bars(n, p) for n, p in checked.items())
         loaded = await self.load(symbol, _bars_before(start, warmup), end)
         if loaded.frame.empty and not await self._known(symbol):
             raise NotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
-        result = await asyncio.to_thread(
+        return await asyncio.to_thread(
             frames.indicator_series, symbol, loaded, checked, start=start, end=end
         )
-        await self.series.set(key, result, self.indicator_ttl_s)
-        return result
 
     async def latest_indicator(
         self, raw_symbol: str, name: str, params: dict[str, Any]
@@ -317,25 +403,33 @@ class MarketService:
         checked = self._check_indicators([name], {name: params})[name]
         defaults = {k: p.default for k, p in quant.INDICATORS[name].params.items()}
         suffix = "" if checked == defaults else f"({_param_label(checked)})"
-        key = f"indicators:{symbol}:{name}{suffix}"
-        cached, level = await self.latest.get(key)
-        if cached is not None:
-            return _from_cache(cached, level)
+        with deadline(self.request_deadline_s):
+            result, level = await self.latest.get_or_compute(
+                f"indicators:{symbol}:{name}{suffix}",
+                lambda: self._latest(symbol, name, checked),
+                self.indicator_ttl_s,
+                stale_s=self.stale_s,
+            )
+        return _from_cache(result, level) if level is not None else result
+
+    async def _latest(self, symbol: str, name: str, checked: dict[str, Any]) -> LatestIndicator:
         quote = await self.get_price(symbol)
         end = quote.timestamp.date()
         start = _bars_before(end, quant.warmup_bars(name, checked) + 1)
         loaded = await self.load(symbol, start, end)
         result = await asyncio.to_thread(frames.latest_indicator, symbol, loaded, name, checked)
-        await self.latest.set(key, result, self.indicator_ttl_s)
-        async with self.db.session() as session:
-            await repo.store_indicator_values(
-                session,
-                symbol=symbol,
-                timestamp=result.timestamp.astimezone(UTC),
-                values=dict(result.values),
-                parameters={"indicator": name, **checked},
-            )
-            await session.commit()
+        try:
+            async with self.db.session() as session:
+                await repo.store_indicator_values(
+                    session,
+                    symbol=symbol,
+                    timestamp=result.timestamp.astimezone(UTC),
+                    values=dict(result.values),
+                    parameters={"indicator": name, **checked},
+                )
+                await session.commit()
+        except DatabaseUnavailableError as e:  # the value stands; it is stored next time
+            log.warning("%s of %s not stored: %s", name, symbol, e)
         return result
 
     @staticmethod
@@ -382,6 +476,7 @@ class MarketService:
                 except AppError as e:
                     return BulkFetchItem(symbol=raw, ok=False, error=e.to_problem())
 
-        results = list(await asyncio.gather(*(one(s) for s in symbols)))
+        with deadline(self.request_deadline_s):  # one budget for the whole request
+            results = list(await asyncio.gather(*(one(s) for s in symbols)))
         ok = sum(1 for r in results if r.ok)
         return BulkFetchResult(results=results, succeeded=ok, failed=len(results) - ok)

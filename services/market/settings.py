@@ -42,6 +42,29 @@ class MarketSettings(BaseServiceSettings):
     indicator_ttl_s: int = Field(default=60, ge=1)
     historical_ttl_s: int = Field(default=86400, ge=1)
     bulk_concurrency: int = Field(default=8, ge=1, le=64)
+    market_stale_s: int = Field(
+        default=300,
+        ge=0,
+        description="An expired history or indicator answer (and a price while the exchange "
+        "is closed) is still served for this long while one request refreshes it. While the "
+        "exchange is open a price is never older than PRICE_TTL_S.",
+    )
+    market_request_deadline_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's (a whole bulk_fetch's) budget for remote providers such as "
+        "Yahoo; then they are skipped and the next provider (the CSV folder) answers.",
+    )
+    market_breaker_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive failures after which a provider is skipped (circuit open).",
+    )
+    market_breaker_cooldown_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long an open circuit skips its provider before one trial call.",
+    )
 
     _split = field_validator("market_providers", mode="before")(split_csv)
 

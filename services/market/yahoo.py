@@ -7,7 +7,9 @@ HTTP session, the cookie and the crumb, plus an ``lru_cache`` of raw responses; 
 zones and cookies are persisted under the user's cache folder. So the provider
 
 * runs each yfinance call in a worker thread (``asyncio.to_thread``) under
-  ``asyncio.timeout(timeout_s)`` (the ``wait_for`` of 3.11), one budget per attempt;
+  ``asyncio.timeout(timeout_s)`` (the ``wait_for`` of 3.11), one budget per attempt, cut to
+  what is left of the request's deadline (:func:`services.market.providers.deadline`); no
+  retry starts, and no backoff waits, past that deadline;
 * hands yfinance a :class:`YahooSession` (``yf.Ticker(symbol, session=...)``). yfinance only
   accepts real curl_cffi or requests sessions, so this is a ``curl_cffi`` ``Session`` subclass
   whose ``request`` -- the one method every ``get``/``post`` yfinance makes goes through -- is
@@ -48,11 +50,25 @@ import pandas as pd
 import yfinance as yf
 from curl_cffi import requests as curl_requests
 from curl_cffi.requests import exceptions as curl_errors
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_any,
+    wait_exponential,
+)
+from tenacity.stop import stop_base
 from yfinance.data import YfData
 from yfinance.exceptions import YFPricesMissingError, YFRateLimitError
 
-from services.market.providers import BAR_COLUMNS, ProviderError, SymbolNotFoundError, empty_bars
+from services.market.providers import (
+    BAR_COLUMNS,
+    ProviderError,
+    SymbolNotFoundError,
+    empty_bars,
+    remaining_s,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +222,14 @@ class RateLimiter:
                 await asyncio.sleep(self._times[0] + self.period_s - now)
 
 
+class _OutOfTime(stop_base):
+    """Stop retrying once the request's deadline has passed."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        left = remaining_s()
+        return left is not None and left <= 0
+
+
 class _TransientError(Exception):
     """An attempt failed in a way worth retrying."""
 
@@ -248,6 +272,7 @@ class YahooProvider:
     """Daily bars from Yahoo Finance through yfinance, with retries, timeouts and rate limit."""
 
     name = "yfinance"
+    remote = True
 
     def __init__(
         self,
@@ -292,9 +317,15 @@ class YahooProvider:
         self._session.close()
 
     async def _fetch(self, symbol: str, window: dict[str, str]) -> pd.DataFrame:
+        backoff = wait_exponential(multiplier=self.backoff_s, max=30.0)
+
+        def wait(state: RetryCallState) -> float:  # never sleep past the request's deadline
+            left = remaining_s()
+            return backoff(state) if left is None else max(0.0, min(backoff(state), left))
+
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=wait_exponential(multiplier=self.backoff_s, max=30.0),
+            stop=stop_any(stop_after_attempt(self.max_attempts), _OutOfTime()),
+            wait=wait,
             retry=retry_if_exception_type(_TransientError),
             before_sleep=lambda state: log.warning(
                 "yfinance attempt %d for %s failed: %s",
@@ -307,16 +338,22 @@ class YahooProvider:
         try:
             return await retrying(self._attempt, symbol, window)
         except _TransientError as e:
+            attempts = retrying.statistics.get("attempt_number", self.max_attempts)
             raise ProviderError(
-                f"Yahoo Finance did not answer for {symbol!r} after {self.max_attempts} attempts.",
-                extra={"attempts": self.max_attempts},
+                f"Yahoo Finance did not answer for {symbol!r} after {attempts} "
+                f"attempt{'' if attempts == 1 else 's'}.",
+                extra={"attempts": attempts},
                 log_detail=f"last attempt: {e}",
             ) from (e.__cause__ or e)
 
     async def _attempt(self, symbol: str, window: dict[str, str]) -> pd.DataFrame:
         await self.limiter.acquire()
-        attempt = _Attempt(self._transport, time.monotonic() + self.timeout_s)
-        deadline = asyncio.timeout(self.timeout_s)
+        left = remaining_s()
+        budget = self.timeout_s if left is None else min(self.timeout_s, left)
+        if budget <= 0:
+            raise _TransientError("the request's deadline passed before this attempt")
+        attempt = _Attempt(self._transport, time.monotonic() + budget)
+        deadline = asyncio.timeout(budget)
         try:
             async with deadline:  # the worker thread cannot be killed; stop waiting for it
                 raw = await asyncio.to_thread(self._history, attempt, symbol, window)
@@ -324,7 +361,7 @@ class YahooProvider:
             if deadline.expired():
                 pending = [x for x in attempt.exchanges if x.status is None and x.error is None]
                 to = f" to {pending[-1].target}" if pending else ""
-                raise _TransientError(f"no answer within {self.timeout_s:g} s{to}") from e
+                raise _TransientError(f"no answer within {budget:g} s{to}") from e
             return self._classify(symbol, attempt, e)
         except Exception as e:
             return self._classify(symbol, attempt, e)

@@ -183,8 +183,10 @@ def test_unreachable_database_is_a_503_problem_not_a_hang(tmp_path: Path, csv_di
     t0 = time.monotonic()
     with TestClient(create_app(settings)) as c:
         r = c.get("/historical/AAPL", params={"start": "2023-01-01"})
-        r2 = c.get("/price/AAPL")
+        r2 = c.get("/rsi/AAPL")
+        price = c.get("/price/MSFT")  # a quote needs no database: the provider answers it
     assert time.monotonic() - t0 < 20
+    assert price.status_code == 200 and price.json()["source"] == "csv", price.text
     for resp in (r, r2):
         assert resp.status_code == 503, resp.text
         assert resp.headers["content-type"].startswith("application/problem+json")

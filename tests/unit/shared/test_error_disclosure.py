@@ -22,7 +22,8 @@ def test_a_database_outage_discloses_no_connection_details(
     url = f"postgresql+asyncpg://ledgeruser:pw@127.0.0.1:{port}/ledgerdb"
     settings = market_settings(tmp_path, SHARED_CSV_DIR, database_url=url)
     with caplog.at_level(logging.WARNING), TestClient(create_app(settings)) as client:
-        answer = client.get("/price/AAPL")
+        # (a quote needs no database: the provider answers it; history needs the database)
+        answer = client.get("/historical/AAPL", params={"start": "2023-01-03", "end": "2023-03-31"})
     assert answer.status_code == 503
     problem = answer.json()
     assert problem["code"] == "database_unavailable"
