@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.market.calendar import nyse
+from services.market.feature_routes import router as feature_router
 from services.market.providers import CsvProvider, Provider, ProviderChain
 from services.market.routes import router
 from services.market.schemas import Health
@@ -102,5 +103,6 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
         },
     )
     app.include_router(router)
+    app.include_router(feature_router)
 
     return app

@@ -152,10 +152,15 @@ def update_model(
     tolerance: float = 0.05,
     metric: str = "accuracy",
     seed: int | None = None,
+    sharpes: Mapping[str, float] | None = None,
     report: Report = noop_report,
     cancel: Cancel = never_cancelled,
 ) -> UpdateResult:
-    """Fine-tune the members on train_rows, validate on validation_rows, accept or discard."""
+    """Fine-tune the members on train_rows, validate on validation_rows, accept or discard.
+
+    sharpes (member -> recent Sharpe ratio of its own calls) reweights the candidate's
+    ensemble (:meth:`AdaptiveEnsemble.update_weights`) before it is judged.
+    """
     if not (math.isfinite(tolerance) and tolerance >= 0.0):
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     items = [series] if isinstance(series, SeriesData) else list(series)
@@ -196,6 +201,8 @@ def update_model(
         metrics=model.metrics,
         info=info,
     )
+    if sharpes is not None:
+        candidate.ensemble.update_weights(sharpes)
     majority = int(model.info.get("majority_class", 1))
     active_figures = evaluate_segment(model, val, majority, cfg.horizon)
     candidate_figures = evaluate_segment(candidate, val, majority, cfg.horizon)

@@ -1,0 +1,106 @@
+"""Predictor service: `uvicorn --factory services.predictor.app:create_app`.
+
+Building the app and serving its cheap routes imports no TensorFlow: the embedded gateway
+starts every service in one process. TensorFlow is loaded by the first prediction of a
+model with an LSTM member (in this process) and by training (in a job worker process).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.predictor.market import MarketFeatures
+from services.predictor.prediction_log import PredictionLog
+from services.predictor.registry import Registry
+from services.predictor.routes import errors, router
+from services.predictor.schemas import Health
+from services.predictor.service import PredictorService
+from services.predictor.settings import PredictorSettings
+from shared.app import service_app
+from shared.cache import Cache
+from shared.db import Database
+from shared.health import install_health
+from shared.http import service_client
+from shared.jobs import JobRunner, job_router
+
+SERVICE = "predictor"
+
+DESCRIPTION = """Direction calls of an LSTM-with-attention + XGBoost ensemble, honestly evaluated.
+
+Models train as jobs on the market service's 50 features per bar (past data only), with a
+purged time split, and are judged out of sample beside naive baselines (majority class,
+yesterday's direction): a model that does not beat them says so in every answer. Each
+training makes a new semantic version of a named model; the last 5 are kept and any can be
+rolled back to with bit-identical predictions. Realised outcomes of logged predictions
+feed online updates that are kept only if not more than 5% worse. Errors are RFC 9457
+problem details.
+"""
+
+
+def create_app(settings: PredictorSettings | None = None) -> FastAPI:
+    """Build the predictor service app (settings from the environment by default)."""
+    settings = settings or PredictorSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database.from_settings(settings)
+        cache = Cache(
+            redis_url=settings.redis_url,
+            prefix=settings.redis_prefix,
+            l1_size=settings.l1_cache_size,
+            l1_max_bytes=settings.l1_cache_max_mb * 2**20,
+            timeout_s=settings.redis_timeout_s,
+        )
+        market = MarketFeatures(
+            service_client(
+                "market",
+                settings.market_url,
+                token=settings.market_bearer(),
+                timeout_s=settings.market_timeout_s,
+            )
+        )
+        await db.start()
+        log = PredictionLog(db)
+        log.start()
+        registry = Registry(
+            db,
+            cache,
+            keep=settings.keep_versions,
+            refresh_s=settings.active_refresh_s,
+            loaded=settings.loaded_models,
+        )
+        runner = JobRunner(db, service=SERVICE, settings=settings)
+        await runner.start()
+        app.state.jobs = runner
+        app.state.predictor = PredictorService(
+            db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
+        )
+        try:
+            yield
+        finally:
+            await runner.aclose()
+            await log.aclose()
+            await market.aclose()
+            await cache.aclose()
+            await db.dispose()
+
+    app = service_app(
+        title="Predictor service", description=DESCRIPTION, settings=settings, lifespan=lifespan
+    )
+    install_health(
+        app,
+        stores=lambda request: (request.app.state.predictor.db, request.app.state.predictor.cache),
+        timeout_s=settings.health_timeout_s,
+        model=Health,
+        extra=lambda request: {
+            "loaded_models": request.app.state.predictor.registry.loaded(),
+            "tensorflow_loaded": "tensorflow" in sys.modules,
+        },
+    )
+    app.include_router(router)
+    app.include_router(job_router(responses=errors(401, 503)))
+    return app

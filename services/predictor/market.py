@@ -1,0 +1,168 @@
+"""Features and bars from the market service, over its HTTP contract.
+
+The predictor never imports market code: `shared.http.service_client("market", ...)` calls
+MARKET_URL when set, else the co-hosted market app in-process, else the `trading serve`
+layout. `GET /features/{symbol}` gives the 50 model features and the closes of a window;
+`GET /price/{symbol}` the latest bar. Market problems become problems that name this
+service's fields (`symbol`, `symbols[1]`, `start_date`, `as_of`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from services.predictor.errors import SymbolNotFoundError
+from services.predictor.ml.types import FloatArray, IntArray
+from shared.errors import (
+    AppError,
+    ServiceUnavailableError,
+    UpstreamUnavailableError,
+    ValidationProblemError,
+)
+from shared.http import ServiceClient, UpstreamProblemError
+
+
+@dataclass(frozen=True)
+class FeatureFrame:
+    """One symbol's features over a window: names, bar times (ns, UTC), matrix, closes."""
+
+    symbol: str
+    names: list[str]
+    times: IntArray
+    matrix: FloatArray
+    close: FloatArray
+
+    @property
+    def bars(self) -> int:
+        """Return the number of bars."""
+        return int(self.times.size)
+
+    def dates(self) -> pd.DatetimeIndex:
+        """Return the bar times as a naive UTC DatetimeIndex."""
+        return pd.DatetimeIndex(self.times.view("datetime64[ns]"))
+
+    def select(self, names: list[str]) -> FloatArray:
+        """Return the matrix columns of names, in that order (KeyError if one is missing)."""
+        index = {name: j for j, name in enumerate(self.names)}
+        return np.ascontiguousarray(self.matrix[:, [index[n] for n in names]])
+
+
+def _parse_features(symbol: str, body: bytes) -> FeatureFrame:
+    """Parse a `/features` answer into arrays (None -> NaN); raise ValueError if malformed."""
+    data = json.loads(body)
+    values: dict[str, list[Any]] = data["values"]
+    names = list(values)
+    stamps = pd.DatetimeIndex(pd.to_datetime(data["timestamps"], utc=True)).tz_localize(None)
+    n = len(stamps)
+    close = np.asarray(data["close"], dtype=np.float64)
+    matrix = np.empty((n, len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        column = np.asarray(values[name], dtype=np.float64)  # JSON null becomes NaN
+        if column.shape != (n,):
+            raise ValueError(f"feature {name} has {column.size} values for {n} bars")
+        matrix[:, j] = column
+    if close.shape != (n,):
+        raise ValueError(f"{close.size} closes for {n} bars")
+    times = np.asarray(stamps.as_unit("ns").asi8, dtype=np.int64)
+    return FeatureFrame(data.get("symbol", symbol), names, times, matrix, close)
+
+
+def _parse_closes(body: bytes) -> tuple[IntArray, FloatArray]:
+    """Parse a `/historical` answer into (bar times in ns, closes)."""
+    bars = json.loads(body)["bars"]
+    stamps = pd.DatetimeIndex(pd.to_datetime([b["timestamp"] for b in bars], utc=True))
+    times = np.asarray(stamps.tz_localize(None).as_unit("ns").asi8, dtype=np.int64)
+    return times, np.asarray([b["close"] for b in bars], dtype=np.float64)
+
+
+def _translate(
+    e: UpstreamProblemError, symbol: str, symbol_field: str, date_field: str
+) -> AppError:
+    """Return the problem a market error means for a predictor request."""
+    detail = f"market service: {e.detail}"
+    if e.status == 404:
+        return SymbolNotFoundError(f"Unknown symbol {symbol!r} ({detail})", field=symbol_field)
+    if e.status in (400, 422):
+        field = symbol_field if e.problem.field in (None, "symbol") else date_field
+        return ValidationProblemError(f"{symbol}: {detail}", field=field)
+    if e.status in (503, 504):
+        return ServiceUnavailableError(f"The market service could not serve {symbol}: {detail}")
+    return UpstreamUnavailableError(
+        f"The market service failed for {symbol} ({e.status} {e.code}): {e.detail}"
+    )
+
+
+class MarketFeatures:
+    """Load features and latest bar dates from the market service."""
+
+    def __init__(self, client: ServiceClient) -> None:
+        self.client = client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.aclose()
+
+    async def features(
+        self,
+        symbol: str,
+        start: date | None,
+        end: date | None,
+        *,
+        symbol_field: str = "symbol",
+        date_field: str = "start_date",
+    ) -> FeatureFrame:
+        """Return the features and closes of every bar start..end (market defaults if None)."""
+        params = {k: v.isoformat() for k, v in (("start", start), ("end", end)) if v is not None}
+        try:
+            response = await self.client.request(
+                "GET", f"/features/{quote(symbol, safe='')}", params=params
+            )
+        except UpstreamProblemError as e:
+            raise _translate(e, symbol, symbol_field, date_field) from e
+        try:
+            if len(response.content) > 64 * 1024:
+                return await asyncio.to_thread(_parse_features, symbol, response.content)
+            return _parse_features(symbol, response.content)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UpstreamUnavailableError(
+                f"The market service answered /features/{symbol} with something that is not "
+                f"a feature table ({type(e).__name__}: {e})."
+            ) from e
+
+    async def closes(self, symbol: str, start: date, end: date) -> tuple[IntArray, FloatArray]:
+        """Return (bar times in ns, closes) of the daily bars start..end (unadjusted)."""
+        params = {"start": start.isoformat(), "end": end.isoformat()}
+        try:
+            response = await self.client.request(
+                "GET", f"/historical/{quote(symbol, safe='')}", params=params
+            )
+        except UpstreamProblemError as e:
+            raise _translate(e, symbol, "symbol", "symbol") from e
+        try:
+            return await asyncio.to_thread(_parse_closes, response.content)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UpstreamUnavailableError(
+                f"The market service answered /historical/{symbol} without bars."
+            ) from e
+
+    async def last_bar(self, symbol: str, *, symbol_field: str = "symbol") -> date:
+        """Return the date of the symbol's latest bar."""
+        try:
+            response = await self.client.request("GET", f"/price/{quote(symbol, safe='')}")
+        except UpstreamProblemError as e:
+            raise _translate(e, symbol, symbol_field, symbol_field) from e
+        try:
+            stamp = json.loads(response.content)["timestamp"]
+            return pd.Timestamp(stamp).date()
+        except (ValueError, KeyError, TypeError) as e:
+            raise UpstreamUnavailableError(
+                f"The market service answered /price/{symbol} without a bar date."
+            ) from e

@@ -1,0 +1,93 @@
+"""Every prediction answered is logged to `predictions`, off the request's critical path.
+
+`/predict` hands its row to :class:`PredictionLog` and answers; a background task writes the
+rows in batches (one transaction per batch). Readers that need every row written so far
+(`/performance`, `/update_online`) call :meth:`PredictionLog.flush` first. A database outage
+keeps rows queued (bounded) and retries; on shutdown the queue is written out, within a
+grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from services.predictor import repository as repo
+from shared.db import Database
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+MAX_QUEUED = 50_000
+RETRY_S = 1.0
+
+
+class PredictionLog:
+    """A queue of prediction rows and the task that writes them."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._rows: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        """Start the writer task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="prediction-log")
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Queue one row of `predictions` columns; never blocks."""
+        if len(self._rows) >= MAX_QUEUED:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("prediction log full: %d predictions not logged", self.dropped)
+            return
+        self._rows.append(row)
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every row queued so far is written; False if that took too long."""
+        if self._task is None:
+            return not self._rows
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self, grace_s: float = 5.0) -> None:
+        """Write what is queued (within grace_s), then stop."""
+        if self._task is None:
+            return
+        if not await self.flush(grace_s) and self._rows:
+            log.warning("prediction log: %d predictions not written at shutdown", len(self._rows))
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._rows:
+                batch = self._rows[:BATCH]
+                try:
+                    async with self.db.session() as session:
+                        await repo.insert_predictions(session, rows=batch)
+                        await session.commit()
+                except Exception as e:  # keep the rows and retry: the database may be away
+                    log.warning("prediction log: %d rows not written yet (%s)", len(batch), e)
+                    await asyncio.sleep(RETRY_S)
+                    continue
+                del self._rows[: len(batch)]
+            if not self._rows:
+                self._idle.set()

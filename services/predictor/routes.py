@@ -1,0 +1,220 @@
+"""HTTP routes of the predictor service: parse, call one service function, return a schema."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from services.predictor import jobs
+from services.predictor.schemas import (
+    MODEL_PATTERN,
+    SYMBOL_PATTERN,
+    VERSION_PATTERN,
+    ModelInfo,
+    PerformanceResult,
+    Prediction,
+    PredictRequest,
+    RollbackRequest,
+    RollbackResult,
+    TrainRequest,
+    UpdateOnlineRequest,
+    UpdateOnlineResult,
+    Weights,
+)
+from services.predictor.service import PredictorService
+from shared.api import ProblemDocs
+from shared.jobs import JobRunner, JobStatus, accepted, accepted_responses
+
+router = APIRouter()
+
+# What a failure means in this service's terms (tool descriptions are made from these).
+errors = ProblemDocs(
+    {
+        404: "No such model (`model_not_found`: train one first), version (`version_not_found`: "
+        "GET /model_info lists the kept ones) or symbol.",
+        422: "An input is invalid (`field` names it), or there are too few bars "
+        "(`insufficient_data`).",
+        502: "The market service failed or answered something unexpected.",
+        503: "The database or the market service is unavailable.",
+    }
+)
+
+ModelQuery = Annotated[
+    str, Query(pattern=MODEL_PATTERN, description="Model name (default `default`).")
+]
+
+
+def get_service(request: Request) -> PredictorService:
+    """Return the app's PredictorService (built in lifespan)."""
+    return request.app.state.predictor  # type: ignore[no-any-return]
+
+
+def get_jobs(request: Request) -> JobRunner:
+    """Return the app's job runner (built in lifespan)."""
+    return request.app.state.jobs  # type: ignore[no-any-return]
+
+
+Service = Annotated[PredictorService, Depends(get_service)]
+Jobs = Annotated[JobRunner, Depends(get_jobs)]
+
+
+@router.post(
+    "/train",
+    operation_id="train_models",
+    status_code=202,
+    response_model=JobStatus,
+    responses={**accepted_responses(), **errors(401, 422, 503)},
+    summary="Train a new version of a model (a job)",
+)
+async def train_models(
+    body: TrainRequest, request: Request, service: Service, runner: Jobs
+) -> JSONResponse:
+    """Train the LSTM-with-attention and XGBoost ensemble on daily bars; a job.
+
+    Features (50 per bar, past data only) come from the market service; labels are
+    `down | neutral | up` over `horizon` bars with a volatility-scaled neutral band. Rows are
+    split in time into train / validation / test (purged by `horizon` bars); scalers are
+    fitted on training rows only. Answers `202` with the job; `GET` its `Location` for
+    progress (per epoch and member) and, when done, the result: the new `version`, the
+    validation and out-of-sample (test) figures of each member and of the ensemble beside the
+    naive baselines (majority class, yesterday's direction), and a plain `verdict`. The new
+    version becomes active (unless `activate` is false); the last 5 versions are kept.
+    The full-size LSTM takes minutes; `lstm.size: "small"` trains in seconds.
+    """
+    job = await runner.submit("train", body, partial(jobs.train, service, body))
+    return accepted(request, job)
+
+
+@router.post(
+    "/predict",
+    operation_id="predict",
+    response_model=Prediction,
+    responses=errors(401, 404, 422, 502, 503),
+    summary="Predict a symbol's direction",
+)
+async def predict(body: PredictRequest, service: Service) -> Prediction:
+    """Return the active model version's call for a symbol over its horizon.
+
+    `direction` is `down`, `neutral` or `up` with class `probabilities` and `confidence`;
+    `members` shows what the LSTM and XGBoost each said and their ensemble weights. Made at
+    the last bar on or before `as_of` (default: the latest bar). `beats_baselines` and
+    `verdict` say whether this version beat the naive baselines out of sample: when it did
+    not, its calls are no better than naive. Cached 30 s per symbol, model and version;
+    every call is logged for `/performance`.
+    """
+    return await service.predict(body)
+
+
+@router.get(
+    "/performance",
+    operation_id="get_performance",
+    response_model=PerformanceResult,
+    responses=errors(401, 404, 422, 502, 503),
+    summary="Live performance of a model version",
+)
+async def get_performance(
+    service: Service,
+    model: ModelQuery = "default",
+    version: Annotated[
+        str | None,
+        Query(pattern=VERSION_PATTERN, description="Version (default: the active one)."),
+    ] = None,
+    symbol: Annotated[
+        str | None, Query(pattern=SYMBOL_PATTERN, description="Only this symbol's calls.")
+    ] = None,
+    window: Annotated[
+        int, Query(ge=1, le=20_000, description="The most recent logged calls to look at.")
+    ] = 1000,
+) -> PerformanceResult:
+    """Return how a version's logged predictions did once their outcome was known.
+
+    Over the most recent `window` logged calls (one per symbol and bar is evaluated):
+    accuracy, macro precision, recall and F1, expected calibration error, Brier score and the
+    Sharpe ratio of trading the calls, for the ensemble and each member, beside the same
+    figures for the baselines (majority class, yesterday's direction), `beats_baselines`,
+    and the server-side latency p50/p99 of `/predict`. Calls whose horizon has not passed
+    are `pending`.
+    """
+    return await service.performance(model, version=version, symbol=symbol, window=window)
+
+
+@router.get(
+    "/model_info",
+    operation_id="get_model_info",
+    response_model=ModelInfo,
+    responses=errors(401, 404, 422, 503),
+    summary="A model's active version and kept versions",
+)
+async def get_model_info(service: Service, model: ModelQuery = "default") -> ModelInfo:
+    """Return a model's `active_version` and its kept `versions`, newest first.
+
+    Each version has its training data (symbols, dates), hyperparameters, validation and
+    out-of-sample figures beside the baselines, ensemble weights, lineage (trained or an
+    online update of a parent) and a plain `verdict`.
+    """
+    return await service.model_info(model)
+
+
+@router.get(
+    "/weights",
+    operation_id="get_weights",
+    response_model=Weights,
+    responses=errors(401, 404, 422, 503),
+    summary="Ensemble weights of the active version",
+)
+async def get_weights(service: Service, model: ModelQuery = "default") -> Weights:
+    """Return the active version's member weights and how they were set.
+
+    Equal after training; an accepted online update sets them to a softmax over each
+    member's recent Sharpe ratio of trading its own calls (`sharpes`).
+    """
+    return await service.weights(model)
+
+
+@router.post(
+    "/rollback",
+    operation_id="rollback_model",
+    response_model=RollbackResult,
+    responses=errors(401, 404, 422, 503),
+    summary="Make an older version active again",
+)
+async def rollback_model(body: RollbackRequest, service: Service) -> RollbackResult:
+    """Activate a kept older `version` of a model.
+
+    Its predictions are then exactly (bit for bit) what that version gave before, and
+    nothing cached from the newer version is served (the cache is keyed by version).
+    """
+    return await service.rollback(body)
+
+
+@router.post(
+    "/update_online",
+    operation_id="update_online",
+    response_model=UpdateOnlineResult,
+    responses={
+        **accepted_responses(),
+        **errors(401, 404, 422, 502, 503),
+    },
+    summary="Learn from realised outcomes (an online update)",
+)
+async def update_online(
+    body: UpdateOnlineRequest, request: Request, service: Service, runner: Jobs
+) -> UpdateOnlineResult | JSONResponse:
+    """Fold the realised outcomes of logged predictions into the active version.
+
+    The buffer holds the newest 1,000 realised outcomes; an update runs once 100 are new
+    (or with `force`). Answers `200` with `status: not_due` and the counts when it is not
+    due; else `202` with a job that fine-tunes each member on the buffer plus a sample of
+    the training history, sets the ensemble weights from the members' recent Sharpe ratios,
+    and judges candidate and active model on the newest held-out outcomes: the candidate
+    becomes a new version (a patch bump) only if not more than 5% worse, else it is
+    discarded and `reason` says why with the figures.
+    """
+    plan = await jobs.plan_update(service, body)
+    if isinstance(plan, UpdateOnlineResult):
+        return plan
+    job = await runner.submit("update_online", body, partial(jobs.run_update, service, plan))
+    return accepted(request, job)

@@ -1,0 +1,424 @@
+"""Public contract of the predictor service: every field documented for a cold reader.
+
+These models become the MCP tool descriptions, so units and meanings are spelled out.
+Classes are `down | neutral | up`: the move of the close over `horizon` bars against a
+neutral band scaled by the trailing volatility (`PREDICTOR_LABEL_BAND`).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from shared.health import Health as BaseHealth
+
+EARLIEST = date(1900, 1, 1)
+LATEST = date(2199, 12, 31)
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$"
+VERSION_PATTERN = r"^[0-9]{1,5}\.[0-9]{1,5}\.[0-9]{1,5}$"
+SYMBOL_PATTERN = r"^[A-Za-z0-9^][A-Za-z0-9^=.\-]{0,19}$"
+
+ModelName = Annotated[
+    str,
+    Field(
+        pattern=MODEL_PATTERN,
+        description="Model name: letters, digits, `_`, `.`, `-`, at most 50 characters.",
+    ),
+]
+Version = Annotated[
+    str, Field(pattern=VERSION_PATTERN, description="Semantic version, e.g. `1.2.0`.")
+]
+Symbol = Annotated[
+    str,
+    Field(
+        pattern=SYMBOL_PATTERN,
+        description="Ticker, case-insensitive: e.g. `AAPL`, `BRK-B`, `^GSPC`, `BTC-USD`.",
+    ),
+]
+Member = Literal["lstm", "xgboost"]
+MEMBERS: tuple[Member, ...] = ("lstm", "xgboost")
+Direction = Literal["down", "neutral", "up"]
+
+VERDICT_DOC = (
+    "Plain words: whether the ensemble beat the naive baselines (majority class, yesterday's "
+    "direction) on accuracy out of sample, with the figures. A model that does not beat them "
+    "says so: treat its calls as no better than naive."
+)
+
+
+class Request(BaseModel):
+    """Base of the request bodies: unknown fields are an error (a typo never passes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def check_day(value: date | None) -> date | None:
+    """Reject dates outside 1900..2199 (no market has bars there)."""
+    if value is not None and not EARLIEST <= value <= LATEST:
+        raise ValueError(f"must be between {EARLIEST} and {LATEST}")
+    return value
+
+
+class Answer(BaseModel):
+    """Base of the answers: frozen, so a cached answer can be shared but never changed."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+# ---- training ------------------------------------------------------------------------------
+
+
+class LSTMOptions(Request):
+    """How to train the LSTM member."""
+
+    epochs: int = Field(
+        default=50, ge=1, le=500, description="Most epochs; early stopping may end sooner."
+    )
+    batch_size: int = Field(default=64, ge=8, le=1024, description="Samples per Adam step.")
+    patience: int = Field(
+        default=5, ge=0, le=100, description="Epochs without a better validation loss to stop."
+    )
+    size: Literal["seed", "small"] = Field(
+        default="seed",
+        description="`seed`: the design's network (60 steps x 50 features, LSTM 128/128/64, "
+        "8-head attention, dense 32/16; 308,515 parameters). `small`: 20 steps, LSTM 16/16/8, "
+        "2 heads, dense 16/8, for demos and smoke tests (seconds to train).",
+    )
+
+
+class TrainRequest(Request):
+    """What to train: a new version of a named model on some symbols' daily bars."""
+
+    model: ModelName = "default"
+    symbols: list[Symbol] = Field(
+        default_factory=lambda: ["AAPL"],
+        min_length=1,
+        max_length=10,
+        description="Symbols whose bars train one model (split on common dates).",
+    )
+    start_date: date | None = Field(
+        default=None,
+        description="First bar, YYYY-MM-DD. Default: 5 years before `end_date`. Features use "
+        "earlier bars for warm-up only.",
+    )
+    end_date: date | None = Field(
+        default=None, description="Last bar, YYYY-MM-DD. Default: the latest available bar."
+    )
+    models: list[Member] = Field(
+        default_factory=lambda: list(MEMBERS),
+        min_length=1,
+        max_length=2,
+        description="Ensemble members to train.",
+    )
+    horizon: int = Field(
+        default=1, ge=1, le=20, description="Bars ahead the direction is predicted for."
+    )
+    seed: int = Field(
+        default=42,
+        ge=0,
+        le=2**31 - 1,
+        description="Random seed: the same data, options and seed give the same model.",
+    )
+    lstm: LSTMOptions = Field(default_factory=LSTMOptions)
+    activate: bool = Field(
+        default=True, description="Make the new version the active one when training ends."
+    )
+
+    _days = field_validator("start_date", "end_date")(check_day)
+
+    @field_validator("end_date")
+    @classmethod
+    def _after_start(cls, value: date | None, info: ValidationInfo) -> date | None:
+        start = info.data.get("start_date")
+        if value is not None and start is not None and value <= start:
+            raise ValueError(f"must be after start_date ({start})")
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _distinct_symbols(cls, value: list[str]) -> list[str]:
+        upper = [s.upper() for s in value]
+        if len(set(upper)) != len(upper):
+            raise ValueError("symbols must be distinct")
+        return upper
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_models(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("models must be distinct")
+        return value
+
+
+class Figures(BaseModel):
+    """Classification, calibration and trading figures of direction calls on realised bars."""
+
+    rows: int = Field(description="Calls evaluated.")
+    accuracy: float = Field(description="Share of correct calls, 0..1.")
+    precision: float = Field(description="Macro-averaged precision over the 3 classes.")
+    recall: float = Field(description="Macro-averaged recall over the 3 classes.")
+    f1: float = Field(description="Macro-averaged F1 over the 3 classes.")
+    ece: float = Field(
+        description="Expected calibration error (10 confidence bins); lower is better."
+    )
+    brier: float = Field(description="Multi-class Brier score, 0..2; lower is better.")
+    sharpe: float = Field(
+        description="Annualised Sharpe ratio of trading the calls (long on up, short on down, "
+        "flat on neutral, for `horizon` bars), before costs."
+    )
+
+
+class Evaluation(BaseModel):
+    """Figures of each member, the ensemble and the naive baselines on one set of rows."""
+
+    rows: int = Field(description="Rows evaluated (0: the segment was empty).")
+    members: dict[str, Figures] = Field(default_factory=dict, description="Per member.")
+    ensemble: Figures | None = None
+    baselines: dict[str, Figures] = Field(
+        default_factory=dict,
+        description="`majority`: always the most frequent training class; `previous`: the "
+        "last realised direction (yesterday's, for horizon 1).",
+    )
+    beats_baselines: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Per member and `ensemble`: accuracy strictly above every baseline's.",
+    )
+
+
+class TrainResult(BaseModel):
+    """A trained version: its number, what it was trained on, and how it did out of sample."""
+
+    model: str
+    version: str = Field(description="The new version (semantic: minor bump per training).")
+    previous_version: str | None = Field(description="The active version before this one.")
+    active: bool = Field(description="True when this version is now the active one.")
+    symbols: list[str]
+    start_date: date | None = Field(description="First bar trained on.")
+    end_date: date | None = Field(description="Last bar trained on.")
+    models: list[str]
+    horizon: int
+    seed: int
+    rows: dict[str, int] = Field(description="Samples in `train`, `validation` and `test`.")
+    epochs_run: int | None = Field(description="LSTM epochs before early stopping.")
+    validation: Evaluation = Field(description="Figures on the validation segment.")
+    test: Evaluation = Field(description="Out-of-sample figures on the final, untouched segment.")
+    beats_baselines: bool = Field(description="The ensemble beat every baseline out of sample.")
+    verdict: str = Field(description=VERDICT_DOC)
+    training_seconds: float = Field(description="Wall time of the training task.")
+
+
+# ---- predictions ---------------------------------------------------------------------------
+
+
+class PredictRequest(Request):
+    """What to predict: the direction of one symbol over the model's horizon."""
+
+    symbol: Symbol
+    model: ModelName = "default"
+    as_of: date | None = Field(
+        default=None,
+        description="Predict from the last bar on or before this date (YYYY-MM-DD). Default: "
+        "the latest available bar.",
+    )
+
+    _day = field_validator("as_of")(check_day)
+
+
+class Probabilities(Answer):
+    """Class probabilities, summing to 1."""
+
+    down: float
+    neutral: float
+    up: float
+
+
+class MemberCall(Answer):
+    """One member's probabilities and its weight in the ensemble."""
+
+    probabilities: Probabilities
+    weight: float = Field(description="Weight in the ensemble's average, 0..1.")
+
+
+class Prediction(Answer):
+    """The ensemble's call for one symbol over the model's horizon, with each member's."""
+
+    symbol: str
+    model: str
+    version: str = Field(description="The model version that made the call.")
+    as_of: datetime = Field(description="The bar the call was made at (its close), UTC.")
+    horizon: int = Field(description="Bars ahead the call is about.")
+    direction: Direction = Field(description="The most probable class.")
+    probabilities: Probabilities
+    confidence: float = Field(description="Probability of the called class.")
+    members: dict[str, MemberCall] = Field(description="`lstm`, `xgboost`: what each said.")
+    beats_baselines: bool = Field(
+        description="Whether this version beat the naive baselines out of sample."
+    )
+    verdict: str = Field(description=VERDICT_DOC)
+    cached: bool = Field(description="True when served from the 30-second prediction cache.")
+
+
+# ---- registry ------------------------------------------------------------------------------
+
+
+class OnlineState(BaseModel):
+    """What online learning did with a version."""
+
+    updates: int = Field(default=0, description="Accepted online updates in this lineage.")
+    watermark: datetime | None = Field(
+        default=None, description="Outcomes of bars after this one count as new."
+    )
+    last_attempt: dict[str, Any] | None = Field(
+        default=None, description="The last update tried from this version: when, verdict, why."
+    )
+
+
+class VersionInfo(BaseModel):
+    """One kept version of a model and its metadata."""
+
+    version: str
+    active: bool
+    created_at: datetime
+    kind: Literal["trained", "online_update"]
+    parent_version: str | None = Field(description="The version it was updated from.")
+    models: list[str]
+    symbols: list[str]
+    start_date: date | None
+    end_date: date | None
+    horizon: int
+    seed: int
+    hyperparameters: dict[str, Any] = Field(description="The full training configuration.")
+    rows: dict[str, int]
+    validation: Evaluation
+    test: Evaluation
+    weights: dict[str, float] = Field(description="Ensemble weights of the members.")
+    beats_baselines: bool
+    verdict: str = Field(description=VERDICT_DOC)
+    online: OnlineState
+
+
+class ModelInfo(BaseModel):
+    """A model's active version and its kept versions, newest first."""
+
+    model: str
+    active_version: str
+    keep_versions: int = Field(description="Versions whose weights are kept.")
+    versions: list[VersionInfo]
+    archived_versions: list[str] = Field(
+        description="Older versions: metadata kept, weights deleted (no rollback to them)."
+    )
+
+
+class Weights(BaseModel):
+    """The active version's ensemble weights and where they came from."""
+
+    model: str
+    version: str
+    weights: dict[str, float] = Field(description="Member -> weight, summing to 1.")
+    sharpes: dict[str, float] = Field(
+        description="Member -> recent Sharpe ratio of its own calls that set the weights "
+        "(a softmax); empty while the weights are the equal ones of training."
+    )
+    temperature: float = Field(description="Softmax temperature of the Sharpe ratios.")
+    source: str = Field(description="How the weights were set.")
+
+
+class RollbackRequest(Request):
+    """Which kept version to make active again."""
+
+    model: ModelName = "default"
+    version: Version
+
+
+class RollbackResult(BaseModel):
+    """The model's active version after a rollback."""
+
+    model: str
+    version: str = Field(description="The version now active.")
+    previous_version: str = Field(description="The version active before.")
+    changed: bool = Field(description="False when the version already was the active one.")
+    beats_baselines: bool
+    verdict: str = Field(description=VERDICT_DOC)
+
+
+# ---- performance and online learning -------------------------------------------------------
+
+
+class Latency(BaseModel):
+    """Server-side time of `/predict` calls (cache hits included)."""
+
+    calls: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class PerformanceResult(BaseModel):
+    """Live figures of a model version on its realised predictions, beside the baselines."""
+
+    model: str
+    version: str
+    symbol: str | None = Field(description="The symbol filter, if any.")
+    horizon: int
+    calls: int = Field(description="Logged `/predict` calls in the window (cache hits too).")
+    predictions: int = Field(description="Distinct (symbol, bar) predictions among them.")
+    realised: int = Field(description="Predictions whose outcome is known (evaluated).")
+    pending: int = Field(description="Predictions whose horizon has not passed yet.")
+    first_bar: datetime | None
+    last_bar: datetime | None
+    ensemble: Figures | None = Field(description="The ensemble's calls; null without outcomes.")
+    members: dict[str, Figures]
+    baselines: dict[str, Figures]
+    beats_baselines: bool | None = Field(
+        description="Ensemble accuracy strictly above every baseline's on these outcomes."
+    )
+    verdict: str
+    latency: Latency
+
+
+class UpdateOnlineRequest(Request):
+    """Fold realised outcomes of logged predictions into a model (an online update)."""
+
+    model: ModelName = "default"
+    force: bool = Field(
+        default=False, description="Update even if fewer new outcomes than needed arrived."
+    )
+    epochs: int = Field(default=5, ge=1, le=50, description="LSTM fine-tuning epochs.")
+    trees: int = Field(default=20, ge=1, le=500, description="XGBoost trees added.")
+    metric: Literal["accuracy", "f1", "brier"] = Field(
+        default="accuracy", description="The figure the 5% acceptance rule compares."
+    )
+
+
+class UpdateSamples(BaseModel):
+    """The realised outcomes behind an online update."""
+
+    buffer: int = Field(description="Realised outcomes in the buffer (the newest, at most 1,000).")
+    new: int = Field(description="Outcomes of bars after the version's watermark.")
+    needed: int = Field(description="New outcomes an update waits for.")
+    train: int = Field(default=0, description="Rows the candidate was fine-tuned on.")
+    validation: int = Field(default=0, description="Recent held-out rows both were judged on.")
+
+
+class UpdateOnlineResult(BaseModel):
+    """What an online update did: nothing yet, a new version, or a discarded candidate."""
+
+    model: str
+    status: Literal["not_due", "accepted", "discarded"]
+    reason: str = Field(description="Why, with the figures.")
+    active_version: str = Field(description="The active version after this call.")
+    new_version: str | None = Field(description="The version made by an accepted update.")
+    samples: UpdateSamples
+    active: Figures | None = Field(default=None, description="The active ensemble, validation.")
+    candidate: Figures | None = Field(default=None, description="The updated one, validation.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="The candidate's ensemble weights."
+    )
+
+
+class Health(BaseHealth):
+    """Liveness, backing stores, and what this process holds in memory."""
+
+    loaded_models: list[str] = Field(description="`model@version` held for predictions.")
+    tensorflow_loaded: bool = Field(description="Whether this process imported TensorFlow.")

@@ -1,0 +1,367 @@
+"""Predictor domain logic: predictions, the registry's views, rollback, live performance.
+
+Never imports FastAPI: a CLI, a job or a test can call it directly. Training and online
+updates (jobs) live in :mod:`services.predictor.jobs`.
+
+Redis keys (under the configured prefix): `model:active:{model}` (the active version, no
+TTL; see :mod:`services.predictor.registry`) and
+`prediction:{symbol}:{model}:{version}:{as_of|latest}:v<schema version>` (30 s): the cache
+is keyed by version, so after a rollback nothing cached from the newer version is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from services.predictor import repository as repo
+from services.predictor.errors import (
+    FeatureMismatchError,
+    InsufficientDataError,
+    VersionNotFoundError,
+)
+from services.predictor.evaluation import (
+    Logged,
+    direction_value,
+    evaluation,
+    live_figures,
+    percentile,
+    probs_tuple,
+    realise,
+    verdict,
+)
+from services.predictor.market import MarketFeatures
+from services.predictor.ml.training import EnsembleModel
+from services.predictor.prediction_log import PredictionLog
+from services.predictor.registry import Registry
+from services.predictor.schemas import (
+    Latency,
+    ModelInfo,
+    OnlineState,
+    PerformanceResult,
+    Prediction,
+    PredictRequest,
+    RollbackRequest,
+    RollbackResult,
+    VersionInfo,
+    Weights,
+)
+from services.predictor.settings import PredictorSettings
+from shared.cache import Cache, ModelCache
+from shared.db import Database
+from shared.errors import AppError
+from shared.tables import utcnow
+
+
+def calendar_days_for(bars: int) -> int:
+    """Return calendar days that hold at least `bars` trading sessions (a safe estimate)."""
+    return int(bars * 7 / 5 * 1.1) + 10
+
+
+def as_utc(stamp: datetime) -> datetime:
+    """Return a database timestamp as timezone-aware UTC (SQLite gives naive ones)."""
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+
+
+def to_ns(stamp: datetime) -> int:
+    """Return a timestamp as int64 nanoseconds since the epoch, UTC."""
+    return int(pd.Timestamp(as_utc(stamp)).as_unit("ns").value)
+
+
+def from_ns(value: int) -> datetime:
+    """Return int64 nanoseconds since the epoch as an aware UTC datetime."""
+    return pd.Timestamp(value, unit="ns", tz="UTC").to_pydatetime()
+
+
+def version_info(row: repo.VersionRow) -> VersionInfo:
+    """Return a version row as the public VersionInfo."""
+    hp, tm = row.hyperparameters, row.training_metrics
+    config = hp.get("config", {})
+    beats, sentence = verdict(tm)
+    info = tm.get("info", {})
+    return VersionInfo(
+        version=row.version,
+        active=row.is_active,
+        created_at=as_utc(row.created_at),
+        kind=tm.get("kind", "trained"),
+        parent_version=tm.get("parent"),
+        models=list(config.get("models", [])),
+        symbols=list(hp.get("symbols", [])),
+        start_date=as_utc(row.data_start).date() if row.data_start else None,
+        end_date=as_utc(row.data_end).date() if row.data_end else None,
+        horizon=int(config.get("horizon", 1)),
+        seed=int(config.get("seed", 0)),
+        hyperparameters=config,
+        rows={k: int(v) for k, v in info.get("rows", {}).items()},
+        validation=evaluation(tm.get("validation")),
+        test=evaluation(tm.get("test")),
+        weights=dict(tm.get("ensemble", {}).get("weights", {})),
+        beats_baselines=beats,
+        verdict=sentence,
+        online=OnlineState.model_validate(tm.get("online", {})),
+    )
+
+
+class PredictorService:
+    """Predictions of the active model versions, their registry, and their live record."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        cache: Cache,
+        registry: Registry,
+        market: MarketFeatures,
+        log: PredictionLog,
+        settings: PredictorSettings,
+    ) -> None:
+        self.db = db
+        self.cache = cache
+        self.registry = registry
+        self.market = market
+        self.log = log
+        self.settings = settings
+        self.predictions = ModelCache(cache, Prediction)
+        self._verdicts: OrderedDict[tuple[str, str], tuple[bool, str]] = OrderedDict()
+
+    # ---- predict -----------------------------------------------------------------------
+
+    async def predict(self, body: PredictRequest) -> Prediction:
+        """Return the active version's call for a symbol (cached 30 s), and log it."""
+        start = time.perf_counter()
+        symbol = body.symbol.strip().upper()
+        version = await self.registry.active_version(body.model)
+        key = f"prediction:{symbol}:{body.model}:{version}:{body.as_of or 'latest'}"
+        hit, _ = await self.predictions.get(key)
+        if hit is not None:
+            answer = hit.model_copy(update={"cached": True})
+        else:
+            try:
+                model = await self.registry.load(body.model, version)
+            except VersionNotFoundError:  # Redis named a version the database no longer has
+                version = await self.registry.active_from_db(body.model)
+                model = await self.registry.load(body.model, version)
+                key = f"prediction:{symbol}:{body.model}:{version}:{body.as_of or 'latest'}"
+            answer = await self._compute(symbol, body.model, version, model, body.as_of)
+            await self.predictions.set(key, answer, self.settings.prediction_ttl_s)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        self.log.add(self._log_row(answer, latency_ms, body.as_of))
+        return answer
+
+    async def _compute(
+        self, symbol: str, name: str, version: str, model: EnsembleModel, as_of: date | None
+    ) -> Prediction:
+        """Fetch the features up to as_of and run the ensemble on the last bar."""
+        context = model.config.context
+        end = as_of if as_of is not None else await self.market.last_bar(symbol)
+        start = end - timedelta(days=calendar_days_for(context + 5))
+        frame = await self.market.features(symbol, start, end, date_field="as_of")
+        try:
+            x = frame.select(model.feature_names)
+        except KeyError as e:
+            raise FeatureMismatchError(
+                f"The market service no longer serves feature {e.args[0]!r} that model "
+                f"{name} {version} reads; train a new version."
+            ) from e
+        usable = x.shape[0] >= context and bool(np.isfinite(x[-context:]).all())
+        if not usable:
+            raise InsufficientDataError(
+                f"{symbol} has {x.shape[0]} bar(s) up to {end} but the model needs {context} "
+                "bars of complete features (about 600 bars of history before them for "
+                "warm-up); choose a later `as_of`.",
+                field="as_of" if as_of is not None else "symbol",
+            )
+        out = await asyncio.to_thread(model.predict, x)
+        row = out.row(-1)
+        beats, sentence = self._verdict(name, version, model)
+        return Prediction.model_validate(
+            {
+                **row,
+                "symbol": symbol,
+                "model": name,
+                "version": version,
+                "as_of": from_ns(int(frame.times[-1])),
+                "horizon": model.config.horizon,
+                "beats_baselines": beats,
+                "verdict": sentence,
+                "cached": False,
+            }
+        )
+
+    def _verdict(self, name: str, version: str, model: EnsembleModel) -> tuple[bool, str]:
+        key = (name, version)
+        hit = self._verdicts.get(key)
+        if hit is None:
+            hit = verdict(model.metrics)
+            self._verdicts[key] = hit
+            while len(self._verdicts) > 256:
+                self._verdicts.popitem(last=False)
+        return hit
+
+    @staticmethod
+    def _log_row(answer: Prediction, latency_ms: float, as_of: date | None) -> dict[str, Any]:
+        """Return the `predictions` row of one answered call."""
+        return {
+            "symbol": answer.symbol,
+            "timestamp": answer.as_of,
+            "model_name": answer.model,
+            "model_version": answer.version,
+            "prediction_type": "direction",
+            "predicted_value": direction_value(answer.direction),
+            "confidence": answer.confidence,
+            "features_used": {
+                "probabilities": answer.probabilities.model_dump(),
+                "members": {
+                    name: call.probabilities.model_dump() for name, call in answer.members.items()
+                },
+                "weights": {name: call.weight for name, call in answer.members.items()},
+                "horizon": answer.horizon,
+                "latency_ms": round(latency_ms, 4),
+                "cached": answer.cached,
+                "requested_as_of": as_of.isoformat() if as_of else None,
+            },
+            "created_at": utcnow(),
+        }
+
+    # ---- registry views ----------------------------------------------------------------
+
+    async def model_info(self, model: str) -> ModelInfo:
+        """Return the active version and the kept versions of a model, newest first."""
+        rows = await self.registry.rows(model)
+        active = next((r.version for r in rows if r.is_active), rows[0].version)
+        return ModelInfo(
+            model=model,
+            active_version=active,
+            keep_versions=self.registry.keep,
+            versions=[version_info(r) for r in rows if r.has_data],
+            archived_versions=[r.version for r in rows if not r.has_data],
+        )
+
+    async def weights(self, model: str) -> Weights:
+        """Return the active version's ensemble weights and where they came from."""
+        version = await self.registry.active_version(model)
+        row = await self.registry.row(model, version, field="model")
+        state = row.training_metrics.get("ensemble", {})
+        sharpes = {k: float(v) for k, v in state.get("sharpes", {}).items()}
+        parent = row.training_metrics.get("parent")
+        if sharpes:
+            source = (
+                "a softmax over each member's Sharpe ratio of its own calls on recent realised "
+                f"outcomes (online update of {parent})"
+            )
+        else:
+            source = "equal weights, as trained (no online update has reweighted them yet)"
+        return Weights(
+            model=model,
+            version=version,
+            weights={k: float(v) for k, v in state.get("weights", {}).items()},
+            sharpes=sharpes,
+            temperature=float(state.get("temperature", 1.0)),
+            source=source,
+        )
+
+    async def rollback(self, body: RollbackRequest) -> RollbackResult:
+        """Make an older kept version active again; its predictions are its own again."""
+        previous = await self.registry.activate(body.model, body.version)
+        row = await self.registry.row(body.model, body.version)
+        beats, sentence = verdict(row.training_metrics)
+        return RollbackResult(
+            model=body.model,
+            version=body.version,
+            previous_version=previous,
+            changed=previous != body.version,
+            beats_baselines=beats,
+            verdict=sentence,
+        )
+
+    # ---- live performance --------------------------------------------------------------
+
+    async def performance(
+        self, model: str, *, version: str | None, symbol: str | None, window: int
+    ) -> PerformanceResult:
+        """Evaluate a version's logged, realised predictions beside the naive baselines."""
+        await self.log.flush()
+        version = version or await self.registry.active_version(model)
+        row = await self.registry.row(model, version, kept=False)
+        config = row.hyperparameters.get("config", {})
+        horizon = int(config.get("horizon", 1))
+        symbol = symbol.strip().upper() if symbol else None
+        async with self.db.session() as session:
+            logged = await repo.recent_predictions(
+                session, model_name=model, versions=[version], symbol=symbol, limit=window
+            )
+        latencies = [float(p.details["latency_ms"]) for p in logged if "latency_ms" in p.details]
+        distinct = distinct_predictions(logged)
+        closes = await self._closes(distinct, horizon, int(config.get("vol_window", 21)))
+        realised = await asyncio.to_thread(
+            realise,
+            distinct,
+            closes,
+            horizon=horizon,
+            band=float(config.get("band", 0.5)),
+            vol_window=int(config.get("vol_window", 21)),
+        )
+        majority = int(row.training_metrics.get("info", {}).get("majority_class", 1))
+        figures = live_figures(realised, horizon=horizon, majority=majority)
+        times = [it.time_ns for it in distinct]
+        return PerformanceResult(
+            model=model,
+            version=version,
+            symbol=symbol,
+            horizon=horizon,
+            calls=len(logged),
+            predictions=len(distinct),
+            realised=int(realised.labels.size),
+            pending=realised.pending,
+            first_bar=from_ns(min(times)) if times else None,
+            last_bar=from_ns(max(times)) if times else None,
+            ensemble=figures.ensemble,
+            members=figures.members,
+            baselines=figures.baselines,
+            beats_baselines=figures.beats,
+            verdict=figures.verdict,
+            latency=Latency(
+                calls=len(latencies),
+                p50_ms=percentile(latencies, 50),
+                p99_ms=percentile(latencies, 99),
+            ),
+        )
+
+    async def _closes(
+        self, logged: list[Logged], horizon: int, vol_window: int
+    ) -> dict[str, tuple[Any, Any]]:
+        """Return per symbol the closes around its logged predictions (unknown: skipped)."""
+        by_symbol: dict[str, list[int]] = {}
+        for item in logged:
+            by_symbol.setdefault(item.symbol, []).append(item.time_ns)
+        today = datetime.now(UTC).date()
+
+        async def one(sym: str, times: list[int]) -> tuple[str, Any]:
+            first, last = from_ns(min(times)).date(), from_ns(max(times)).date()
+            start = first - timedelta(days=calendar_days_for(vol_window + horizon + 5))
+            end = min(today, last + timedelta(days=calendar_days_for(horizon + 2)))
+            try:
+                return sym, await self.market.closes(sym, start, end)
+            except AppError:
+                return sym, None  # the market cannot say (yet): counted as pending
+
+        pairs = await asyncio.gather(*(one(s, t) for s, t in by_symbol.items()))
+        return {sym: bars for sym, bars in pairs if bars is not None}
+
+
+def distinct_predictions(logged: list[repo.PredictionRow]) -> list[Logged]:
+    """Return one prediction per (symbol, bar): the latest logged, oldest bar first."""
+    seen: dict[tuple[str, int], Logged] = {}
+    for p in logged:  # newest logged first
+        key = (p.symbol, to_ns(p.timestamp))
+        if key in seen or "probabilities" not in p.details:
+            continue
+        members = {name: probs_tuple(probs) for name, probs in p.details.get("members", {}).items()}
+        seen[key] = Logged(p.symbol, key[1], probs_tuple(p.details["probabilities"]), members)
+    return sorted(seen.values(), key=lambda it: (it.time_ns, it.symbol))

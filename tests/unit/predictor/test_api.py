@@ -1,0 +1,320 @@
+"""The predictor service end to end in-process: real AAPL bars from the co-hosted market
+service, embedded SQLite, jobs in a real worker process. XGBoost-only models keep it quick
+(the LSTM path runs in the integration and e2e tests)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from services.market.app import create_app as market_app
+from services.market.settings import SHARED_CSV_DIR
+from services.predictor.app import create_app as predictor_app
+from services.predictor.ml.labels import make_labels
+from services.predictor.settings import PredictorSettings
+from shared.http import unregister_local_app
+from tests.conftest import market_settings
+from trading.host import build_platform_app
+
+P = "/predictor"
+TRAIN = {
+    "symbols": ["AAPL"],
+    "start_date": "2015-01-01",
+    "end_date": "2019-12-31",
+    "models": ["xgboost"],
+    "seed": 7,
+}
+# AAPL's trading days after the training range: their outcomes are known (realised) at once.
+_DATES = pd.read_csv(SHARED_CSV_DIR / "AAPL.csv", usecols=["date"])["date"].str[:10]
+DAYS = _DATES[(_DATES >= "2020-02-03") & (_DATES <= "2020-03-31")].tolist()
+
+
+def wait_job(client: TestClient, answer: Any, limit_s: float = 240.0) -> dict[str, Any]:
+    """Follow a 202 job answer to its end; return the final status."""
+    assert answer.status_code == 202, answer.text
+    location = answer.headers["location"]
+    assert location.startswith(f"{P}/jobs/")
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        status = client.get(location).json()
+        if status["status"] in ("succeeded", "failed"):
+            return status  # type: ignore[no-any-return]
+        time.sleep(0.1)
+    raise AssertionError(f"job {location} did not end within {limit_s} s")
+
+
+def train(client: TestClient, **overrides: Any) -> dict[str, Any]:
+    """Train a version and return the job's result (failing the test if the job failed)."""
+    status = wait_job(client, client.post(f"{P}/train", json={**TRAIN, **overrides}))
+    assert status["status"] == "succeeded", status
+    return status["result"]  # type: ignore[no-any-return]
+
+
+@dataclass
+class Platform:
+    client: TestClient
+    v1: dict[str, Any]
+    predictor: Any
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory, csv_dir: Path) -> Iterator[Platform]:
+    """Run market + predictor in one app on one SQLite file and train version 1.0.0."""
+    tmp = tmp_path_factory.mktemp("predictor-api")
+    db = f"sqlite+aiosqlite:///{tmp / 'trading.db'}"
+    market = market_app(market_settings(tmp, csv_dir, database_url=db))
+    predictor = predictor_app(
+        PredictorSettings(
+            data_dir=tmp,
+            database_url=db,
+            redis_url=None,
+            keep_versions=2,
+            online_update_after=10,
+            online_tolerance=1.0,
+            job_progress_interval_s=0.05,
+            dask_scheduler_address=None,
+        )
+    )
+    apps = {"market": market, "predictor": predictor}
+    try:
+        with TestClient(build_platform_app(apps)) as client:
+            yield Platform(client, train(client), predictor)
+    finally:
+        unregister_local_app("market", market)
+        unregister_local_app("predictor", predictor)
+
+
+def predict(client: TestClient, **body: Any) -> dict[str, Any]:
+    answer = client.post(f"{P}/predict", json={"symbol": "AAPL", **body})
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def clear_prediction_cache(platform: Platform) -> None:
+    """Forget cached predictions (L1; there is no Redis here) so answers are recomputed."""
+    platform.predictor.state.predictor.cache.l1.clear()
+
+
+def test_training_stores_version_one_with_honest_out_of_sample_figures(
+    platform: Platform,
+) -> None:
+    v1 = platform.v1
+    assert v1["version"] == "1.0.0" and v1["active"] and v1["previous_version"] is None
+    assert v1["models"] == ["xgboost"] and v1["symbols"] == ["AAPL"]
+    assert v1["start_date"] == "2015-01-02" and v1["end_date"] == "2019-12-31"
+    assert v1["rows"]["train"] > v1["rows"]["validation"] > 0 and v1["rows"]["test"] > 0
+    for segment in ("validation", "test"):
+        figures = v1[segment]
+        assert set(figures["members"]) == {"xgboost"}
+        assert set(figures["baselines"]) == {"majority", "previous"}
+        acc = figures["ensemble"]["accuracy"]
+        beats = all(acc > b["accuracy"] for b in figures["baselines"].values())
+        assert figures["beats_baselines"]["ensemble"] == beats
+    test_acc = v1["test"]["ensemble"]["accuracy"]
+    assert v1["beats_baselines"] == all(
+        test_acc > b["accuracy"] for b in v1["test"]["baselines"].values()
+    )
+    assert f"{test_acc:.3f}" in v1["verdict"]
+    assert ("does NOT beat" in v1["verdict"]) == (not v1["beats_baselines"])
+
+
+def test_a_prediction_has_the_call_its_members_and_the_verdict(platform: Platform) -> None:
+    body = predict(platform.client, as_of="2020-03-07")  # a Saturday: Friday's bar
+    assert body["as_of"].startswith("2020-03-06")
+    assert body["version"] == "1.0.0" and body["model"] == "default" and body["horizon"] == 1
+    probs = body["probabilities"]
+    assert sum(probs.values()) == pytest.approx(1.0)
+    assert body["direction"] == max(probs, key=probs.get)
+    assert body["confidence"] == max(probs.values())
+    assert set(body["members"]) == {"xgboost"}
+    assert body["members"]["xgboost"]["weight"] == 1.0
+    assert body["members"]["xgboost"]["probabilities"] == probs  # one member: its own call
+    assert body["beats_baselines"] == platform.v1["beats_baselines"]
+    assert body["verdict"] == platform.v1["verdict"]
+    assert body["cached"] is False
+    again = predict(platform.client, as_of="2020-03-07")
+    assert again["cached"] is True
+    assert {**again, "cached": False} == body
+
+
+def test_predict_without_as_of_uses_the_latest_bar(platform: Platform, aapl: pd.DataFrame) -> None:
+    body = predict(platform.client)
+    assert body["as_of"][:10] == aapl.index[-1]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        ({"symbol": "AAPL", "model": "nope"}, 404, "model_not_found", "model"),
+        ({"symbol": "ZZZZ"}, 404, "symbol_not_found", "symbol"),
+        ({"symbol": "AA PL"}, 422, "validation_error", "symbol"),
+        ({"symbol": "AAPL", "as_of": "2004-01-15"}, 422, "insufficient_data", "as_of"),
+        ({"symbol": "AAPL", "as_of": "yesterday"}, 422, "validation_error", "as_of"),
+        ({"symbol": "AAPL", "horizon": 3}, 422, "validation_error", "horizon"),
+    ],
+)
+def test_bad_predictions_are_problems_naming_the_field(
+    platform: Platform, body: dict[str, Any], status: int, code: str, field: str
+) -> None:
+    answer = platform.client.post(f"{P}/predict", json=body)
+    assert answer.status_code == status, answer.text
+    problem = answer.json()
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert (problem["code"], problem["field"]) == (code, field)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"models": ["xgboost", "xgboost"]}, "models"),
+        ({"models": ["forest"]}, "models.0"),
+        ({"symbols": []}, "symbols"),
+        ({"horizon": 0}, "horizon"),
+        ({"lstm": {"epochs": 0}}, "lstm.epochs"),
+        ({"model": "../etc"}, "model"),
+    ],
+)
+def test_bad_training_requests_are_refused_before_any_job(
+    platform: Platform, body: dict[str, Any], field: str
+) -> None:
+    answer = platform.client.post(f"{P}/train", json={**TRAIN, **body})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == field
+
+
+def test_a_training_job_on_too_few_bars_fails_with_insufficient_data(platform: Platform) -> None:
+    status = wait_job(
+        platform.client,
+        platform.client.post(
+            f"{P}/train", json={**TRAIN, "model": "short", "start_date": "2019-10-01"}
+        ),
+    )
+    assert status["status"] == "failed"
+    error = status["error"]
+    assert (error["code"], error["field"]) == ("insufficient_data", "start_date")
+
+
+def test_rollback_gives_back_the_older_versions_exact_predictions(platform: Platform) -> None:
+    client = platform.client
+    clear_prediction_cache(platform)
+    days = DAYS[:5]
+    before = [predict(client, as_of=d) for d in days]
+    assert all(b["version"] == "1.0.0" for b in before)
+
+    v2 = train(client, seed=8, start_date="2016-01-01")
+    assert (v2["version"], v2["previous_version"]) == ("1.1.0", "1.0.0")
+    newer = predict(client, as_of=days[0])
+    assert newer["version"] == "1.1.0" and not newer["cached"]
+
+    rolled = client.post(f"{P}/rollback", json={"model": "default", "version": "1.0.0"})
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["previous_version"] == "1.1.0" and rolled.json()["changed"]
+    # nothing cached from 1.1.0 is served: the same request answers 1.0.0 (its own entry)
+    first = predict(client, as_of=days[0])
+    assert first["version"] == "1.0.0"
+    assert {**first, "cached": False} == before[0]
+    clear_prediction_cache(platform)
+    after = [predict(client, as_of=d) for d in days]
+    assert all(not a["cached"] for a in after)
+    assert after == before  # every probability bit for bit
+
+    again = client.post(f"{P}/rollback", json={"model": "default", "version": "1.0.0"}).json()
+    assert again["changed"] is False
+
+
+def test_old_versions_are_archived_beyond_the_kept_ones(platform: Platform) -> None:
+    client = platform.client
+    info = client.get(f"{P}/model_info").json()
+    if info["active_version"] != "1.0.0":  # the rollback test ran first in this module
+        client.post(f"{P}/rollback", json={"version": "1.0.0"})
+    v3 = train(client, seed=9, start_date="2017-01-01")
+    assert v3["version"] == "1.2.0"
+    info = client.get(f"{P}/model_info", params={"model": "default"}).json()
+    assert info["active_version"] == "1.2.0" and info["keep_versions"] == 2
+    assert [v["version"] for v in info["versions"]] == ["1.2.0", "1.1.0"]
+    assert info["archived_versions"] == ["1.0.0"]
+    newest = info["versions"][0]
+    assert newest["active"] and newest["kind"] == "trained" and newest["seed"] == 9
+    assert newest["hyperparameters"]["xgboost"]["n_estimators"] == 100
+    assert newest["symbols"] == ["AAPL"] and newest["start_date"] == "2017-01-03"
+    gone = client.post(f"{P}/rollback", json={"version": "1.0.0"})
+    assert gone.status_code == 404 and gone.json()["code"] == "version_not_found"
+    assert "archived" in gone.json()["detail"]
+    missing = client.post(f"{P}/rollback", json={"version": "7.0.0"})
+    assert missing.status_code == 404 and missing.json()["field"] == "version"
+
+
+def test_performance_scores_realised_predictions_against_the_bars(
+    platform: Platform, aapl: pd.DataFrame
+) -> None:
+    client = platform.client
+    version = client.get(f"{P}/model_info").json()["active_version"]
+    calls = [predict(client, as_of=d) for d in DAYS[:12]]
+    predict(client, as_of=DAYS[0])  # a cache hit: one more call, the same prediction
+    perf = client.get(f"{P}/performance", params={"version": version}).json()
+    assert perf["version"] == version and perf["horizon"] == 1
+    assert perf["predictions"] == perf["realised"] == 12 and perf["pending"] == 0
+    assert perf["calls"] >= 13
+    # the outcome of each call, recomputed here from the CSV with the training's labels
+    close = aapl["close"].to_numpy(np.float64)
+    labels = make_labels(close, horizon=1, band=0.5, vol_window=21)
+    index = {day: i for i, day in enumerate(aapl.index)}
+    truth = [int(labels[index[c["as_of"][:10]]]) for c in calls]
+    called = [["down", "neutral", "up"].index(c["direction"]) for c in calls]
+    accuracy = float(np.mean(np.asarray(truth) == np.asarray(called)))
+    assert perf["ensemble"]["accuracy"] == pytest.approx(accuracy)
+    assert set(perf["baselines"]) == {"majority", "previous"}
+    beats = all(perf["ensemble"]["accuracy"] > b["accuracy"] for b in perf["baselines"].values())
+    assert perf["beats_baselines"] == beats
+    assert perf["latency"]["calls"] == perf["calls"]
+    assert 0 < perf["latency"]["p50_ms"] <= perf["latency"]["p99_ms"]
+    unknown = client.get(f"{P}/performance", params={"model": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "model_not_found"
+
+
+def test_an_online_update_waits_for_new_outcomes_then_makes_a_patch_version(
+    platform: Platform,
+) -> None:
+    client = platform.client
+    for day in DAYS[:30]:
+        predict(client, as_of=day)
+    base = client.get(f"{P}/model_info").json()["active_version"]
+    answer = client.post(f"{P}/update_online", json={"model": "default", "trees": 5})
+    status = wait_job(client, answer)
+    assert status["status"] == "succeeded", status
+    result = status["result"]
+    major, minor, _ = base.split(".")
+    assert result["status"] == "accepted"  # PREDICTOR_ONLINE_TOLERANCE=1.0 here
+    assert result["new_version"] == f"{major}.{minor}.1" == result["active_version"]
+    assert result["samples"]["buffer"] >= 20 and result["samples"]["new"] >= 10
+    assert result["samples"]["train"] > 0 and result["samples"]["validation"] >= 5
+    assert "not more than 100% worse" in result["reason"]
+    info = client.get(f"{P}/model_info").json()
+    newest = info["versions"][0]
+    assert (newest["version"], newest["kind"], newest["parent_version"]) == (
+        result["new_version"],
+        "online_update",
+        base,
+    )
+    weights = client.get(f"{P}/weights").json()
+    assert weights["version"] == result["new_version"]
+    assert set(weights["sharpes"]) == {"xgboost"} and weights["weights"] == {"xgboost": 1.0}
+    # the outcomes are no longer new: the next call has nothing to do
+    again = client.post(f"{P}/update_online", json={})
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] == "not_due" and again.json()["samples"]["new"] == 0
+
+
+def test_health_says_what_is_loaded(platform: Platform) -> None:
+    body = platform.client.get(f"{P}/health").json()
+    assert body["status"] == "ok" and body["redis"] == "disabled"
+    assert any(name.startswith("default@") for name in body["loaded_models"])
+    assert body["tensorflow_loaded"] is False  # XGBoost-only models never load it
