@@ -373,10 +373,15 @@ def rank(values: np.ndarray, maximize: bool) -> np.ndarray:
     return np.argsort(-key, kind="stable")
 
 
-def trial_metrics(stats_row: np.ndarray, years: float) -> dict[str, float | None]:
-    """Return every rankable metric of one trial."""
+def trial_metrics(stats_row: np.ndarray, years: float) -> dict[str, int | float | None]:
+    """Return every rankable metric of one trial (counts as integers)."""
     row = stats_row[None, :]
-    return {name: finite(float(metric_column(row, name, years)[0])) for name in TRIAL_METRICS}
+    out: dict[str, int | float | None] = {
+        name: finite(float(metric_column(row, name, years)[0])) for name in TRIAL_METRICS
+    }
+    trades = out["total_trades"]
+    out["total_trades"] = int(trades) if trades is not None else None
+    return out
 
 
 # ---- overfitting ------------------------------------------------------------------------

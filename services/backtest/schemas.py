@@ -409,7 +409,7 @@ class Trial(Answer):
 
     rank: int
     params: dict[str, float | int | bool]
-    metrics: dict[str, Num]
+    metrics: dict[str, int | float | None]
 
 
 class OptimizeResult(Answer):
