@@ -58,6 +58,7 @@ openapi: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/market.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/backtest.py
 
 # Re-resolve the pins from pyproject.toml (needs the registry).
 lock: | $(BIN)/python
