@@ -33,7 +33,6 @@ from sqlalchemy.exc import IntegrityError
 from services.predictor import repository as repo
 from services.predictor.errors import ModelNotFoundError, VersionNotFoundError
 from services.predictor.ml.training import EnsembleModel
-from services.predictor.tasks import quiet_tensorflow
 from shared.cache import Cache
 from shared.db import Database
 from shared.tables import utcnow
@@ -351,5 +350,4 @@ class Registry:
 
 def _load(blob: bytes) -> EnsembleModel:
     """Rebuild a model from its stored zip (imports TensorFlow if it has an LSTM)."""
-    quiet_tensorflow()
     return EnsembleModel.from_artifacts(unpack(blob))

@@ -9,7 +9,6 @@ TensorFlow is imported here, in the worker, never in the service process that su
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,11 +20,6 @@ from shared.jobs import task_cancelled, task_report
 
 # (symbol, features bars x 50, closes, bar times as int64 ns)
 SeriesTuple = tuple[str, FloatArray, FloatArray, IntArray]
-
-
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ info lines (set before its import; a user's value wins)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _series(items: Sequence[SeriesTuple]) -> list[Any]:
@@ -43,7 +37,6 @@ def train_task(
     """Train an ensemble; return its artifacts (bytes), metrics, info and ensemble state."""
     from services.predictor.ml.training import TrainConfig, train_ensemble
 
-    quiet_tensorflow()
     start = time.perf_counter()
     model = train_ensemble(
         _series(series),
@@ -103,7 +96,6 @@ def update_task(
     from services.predictor.ml.online import rows_at, update_model
     from services.predictor.ml.training import EnsembleModel
 
-    quiet_tensorflow()
     model = EnsembleModel.from_artifacts(artifacts)
     data = _series(series)
 

@@ -1,0 +1,137 @@
+"""Live outcomes and verdicts: logged predictions labelled by the bars that followed them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.predictor.evaluation import (
+    Logged,
+    clean_json,
+    live_figures,
+    realise,
+    verdict,
+)
+from services.predictor.ml import metrics as m
+from services.predictor.ml.labels import forward_returns, make_labels
+from services.predictor.ml.online import update_model
+from services.predictor.ml.training import EnsembleModel, SeriesData, train_ensemble
+from services.predictor.repository import PredictionRow
+from services.predictor.service import distinct_predictions
+from services.predictor.tasks import member_sharpes
+from tests.unit.predictor.conftest import TINY
+
+UP, DOWN = (0.1, 0.2, 0.7), (0.6, 0.3, 0.1)
+
+
+def bars(aapl: pd.DataFrame, start: str, end: str) -> tuple[np.ndarray, np.ndarray]:
+    part = aapl.loc[start:end]
+    times = pd.DatetimeIndex(pd.to_datetime(part.index)).as_unit("ns").asi8
+    return np.asarray(times, np.int64), part["close"].to_numpy(np.float64)
+
+
+def test_realised_labels_are_the_training_labels_of_each_bar(aapl: pd.DataFrame) -> None:
+    times, close = bars(aapl, "2020-01-02", "2020-06-30")
+    labels = make_labels(close, 1, 0.5, 21)
+    fwd = forward_returns(close, 1)
+    rows = [30, 31, 40, 57, len(close) - 1]  # the last bar's outcome is not known yet
+    logged = [Logged("AAPL", int(times[i]), UP, {"xgboost": DOWN}) for i in rows]
+    logged.append(Logged("AAPL", int(times[30]) + 1, UP, {}))  # a time that is no bar
+    logged.append(Logged("MSFT", int(times[30]), UP, {}))  # a symbol without bars
+    out = realise(logged, {"AAPL": (times, close)}, horizon=1, band=0.5, vol_window=21)
+    assert [it.time_ns for it in out.items] == [int(times[i]) for i in rows[:-1]]
+    assert out.labels.tolist() == [int(labels[i]) for i in rows[:-1]]
+    np.testing.assert_array_equal(out.returns, fwd[rows[:-1]])
+    assert out.previous.tolist() == [int(labels[i - 1]) for i in rows[:-1]]
+    assert out.pending == 3
+
+    figures = live_figures(out, horizon=1, majority=1)
+    y = out.labels
+    assert figures.ensemble is not None
+    assert figures.ensemble.accuracy == pytest.approx(float(np.mean(y == 2)))
+    assert figures.members["xgboost"].accuracy == pytest.approx(float(np.mean(y == 0)))
+    assert figures.baselines["majority"].accuracy == pytest.approx(float(np.mean(y == 1)))
+    expected_sharpe = m.sharpe_of_calls(np.full(y.size, 2), out.returns, 1)
+    assert figures.ensemble.sharpe == pytest.approx(expected_sharpe)
+    beats = all(figures.ensemble.accuracy > b.accuracy for b in figures.baselines.values())
+    assert figures.beats == beats and ("NOT" in figures.verdict) == (not beats)
+
+
+def test_no_realised_outcome_says_so() -> None:
+    out = realise([Logged("AAPL", 5, UP, {})], {}, horizon=2, band=0.5, vol_window=21)
+    figures = live_figures(out, horizon=2, majority=1)
+    assert figures.ensemble is None and figures.beats is None
+    assert "No realised predictions yet (1 pending)" in figures.verdict
+
+
+def test_the_verdict_reads_the_test_segment_else_validation() -> None:
+    def segment(model: float, majority: float, previous: float) -> dict[str, object]:
+        fig = {"rows": 10, "precision": 0, "recall": 0, "f1": 0, "ece": 0, "brier": 0}
+        return {
+            "rows": 10,
+            "ensemble": {**fig, "accuracy": model, "sharpe": 0},
+            "baselines": {
+                "majority": {**fig, "accuracy": majority, "sharpe": 0},
+                "previous": {**fig, "accuracy": previous, "sharpe": 0},
+            },
+        }
+
+    beats, text = verdict({"validation": segment(0.9, 0.1, 0.1), "test": segment(0.4, 0.45, 0.3)})
+    assert not beats and "test segment, 10 bars" in text and "does NOT beat" in text
+    beats, text = verdict({"validation": segment(0.5, 0.45, 0.3), "test": {"rows": 0}})
+    assert beats and "validation segment" in text and "0.500 beats" in text
+    assert verdict({})[0] is False
+
+
+def test_one_prediction_per_symbol_and_bar_the_latest_logged() -> None:
+    bar = datetime(2020, 3, 2, tzinfo=UTC)
+
+    def row(symbol: str, p: tuple[float, float, float], minute: int) -> PredictionRow:
+        probs = dict(zip(("down", "neutral", "up"), p, strict=True))
+        return PredictionRow(
+            symbol=symbol,
+            timestamp=bar.replace(tzinfo=None),  # SQLite gives naive UTC
+            model_version="1.0.0",
+            predicted_value=None,
+            confidence=None,
+            details={"probabilities": probs, "members": {}},
+            created_at=datetime(2020, 3, 3, 0, minute, tzinfo=UTC),
+        )
+
+    newest_first = [row("AAPL", UP, 2), row("AAPL", DOWN, 1), row("MSFT", DOWN, 0)]
+    out = distinct_predictions(newest_first)
+    assert [(it.symbol, it.probabilities) for it in out] == [("AAPL", UP), ("MSFT", DOWN)]
+    assert out[0].time_ns == pd.Timestamp(bar).value
+
+
+def test_clean_json_turns_non_finite_numbers_into_null() -> None:
+    value = {"a": [1.0, math.nan, np.float64(2.5)], "b": {"c": math.inf}, "d": np.int64(3)}
+    assert clean_json(value) == {"a": [1.0, None, 2.5], "b": {"c": None}, "d": 3}
+
+
+def test_an_update_reweights_the_candidate_from_the_members_sharpes(
+    aapl_series: SeriesData,
+) -> None:
+    model: EnsembleModel = train_ensemble(aapl_series, replace(TINY, models=("xgboost",)))
+    rows = {"AAPL": np.arange(500, 650)}
+    sharpes = member_sharpes(model, [aapl_series], rows)
+    calls = m.calls(model.member_probabilities(aapl_series.features, rows["AAPL"])["xgboost"])
+    returns = forward_returns(aapl_series.close, 1)[rows["AAPL"]]
+    assert sharpes == {"xgboost": pytest.approx(m.sharpe_of_calls(calls, returns, 1))}
+    result = update_model(
+        model,
+        aapl_series,
+        rows,
+        {"AAPL": np.arange(650, 699)},
+        trees=3,
+        tolerance=1.0,
+        sharpes=sharpes,
+    )
+    assert result.model.ensemble.sharpes == sharpes
+    assert result.model.ensemble.weights == {"xgboost": 1.0}
+    assert model.ensemble.sharpes == {}  # the active model is untouched
