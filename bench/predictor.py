@@ -8,12 +8,23 @@ Run: `.venv/bin/python bench/predictor.py [--symbol AAPL] [--years 5]`. Prints, 
 - out-of-sample (test segment) and validation metrics of each member and of the ensemble
   beside the majority-class and previous-direction baselines, and whether each beats them.
   The figures are printed whatever they are: a model that does not beat the baselines says so.
+- `/predict` latency over HTTP (market + predictor under uvicorn, the full-size model stored
+  in the registry): the first call (model load), cached calls (30 s cache) and uncached ones
+  (a new `as_of` each: features from the market over HTTP, then inference), p50/p99;
+  targets under 10 ms p50 and 30 ms p99 (the seed's 100 ms);
+- the gateway's cold start (`trading mcp` over stdio, every service embedded): to its first
+  tool answer with and without a predictor request, and its memory after each: the first
+  must not pay for TensorFlow until a prediction needs it;
+- an ML walk-forward over the last 5 years of one symbol (`bench/predictor_walkforward.py`):
+  rolling windows, the ensemble trained in sample only (every `--wf-retrain-every` windows),
+  out-of-sample hit rate per window and overall beside the baselines, and its wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -80,8 +91,8 @@ def format_segment(title: str, figures: dict[str, Any]) -> list[str]:
     return lines
 
 
-def training_bench(symbol: str, years: int, seed: int, epochs: int) -> list[str]:
-    """Run the training benchmark and return its report lines."""
+def training_bench(symbol: str, years: int, seed: int, epochs: int) -> tuple[list[str], Any]:
+    """Run the training benchmark; return its report lines and the full-size model."""
     series, feature_s = load_series(symbol, years)
     lines = [
         f"{symbol}: {years} years daily = {series.close.shape[0]} bars x "
@@ -105,19 +116,62 @@ def training_bench(symbol: str, years: int, seed: int, epochs: int) -> list[str]
     lines.append(f"train class counts (down, neutral, up): {model.info['train_class_counts']}")
     for seg in ("test", "validation"):
         lines += format_segment(f"{seg} segment, label horizon 1 bar", model.metrics[seg])
-    return lines
+    return lines, model
 
 
 def main() -> None:
     """Parse arguments and print the benchmark."""
+    from bench.predictor_service import cold_start_bench, http_bench, store_model
+    from bench.predictor_walkforward import walk_forward_bench
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbol", default="AAPL")
     parser.add_argument("--years", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("-n", type=int, default=300, help="timed /predict calls per kind")
+    parser.add_argument("--wf-train-bars", type=int, default=504)
+    parser.add_argument("--wf-test-bars", type=int, default=63)
+    parser.add_argument("--wf-retrain-every", type=int, default=3)
+    parser.add_argument("--wf-lstm", choices=("seed", "small"), default="seed")
+    parser.add_argument(
+        "--only", choices=("training", "http", "cold", "walkforward"), action="append"
+    )
     args = parser.parse_args()
-    for line in training_bench(args.symbol, args.years, args.seed, args.epochs):
-        print(line, flush=True)
+    sections = set(args.only or ("training", "http", "cold", "walkforward"))
+
+    def show(lines: list[str]) -> None:
+        for line in lines:
+            print(line, flush=True)
+
+    model = None
+    if sections & {"training", "http", "cold"}:
+        print("== training (in process) ==", flush=True)
+        lines, model = training_bench(args.symbol, args.years, args.seed, args.epochs)
+        show(lines)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        if model is not None:
+            store_model(data_dir, model, args.symbol)
+        if "http" in sections and model is not None:
+            print("\n== /predict over HTTP (market + predictor under uvicorn) ==", flush=True)
+            show(http_bench(data_dir, args.symbol, args.n))
+        if "cold" in sections and model is not None:
+            print("\n== gateway cold start (trading mcp over stdio) ==", flush=True)
+            show(cold_start_bench(data_dir, args.symbol))
+    if "walkforward" in sections:
+        print("\n== ML walk-forward ==", flush=True)
+        show(
+            walk_forward_bench(
+                args.symbol,
+                years=args.years,
+                train_bars=args.wf_train_bars,
+                test_bars=args.wf_test_bars,
+                retrain_every=args.wf_retrain_every,
+                lstm=args.wf_lstm,
+                seed=args.seed,
+            )
+        )
 
 
 if __name__ == "__main__":

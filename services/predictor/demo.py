@@ -1,0 +1,135 @@
+"""The predictor's part of `make demo`: train a small model over HTTP, predict, be honest.
+
+:func:`run_demo` talks to a running predictor service through its HTTP contract only (a
+`httpx.Client` whose `base_url` is the service, e.g. `http://127.0.0.1:8000/predictor`
+under `trading serve`): it trains a small LSTM + XGBoost version of the model `demo` on
+the symbol's last five years or from `start_date` (a job; its progress is printed per
+epoch and member), prints the out-of-sample figures beside the naive baselines and the
+plain verdict, predicts the latest bar, then predicts each of the last `days` bars and
+prints the live record of those calls. It returns the training result, the prediction and
+the performance answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+METRICS = ("accuracy", "f1", "brier", "sharpe")
+
+
+def wait_for_job(
+    http: httpx.Client,
+    answer: httpx.Response,
+    echo: Callable[[str], None],
+    *,
+    limit_s: float = 900.0,
+) -> dict[str, Any]:
+    """Follow a `202` job answer to its end, echoing new progress messages; return its status."""
+    if answer.status_code != 202:
+        raise RuntimeError(f"expected a job, got {answer.status_code}: {answer.text[:300]}")
+    url = str(answer.url.join(answer.headers["location"]))
+    deadline = time.monotonic() + limit_s
+    last = None
+    while time.monotonic() < deadline:
+        status: dict[str, Any] = http.get(url).json()
+        message = status["progress"].get("message")
+        if message and message != last:
+            echo(f"  {message}")
+            last = message
+        if status["status"] in ("succeeded", "failed"):
+            return status
+        time.sleep(0.25)
+    raise RuntimeError(f"job {url} did not finish within {limit_s:.0f} s")
+
+
+def figures_table(evaluation: dict[str, Any]) -> list[str]:
+    """Return the lines of one evaluation: members, ensemble and baselines side by side."""
+    lines = [f"  {'':<22}" + "".join(f"{k:>10}" for k in METRICS)]
+    rows = [(name, figs) for name, figs in evaluation.get("members", {}).items()]
+    if evaluation.get("ensemble"):
+        rows.append(("ensemble", evaluation["ensemble"]))
+    rows += [(f"baseline: {k}", v) for k, v in evaluation.get("baselines", {}).items()]
+    for name, figs in rows:
+        lines.append(f"  {name:<22}" + "".join(f"{figs[k]:>10.3f}" for k in METRICS))
+    return lines
+
+
+def run_demo(
+    http: httpx.Client,
+    *,
+    symbol: str = "AAPL",
+    days: int = 20,
+    epochs: int = 5,
+    start_date: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train a small model, predict with it, and print its calls beside the baselines.
+
+    start_date (YYYY-MM-DD) shortens the training range; default: the last five years.
+    """
+    since = f"since {start_date}" if start_date else "over the last 5 years"
+    echo(f"Training a small LSTM + XGBoost on {symbol} {since} (model `demo`)...")
+    body: dict[str, Any] = {
+        "model": "demo",
+        "symbols": [symbol],
+        "start_date": start_date,
+        "lstm": {"size": "small", "epochs": epochs},
+    }
+    status = wait_for_job(http, http.post("/train", json=body), echo)
+    if status["status"] != "succeeded":
+        raise RuntimeError(f"training failed: {status['error']}")
+    trained: dict[str, Any] = status["result"]
+    echo(
+        f"version {trained['version']}: trained {trained['start_date']}..{trained['end_date']} "
+        f"in {trained['training_seconds']:.1f} s, rows {trained['rows']}"
+    )
+    echo(f"out of sample (test segment, {trained['test']['rows']} bars):")
+    for line in figures_table(trained["test"]):
+        echo(line)
+    echo(f"verdict: {trained['verdict']}")
+
+    call: dict[str, Any] = http.post("/predict", json={"symbol": symbol, "model": "demo"}).json()
+    probs = call["probabilities"]
+    head = f"\n{symbol} at {call['as_of'][:10]}, next {call['horizon']} bar"
+    echo(
+        f"{head}: {call['direction'].upper()}"
+        f" (down {probs['down']:.2f}, neutral {probs['neutral']:.2f}, up {probs['up']:.2f}); "
+        + ", ".join(
+            f"{name} says {max(m['probabilities'], key=m['probabilities'].get)} "
+            f"(weight {m['weight']:.2f})"
+            for name, m in call["members"].items()
+        )
+    )
+
+    history = _recent_days(call["as_of"][:10], days)
+    for day in history:
+        http.post("/predict", json={"symbol": symbol, "model": "demo", "as_of": day})
+    performance: dict[str, Any] = http.get(
+        "/performance", params={"model": "demo", "symbol": symbol}
+    ).json()
+    echo(
+        f"\nlive record of {performance['predictions']} calls on {symbol}'s last bars "
+        f"({performance['realised']} realised, {performance['pending']} pending):"
+    )
+    if performance.get("ensemble"):
+        for line in figures_table(performance):
+            echo(line)
+    echo(f"verdict: {performance['verdict']}")
+    latency = performance["latency"]
+    if latency["p50_ms"] is not None:
+        echo(
+            f"/predict server time: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms"
+        )
+    return {"trained": trained, "prediction": call, "performance": performance}
+
+
+def _recent_days(last: str, days: int) -> list[str]:
+    """Return the weekdays of about `days` trading days up to last, oldest first."""
+    end = dt.date.fromisoformat(last)
+    span = [end - dt.timedelta(days=k) for k in range(int(days * 1.45), -1, -1)]
+    return [d.isoformat() for d in span if d.weekday() < 5]
