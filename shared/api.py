@@ -98,7 +98,8 @@ def declare_limit_responses(
 
     Every operation but the ops routes (tag `ops`) may answer 429 (rate limit) and 503
     (overload, or a store down), both with `Retry-After`; one with a request body may also
-    answer 413. Declarations a route made itself keep their wording and gain the header.
+    answer 400 (not JSON) and 413 (too large). Declarations a route made itself keep their
+    wording and gain the header.
     Returns schema, changed in place.
     """
     words = {**DEFAULT_WORDING, **(wording or {})}
@@ -112,12 +113,12 @@ def declare_limit_responses(
             if not isinstance(operation, dict) or "ops" in operation.get("tags", []):
                 continue
             responses = operation.setdefault("responses", {})
-            codes = [429, 503] + ([413] if "requestBody" in operation else [])
+            codes = [429, 503] + ([400, 413] if "requestBody" in operation else [])
             for code in codes:
                 entry = responses.setdefault(
                     str(code), {"description": words[code], "content": _problem_content()}
                 )
-                if code != 413:
+                if code in (429, 503):
                     entry.setdefault("headers", {})["Retry-After"] = dict(RETRY_AFTER_HEADER)
     return schema
 
@@ -206,7 +207,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         code=codes.get(exc.status_code, "http_error"),
         instance=request.url.path,
     )
-    return problem_response(problem, getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route that matched the path; the path
+        # may have more (GET and DELETE /jobs/{id} are two routes): name them all.
+        from shared.metrics import allowed_methods
+
+        methods = allowed_methods(request.scope)
+        if methods:
+            headers["Allow"] = ", ".join(methods)
+    return problem_response(problem, headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -185,6 +185,23 @@ def _route_table(app: Any) -> _RouteTable | None:
     return table
 
 
+def allowed_methods(scope: Scope) -> list[str]:
+    """Return every method the app's spec declares for the path scope asks for (with HEAD)."""
+    from starlette.routing import get_route_path
+
+    table = _route_table(scope.get("app"))
+    if table is None:
+        return []
+    path = get_route_path(scope)
+    methods: set[str] = set()
+    for regex, by_method in table.routes:
+        if regex.match(path):
+            methods.update(by_method)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def route_of(scope: Scope) -> tuple[str, bool]:
     """Return (operation id, is an ops or framework route) of the route scope asks for.
 

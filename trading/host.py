@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from shared.api import install_error_handlers
 from shared.http import app_lifespan, register_local_app
 from trading.discovery import service_apps
 
@@ -27,6 +28,7 @@ def build_platform_app(apps: dict[str, Any] | None = None) -> FastAPI:
             yield
 
     root = FastAPI(title="Trading platform", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(root)  # a path no service matches is a problem-details 404 too
     for name, sub in apps.items():
         root.mount(f"/{name}", sub)
     return root

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Request
 
 from services.market.features import FEATURES_DOC, FeatureSeries, FeatureService
+from services.market.routes import DATE_ORDER, End, Start, Symbol
 from shared.api import ProblemDocs
+from shared.rules import cross_field_rules
 
 router = APIRouter()
 
@@ -36,25 +35,13 @@ def feature_service(request: Request) -> FeatureService:
     response_model=FeatureSeries,
     responses=errors(401, 404, 422, 502, 503),
     summary="Model features per bar (50, past data only)",
-    description=FEATURES_DOC,
+    **cross_field_rules(FEATURES_DOC, DATE_ORDER),
 )
 async def get_features(
     request: Request,
-    symbol: Annotated[
-        str,
-        Path(
-            description="Ticker, case-insensitive: e.g. `AAPL`, `BRK-B`, `^GSPC`, `BTC-USD`.",
-            max_length=40,
-        ),
-    ],
-    start: Annotated[
-        date | None,
-        Query(description="First date, YYYY-MM-DD, inclusive. Default: one year before `end`."),
-    ] = None,
-    end: Annotated[
-        date | None,
-        Query(description="Last date, YYYY-MM-DD, inclusive. Default: the latest available bar."),
-    ] = None,
+    symbol: Symbol,
+    start: Start = None,
+    end: End = None,
 ) -> FeatureSeries:
     """Return the model features of every bar between `start` and `end`, columnar."""
     return await feature_service(request).get_features(symbol, start=start, end=end)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import textwrap
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
@@ -20,23 +20,58 @@ from services.market.schemas import (
 )
 from services.market.service import MarketService
 from shared.api import ProblemDocs
+from shared.errors import ValidationProblemError
 from shared.quant import INDICATORS, IndicatorSpec, LatestRoute, Param, default_names
+from shared.rules import DATE_1900_2099, CrossFieldRule, TextRule, cross_field_rules
 
 router = APIRouter()
 
 SYMBOL_DOC = (
     "Ticker, case-insensitive: e.g. `AAPL`, `BRK-B`, `BRK.B`, `^GSPC` (S&P 500), `EURUSD=X`, "
-    "`BTC-USD`."
+    "`BTC-USD`: 1-10 letters or digits, an optional leading `^`, up to two more parts after "
+    "`.` or `-`, an optional `=` suffix of 1-2 letters."
 )
-Symbol = Annotated[str, Path(description=SYMBOL_DOC, max_length=40)]
+# The service's ticker rule (validation.SYMBOL_RE), before upper-casing: the spec says it.
+SYMBOL_RULE = TextRule(
+    r"^\^?[A-Za-z0-9]{1,10}(?:[.\-][A-Za-z0-9]{1,10}){0,2}(?:=[A-Za-z]{1,2})?$",
+    "expected a ticker such as AAPL, BRK-B, BRK.B, ^GSPC, EURUSD=X or BTC-USD (1-10 letters "
+    "or digits, an optional leading ^, up to two more parts after . or -, an optional = suffix "
+    "of 1-2 letters)",
+)
+Symbol = Annotated[str, SYMBOL_RULE, Path(description=SYMBOL_DOC, examples=["AAPL", "^GSPC"])]
 Start = Annotated[
-    date | None,
-    Query(description="First date, YYYY-MM-DD, inclusive. Default: one year before `end`."),
+    Annotated[date, DATE_1900_2099] | None,
+    Query(
+        description="First date, YYYY-MM-DD (1900-01-01 to 2099-12-31), inclusive. Default: "
+        "one year before `end`."
+    ),
 ]
 End = Annotated[
-    date | None,
-    Query(description="Last date, YYYY-MM-DD, inclusive. Default: the latest available bar."),
+    Annotated[date, DATE_1900_2099] | None,
+    Query(
+        description="Last date, YYYY-MM-DD (1900-01-01 to 2099-12-31), inclusive. Default: "
+        "the latest available bar."
+    ),
 ]
+DATE_ORDER = CrossFieldRule(
+    ("start", "end"),
+    "`start` <= `end`; `end` defaults to the latest bar and `start` to one year before `end`, "
+    "and a defaulted `start` is bound by 1900-01-01 too",
+)
+# The instants the NYSE calendar covers with a margin (calendar.CALENDAR_START/END).
+AT_RULE = TextRule(
+    r"^(199[1-9]|20[0-8][0-9]|209[0-8])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
+    "expected an RFC 3339 instant from 1991 to 2098 with its offset, e.g. 2024-03-15T15:00:00Z "
+    "or 2024-03-15T11:00:00-04:00",
+    json_format="date-time",
+)
+INDICATOR_NAMES = "|".join(INDICATORS)
+INDICATORS_RULE = TextRule(
+    rf"^ *(?:{INDICATOR_NAMES}) *(?:, *(?:{INDICATOR_NAMES}) *)*$",
+    f"expected indicator names, lower case, separated by commas, from: {', '.join(INDICATORS)}",
+)
 # What a failure means in this service's terms (tool descriptions are made from these).
 errors = ProblemDocs(
     {
@@ -71,6 +106,14 @@ async def get_price(symbol: Symbol, service: Service) -> PriceQuote:
     return await service.get_price(symbol)
 
 
+HISTORICAL_DOC = """Return OHLCV bars between `start` and `end` (inclusive), oldest first.
+
+Each bar has timestamp (UTC date), open, high, low, close, volume and adj_close.
+`metadata` tells the vendor, whether the answer was cached, and a data-quality report:
+rejected vendor rows, return outliers beyond 3 standard deviations, missing sessions.
+Only missing date ranges are fetched from the vendor; stored bars are reused."""
+
+
 @router.get(
     "/historical/{symbol}",
     operation_id="get_historical",
@@ -78,6 +121,7 @@ async def get_price(symbol: Symbol, service: Service) -> PriceQuote:
     response_model_exclude_none=True,
     responses=READ_ERRORS,
     summary="Historical OHLCV bars",
+    **cross_field_rules(HISTORICAL_DOC, DATE_ORDER),
 )
 async def get_historical(
     symbol: Symbol,
@@ -85,7 +129,8 @@ async def get_historical(
     start: Start = None,
     end: End = None,
     interval: Annotated[
-        str, Query(description="Bar size: `1d` (daily), `1wk` or `1mo` (aggregated daily bars).")
+        Literal["1d", "1wk", "1mo"],
+        Query(description="Bar size: `1d` (daily), `1wk` or `1mo` (aggregated daily bars)."),
     ] = "1d",
     adjusted: Annotated[
         bool, Query(description="Scale open/high/low/close for dividends and splits.")
@@ -95,13 +140,7 @@ async def get_historical(
         Query(description="Forward-fill gaps of 1-2 missing sessions; filled bars are marked."),
     ] = False,
 ) -> HistoricalData:
-    """Return OHLCV bars between `start` and `end` (inclusive), oldest first.
-
-    Each bar has timestamp (UTC date), open, high, low, close, volume and adj_close.
-    `metadata` tells the vendor, whether the answer was cached, and a data-quality report:
-    rejected vendor rows, return outliers beyond 3 standard deviations, missing sessions.
-    Only missing date ranges are fetched from the vendor; stored bars are reused.
-    """
+    """Return OHLCV bars between `start` and `end` (inclusive), oldest first."""
     return await service.get_history(
         symbol, start=start, end=end, interval=interval, adjusted=adjusted, fill_gaps=fill_gaps
     )
@@ -155,15 +194,24 @@ INDICATORS_DOC = (
     response_model=IndicatorSeries,
     responses=READ_ERRORS,
     summary="Technical indicator series",
-    description=INDICATORS_DOC,
+    **cross_field_rules(
+        INDICATORS_DOC,
+        DATE_ORDER,
+        CrossFieldRule(
+            ("macd_fast", "macd_slow"), "`macd_fast` < `macd_slow` when `indicators` has `macd`"
+        ),
+    ),
 )
 async def get_indicators(
     symbol: Symbol,
     service: Service,
     indicators: Annotated[
         str,
+        INDICATORS_RULE,
         Query(
-            description="Comma-separated: " + ", ".join(f"`{name}`" for name in INDICATORS) + ".",
+            description="Comma-separated, lower case: "
+            + ", ".join(f"`{name}`" for name in INDICATORS)
+            + ".",
             max_length=200,
         ),
     ] = ",".join(default_names()),
@@ -192,11 +240,22 @@ _with_query_params(
 )
 
 
+# Rules across one indicator's parameters, by indicator (spec.check enforces them).
+LATEST_RULES = {"macd": CrossFieldRule(("fast", "slow"), "`fast` < `slow`")}
+
+
 def _add_latest_route(spec: IndicatorSpec, route: LatestRoute) -> None:
     """Register `GET /<route.path>/{symbol}`: the latest value(s) of one indicator."""
+    own_prefix = f"{spec.name}_"
 
     async def endpoint(symbol: Symbol, service: Service, **params: Any) -> LatestIndicator:
-        return await service.latest_indicator(symbol, spec.name, params)
+        try:
+            return await service.latest_indicator(symbol, spec.name, params)
+        except ValidationProblemError as e:
+            # The service names parameters as /indicators does (macd_fast); here they are fast.
+            if e.field is not None and e.field.startswith(own_prefix):
+                e.field = e.field.removeprefix(own_prefix)
+            raise
 
     endpoint.__name__ = f"get_{route.path}"
     endpoint.__doc__ = route.doc
@@ -212,7 +271,11 @@ def _add_latest_route(spec: IndicatorSpec, route: LatestRoute) -> None:
         response_model=LatestIndicator,
         responses=READ_ERRORS,
         summary=route.summary,
-        description=route.doc,
+        **(
+            cross_field_rules(route.doc, LATEST_RULES[spec.name])
+            if spec.name in LATEST_RULES
+            else {"description": route.doc}
+        ),
     )
 
 
@@ -231,8 +294,11 @@ for _spec in INDICATORS.values():
 async def get_market_status(
     service: Service,
     at: Annotated[
-        datetime | None,
-        Query(description="Instant to ask about, ISO 8601 (default now); naive means UTC."),
+        Annotated[datetime, AT_RULE] | None,
+        Query(
+            description="Instant to ask about, RFC 3339 with its offset (e.g. "
+            "`2024-03-15T15:00:00Z`), from 1991 to 2098. Default: now."
+        ),
     ] = None,
 ) -> MarketStatus:
     """Return whether NYSE is open at an instant, the next open and close, and upcoming

@@ -8,11 +8,12 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import Problem
 from shared.health import Health as BaseHealth
 from shared.quant import all_columns
+from shared.rules import DATE_1900_2099
 
 CacheLevel = Literal["l1", "l2", "database", "provider"]
 
@@ -205,20 +206,23 @@ class BulkFetchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     symbols: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
-        min_length=1, max_length=50, description="1 to 50 tickers; each is checked on its own."
+        min_length=1,
+        max_length=50,
+        description="1 to 50 tickers; each is checked on its own (an invalid or unknown one "
+        "fails only its own entry).",
     )
     kind: Literal["price", "historical"] = Field(
         default="price", description="`price` for latest quotes, `historical` for bars."
     )
-    start: date | None = Field(default=None, description="For `historical`: first date.")
-    end: date | None = Field(default=None, description="For `historical`: last date.")
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _iso_text_only(cls, value: object) -> object:
-        if value is not None and not isinstance(value, str):
-            raise ValueError("expected a date string YYYY-MM-DD")
-        return value
+    start: Annotated[date, DATE_1900_2099] | None = Field(
+        default=None,
+        description="For `historical`: first date, YYYY-MM-DD (1900-01-01 to 2099-12-31). "
+        "`start` <= `end` (else every entry fails with its own 422 problem).",
+    )
+    end: Annotated[date, DATE_1900_2099] | None = Field(
+        default=None,
+        description="For `historical`: last date, YYYY-MM-DD (1900-01-01 to 2099-12-31).",
+    )
 
 
 class BulkFetchItem(BaseModel):

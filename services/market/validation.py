@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -14,8 +14,9 @@ from shared.errors import ValidationProblemError
 
 # Yahoo-style tickers: AAPL, BRK-B, BRK.B, ^GSPC, EURUSD=X, BTC-USD, VOD.L, 7203.T, ES=F
 SYMBOL_RE = re.compile(r"^\^?[A-Z0-9]{1,10}(?:[.\-][A-Z0-9]{1,10}){0,2}(?:=[A-Z]{1,2})?$")
+# Dates the service accepts, fixed so the OpenAPI schema can state them (a pattern).
 EARLIEST_DATE = date(1900, 1, 1)
-MAX_FUTURE_DAYS = 366
+LATEST_DATE = date(2099, 12, 31)
 MAX_REPORTED = 50
 
 
@@ -32,12 +33,15 @@ def normalize_symbol(raw: str, *, field_name: str = "symbol") -> str:
 
 
 def check_date_range(start: date | None, end: date | None, *, today: date) -> None:
-    """Raise a 422 naming the field when a date is absurd or the range is reversed."""
-    latest = today + timedelta(days=MAX_FUTURE_DAYS)
+    """Raise a 422 naming the field when a date is absurd or the range is reversed.
+
+    The bounds are fixed (EARLIEST_DATE..LATEST_DATE), never relative to today, so that the
+    spec can say them; today is kept for callers.
+    """
     for name, value in (("start", start), ("end", end)):
-        if value is not None and not EARLIEST_DATE <= value <= latest:
+        if value is not None and not EARLIEST_DATE <= value <= LATEST_DATE:
             raise ValidationProblemError(
-                f"{name}={value} is outside {EARLIEST_DATE}..{latest}", field=name
+                f"{name}={value} is outside {EARLIEST_DATE}..{LATEST_DATE}", field=name
             )
     if start is not None and end is not None and start > end:
         raise ValidationProblemError(f"start={start} is after end={end}", field="start")

@@ -219,7 +219,7 @@ def test_latest_indicators(client: TestClient, aapl: pd.DataFrame) -> None:
         ("/indicators/AAPL", {"atr_period": 0}, "atr_period"),
         ("/indicators/AAPL", {"ema_period": 1.5}, "ema_period"),
         ("/indicators/AAPL", {"macd_fast": 30, "macd_slow": 26}, "macd_fast"),
-        ("/macd/AAPL", {"fast": 26, "slow": 12}, "macd_fast"),
+        ("/macd/AAPL", {"fast": 26, "slow": 12}, "fast"),  # the route's own parameter
         ("/market_status", {"at": "not-a-time"}, "at"),
     ],
 )

@@ -73,6 +73,11 @@ def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
         """Return n."""
         return {"n": n}
 
+    @app.delete("/echo/{n}", operation_id="forget_echo", responses=errors(401, 422))
+    async def forget_echo(n: int) -> dict[str, int]:
+        """Forget n (a second method on the echo path)."""
+        return {"forgot": n}
+
     @app.post("/things", operation_id="create_thing", responses=errors(400, 401, 422))
     async def create_thing(thing: Thing) -> dict[str, int]:
         """Return the length of the thing's name."""

@@ -187,5 +187,18 @@ def test_the_spec_declares_the_limit_answers_on_every_operation_but_ops_routes(
                 content = responses[code]["content"]["application/problem+json"]
                 assert content["schema"] == {"$ref": "#/components/schemas/Problem"}
             assert ("413" in responses) == ("requestBody" in op), (path, method)
+            assert ("400" in responses) == ("requestBody" in op), (path, method)
+            assert "Retry-After" not in responses.get("400", {}).get("headers", {})
     assert "Problem" in spec["components"]["schemas"]
     assert spec["paths"]["/metrics"]["get"]["tags"] == ["ops"]
+
+
+def test_a_405_names_every_method_of_the_path(tmp_path: Path) -> None:
+    app = create_app(limits_settings(tmp_path))
+
+    async def body(c: httpx.AsyncClient) -> None:
+        answer = await c.request("OPTIONS", "/echo/1")
+        assert_problem(answer, 405, "method_not_allowed")
+        assert answer.headers["allow"] == "DELETE, GET, HEAD"
+
+    run(app, body)

@@ -1,0 +1,64 @@
+"""Schemathesis CLI hooks (`SCHEMATHESIS_HOOKS=tests.contract.schemathesis_hooks`).
+
+Two checks replace built-in ones (run with `--checks all --exclude-checks
+positive_data_acceptance,use_after_free`); every other check runs unchanged:
+
+- a schema-valid request must be accepted, except when the service answers 422 for a rule
+  across inputs that the operation documents in its `x-cross-field-rules` extension
+  (start <= end, fast < slow) and the problem names only fields of those rules;
+- a resource must be gone after its DELETE, except a job: `DELETE /jobs/{id}` cancels it and
+  the job stays readable, failed with code `cancelled` (the job contract, shared.jobs).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import schemathesis
+from schemathesis.specs.openapi.checks import positive_data_acceptance, use_after_free
+
+CROSS_FIELD_KEY = "x-cross-field-rules"  # shared.rules.CROSS_FIELD_KEY
+
+
+def documented_fields(case: Any) -> set[str]:
+    """Return the inputs named by the operation's documented cross-field rules."""
+    rules = case.operation.definition.raw.get(CROSS_FIELD_KEY) or []
+    return {field for rule in rules for field in rule.get("fields", [])}
+
+
+def _json(response: Any) -> Any:
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        return None
+
+
+def problem_fields(response: Any) -> set[str]:
+    """Return the fields a problem-details answer blames (its `field` and `errors`)."""
+    problem = _json(response)
+    if not isinstance(problem, dict):
+        return set()
+    fields = {problem.get("field")} | {e.get("field") for e in problem.get("errors") or []}
+    return {f for f in fields if isinstance(f, str)}
+
+
+@schemathesis.check
+def positive_data_acceptance_but_documented_cross_field_rules(
+    ctx: Any, response: Any, case: Any
+) -> bool | None:
+    """Schema-valid requests are accepted, but for a 422 on a documented cross-field rule."""
+    if response.status_code == 422:
+        blamed = problem_fields(response)
+        if blamed and blamed <= documented_fields(case):
+            return None
+    return positive_data_acceptance(ctx, response, case)  # type: ignore[no-any-return]
+
+
+@schemathesis.check
+def use_after_free_but_cancelled_jobs(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A deleted resource is gone, but a cancelled job, which stays readable by design."""
+    job = _json(response)
+    if isinstance(job, dict) and (job.get("error") or {}).get("code") == "cancelled":
+        return None
+    return use_after_free(ctx, response, case)  # type: ignore[no-any-return]
