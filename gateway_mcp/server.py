@@ -63,8 +63,10 @@ TOOL_SECONDS = Histogram(
 
 INSTRUCTIONS = """Tools of an AI trading research platform, one group per service:
 {groups}
-Errors name the service, the HTTP status and a stable code. Answers with long lists are
-paged with `limit`/`offset`; their `page` says how many rows were left out.
+Errors name the service, the HTTP status and a stable code. `rate_limited` (429: too many
+calls of one tool per minute) and `overloaded` (503) say after how many seconds to retry;
+wait that long rather than retrying at once. Answers with long lists are paged with
+`limit`/`offset`; their `page` says how many rows were left out.
 """
 
 

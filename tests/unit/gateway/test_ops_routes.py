@@ -107,3 +107,30 @@ def test_ops_routes_need_no_token_and_are_never_tools(tmp_path: Path) -> None:
     names = {t.name for t in anyio.run(gateway.list_tools)}
     assert "limits_echo" in names
     assert not {"limits_health", "limits_metrics"} & names
+
+
+def test_the_instructions_say_how_to_meet_a_limit(tmp_path: Path) -> None:
+    gateway = build_gateway(GatewaySettings(mode="remote", spec_dir=spec_dir(tmp_path, "limits")))
+    assert "rate_limited" in (gateway.instructions or "")
+    assert "seconds to retry" in (gateway.instructions or "")
+
+
+def test_a_rate_limited_call_is_a_tool_error_that_says_when_to_retry(tmp_path: Path) -> None:
+    settings = GatewaySettings(spec_dir=spec_dir(tmp_path, "limits"))
+    service_settings = limits_settings(tmp_path, rate_limit_per_minute=1)
+    gateway = build_gateway(
+        settings, app_factories={"limits": lambda: create_app(service_settings)}
+    )
+
+    async def calls() -> list[Any]:
+        async with Client(gateway) as mcp:
+            return [
+                await mcp.call_tool("limits_echo", {"n": i}, raise_on_error=False) for i in (1, 2)
+            ]
+
+    first, second = anyio.run(calls)
+    assert not first.is_error
+    assert second.is_error
+    message = "".join(getattr(block, "text", "") for block in second.content)
+    assert message.startswith("limits service error 429 rate_limited: Rate limit reached")
+    assert "retry after" in message
