@@ -125,6 +125,12 @@ def set_breaker_state(breaker: str, state: BreakerState) -> None:
     BREAKER_STATE.labels(breaker).set(BREAKER_VALUES[state])
 
 
+def publish_breaker(breaker: Any, old: str, new: str) -> None:
+    """Publish a breaker's new state: an `on_change` hook for `shared.breaker.CircuitBreaker`."""
+    if new in BREAKER_VALUES:
+        BREAKER_STATE.labels(str(breaker.name)).set(BREAKER_VALUES[new])
+
+
 def count_rejection(service: str, reason: str) -> None:
     """Count a request turned away by a limit."""
     REJECTED.labels(service, reason).inc()

@@ -14,9 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
+from shared.breaker import CircuitBreaker
 from shared.cache import Cache, ModelCache
 from shared.jobs.store import Owner, insert_job
-from shared.metrics import provider_call, set_breaker_state
+from shared.metrics import provider_call, publish_breaker, set_breaker_state
 from tests.unit.shared.limits_app import create_app, limits_settings
 from tests.unit.shared.test_limits import run
 
@@ -161,3 +162,21 @@ def test_a_scrape_survives_a_database_that_is_down(tmp_path: Path) -> None:
     health, status, text = run(app, body)
     assert health == 503 and status == 200
     assert "http_request_duration_seconds" in text
+
+
+def test_a_circuit_breaker_publishes_its_state(tmp_path: Path) -> None:
+    name = f"dep{uuid.uuid4().hex[:6]}"
+    now = [0.0]
+    breaker = CircuitBreaker(
+        name, failure_threshold=1, cooldown_s=10, clock=lambda: now[0], on_change=publish_breaker
+    )
+    app = create_app(limits_settings(tmp_path))
+
+    async def scrape(c: httpx.AsyncClient) -> str:
+        return (await c.get("/metrics")).text
+
+    permit = breaker.allow()
+    assert permit is not None
+    breaker.failure(permit)
+    assert breaker.state == "open"
+    assert value(run(app, scrape), "circuit_breaker_state", breaker=name) == 2
