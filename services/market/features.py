@@ -130,16 +130,19 @@ class FeatureService:
         symbol = normalize_symbol(raw_symbol)
         start, end = await self.market.resolve_window(symbol, start, end)
         key = f"features:{symbol}:{start}:{end}"
-        cached, level = await self.answers.get(key)
-        if cached is not None:
-            return cached.model_copy(update={"cached": True, "cache_level": level})
-        first = start - timedelta(days=calendar_days_for(WARMUP))
-        loaded = await self.market.load(symbol, first, end)
-        if loaded.frame.empty:
-            await self.market.get_price(symbol)  # an unknown symbol answers 404 here
-        result = await asyncio.to_thread(feature_series, symbol, loaded, start=start, end=end)
         today = datetime.now(UTC).date()
         settled = end < today - timedelta(days=RECENT_DAYS)
         ttl = self.market.historical_ttl_s if settled else self.market.indicator_ttl_s
-        await self.answers.set(key, result, ttl)
-        return result
+
+        async def compute() -> FeatureSeries:
+            assert start is not None and end is not None
+            first = start - timedelta(days=calendar_days_for(WARMUP))
+            loaded = await self.market.load(symbol, first, end)
+            if loaded.frame.empty:
+                await self.market.get_price(symbol)  # an unknown symbol answers 404 here
+            return await asyncio.to_thread(feature_series, symbol, loaded, start=start, end=end)
+
+        answer, level = await self.answers.get_or_compute(key, compute, ttl)
+        if level is None:
+            return answer
+        return answer.model_copy(update={"cached": True, "cache_level": level})

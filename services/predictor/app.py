@@ -48,13 +48,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.from_settings(settings)
-        cache = Cache(
-            redis_url=settings.redis_url,
-            prefix=settings.redis_prefix,
-            l1_size=settings.l1_cache_size,
-            l1_max_bytes=settings.l1_cache_max_mb * 2**20,
-            timeout_s=settings.redis_timeout_s,
-        )
+        cache = Cache.from_settings(settings)
         market = MarketFeatures(
             service_client(
                 "market",

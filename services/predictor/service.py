@@ -137,22 +137,29 @@ class PredictorService:
         start = time.perf_counter()
         symbol = body.symbol.strip().upper()
         version = await self.registry.active_version(body.model)
-        key = f"prediction:{symbol}:{body.model}:{version}:{body.as_of or 'latest'}"
-        hit, _ = await self.predictions.get(key)
-        if hit is not None:
-            answer = hit.model_copy(update={"cached": True})
-        else:
-            try:
-                model = await self.registry.load(body.model, version)
-            except VersionNotFoundError:  # Redis named a version the database no longer has
-                version = await self.registry.active_from_db(body.model)
-                model = await self.registry.load(body.model, version)
-                key = f"prediction:{symbol}:{body.model}:{version}:{body.as_of or 'latest'}"
-            answer = await self._compute(symbol, body.model, version, model, body.as_of)
-            await self.predictions.set(key, answer, self.settings.prediction_ttl_s)
+        try:
+            answer = await self._cached_call(symbol, body.model, version, body.as_of)
+        except VersionNotFoundError:  # Redis named a version the database no longer has
+            version = await self.registry.active_from_db(body.model)
+            answer = await self._cached_call(symbol, body.model, version, body.as_of)
         latency_ms = (time.perf_counter() - start) * 1000.0
         self.log.add(self._log_row(answer, latency_ms, body.as_of))
         return answer
+
+    async def _cached_call(
+        self, symbol: str, name: str, version: str, as_of: date | None
+    ) -> Prediction:
+        """Return the cached call of this version, or compute it once for concurrent callers."""
+
+        async def compute() -> Prediction:
+            model = await self.registry.load(name, version)
+            return await self._compute(symbol, name, version, model, as_of)
+
+        key = f"prediction:{symbol}:{name}:{version}:{as_of or 'latest'}"
+        answer, level = await self.predictions.get_or_compute(
+            key, compute, self.settings.prediction_ttl_s
+        )
+        return answer.model_copy(update={"cached": True}) if level is not None else answer
 
     async def _compute(
         self, symbol: str, name: str, version: str, model: EnsembleModel, as_of: date | None

@@ -202,6 +202,17 @@ def test_a_training_job_on_too_few_bars_fails_with_insufficient_data(platform: P
     assert (error["code"], error["field"]) == ("insufficient_data", "start_date")
 
 
+def test_a_cancelled_training_stores_no_version(platform: Platform) -> None:
+    client = platform.client
+    answer = client.post(f"{P}/train", json={**TRAIN, "model": "cancelled"})
+    assert answer.status_code == 202, answer.text
+    cancelled = client.delete(answer.headers["location"])
+    assert cancelled.status_code == 200, cancelled.text
+    status = wait_job(client, answer)
+    assert status["status"] == "failed" and status["error"]["code"] == "cancelled"
+    assert client.get(f"{P}/model_info", params={"model": "cancelled"}).status_code == 404
+
+
 def test_rollback_gives_back_the_older_versions_exact_predictions(platform: Platform) -> None:
     client = platform.client
     clear_prediction_cache(platform)
