@@ -191,9 +191,14 @@ class BaseServiceSettings(BaseSettings):
         return sorted(
             key
             for key in os.environ
-            if key.upper().startswith(prefixes) and key.upper() not in known
+            if key.upper().startswith(prefixes)
+            and key.upper() not in known
+            and not PEER_URL.match(key.upper())  # MARKET_URL is how the others find market
         )
 
+
+# `<SERVICE>_URL`: where a service's peers reach it (read by the peers, not by the service).
+PEER_URL = re.compile(r"^[A-Z][A-Z0-9]*_URL$")
 
 # Drivers the services run on: a URL without one (the seed's `postgresql://`) would make
 # SQLAlchemy look for psycopg2, which is not installed, and crash at start.

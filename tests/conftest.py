@@ -16,6 +16,33 @@ from services.market.settings import SHARED_CSV_DIR, MarketSettings
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep every app a test builds from the environment out of the user's data folder.
+
+    Apps built with default settings (the gateway's embedded services, the demo) keep their
+    SQLite file under DATA_DIR: point it at a folder of this test session, never ~/.local.
+    """
+    import tempfile
+
+    if not os.environ.get("DATA_DIR"):
+        session_dir = tempfile.mkdtemp(prefix="trading-tests-")
+        config.stash[_SESSION_DIR] = session_dir
+        os.environ["DATA_DIR"] = session_dir
+        os.environ.setdefault("XDG_DATA_HOME", session_dir)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove this session's data folder."""
+    import shutil
+
+    session_dir = config.stash.get(_SESSION_DIR, None)
+    if session_dir:
+        shutil.rmtree(session_dir, ignore_errors=True)
+
+
+_SESSION_DIR = pytest.StashKey[str]()
+
+
 @pytest.fixture(scope="session")
 def csv_dir() -> Path:
     """Return the shared folder of real daily OHLCV CSVs (a missing folder fails the test)."""

@@ -60,3 +60,10 @@ def test_unknown_settings_under_a_service_prefix_are_reported(
     with caplog.at_level(logging.WARNING):
         create_app(settings)
     assert "MARKET_PROVIDER" in caplog.text
+
+
+def test_a_peer_url_is_not_reported_as_a_typo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKET_URL", "http://market:8000")  # read by backtest and predictor
+    monkeypatch.setenv("MARKET_PROVIDRES", "csv")
+    settings = MarketSettings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.unknown_settings() == ["MARKET_PROVIDRES"]
