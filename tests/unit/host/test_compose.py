@@ -15,7 +15,16 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def test_compose_declares_the_stack() -> None:
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert {"postgres", "redis", "market", "gateway"} <= set(spec["services"])
+    assert {"postgres", "redis", "market", "backtest", "predictor", "gateway"} <= set(
+        spec["services"]
+    )
+    for peer in ("backtest", "predictor"):  # bars over HTTP from the market service
+        assert spec["services"][peer]["environment"]["MARKET_URL"] == "http://market:8000"
+        assert spec["services"][peer]["build"]["target"] == peer
+    gateway_env = spec["services"]["gateway"]["environment"]
+    assert {"GATEWAY_MARKET_URL", "GATEWAY_BACKTEST_URL", "GATEWAY_PREDICTOR_URL"} <= set(
+        gateway_env
+    )
     market = spec["services"]["market"]
     assert "services.market.app:create_app" in " ".join(market["command"])
     env = market["environment"]
