@@ -6,13 +6,16 @@ For each checkout given with `--root` (default: this one) and each scenario, the
 PostgreSQL database (behind a TCP proxy the bench controls) and a private `redis-server` on a
 free port (never the shared one on 6379), with short TTLs (`INDICATOR_TTL_S=10
 PRICE_TTL_S=15`) and the CSV provider. It primes `/price`, `/indicators` and `/rsi` of a few
-symbols, then runs the clients (a minimal keep-alive HTTP/1.1 client, 30 s timeout each):
+symbols once every client is connected (each opens its keep-alive connection and sends one
+warm-up request first; "clients connected in" says how long that took), then runs the
+clients (a minimal keep-alive HTTP/1.1 client, 30 s timeout each):
 
 - expiry:   cached answers across several cache expiries (steady window before the first);
 - redis:    the same, with the redis-server SIGKILLed a third of the way in and restarted at
             two thirds;
-- database: the same, with the database proxy refusing connections (open ones reset), then
-            silently dropping every byte, then forwarding again.
+- database: the same, one request in ten for a history window never asked before (it
+            needs the database), with the database proxy refusing connections (open ones
+            reset) from 9 s, silently dropping every byte from 15 s, forwarding from 27 s.
 
 It prints one column per (checkout, scenario): throughput, p50, p99, max, errors, timeouts,
 503s, the max across the expiries against the steady p99, the slowest request started
@@ -29,6 +32,8 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +41,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -51,6 +57,13 @@ CONNECT_TIMEOUT_S = 2.0  # DATABASE_CONNECT_TIMEOUT_S of the service under test
 COMMAND_TIMEOUT_S = 3.0  # DATABASE_COMMAND_TIMEOUT_S (ignored by checkouts that lack it)
 BOUND_S = CONNECT_TIMEOUT_S + COMMAND_TIMEOUT_S  # the most one database wait may take
 SCENARIOS = ("expiry", "redis", "database")
+RAMP_S = 1.0  # clients connect spread over a second (not one SYN burst), before the run
+WARM_URL = "/market/market_status"  # each client's first request (no cache entry under test)
+SERVER_CMD = {  # `--server uvicorn`: the same app under plain uvicorn (to tell server from app)
+    "trading": [sys.executable, "-m", "trading.cli", "serve"],
+    "uvicorn": [sys.executable, "-m", "uvicorn", "--factory", "trading.host:build_platform_app"],
+}
+SERVER = "trading"
 
 
 def free_port() -> int:
@@ -109,18 +122,54 @@ class Sample:
     start: float  # seconds since the load started
     latency: float
     outcome: str  # HTTP status as text, "timeout" or "error"
+    path: str
+
+
+def cold_path(rng: random.Random) -> str:
+    """Return a history window nobody asked before (it needs the database)."""
+    end = date(2016, 1, 4) + timedelta(days=rng.randrange(700))
+    return f"/market/historical/{rng.choice(SYMBOLS)}?start=2014-01-02&end={end}"
+
+
+@dataclass
+class Start:
+    """Clients connect and warm up first; the measured run begins when `go` is set."""
+
+    go: asyncio.Event
+    connected: list[float]  # when each client's warm-up request was answered
+    t0: float = 0.0
+    until: float = 0.0
 
 
 async def client(
-    port: int, index: int, urls: list[str], until: float, t0: float, out: list[Sample]
+    port: int,
+    index: int,
+    urls: list[str],
+    start: Start,
+    out: list[Sample],
+    *,
+    clients: int,
+    cold_every: int = 0,
 ) -> None:
-    """Request urls round-robin until `until` (monotonic); record every request."""
+    """Connect (spread over RAMP_S) and send one warm-up request; once `go` is set, request
+    urls round-robin until `until`, every cold_every-th request an uncached window instead;
+    record every request."""
+    await asyncio.sleep(RAMP_S * index / clients)
     conn = Conn(port)
+    async with asyncio.timeout(120):
+        status = await conn.get(WARM_URL)
+    if status != 200:
+        raise RuntimeError(f"warm-up answered {status}")
+    start.connected.append(time.monotonic())
+    await start.go.wait()
+    rng = random.Random(index)
     i = index
-    while time.monotonic() < until:
+    while time.monotonic() < start.until:
         path = urls[i % len(urls)]
+        if cold_every and i % cold_every == 0:
+            path = cold_path(rng)
         i += 1
-        start = time.monotonic()
+        began = time.monotonic()
         try:
             async with asyncio.timeout(CLIENT_TIMEOUT_S):
                 outcome = str(await conn.get(path))
@@ -131,7 +180,7 @@ async def client(
             outcome = "error"
             conn.close()
             await asyncio.sleep(0.05)
-        out.append(Sample(start - t0, time.monotonic() - start, outcome))
+        out.append(Sample(began - start.t0, time.monotonic() - began, outcome, path.split("?")[0]))
     conn.close()
 
 
@@ -286,10 +335,11 @@ def start_server(root: Path, db_url: str, redis_port: int, tmp: Path) -> Server:
         "LOG_LEVEL": "WARNING",
         "DATABASE_CONNECT_TIMEOUT_S": str(CONNECT_TIMEOUT_S),
         "DATABASE_COMMAND_TIMEOUT_S": str(COMMAND_TIMEOUT_S),
+        "RATE_LIMIT_PER_MINUTE": "0",  # 500 clients share one address: measure the cache
     }
     log = tmp / f"server-{port}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trading.cli", "serve", "--port", str(port)],
+        SERVER_CMD[SERVER] + ["--port", str(port)],
         cwd=root,
         env=env,
         stdout=log.open("wb"),
@@ -357,32 +407,61 @@ class Result:
     duration: float
     rows: dict[str, int]
     logs: dict[str, int]
-    steady: tuple[float, float] = (1.5, 8.5)
+    steady: tuple[float, float] = (0.5, 9.0)  # the first expiry is 10 s after priming
     fault: tuple[float, float] | None = None
+    connect_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
 async def run_load(
-    port: int, clients: int, duration: float, events: list[tuple[float, object]]
-) -> tuple[list[Sample], float]:
-    """Run the clients for duration seconds, firing (offset, callable) events on time."""
+    port: int,
+    clients: int,
+    duration: float,
+    events: list[tuple[float, object]],
+    cold_every: int = 0,
+) -> tuple[list[Sample], float, float]:
+    """Connect every client, prime the cache, then run duration seconds with the events
+    (offset, callable) fired on time; return samples, run time and connection time."""
     urls = paths()
     out: list[Sample] = []
-    t0 = time.monotonic()
-    until = t0 + duration
+    start = Start(asyncio.Event(), [])
+    began = time.monotonic()
+    tasks = [
+        asyncio.create_task(
+            client(port, i, urls, start, out, clients=clients, cold_every=cold_every)
+        )
+        for i in range(clients)
+    ]
+    while len(start.connected) < clients:  # every client connected and answered once
+        await asyncio.sleep(0.05)
+        for t in tasks:
+            if t.done() and t.exception() is not None:
+                raise RuntimeError("a client could not connect") from t.exception()
+    connect_s = max(start.connected) - began
+    primer = Conn(port)
+    for path in urls:  # prime every cache entry once: its TTL starts now
+        status = await primer.get(path)
+        if status != 200:
+            raise RuntimeError(f"priming {path} answered {status}")
+    primer.close()
+    start.t0 = time.monotonic()
+    start.until = start.t0 + duration
 
     async def fire() -> None:
         for offset, action in events:
-            await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
+            await asyncio.sleep(max(0.0, start.t0 + offset - time.monotonic()))
             await asyncio.to_thread(action)  # type: ignore[arg-type]
 
     timer = asyncio.create_task(fire())
-    await asyncio.gather(*(client(port, i, urls, until, t0, out) for i in range(clients)))
+    start.go.set()
+    await asyncio.gather(*tasks)
     await timer
-    return out, time.monotonic() - t0
+    return out, time.monotonic() - start.t0, connect_s
 
 
-def scenario(root: Path, name: str, clients: int, duration: float) -> Result:
+def scenario(
+    root: Path, name: str, clients: int, duration: float, keep: Path | None = None
+) -> Result:
     """Run one scenario against a fresh server, database and redis-server."""
     db = f"bench_{uuid.uuid4().hex[:10]}"
     asyncio.run(admin(f'CREATE DATABASE "{db}"'))
@@ -396,10 +475,6 @@ def scenario(root: Path, name: str, clients: int, duration: float) -> Result:
     try:
         url = f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{db}"
         server = start_server(root, url, redis.port, tmp)
-        for path in paths():  # prime every cache entry once
-            status = asyncio.run(Conn(server.port).get(path))
-            if status != 200:
-                raise RuntimeError(f"priming {path} answered {status}")
         third = duration / 3
         events: list[tuple[float, object]] = []
         fault = None
@@ -412,7 +487,10 @@ def scenario(root: Path, name: str, clients: int, duration: float) -> Result:
                 (27.0, lambda: proxy.set("forward")),
             ]
             fault = (9.0, 27.0)
-        samples, took = asyncio.run(run_load(server.port, clients, duration, events))
+        cold_every = 10 if name == "database" else 0
+        samples, took, connect_s = asyncio.run(
+            run_load(server.port, clients, duration, events, cold_every)
+        )
         time.sleep(1.0)
         logs = {
             "unavailable": server.lines("unavailable"),
@@ -422,13 +500,20 @@ def scenario(root: Path, name: str, clients: int, duration: float) -> Result:
         server.stop()
         server = None
         rows = asyncio.run(check_rows(f"{base}/{db}"))
-        return Result(f"{root.name}:{name}", samples, took, rows, logs, fault=fault)
+        return Result(
+            f"{root.name}:{name}", samples, took, rows, logs, fault=fault, connect_s=connect_s
+        )
     finally:
         if server is not None:
             server.stop()
         redis.kill()
         proxy.stop()
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for log in tmp.glob("server-*.log"):
+                shutil.copy(log, keep / f"{root.name}-{name}.log")
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ report
@@ -447,6 +532,7 @@ def summarize(r: Result) -> dict[str, str]:
     p99_steady = float(np.percentile(steady, 99)) if len(steady) else float("nan")
     max_after = float(after.max()) if len(after) else float("nan")
     out = {
+        "clients connected in s": f"{r.connect_s:.1f}",
         "requests": f"{len(lat)}",
         "throughput/s": f"{len(lat) / r.duration:.0f}",
         "p50 ms": f"{np.percentile(lat, 50):.0f}",
@@ -488,7 +574,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--duration", type=float, default=36.0, help="seconds per scenario")
     parser.add_argument("--scenario", action="append", choices=SCENARIOS)
+    parser.add_argument(
+        "--samples", type=Path, help="write each scenario's requests (CSV) and server log here"
+    )
+    parser.add_argument("--server", choices=sorted(SERVER_CMD), default="trading")
     args = parser.parse_args()
+    global SERVER
+    SERVER = args.server
     roots = [r.resolve() for r in (args.root or [ROOT])]
     with contextlib.suppress(ImportError):
         import uvloop
@@ -498,7 +590,12 @@ def main() -> None:
     for root in roots:
         for name in args.scenario or SCENARIOS:
             print(f"running {name} against {root} ...", file=sys.stderr, flush=True)
-            results.append(scenario(root, name, args.clients, args.duration))
+            results.append(scenario(root, name, args.clients, args.duration, args.samples))
+            if args.samples:
+                args.samples.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame([vars(s) for s in results[-1].samples]).to_csv(
+                    args.samples / f"{results[-1].label.replace(':', '-')}.csv", index=False
+                )
     print(
         f"\n{args.clients} clients, {args.duration:g} s per scenario, client timeout "
         f"{CLIENT_TIMEOUT_S:g} s; TTLs: price 15 s, indicators 10 s; database bound "

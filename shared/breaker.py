@@ -132,8 +132,9 @@ class CircuitBreaker:
 
 def log_transitions(breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
     """Log a breaker's open and close transitions (an `on_change` hook)."""
-    if new == "open":
-        log.warning(
+    if new == "open":  # a failed half-open trial re-opens it: not news, only debug
+        log.log(
+            logging.WARNING if old == "closed" else logging.DEBUG,
             "%s: circuit open after %d consecutive failure(s); skipping it for %g s",
             breaker.name,
             breaker.failures,

@@ -157,6 +157,7 @@ class Cache:
 
     RETRY_AFTER_S = 5.0  # while Redis is down, probe it again after this long
     TIMEOUTS_BEFORE_DOWN = 3  # consecutive timeouts that mean "down" (a refusal is at once)
+    REFRESH_RETRY_S = 2.0  # after a failed background refresh, serve stale this long first
 
     def __init__(
         self,
@@ -177,6 +178,8 @@ class Cache:
         self.redis: Redis | None = None
         self.flights: SingleFlight[Any] = SingleFlight()
         self.busy = 0  # Redis calls skipped because every pooled connection stayed in use
+        # key -> (clock time of the last failed background refresh, failures in a row)
+        self.refresh_failures: dict[str, tuple[float, int]] = {}
         self.breaker = CircuitBreaker(
             "redis",
             failure_threshold=self.TIMEOUTS_BEFORE_DOWN,
@@ -192,7 +195,9 @@ class Cache:
                 socket_connect_timeout=timeout_s,
                 health_check_interval=30,
                 decode_responses=True,
-                retry=Retry(NoBackoff(), 0),  # fail fast: the cache degrades, it never waits
+                # One immediate retry on a fresh connection when a pooled one turns out closed
+                # (a restarted server); no backoff: the cache degrades, it never waits.
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
             self.redis = Redis.from_pool(pool)
 
@@ -245,6 +250,11 @@ class Cache:
                 url,
                 getattr(self, "_last_error", "error"),
             )
+            if self.redis is not None:  # idle pooled sockets are dead too: reconnect later
+                closing = asyncio.ensure_future(
+                    self.redis.connection_pool.disconnect(inuse_connections=False)
+                )
+                closing.add_done_callback(lambda t: t.cancelled() or t.exception())
         elif new == "closed":
             log.warning("Redis %s is back", url)
 
@@ -528,21 +538,31 @@ class ModelCache(Generic[M]):
         stale_s: float,
         early_s: float,
     ) -> None:
-        """Refresh key in the background unless a computation of it is already running."""
+        """Refresh key in the background unless a computation of it is already running, or
+        one failed less than REFRESH_RETRY_S ago (the stale entry is served meanwhile)."""
         full = self.key(key)
         if self.cache.flights.running(full):
+            return
+        failed = self.cache.refresh_failures.get(full)
+        if failed is not None and self.cache.clock() - failed[0] < self.cache.REFRESH_RETRY_S:
             return
 
         async def refresh() -> tuple[M, CacheLevel | None]:
             try:
-                return await self._fill(key, compute, ttl_s, stale_s, early_s)
+                result = await self._fill(key, compute, ttl_s, stale_s, early_s)
             except Exception as e:
-                log.warning(
+                streak = self.cache.refresh_failures.get(full, (0.0, 0))[1] + 1
+                self.cache.refresh_failures[full] = (self.cache.clock(), streak)
+                log.log(
+                    logging.WARNING if streak == 1 else logging.DEBUG,
                     "background refresh of %s failed (%s: %s); serving the stale entry",
                     full,
                     type(e).__name__,
                     getattr(e, "log_detail", None) or e,
                 )
                 raise
+            if self.cache.refresh_failures.pop(full, None) is not None:
+                log.info("background refresh of %s works again", full)
+            return result
 
         self.cache.flights.start(full, refresh)
