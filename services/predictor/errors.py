@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.errors import AppError, NotFoundError, ValidationProblemError
+from shared.errors import AppError, NotFoundError
 
 
 class ModelNotFoundError(NotFoundError):
@@ -23,10 +23,12 @@ class SymbolNotFoundError(NotFoundError):
     code = "symbol_not_found"
 
 
-class InsufficientDataError(ValidationProblemError):
-    """The requested bars are too few to train, predict or evaluate."""
+class InsufficientDataError(AppError):
+    """The symbol's bars are too few to train or predict on (not a rule of the input)."""
 
+    status = 409
     code = "insufficient_data"
+    title = "Not enough data"
 
 
 class FeatureMismatchError(AppError):

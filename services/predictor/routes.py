@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from services.predictor import jobs
 from services.predictor.schemas import (
     MODEL_PATTERN,
-    SYMBOL_PATTERN,
+    SYMBOL_RULE,
     VERSION_PATTERN,
     ModelInfo,
     PerformanceResult,
@@ -27,6 +27,7 @@ from services.predictor.schemas import (
 from services.predictor.service import PredictorService
 from shared.api import ProblemDocs
 from shared.jobs import JobRunner, JobStatus, accepted, accepted_responses
+from shared.rules import CrossFieldRule, cross_field_rules
 
 router = APIRouter()
 
@@ -35,8 +36,9 @@ errors = ProblemDocs(
     {
         404: "No such model (`model_not_found`: train one first), version (`version_not_found`: "
         "GET /model_info lists the kept ones) or symbol.",
-        422: "An input is invalid (`field` names it), or there are too few bars "
-        "(`insufficient_data`).",
+        409: "The symbol has too few bars with complete features before `as_of` for this model "
+        "(`insufficient_data`): choose a later date.",
+        422: "An input breaks a rule of the spec; `field` names it and `errors` lists every one.",
         502: "The market service failed or answered something unexpected.",
         503: "The database or the market service is unavailable.",
     }
@@ -61,6 +63,25 @@ Service = Annotated[PredictorService, Depends(get_service)]
 Jobs = Annotated[JobRunner, Depends(get_jobs)]
 
 
+TRAIN_DOC = """Train the LSTM-with-attention and XGBoost ensemble on daily bars; a job.
+
+Features (50 per bar, past data only) come from the market service; labels are
+`down | neutral | up` over `horizon` bars with a volatility-scaled neutral band. Rows are
+split in time into train / validation / test (purged by `horizon` bars); scalers are
+fitted on training rows only. Answers `202` with the job; `GET` its `Location` for
+progress (per epoch and member) and, when done, the result: the new `version`, the
+validation and out-of-sample (test) figures of each member and of the ensemble beside the
+naive baselines (majority class, yesterday's direction), and a plain `verdict`. The new
+version becomes active (unless `activate` is false); the last 5 versions are kept.
+The full-size LSTM takes minutes; `lstm.size: "small"` trains in seconds. A job whose
+symbols have too few bars fails with `insufficient_data`, an unknown symbol with
+`symbol_not_found` (naming `symbols[i]`).
+"""
+DATE_ORDER = CrossFieldRule(
+    ("end_date", "start_date"), "`end_date` is after `start_date` when both are given"
+)
+
+
 @router.post(
     "/train",
     operation_id="train_models",
@@ -68,22 +89,12 @@ Jobs = Annotated[JobRunner, Depends(get_jobs)]
     response_model=JobStatus,
     responses={**accepted_responses(), **errors(401, 422, 503)},
     summary="Train a new version of a model (a job)",
+    **cross_field_rules(TRAIN_DOC, DATE_ORDER),
 )
 async def train_models(
     body: TrainRequest, request: Request, service: Service, runner: Jobs
 ) -> JSONResponse:
-    """Train the LSTM-with-attention and XGBoost ensemble on daily bars; a job.
-
-    Features (50 per bar, past data only) come from the market service; labels are
-    `down | neutral | up` over `horizon` bars with a volatility-scaled neutral band. Rows are
-    split in time into train / validation / test (purged by `horizon` bars); scalers are
-    fitted on training rows only. Answers `202` with the job; `GET` its `Location` for
-    progress (per epoch and member) and, when done, the result: the new `version`, the
-    validation and out-of-sample (test) figures of each member and of the ensemble beside the
-    naive baselines (majority class, yesterday's direction), and a plain `verdict`. The new
-    version becomes active (unless `activate` is false); the last 5 versions are kept.
-    The full-size LSTM takes minutes; `lstm.size: "small"` trains in seconds.
-    """
+    """Train a new version of a model on daily bars (a job)."""
     job = await runner.submit("train", body, partial(jobs.train, service, body))
     return accepted(request, job)
 
@@ -92,7 +103,7 @@ async def train_models(
     "/predict",
     operation_id="predict",
     response_model=Prediction,
-    responses=errors(401, 404, 422, 502, 503),
+    responses=errors(401, 404, 409, 422, 502, 503),
     summary="Predict a symbol's direction",
 )
 async def predict(body: PredictRequest, service: Service) -> Prediction:
@@ -123,7 +134,8 @@ async def get_performance(
         Query(pattern=VERSION_PATTERN, description="Version (default: the active one)."),
     ] = None,
     symbol: Annotated[
-        str | None, Query(pattern=SYMBOL_PATTERN, description="Only this symbol's calls.")
+        Annotated[str, SYMBOL_RULE] | None,
+        Query(max_length=20, description="Only this symbol's calls."),
     ] = None,
     window: Annotated[
         int, Query(ge=1, le=20_000, description="The most recent logged calls to look at.")

@@ -13,12 +13,20 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.health import Health as BaseHealth
+from shared.rules import DATE_1900_2099, TextRule
 
-EARLIEST = date(1900, 1, 1)
-LATEST = date(2199, 12, 31)
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$"
 VERSION_PATTERN = r"^[0-9]{1,5}\.[0-9]{1,5}\.[0-9]{1,5}$"
-SYMBOL_PATTERN = r"^[A-Za-z0-9^][A-Za-z0-9^=.\-]{0,19}$"
+# The market service's ticker rule (its validation.SYMBOL_RE, before upper-casing), at most
+# 20 characters (the `predictions.symbol` column).
+SYMBOL_PATTERN = r"^\^?[A-Za-z0-9]{1,10}(?:[.\-][A-Za-z0-9]{1,10}){0,2}(?:=[A-Za-z]{1,2})?$"
+SYMBOL_RULE = TextRule(
+    SYMBOL_PATTERN,
+    "expected a ticker such as AAPL, BRK-B, ^GSPC, EURUSD=X or BTC-USD (1-10 letters or "
+    "digits, an optional leading ^, up to two more parts after . or -, an optional = suffix of "
+    "1-2 letters; at most 20 characters)",
+)
+Day = Annotated[date, DATE_1900_2099]
 
 ModelName = Annotated[
     str,
@@ -30,13 +38,8 @@ ModelName = Annotated[
 Version = Annotated[
     str, Field(pattern=VERSION_PATTERN, description="Semantic version, e.g. `1.2.0`.")
 ]
-Symbol = Annotated[
-    str,
-    Field(
-        pattern=SYMBOL_PATTERN,
-        description="Ticker, case-insensitive: e.g. `AAPL`, `BRK-B`, `^GSPC`, `BTC-USD`.",
-    ),
-]
+SYMBOL_DOC = "Ticker, case-insensitive: e.g. `AAPL`, `BRK-B`, `^GSPC`, `BTC-USD`."
+Symbol = Annotated[str, SYMBOL_RULE, Field(max_length=20, description=SYMBOL_DOC)]
 Member = Literal["lstm", "xgboost"]
 MEMBERS: tuple[Member, ...] = ("lstm", "xgboost")
 Direction = Literal["down", "neutral", "up"]
@@ -52,13 +55,6 @@ class Request(BaseModel):
     """Base of the request bodies: unknown fields are an error (a typo never passes)."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def check_day(value: date | None) -> date | None:
-    """Reject dates outside 1900..2199 (no market has bars there)."""
-    if value is not None and not EARLIEST <= value <= LATEST:
-        raise ValueError(f"must be between {EARLIEST} and {LATEST}")
-    return value
 
 
 class Answer(BaseModel):
@@ -96,21 +92,23 @@ class TrainRequest(Request):
         default_factory=lambda: ["AAPL"],
         min_length=1,
         max_length=10,
-        description="Symbols whose bars train one model (split on common dates).",
+        description="Symbols whose bars train one model (split on common dates); a symbol "
+        "given twice (in any case) counts once.",
     )
-    start_date: date | None = Field(
+    start_date: Day | None = Field(
         default=None,
         description="First bar, YYYY-MM-DD. Default: 5 years before `end_date`. Features use "
         "earlier bars for warm-up only.",
     )
-    end_date: date | None = Field(
+    end_date: Day | None = Field(
         default=None, description="Last bar, YYYY-MM-DD. Default: the latest available bar."
     )
     models: list[Member] = Field(
         default_factory=lambda: list(MEMBERS),
         min_length=1,
         max_length=2,
-        description="Ensemble members to train.",
+        json_schema_extra={"uniqueItems": True},
+        description="Ensemble members to train, each at most once.",
     )
     horizon: int = Field(
         default=1, ge=1, le=20, description="Bars ahead the direction is predicted for."
@@ -126,8 +124,6 @@ class TrainRequest(Request):
         default=True, description="Make the new version the active one when training ends."
     )
 
-    _days = field_validator("start_date", "end_date")(check_day)
-
     @field_validator("end_date")
     @classmethod
     def _after_start(cls, value: date | None, info: ValidationInfo) -> date | None:
@@ -139,10 +135,7 @@ class TrainRequest(Request):
     @field_validator("symbols")
     @classmethod
     def _distinct_symbols(cls, value: list[str]) -> list[str]:
-        upper = [s.upper() for s in value]
-        if len(set(upper)) != len(upper):
-            raise ValueError("symbols must be distinct")
-        return upper
+        return list(dict.fromkeys(s.upper() for s in value))
 
     @field_validator("models")
     @classmethod
@@ -217,13 +210,11 @@ class PredictRequest(Request):
 
     symbol: Symbol
     model: ModelName = "default"
-    as_of: date | None = Field(
+    as_of: Day | None = Field(
         default=None,
         description="Predict from the last bar on or before this date (YYYY-MM-DD). Default: "
         "the latest available bar.",
     )
-
-    _day = field_validator("as_of")(check_day)
 
 
 class Probabilities(Answer):

@@ -35,8 +35,6 @@ KNOWN_GAPS = {
     "backtest": "POST /backtest, /optimize, /walk_forward answer 422 (field `body`) for "
     "'exactly one of symbol or symbols', POST /monte_carlo for 'exactly one of run_id or "
     "config': cross-field rules the spec does not document",
-    "predictor": "POST /train refuses start_date/end_date outside 1900..2199, bounds its "
-    "schema does not state, and accepts a number as start_date",
 }
 SERVICES = [
     pytest.param(

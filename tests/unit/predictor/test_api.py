@@ -156,7 +156,9 @@ def test_predict_without_as_of_uses_the_latest_bar(platform: Platform, aapl: pd.
         ({"symbol": "AAPL", "model": "nope"}, 404, "model_not_found", "model"),
         ({"symbol": "ZZZZ"}, 404, "symbol_not_found", "symbol"),
         ({"symbol": "AA PL"}, 422, "validation_error", "symbol"),
-        ({"symbol": "AAPL", "as_of": "2004-01-15"}, 422, "insufficient_data", "as_of"),
+        ({"symbol": "AAPL", "as_of": "2004-01-15"}, 409, "insufficient_data", "as_of"),
+        ({"symbol": "AAPL", "as_of": "2100-01-01"}, 422, "validation_error", "as_of"),
+        ({"symbol": "AAPL", "as_of": 20200102}, 422, "validation_error", "as_of"),
         ({"symbol": "AAPL", "as_of": "yesterday"}, 422, "validation_error", "as_of"),
         ({"symbol": "AAPL", "horizon": 3}, 422, "validation_error", "horizon"),
     ],
@@ -180,6 +182,8 @@ def test_bad_predictions_are_problems_naming_the_field(
         ({"horizon": 0}, "horizon"),
         ({"lstm": {"epochs": 0}}, "lstm.epochs"),
         ({"model": "../etc"}, "model"),
+        ({"start_date": "2019-12-31", "end_date": "2019-01-01"}, "end_date"),
+        ({"start_date": 1577836800}, "start_date"),
     ],
 )
 def test_bad_training_requests_are_refused_before_any_job(
