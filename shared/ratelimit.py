@@ -146,14 +146,14 @@ class RateLimiter:
             if "No connection available" not in str(e):
                 if self._down_since is None:
                     log.warning(
-                        "rate limits: Redis %s unavailable (%s); counting in-process meanwhile",
+                        "rate limits counted in-process: Redis %s did not answer (%s)",
                         mask_secrets(self.redis_url or ""),
                         type(e).__name__,
                     )
                 self._down_since = time.monotonic()
             return None
         if self._down_since is not None:
-            log.warning("rate limits: Redis %s is back", mask_secrets(self.redis_url or ""))
+            log.warning("rate limits counted in Redis %s again", mask_secrets(self.redis_url or ""))
             self._down_since = None
         left = int(ttl) if int(ttl) > 0 else self.window_s
         return int(count), left
