@@ -3,8 +3,8 @@
 `/predict` hands its row to :class:`PredictionLog` and answers; a background task writes the
 rows in batches (one transaction per batch). Readers that need every row written so far
 (`/performance`, `/update_online`) call :meth:`PredictionLog.flush` first. A database outage
-keeps rows queued (bounded) and retries; on shutdown the queue is written out, within a
-grace period.
+keeps rows queued (bounded) and retries; a row the database refuses is dropped and logged,
+never blocking the others; on shutdown the queue is written out, within a grace period.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from services.predictor import repository as repo
 from shared.db import Database
+from shared.errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,38 @@ class PredictionLog:
             while self._rows:
                 batch = self._rows[:BATCH]
                 try:
-                    async with self.db.session() as session:
-                        await repo.insert_predictions(session, rows=batch)
-                        await session.commit()
-                except Exception as e:  # keep the rows and retry: the database may be away
+                    await self._write(batch)
+                except DatabaseUnavailableError as e:  # keep the rows: the database is away
                     log.warning("prediction log: %d rows not written yet (%s)", len(batch), e)
                     await asyncio.sleep(RETRY_S)
                     continue
+                except Exception:  # a row the database refuses: write the others one by one
+                    await self._write_each(batch)
                 del self._rows[: len(batch)]
             if not self._rows:
                 self._idle.set()
+
+    async def _write(self, rows: list[dict[str, Any]]) -> None:
+        async with self.db.session() as session:
+            await repo.insert_predictions(session, rows=rows)
+            await session.commit()
+
+    async def _write_each(self, rows: list[dict[str, Any]]) -> None:
+        """Write rows one at a time, dropping (and logging) those the database refuses."""
+        for row in rows:
+            for attempt in range(3):
+                try:
+                    await self._write([row])
+                    break
+                except DatabaseUnavailableError:
+                    await asyncio.sleep(RETRY_S * (attempt + 1))
+                except Exception as e:
+                    self.dropped += 1
+                    log.error(
+                        "prediction log: dropped the prediction of %s at %s (%s: %s)",
+                        row.get("symbol"),
+                        row.get("timestamp"),
+                        type(e).__name__,
+                        e,
+                    )
+                    break

@@ -1,0 +1,48 @@
+"""The prediction log writes every row in the background; a refused row blocks no other."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from services.predictor import repository as repo
+from services.predictor.prediction_log import PredictionLog
+from shared.db import Database
+
+
+def row(symbol: str, details: Any) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "timestamp": datetime(2020, 3, 2, tzinfo=UTC),
+        "model_name": "m",
+        "model_version": "1.0.0",
+        "prediction_type": "direction",
+        "predicted_value": 1.0,
+        "confidence": 0.5,
+        "features_used": details,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def test_rows_are_written_and_a_refused_one_is_dropped_alone(tmp_path: Path) -> None:
+    async def go() -> tuple[list[str], int, bool]:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'log.db'}")
+        await db.migrate()
+        log = PredictionLog(db)
+        log.start()
+        try:
+            log.add(row("AAPL", {"probabilities": {}}))
+            log.add(row("BAD", {"not json": {1, 2}}))  # a set: the database refuses it
+            log.add(row("MSFT", {"probabilities": {}}))
+            flushed = await log.flush()
+            async with db.session() as session:
+                rows = await repo.recent_predictions(session, model_name="m", limit=10)
+            return sorted(r.symbol for r in rows), log.dropped, flushed
+        finally:
+            await log.aclose()
+            await db.dispose()
+
+    symbols, dropped, flushed = asyncio.run(go())
+    assert flushed and symbols == ["AAPL", "MSFT"] and dropped == 1
