@@ -16,6 +16,8 @@ from services.predictor.schemas import (
     ModelInfo,
     PerformanceResult,
     Prediction,
+    PredictionSeries,
+    PredictRangeRequest,
     PredictRequest,
     RollbackRequest,
     RollbackResult,
@@ -117,6 +119,33 @@ async def predict(body: PredictRequest, service: Service) -> Prediction:
     every call is logged for `/performance`.
     """
     return await service.predict(body)
+
+
+RANGE_ORDER = CrossFieldRule(("end", "start"), "`end` is on or after `start` when given")
+
+
+@router.post(
+    "/predict_range",
+    operation_id="predict_range",
+    response_model=PredictionSeries,
+    responses=errors(401, 404, 422, 502, 503),
+    summary="A model version's calls on every bar of a range",
+    **cross_field_rules(
+        """Return one model version's call on every bar from `start` to `end`, columnar.
+
+        Made for backtests and walk-forwards: pin a `version` (default: the active one) and
+        get `direction`, `confidence` and class `probabilities` per bar, each from the
+        features up to that bar only. Bars without a complete feature window are `skipped`.
+        These calls are neither cached nor logged (they are not live predictions; use
+        `/predict` for those). `beats_baselines` and `verdict` say whether the version beat
+        the naive baselines out of sample.
+        """,
+        RANGE_ORDER,
+    ),
+)
+async def predict_range(body: PredictRangeRequest, service: Service) -> PredictionSeries:
+    """Return a model version's calls on every bar of a range."""
+    return await service.predict_range(body)
 
 
 @router.get(

@@ -210,6 +210,9 @@ class PredictRequest(Request):
 
     symbol: Symbol
     model: ModelName = "default"
+    version: Version | None = Field(
+        default=None, description="A kept version to ask (default: the active one)."
+    )
     as_of: Day | None = Field(
         default=None,
         description="Predict from the last bar on or before this date (YYYY-MM-DD). Default: "
@@ -249,6 +252,49 @@ class Prediction(Answer):
     )
     verdict: str = Field(description=VERDICT_DOC)
     cached: bool = Field(description="True when served from the 30-second prediction cache.")
+
+
+class PredictRangeRequest(Request):
+    """Calls of one model version on every bar of a date range (signals for a backtest)."""
+
+    symbol: Symbol
+    model: ModelName = "default"
+    version: Version | None = Field(
+        default=None, description="A kept version to ask (default: the active one)."
+    )
+    start: Day = Field(description="First bar, YYYY-MM-DD.")
+    end: Day | None = Field(default=None, description="Last bar. Default: the latest bar.")
+
+    @field_validator("end")
+    @classmethod
+    def _not_before_start(cls, value: date | None, info: ValidationInfo) -> date | None:
+        start = info.data.get("start")
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"must be on or after start ({start})")
+        return value
+
+
+class PredictionSeries(BaseModel):
+    """A version's call on every bar of a range, columnar: `timestamps[i]` goes with
+    `direction[i]`, `confidence[i]` and `probabilities[class][i]`."""
+
+    symbol: str
+    model: str
+    version: str
+    horizon: int = Field(description="Bars ahead each call is about.")
+    timestamps: list[datetime] = Field(description="The bars called at (their close), UTC.")
+    direction: list[Direction]
+    confidence: list[float] = Field(description="Probability of each called class.")
+    probabilities: dict[str, list[float]] = Field(
+        description="`down`, `neutral`, `up`: one array of class probabilities each."
+    )
+    weights: dict[str, float] = Field(description="The members' ensemble weights.")
+    skipped: int = Field(
+        description="Bars of the range without a complete feature window (too early in the "
+        "symbol's history): not called."
+    )
+    beats_baselines: bool
+    verdict: str = Field(description=VERDICT_DOC)
 
 
 # ---- registry ------------------------------------------------------------------------------

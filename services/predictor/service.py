@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -38,14 +38,18 @@ from services.predictor.evaluation import (
 )
 from services.predictor.market import MarketFeatures
 from services.predictor.ml.training import EnsembleModel
+from services.predictor.ml.types import CLASSES
 from services.predictor.prediction_log import PredictionLog
 from services.predictor.registry import Registry
 from services.predictor.schemas import (
+    Direction,
     Latency,
     ModelInfo,
     OnlineState,
     PerformanceResult,
     Prediction,
+    PredictionSeries,
+    PredictRangeRequest,
     PredictRequest,
     RollbackRequest,
     RollbackResult,
@@ -72,6 +76,11 @@ def as_utc(stamp: datetime) -> datetime:
 def to_ns(stamp: datetime) -> int:
     """Return a timestamp as int64 nanoseconds since the epoch, UTC."""
     return int(pd.Timestamp(as_utc(stamp)).as_unit("ns").value)
+
+
+def _midnight(day: date) -> datetime:
+    """Return a date as UTC midnight."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def from_ns(value: int) -> datetime:
@@ -136,12 +145,16 @@ class PredictorService:
         """Return the active version's call for a symbol (cached 30 s), and log it."""
         start = time.perf_counter()
         symbol = body.symbol.strip().upper()
-        version = await self.registry.active_version(body.model)
-        try:
-            answer = await self._cached_call(symbol, body.model, version, body.as_of)
-        except VersionNotFoundError:  # Redis named a version the database no longer has
-            version = await self.registry.active_from_db(body.model)
-            answer = await self._cached_call(symbol, body.model, version, body.as_of)
+        if body.version is not None:
+            await self.registry.row(body.model, body.version)  # 404 unless kept
+            answer = await self._cached_call(symbol, body.model, body.version, body.as_of)
+        else:
+            version = await self.registry.active_version(body.model)
+            try:
+                answer = await self._cached_call(symbol, body.model, version, body.as_of)
+            except VersionNotFoundError:  # Redis named a version the database does not keep
+                version = await self.registry.active_from_db(body.model)
+                answer = await self._cached_call(symbol, body.model, version, body.as_of)
         latency_ms = (time.perf_counter() - start) * 1000.0
         self.log.add(self._log_row(answer, latency_ms, body.as_of))
         return answer
@@ -199,6 +212,61 @@ class PredictorService:
                 "verdict": sentence,
                 "cached": False,
             }
+        )
+
+    async def predict_range(self, body: PredictRangeRequest) -> PredictionSeries:
+        """Return a version's calls on every bar start..end (not cached, not logged)."""
+        symbol = body.symbol.strip().upper()
+        if body.version is not None:
+            await self.registry.row(body.model, body.version)
+            version = body.version
+        else:
+            version = await self.registry.active_version(body.model)
+        try:
+            model = await self.registry.load(body.model, version)
+        except VersionNotFoundError:
+            if body.version is not None:
+                raise
+            version = await self.registry.active_from_db(body.model)
+            model = await self.registry.load(body.model, version)
+        context = model.config.context
+        first = body.start - timedelta(days=calendar_days_for(context + 5))
+        frame = await self.market.features(symbol, first, body.end, date_field="start")
+        try:
+            x = frame.select(model.feature_names)
+        except KeyError as e:
+            raise FeatureMismatchError(
+                f"The market service no longer serves feature {e.args[0]!r} that model "
+                f"{body.model} {version} reads; train a new version."
+            ) from e
+        in_range = np.flatnonzero(frame.times >= to_ns(_midnight(body.start)))
+        complete = np.isfinite(x).all(axis=1)
+        gaps = np.concatenate([[0], np.cumsum(~complete)])
+        ok = (in_range >= context - 1) & (
+            gaps[in_range + 1] - gaps[np.maximum(in_range + 1 - context, 0)] == 0
+        )
+        rows = in_range[ok]
+        if rows.size:
+            out = await asyncio.to_thread(model.predict, x, rows)
+            probs, weights = out.probabilities, out.weights
+        else:
+            probs = np.empty((0, 3))
+            weights = dict(model.ensemble.weights)
+        beats, sentence = self._verdict(body.model, version, model)
+        calls = probs.argmax(axis=1) if rows.size else np.empty(0, dtype=np.int64)
+        return PredictionSeries(
+            symbol=symbol,
+            model=body.model,
+            version=version,
+            horizon=model.config.horizon,
+            timestamps=[from_ns(int(t)) for t in frame.times[rows]],
+            direction=[cast(Direction, CLASSES[int(k)]) for k in calls],
+            confidence=[float(v) for v in (probs.max(axis=1) if rows.size else [])],
+            probabilities={c: [float(v) for v in probs[:, j]] for j, c in enumerate(CLASSES)},
+            weights={k: float(v) for k, v in weights.items()},
+            skipped=int(in_range.size - rows.size),
+            beats_baselines=beats,
+            verdict=sentence,
         )
 
     def _verdict(self, name: str, version: str, model: EnsembleModel) -> tuple[bool, str]:

@@ -245,6 +245,48 @@ def test_rollback_gives_back_the_older_versions_exact_predictions(platform: Plat
     assert again["changed"] is False
 
 
+def test_a_range_of_calls_equals_the_calls_one_by_one(platform: Platform) -> None:
+    client = platform.client
+    version = client.get(f"{P}/model_info").json()["active_version"]
+    body = {"symbol": "AAPL", "version": version, "start": DAYS[0], "end": DAYS[7]}
+    answer = client.post(f"{P}/predict_range", json=body)
+    assert answer.status_code == 200, answer.text
+    series = answer.json()
+    assert [t[:10] for t in series["timestamps"]] == DAYS[:8] and series["skipped"] == 0
+    assert series["version"] == version and series["horizon"] == 1
+    for i, day in enumerate(DAYS[:8]):
+        one = predict(client, as_of=day, version=version)
+        assert series["direction"][i] == one["direction"]
+        for cls, p in one["probabilities"].items():
+            # features of another window: equal to the full history's to ~1e-12
+            assert series["probabilities"][cls][i] == pytest.approx(p, rel=1e-9, abs=1e-12)
+    early = client.post(
+        f"{P}/predict_range", json={"symbol": "AAPL", "start": "2003-10-01", "end": "2004-03-31"}
+    ).json()
+    assert early["skipped"] > 0 and len(early["timestamps"]) < early["skipped"] + 120
+    reversed_ = client.post(
+        f"{P}/predict_range", json={"symbol": "AAPL", "start": DAYS[5], "end": DAYS[0]}
+    )
+    assert reversed_.status_code == 422 and reversed_.json()["field"] == "end"
+
+
+def test_a_kept_older_version_can_be_asked_while_another_is_active(platform: Platform) -> None:
+    client = platform.client
+    if len(client.get(f"{P}/model_info").json()["versions"]) < 2:
+        train(client, seed=11)  # this test ran alone
+    info = client.get(f"{P}/model_info").json()
+    kept = [v["version"] for v in info["versions"]]
+    other = next(v for v in kept if v != info["active_version"])
+    call = predict(client, as_of=DAYS[2], version=other)
+    assert call["version"] == other
+    assert predict(client, as_of=DAYS[2])["version"] == info["active_version"]
+    for version in info["archived_versions"] or ["9.9.9"]:
+        missing = client.post(
+            f"{P}/predict", json={"symbol": "AAPL", "as_of": DAYS[2], "version": version}
+        )
+        assert missing.status_code == 404 and missing.json()["code"] == "version_not_found"
+
+
 def test_old_versions_are_archived_beyond_the_kept_ones(platform: Platform) -> None:
     client = platform.client
     info = client.get(f"{P}/model_info").json()
