@@ -80,12 +80,14 @@ class CircuitBreaker:
         return None
 
     def success(self, permit: Permit | None = None) -> None:
-        """Record a call that worked: the breaker closes."""
-        self.failures = 0
-        if permit is not None and permit.trial:
+        """Record a call that worked: the failure count resets; the trial's success closes
+        the breaker (a call that started before it opened is no evidence of recovery)."""
+        trial = permit is not None and permit.trial
+        if trial:
             self._trial = False
-        if self._state != "closed":
-            self._trial = False
+        if self._state == "closed" or trial:
+            self.failures = 0
+        if trial and self._state != "closed":
             self._set("closed")
 
     def failure(self, permit: Permit | None = None, *, fatal: bool = False) -> None:

@@ -184,6 +184,7 @@ class Cache:
             "redis",
             failure_threshold=self.TIMEOUTS_BEFORE_DOWN,
             cooldown_s=self.RETRY_AFTER_S,
+            clock=clock,
             on_change=self._breaker_changed,
         )
         if redis_url:
@@ -443,6 +444,11 @@ class ModelCache(Generic[M]):
         value = await self._from_l2(full)
         return (value, "l2") if value is not None else (None, None)
 
+    def peek_any(self, key: str) -> M | None:
+        """Return the L1 answer for key even if expired (while L1 keeps it); else None."""
+        entry = self.cache.l1.peek(self.key(key))
+        return entry.value if entry is not None and isinstance(entry.value, self.model) else None
+
     def peek_live(self, key: str, *, min_ttl_s: float = 0) -> M | None:
         """Return the L1 answer for key if it has more than min_ttl_s to live; else None."""
         entry = self.cache.l1.peek(self.key(key))
@@ -487,6 +493,7 @@ class ModelCache(Generic[M]):
         *,
         stale_s: float = 0,
         early_s: float = 0,
+        keep_s: float | None = None,
     ) -> tuple[M, CacheLevel | None]:
         """Return (answer, level): cached, or computed once for every concurrent caller.
 
@@ -496,7 +503,10 @@ class ModelCache(Generic[M]):
         ``early_s`` left (refresh ahead: the answer is never older than ttl_s). Otherwise
         one caller reads L2, then computes and stores; the others wait for that caller.
         A failed background refresh is logged and the stale entry served until it is gone.
+        ``keep_s`` (default ``stale_s``) is how long L1 keeps an expired entry for
+        :meth:`peek_any` (a later caller may allow more staleness than this one).
         """
+        keep = stale_s if keep_s is None else max(keep_s, stale_s)
         full = self.key(key)
         entry = self.cache.l1.peek(full)
         if entry is not None and isinstance(entry.value, self.model):
@@ -505,12 +515,12 @@ class ModelCache(Generic[M]):
                 observe_cache("l1", True)
                 return entry.value, "l1"
             if left > -stale_s:  # refresh ahead, or stale within the allowance
-                self._refresh(key, compute, ttl_s, stale_s, early_s)
+                self._refresh(key, compute, ttl_s, keep, early_s)
                 observe_cache("l1", True)
                 return entry.value, "l1"
         observe_cache("l1", False)
         result: tuple[M, CacheLevel | None] = await self.cache.flights.run(
-            full, lambda: self._fill(key, compute, ttl_s, stale_s, early_s)
+            full, lambda: self._fill(key, compute, ttl_s, keep, early_s)
         )
         return result
 

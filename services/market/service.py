@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -64,8 +65,9 @@ RECENT_DAYS = 4
 INTERVALS = ("1d", "1wk", "1mo")
 PRICE_FIELDS = ("open", "high", "low", "close", "volume", "timestamp")  # the seed's hash
 # While the exchange is open, a price is refreshed in the background once this fraction of
-# its TTL is left, so callers are not kept waiting at its expiry.
-PRICE_EARLY_FRACTION = 0.2
+# its TTL is left, so callers are not kept waiting at its expiry (even when a refresh is
+# slow because the process is saturated).
+PRICE_EARLY_FRACTION = 0.5
 
 A = TypeVar("A", bound=Answer)
 
@@ -150,6 +152,8 @@ class MarketService:
         self.series = ModelCache(cache, IndicatorSeries)
         self.latest = ModelCache(cache, LatestIndicator)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Symbols whose cached quote was taken while their session traded (an unfinished bar).
+        self._unfinished: set[str] = set()
 
     def today(self) -> date:
         """Return today's date (UTC) on the service's clock."""
@@ -163,6 +167,8 @@ class MarketService:
         key = f"market:price:{symbol}"
         if is_trading(symbol, self.clock()):  # the bar moves: never older than the TTL
             stale_s, early_s = 0.0, self.price_ttl_s * PRICE_EARLY_FRACTION
+        elif symbol in self._unfinished:  # cached during the session: the close differs
+            stale_s, early_s = 0.0, 0.0
         else:  # the last bar is final: an old answer is still the right one
             stale_s, early_s = self.stale_s, 0.0
         with deadline(self.request_deadline_s):
@@ -172,11 +178,46 @@ class MarketService:
                 self.price_ttl_s,
                 stale_s=stale_s,
                 early_s=early_s,
+                keep_s=self.stale_s,  # for _latest_day, whatever the market does
             )
         return _from_cache(quote, level) if level is not None else quote
 
+    async def _latest_day(self, symbol: str) -> date:
+        """Return the date of symbol's latest bar (a window's default end).
+
+        A cached quote, even expired, answers while it is not behind the last final
+        session: only final bars are stored, so its date is still the right end, and history
+        and indicators never wait for a price refresh.
+        """
+        quote = self.prices.peek_any(f"market:price:{symbol}")
+        if quote is not None:
+            day = quote.timestamp.date()
+            if day >= last_final_day(symbol, self.clock()):
+                return day
+        return (await self.get_price(symbol)).timestamp.date()
+
+    @asynccontextmanager
+    async def _exclusive(self, symbol: str) -> AsyncIterator[None]:
+        """Hold symbol's lock so one request at a time fetches it; wait at most the
+        database bound, then go ahead without it (stored bars are upserted, so a duplicate
+        fetch is wasted work, never wrong data)."""
+        lock = self._locks[symbol]
+        try:
+            async with asyncio.timeout(self.db.bound_s):
+                await lock.acquire()
+        except TimeoutError:
+            log.info(
+                "%s: fetching without its lock (held longer than %g s)", symbol, self.db.bound_s
+            )
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
+
     async def _fetch_price(self, symbol: str, key: str, early_s: float) -> PriceQuote:
-        async with self._locks[symbol]:
+        async with self._exclusive(symbol):
             # Another request may have stored it while this one waited for the lock.
             again = self.prices.peek_live(key, min_ttl_s=early_s)
             if again is not None:
@@ -191,6 +232,7 @@ class MarketService:
                     bars = None
                 final_day = last_final_day(symbol, now)
                 if bars is not None and not bars.empty and bars.index[-1].date() >= final_day:
+                    self._unfinished.discard(symbol)
                     return self._quote(symbol, bars, "database", str(bars["source"].iloc[-1]))
             fetched = await self.providers.fetch_latest(symbol)
             clean, rejected = reject_bad_rows(fetched.frame)
@@ -201,6 +243,10 @@ class MarketService:
                     field="symbol",
                 )
             await self._store_final(symbol, final_bars(clean, symbol, now), fetched.source)
+            if clean.index[-1].date() > last_final_day(symbol, now):
+                self._unfinished.add(symbol)
+            else:
+                self._unfinished.discard(symbol)
             return self._quote(symbol, clean, "provider", fetched.label)
 
     async def _store_final(self, symbol: str, bars: pd.DataFrame, source: str) -> None:
@@ -247,8 +293,7 @@ class MarketService:
         today = self.today()
         check_date_range(start, end, today=today)
         if end is None:
-            latest = await self.get_price(symbol)
-            end = latest.timestamp.date()
+            end = await self._latest_day(symbol)
             if start is not None and start > end:
                 end = min(today, start + timedelta(days=default_days))
         if start is None:
@@ -269,7 +314,7 @@ class MarketService:
             covered = await repo.coverage(session, symbol=symbol)
         missing = _missing_ranges(start, fetch_end, covered) if start <= fetch_end else []
         if missing:  # one fetch per symbol at a time; the others find it stored
-            async with self._locks[symbol]:
+            async with self._exclusive(symbol):
                 async with self.db.session() as session:
                     covered = await repo.coverage(session, symbol=symbol)
                 missing = _missing_ranges(start, fetch_end, covered)
@@ -413,8 +458,7 @@ class MarketService:
         return _from_cache(result, level) if level is not None else result
 
     async def _latest(self, symbol: str, name: str, checked: dict[str, Any]) -> LatestIndicator:
-        quote = await self.get_price(symbol)
-        end = quote.timestamp.date()
+        end = await self._latest_day(symbol)
         start = _bars_before(end, quant.warmup_bars(name, checked) + 1)
         loaded = await self.load(symbol, start, end)
         result = await asyncio.to_thread(frames.latest_indicator, symbol, loaded, name, checked)

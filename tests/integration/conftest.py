@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -176,3 +180,60 @@ def pg_proxy() -> Iterator[TcpProxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+class RedisServer:
+    """A private redis-server on a free port (never the shared one): `kill()` is a crash,
+    `start()` a restart on the same port."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        self.proc = subprocess.Popen(
+            [
+                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        try:
+            for _ in range(100):
+                try:
+                    if client.ping():
+                        return
+                except (redis.RedisError, OSError):
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL the server."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """Yield a started private redis-server that the test may kill and restart."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _unavailable("redis-server", FileNotFoundError("redis-server is not installed"))
+        raise AssertionError("unreachable")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -24,7 +24,7 @@ from services.market.app import create_app
 from services.market.settings import MarketSettings
 from shared.cache import Cache
 from tests.conftest import market_settings
-from tests.integration.conftest import REDIS_URL, TcpProxy
+from tests.integration.conftest import REDIS_URL, RedisServer, TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +131,38 @@ def test_more_concurrent_redis_calls_than_connections_is_not_an_outage(
     for cache in (patient, hurried):  # ... but never took the busy pool for an outage
         assert cache.breaker.state == "closed" and cache.breaker.opened == 0
     assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+
+
+def test_a_redis_crash_is_logged_once_and_its_restart_once_without_flapping(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="shared.cache")
+    ticks = [0.0]
+
+    async def run() -> list[Any]:
+        cache = Cache(redis_url=redis_server.url, max_connections=20, clock=lambda: ticks[0])
+        try:
+            keys = [f"k{i}" for i in range(20)]
+            await asyncio.gather(*(cache.set(k, {"v": k}, 600) for k in keys))  # 20 pooled
+            redis_server.kill()
+            cache.l1.clear()
+            down = await asyncio.gather(*(cache.get(k) for k in keys * 3))
+            redis_server.start()  # empty again: the entries died with the process
+            ticks[0] += Cache.RETRY_AFTER_S  # the next call probes Redis
+            await cache.set("probe", {"v": 1}, 600)
+            cache.l1.clear()
+            again = await asyncio.gather(*(cache.get(k) for k in [*keys, "probe"] * 3))
+            return [down, again, cache.breaker.snapshot()]
+        finally:
+            await cache.aclose()
+
+    down, again, breaker = asyncio.run(run())
+    assert {level for _, level in down} == {None}  # misses, answered from nothing, no error
+    assert {level for _, level in again} == {None, "l2"}  # the probe entry: from Redis again
+    assert breaker["state"] == "closed" and breaker["opened"] == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m.endswith("until it is back") for m in messages) == 1  # "... unavailable ..."
+    assert sum(m.endswith(" is back") and "unavailable" not in m for m in messages) == 1
 
 
 # ------------------------------------------------------- defect 3: silent drop to PostgreSQL

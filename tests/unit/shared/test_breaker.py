@@ -85,6 +85,19 @@ def test_late_failures_do_not_extend_the_cooldown_and_a_released_trial_frees_the
     assert b.allow() is not None
 
 
+def test_only_the_trial_closes_an_open_breaker() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    early = b.allow()  # a call that started before the outage ...
+    for _ in range(3):
+        b.failure(b.allow())
+    b.success(early)  # ... and answered late: no evidence that the dependency is back
+    assert b.state == "open"
+    clock.now += 30
+    b.success(b.allow())
+    assert b.state == "closed"
+
+
 def test_a_fatal_failure_opens_at_once_and_transitions_are_reported() -> None:
     seen: list[tuple[str, str]] = []
     b = breaker(Clock(), on_change=lambda _, old, new: seen.append((old, new)))
