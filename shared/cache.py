@@ -46,7 +46,7 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from shared.breaker import BreakerState, CircuitBreaker, Permit
 from shared.config import BaseServiceSettings
 from shared.logging import mask_secrets
-from shared.metrics import observe_cache
+from shared.metrics import observe_cache, publish_breaker
 from shared.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,10 @@ class Cache:
     def _l2_ok(self, permit: Permit | None) -> None:
         self.breaker.success(permit)
 
-    def _breaker_changed(self, _: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+    def _breaker_changed(
+        self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState
+    ) -> None:
+        publish_breaker(breaker, old, new)  # circuit_breaker_state{breaker="redis"}
         url = mask_secrets(self.redis_url or "")
         if new == "open" and old == "closed":
             log.warning(

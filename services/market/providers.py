@@ -26,8 +26,9 @@ from typing import Protocol
 import pandas as pd
 
 from services.market.bars import BAR_COLUMNS, empty_bars
-from shared.breaker import CircuitBreaker, log_transitions
+from shared.breaker import BreakerState, CircuitBreaker, log_transitions
 from shared.errors import AppError, NotFoundError, UpstreamUnavailableError
+from shared.metrics import observe_provider_call, publish_breaker, set_breaker_state
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,12 @@ class Fetched:
         return ",".join((self.source, *self.skipped))
 
 
+def _log_and_publish(breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+    """Log a provider breaker's transitions and publish its state to /metrics."""
+    log_transitions(breaker, old, new)
+    publish_breaker(breaker, old, new)
+
+
 class ProviderChain:
     """Ask providers in order, each behind a circuit breaker; the first that knows the symbol
     answers."""
@@ -220,10 +227,12 @@ class ProviderChain:
                 failure_threshold=failure_threshold,
                 cooldown_s=cooldown_s,
                 clock=clock,
-                on_change=log_transitions,
+                on_change=_log_and_publish,
             )
             for p in self.providers
         }
+        for breaker in self.breakers.values():
+            set_breaker_state(breaker.name, "closed")
 
     def breaker_states(self) -> list[dict[str, object]]:
         """Return each provider's breaker as plain data (for health and metrics)."""
@@ -251,15 +260,18 @@ class ProviderChain:
                     )
                 )
                 continue
+            t0 = time.perf_counter()
             try:
                 async with asyncio.timeout(left):
                     frame = await getattr(provider, call)(symbol, *args)
             except SymbolNotFoundError as e:
                 breaker.success(permit)  # it answered: it does not know the symbol
+                observe_provider_call(provider.name, ok=True, seconds=time.perf_counter() - t0)
                 errors.append(e)
                 continue
             except (ProviderError, TimeoutError) as e:
                 breaker.failure(permit)
+                observe_provider_call(provider.name, ok=False, seconds=time.perf_counter() - t0)
                 detail = (
                     e.log_detail or e.detail
                     if isinstance(e, ProviderError)
@@ -272,6 +284,7 @@ class ProviderChain:
                 breaker.release(permit)
                 raise
             breaker.success(permit)
+            observe_provider_call(provider.name, ok=True, seconds=time.perf_counter() - t0)
             return Fetched(provider.name, frame, tuple(skipped))
         unavailable = [e for e in errors if isinstance(e, ProviderError)]
         if unavailable:

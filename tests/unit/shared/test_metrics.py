@@ -180,3 +180,27 @@ def test_a_circuit_breaker_publishes_its_state(tmp_path: Path) -> None:
     breaker.failure(permit)
     assert breaker.state == "open"
     assert value(run(app, scrape), "circuit_breaker_state", breaker=name) == 2
+
+
+def test_the_market_counts_its_provider_calls_and_publishes_its_breakers(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.market.app import create_app as create_market_app
+    from services.market.settings import SHARED_CSV_DIR
+    from tests.conftest import market_settings
+
+    app = create_market_app(market_settings(tmp_path, SHARED_CSV_DIR))
+    with TestClient(app) as client:
+        before = client.get("/metrics").text
+        assert client.get("/price/MSFT").status_code == 200  # read from the CSV provider
+        assert client.get("/price/ZZZZQ").status_code == 404  # the provider answered: unknown
+        after = client.get("/metrics").text
+
+    def delta(outcome: str) -> float:
+        name = "provider_calls_total"
+        return (value(after, name, provider="csv", outcome=outcome) or 0) - (
+            value(before, name, provider="csv", outcome=outcome) or 0
+        )
+
+    assert delta("ok") >= 2 and delta("error") == 0
+    assert value(after, "circuit_breaker_state", breaker="provider csv") == 0
