@@ -39,22 +39,27 @@ HEALTHCHECK --interval=10s --timeout=5s --retries=5 \
     CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=4)"
 
 # ---- one target per service ----------------------------------------------------------
+# shared.server:HttpProtocol cuts slow request heads and bodies (HTTP_*_TIMEOUT_S).
 FROM runtime AS market
 USER trading
-CMD ["uvicorn", "--factory", "services.market.app:create_app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "services.market.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
+     "--http", "shared.server:HttpProtocol", "--timeout-keep-alive", "5"]
 
 FROM runtime AS backtest
 USER trading
-CMD ["uvicorn", "--factory", "services.backtest.app:create_app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "services.backtest.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
+     "--http", "shared.server:HttpProtocol", "--timeout-keep-alive", "5"]
 
 FROM runtime AS predictor
 # TensorFlow and XGBoost only here (the `ml` extra): the other images never carry them.
 RUN pip install -c /tmp/constraints.txt "$(ls /wheels/trading_platform-*.whl)[ml]"
 USER trading
-CMD ["uvicorn", "--factory", "services.predictor.app:create_app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "services.predictor.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
+     "--http", "shared.server:HttpProtocol", "--timeout-keep-alive", "5"]
 
 FROM runtime AS gateway
 USER trading
 EXPOSE 8765
-HEALTHCHECK NONE
+HEALTHCHECK --interval=10s --timeout=5s --retries=5 \
+    CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8765/health', timeout=4)"
 CMD ["trading", "mcp", "--http", "--host", "0.0.0.0", "--port", "8765", "--remote"]
