@@ -94,7 +94,21 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def get(self, path: str) -> int:
-        """Send GET path; return the status (the body is read and dropped)."""
+        """Send GET path; return the status (the body is read and dropped).
+
+        Like any HTTP client, a request on a reused keep-alive connection that the server
+        had closed meanwhile (idle timeout) is sent again once on a new connection.
+        """
+        reused = self.writer is not None
+        try:
+            return await self._get(path)
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                raise
+            self.close()
+            return await self._get(path)
+
+    async def _get(self, path: str) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
