@@ -10,7 +10,16 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from shared.health import Health as BaseHealth
 from shared.rules import DATE_1900_2099, TextRule
@@ -27,6 +36,20 @@ SYMBOL_RULE = TextRule(
     "1-2 letters; at most 20 characters)",
 )
 Day = Annotated[date, DATE_1900_2099]
+
+
+def json_integer(value: Any) -> Any:
+    """Accept a JSON integer (`17` or `17.0`); refuse booleans, strings and fractions."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("int_type", "Input should be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise PydanticCustomError("int_from_float", "Input should be a whole number")
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(json_integer)]
 
 ModelName = Annotated[
     str,
@@ -52,7 +75,8 @@ VERDICT_DOC = (
 
 
 class Request(BaseModel):
-    """Base of the request bodies: unknown fields are an error (a typo never passes)."""
+    """Base of the request bodies: unknown fields are an error (a typo never passes), and
+    numbers and booleans must be JSON numbers and booleans (no `true` for 1)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -69,11 +93,11 @@ class Answer(BaseModel):
 class LSTMOptions(Request):
     """How to train the LSTM member."""
 
-    epochs: int = Field(
+    epochs: JsonInt = Field(
         default=50, ge=1, le=500, description="Most epochs; early stopping may end sooner."
     )
-    batch_size: int = Field(default=64, ge=8, le=1024, description="Samples per Adam step.")
-    patience: int = Field(
+    batch_size: JsonInt = Field(default=64, ge=8, le=1024, description="Samples per Adam step.")
+    patience: JsonInt = Field(
         default=5, ge=0, le=100, description="Epochs without a better validation loss to stop."
     )
     size: Literal["seed", "small"] = Field(
@@ -110,17 +134,17 @@ class TrainRequest(Request):
         json_schema_extra={"uniqueItems": True},
         description="Ensemble members to train, each at most once.",
     )
-    horizon: int = Field(
+    horizon: JsonInt = Field(
         default=1, ge=1, le=20, description="Bars ahead the direction is predicted for."
     )
-    seed: int = Field(
+    seed: JsonInt = Field(
         default=42,
         ge=0,
         le=2**31 - 1,
         description="Random seed: the same data, options and seed give the same model.",
     )
     lstm: LSTMOptions = Field(default_factory=LSTMOptions)
-    activate: bool = Field(
+    activate: StrictBool = Field(
         default=True, description="Make the new version the active one when training ends."
     )
 
@@ -418,11 +442,11 @@ class UpdateOnlineRequest(Request):
     """Fold realised outcomes of logged predictions into a model (an online update)."""
 
     model: ModelName = "default"
-    force: bool = Field(
+    force: StrictBool = Field(
         default=False, description="Update even if fewer new outcomes than needed arrived."
     )
-    epochs: int = Field(default=5, ge=1, le=50, description="LSTM fine-tuning epochs.")
-    trees: int = Field(default=20, ge=1, le=500, description="XGBoost trees added.")
+    epochs: JsonInt = Field(default=5, ge=1, le=50, description="LSTM fine-tuning epochs.")
+    trees: JsonInt = Field(default=20, ge=1, le=500, description="XGBoost trees added.")
     metric: Literal["accuracy", "f1", "brier"] = Field(
         default="accuracy", description="The figure the 5% acceptance rule compares."
     )
