@@ -317,6 +317,17 @@ class PredictionSeries(BaseModel):
         description="Bars of the range without a complete feature window (too early in the "
         "symbol's history): not called."
     )
+    outcome: list[Direction | None] = Field(
+        description="The realised class of each bar (the version's labels: its horizon and "
+        "neutral band), from bars within the range; null where not known yet (the last "
+        "`horizon` bars)."
+    )
+    realised: int = Field(description="Bars whose outcome is known.")
+    hit_rate: dict[str, float | None] = Field(
+        description="Share of correct calls on the realised bars: `model`, and the naive "
+        "baselines `majority` (the training labels' most frequent class) and `previous` "
+        "(yesterday's direction); null without realised bars."
+    )
     beats_baselines: bool
     verdict: str = Field(description=VERDICT_DOC)
 

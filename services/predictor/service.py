@@ -37,6 +37,8 @@ from services.predictor.evaluation import (
     verdict,
 )
 from services.predictor.market import MarketFeatures
+from services.predictor.ml.labels import make_labels
+from services.predictor.ml.metrics import previous_label_calls
 from services.predictor.ml.training import EnsembleModel
 from services.predictor.ml.types import CLASSES
 from services.predictor.prediction_log import PredictionLog
@@ -229,8 +231,9 @@ class PredictorService:
                 raise
             version = await self.registry.active_from_db(body.model)
             model = await self.registry.load(body.model, version)
-        context = model.config.context
-        first = body.start - timedelta(days=calendar_days_for(context + 5))
+        cfg = model.config
+        reach = max(cfg.context, cfg.vol_window + cfg.horizon + 1)
+        first = body.start - timedelta(days=calendar_days_for(reach + 5))
         frame = await self.market.features(symbol, first, body.end, date_field="start")
         try:
             x = frame.select(model.feature_names)
@@ -242,8 +245,8 @@ class PredictorService:
         in_range = np.flatnonzero(frame.times >= to_ns(_midnight(body.start)))
         complete = np.isfinite(x).all(axis=1)
         gaps = np.concatenate([[0], np.cumsum(~complete)])
-        ok = (in_range >= context - 1) & (
-            gaps[in_range + 1] - gaps[np.maximum(in_range + 1 - context, 0)] == 0
+        ok = (in_range >= cfg.context - 1) & (
+            gaps[in_range + 1] - gaps[np.maximum(in_range + 1 - cfg.context, 0)] == 0
         )
         rows = in_range[ok]
         if rows.size:
@@ -254,6 +257,9 @@ class PredictorService:
             weights = dict(model.ensemble.weights)
         beats, sentence = self._verdict(body.model, version, model)
         calls = probs.argmax(axis=1) if rows.size else np.empty(0, dtype=np.int64)
+        outcome, hits = range_outcomes(
+            frame.close, rows, calls, model, majority=int(model.info.get("majority_class", 1))
+        )
         return PredictionSeries(
             symbol=symbol,
             model=body.model,
@@ -265,6 +271,9 @@ class PredictorService:
             probabilities={c: [float(v) for v in probs[:, j]] for j, c in enumerate(CLASSES)},
             weights={k: float(v) for k, v in weights.items()},
             skipped=int(in_range.size - rows.size),
+            outcome=outcome,
+            realised=int(sum(o is not None for o in outcome)),
+            hit_rate=hits,
             beats_baselines=beats,
             verdict=sentence,
         )
@@ -428,6 +437,28 @@ class PredictorService:
 
         pairs = await asyncio.gather(*(one(s, t) for s, t in by_symbol.items()))
         return {sym: bars for sym, bars in pairs if bars is not None}
+
+
+def range_outcomes(
+    close: Any, rows: Any, calls: Any, model: EnsembleModel, *, majority: int
+) -> tuple[list[Direction | None], dict[str, float | None]]:
+    """Return each called bar's realised class and the hit rates of the calls and baselines."""
+    cfg = model.config
+    labels = make_labels(close, cfg.horizon, cfg.band, cfg.vol_window) if close.size else close
+    known = np.isfinite(labels[rows]) if rows.size else np.zeros(0, dtype=bool)
+    outcome: list[Direction | None] = [
+        cast(Direction, CLASSES[int(labels[r])]) if k else None
+        for r, k in zip(rows, known, strict=True)
+    ]
+    if not known.any():
+        return outcome, {"model": None, "majority": None, "previous": None}
+    y = labels[rows][known].astype(np.int64)
+    previous = previous_label_calls(labels, rows[known], cfg.horizon)
+    return outcome, {
+        "model": float(np.mean(calls[known] == y)),
+        "majority": float(np.mean(y == majority)),
+        "previous": float(np.mean(previous == y)),
+    }
 
 
 def distinct_predictions(logged: list[repo.PredictionRow]) -> list[Logged]:

@@ -247,7 +247,9 @@ def test_rollback_gives_back_the_older_versions_exact_predictions(platform: Plat
     assert again["changed"] is False
 
 
-def test_a_range_of_calls_equals_the_calls_one_by_one(platform: Platform) -> None:
+def test_a_range_of_calls_equals_the_calls_one_by_one(
+    platform: Platform, aapl: pd.DataFrame
+) -> None:
     client = platform.client
     version = client.get(f"{P}/model_info").json()["active_version"]
     body = {"symbol": "AAPL", "version": version, "start": DAYS[0], "end": DAYS[7]}
@@ -262,6 +264,16 @@ def test_a_range_of_calls_equals_the_calls_one_by_one(platform: Platform) -> Non
         for cls, p in one["probabilities"].items():
             # features of another window: equal to the full history's to ~1e-12
             assert series["probabilities"][cls][i] == pytest.approx(p, rel=1e-9, abs=1e-12)
+    labels = make_labels(aapl["close"].to_numpy(np.float64), horizon=1, band=0.5, vol_window=21)
+    index = {day: i for i, day in enumerate(aapl.index)}
+    truth = [["down", "neutral", "up"][int(labels[index[d]])] for d in DAYS[:7]]
+    assert series["outcome"] == [*truth, None]  # the last bar's next bar is past `end`
+    assert series["realised"] == 7
+    hits = [series["direction"][i] == truth[i] for i in range(7)]
+    assert series["hit_rate"]["model"] == pytest.approx(sum(hits) / 7)
+    previous = [["down", "neutral", "up"][int(labels[index[d] - 1])] for d in DAYS[:7]]
+    prev_hits = sum(p == t for p, t in zip(previous, truth, strict=True))
+    assert series["hit_rate"]["previous"] == pytest.approx(prev_hits / 7)
     early = client.post(
         f"{P}/predict_range", json={"symbol": "AAPL", "start": "2003-10-01", "end": "2004-03-31"}
     ).json()
