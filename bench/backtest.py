@@ -163,9 +163,11 @@ def bench_single(df: pd.DataFrame) -> None:
     stats = np.empty(N_STATS)
     fast_line, slow_line = sma_nb(close, FAST), sma_nb(close, SLOW)
 
+    no_returns, totals = np.empty(0), np.empty((2, 1))
+
     def sweep_kernel() -> None:
         simulate_one_nb(
-            *vec, close, fast_line, slow_line, True, close, spec, 0.0, stats, np.empty(0)
+            *vec, close, fast_line, slow_line, True, close, spec, 0.0, stats, no_returns, totals
         )
 
     final = end_to_end()

@@ -25,7 +25,13 @@ from dataclasses import asdict, dataclass
 from itertools import combinations
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
+
+from services.backtest.engine.stats import (
+    bootstrap_means_nb,
+    cscv_logits_nb,
+    drawdown_episodes_nb,
+)
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -93,27 +99,12 @@ class Drawdowns:
 def drawdowns(equity: np.ndarray, initial_capital: float) -> Drawdowns:
     """Return the drawdown statistics of ``equity`` with the initial capital in front."""
     eq = np.concatenate(([initial_capital], np.asarray(equity, dtype=np.float64)))
-    peak = np.maximum.accumulate(eq)
-    dd = eq / peak - 1.0
-    under = dd < 0
-    depths: list[float] = []
-    longest = 0
-    start = -1
-    for i, u in enumerate(under):
-        if u and start < 0:
-            start = i - 1  # the peak bar
-        elif not u and start >= 0:
-            depths.append(float(dd[start + 1 : i].min()))
-            longest = max(longest, i - start)
-            start = -1
-    if start >= 0:
-        depths.append(float(dd[start + 1 :].min()))
-        longest = max(longest, len(eq) - 1 - start)
+    dd, longest, depths = drawdown_episodes_nb(eq)
     return Drawdowns(
         max_drawdown=float(dd.min()),
-        max_drawdown_duration=longest,
-        avg_drawdown=float(np.mean(depths)) if depths else 0.0,
-        n_episodes=len(depths),
+        max_drawdown_duration=int(longest),
+        avg_drawdown=float(np.mean(depths)) if depths.size else 0.0,
+        n_episodes=int(depths.size),
     )
 
 
@@ -149,24 +140,33 @@ def t_test(returns: np.ndarray) -> tuple[float, float]:
 def bootstrap_mean_ci(
     returns: np.ndarray, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """Return a percentile bootstrap confidence interval of the mean return."""
-    rng = np.random.default_rng(seed)
-    n = returns.shape[0]
-    means = np.empty(n_boot)
-    for b in range(n_boot):  # one row at a time: memory stays O(n) whatever n_boot is
-        means[b] = returns[rng.integers(0, n, n)].mean()
+    """Return a percentile bootstrap confidence interval of the mean return.
+
+    ``n_boot`` resamples of the returns drawn with replacement (``stats.bootstrap_means_nb``:
+    one SplitMix64 stream per resample, so a seed gives one answer everywhere).
+    """
+    x = np.ascontiguousarray(returns, dtype=np.float64)
+    means = bootstrap_means_nb(x, n_boot, seed)
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(means, [tail, 1.0 - tail])
     return float(lo), float(hi)
 
 
 def _moments(returns: np.ndarray) -> tuple[float, float, float]:
-    """Return (per-bar Sharpe with sample std, population skewness, non-excess kurtosis)."""
+    """Return (per-bar Sharpe with sample std, population skewness, non-excess kurtosis).
+
+    Skewness m3 / m2**1.5 and kurtosis m4 / m2**2 from the central moments (scipy.stats'
+    ``skew`` and ``kurtosis(fisher=False)``, without their per-call overhead).
+    """
     sd = np.std(returns, ddof=1) if np.ptp(returns) > 0 else 0.0
-    sr = float(np.mean(returns) / sd) if sd > 0 else 0.0
-    skew = float(stats.skew(returns)) if sd > 0 else 0.0
-    kurt = float(stats.kurtosis(returns, fisher=False)) if sd > 0 else 3.0
-    return sr, skew, kurt
+    if not sd > 0:
+        return 0.0, 0.0, 3.0
+    d = returns - returns.mean()
+    d2 = d * d
+    m2 = float(d2.mean())
+    skew = float((d2 * d).mean()) / m2**1.5
+    kurt = float((d2 * d2).mean()) / (m2 * m2)
+    return float(np.mean(returns) / sd), skew, kurt
 
 
 def psr_from_moments(sr: float, benchmark: float, n: int, skew: float, kurt: float) -> float:
@@ -208,9 +208,29 @@ def deflated_sharpe_ratio(trial_returns: np.ndarray, selected: int | None = None
     sd = r.std(axis=1, ddof=1)
     srs = np.divide(r.mean(axis=1), sd, out=np.zeros(r.shape[0]), where=sd > 0)
     k = int(np.argmax(srs)) if selected is None else selected
-    sr, skew, kurt = _moments(r[k])
-    var = float(np.var(srs, ddof=1)) if r.shape[0] > 1 else 0.0
-    return deflated_sharpe_ratio_from_moments(sr, var, r.shape[0], r.shape[1], skew, kurt)
+    return deflated_sharpe_ratio_of_trials(srs, r[k])
+
+
+def sharpe_from_sums(s1: np.ndarray, s2: np.ndarray, n: int) -> np.ndarray:
+    """Return per-bar Sharpe ratios (sample std) from sums of returns and of their squares."""
+    return _block_sharpe(
+        np.asarray(s1, dtype=np.float64), np.asarray(s2, dtype=np.float64), np.full(len(s1), n)
+    )
+
+
+def deflated_sharpe_ratio_of_trials(
+    trial_sharpes: np.ndarray, selected_returns: np.ndarray
+) -> float:
+    """Return the DSR of one trial given every trial's per-bar Sharpe and that trial's returns.
+
+    The expected maximum comes from the variance of ``trial_sharpes`` over the trials; the
+    selected trial's own Sharpe, skewness and kurtosis from ``selected_returns``.
+    """
+    srs = np.asarray(trial_sharpes, dtype=np.float64)
+    sr, skew, kurt = _moments(np.asarray(selected_returns, dtype=np.float64))
+    var = float(np.var(srs, ddof=1)) if srs.shape[0] > 1 else 0.0
+    n = int(np.asarray(selected_returns).shape[0])
+    return deflated_sharpe_ratio_from_moments(sr, var, srs.shape[0], n, skew, kurt)
 
 
 def _block_sharpe(s1: np.ndarray, s2: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -233,37 +253,42 @@ def probability_of_backtest_overfitting(
     """
     r = np.asarray(trial_returns, dtype=np.float64)
     k, n = r.shape
+    _check_cscv(k, n, n_splits)
+    size = n // n_splits
+    blocks = r[:, n - size * n_splits :].reshape(k, n_splits, size)
+    return pbo_from_blocks(blocks.sum(axis=2), (blocks * blocks).sum(axis=2), size)
+
+
+def _check_cscv(k: int, n: int, n_splits: int) -> None:
+    """Raise ValueError unless k trials of n bars can be cut into n_splits CSCV blocks."""
     if n_splits < 2 or n_splits % 2:
         raise ValueError("n_splits: an even number >= 2")
     if k < 2:
         raise ValueError("trial_returns: at least two trials")
-    size = n // n_splits
-    if size < 2:
+    if n // n_splits < 2:
         raise ValueError("trial_returns: too few bars for the number of splits")
-    blocks = r[:, n - size * n_splits :].reshape(k, n_splits, size)
-    b1 = blocks.sum(axis=2)  # (k, S)
-    b2 = (blocks * blocks).sum(axis=2)
-    t1 = b1.sum(axis=1)[:, None]
-    t2 = b2.sum(axis=1)[:, None]
-    total = float(size * n_splits)
-    half = float(size * n_splits // 2)
-    splits = np.array(list(combinations(range(n_splits), n_splits // 2)), dtype=np.intp)
-    logits = np.empty(len(splits))
-    # the splits in batches (a few MB each): the same sums as one split at a time, vectorised
-    step = max(1, 2**21 // max(1, k * n_splits // 2))
-    for lo in range(0, len(splits), step):
-        idx = splits[lo : lo + step]  # (c, S/2)
-        s1 = b1[:, idx].sum(axis=2)  # (k, c)
-        s2 = b2[:, idx].sum(axis=2)
-        is_sr = _block_sharpe(s1, s2, np.full_like(s1, half))
-        oos_sr = _block_sharpe(t1 - s1, t2 - s2, np.full_like(s1, total - half))
-        best = np.argmax(is_sr, axis=0)
-        chosen = oos_sr[best, np.arange(idx.shape[0])]
-        below = (oos_sr < chosen).sum(axis=0)
-        ties = (oos_sr == chosen).sum(axis=0)
-        rank = below + (ties + 1) / 2.0  # 1 = worst, k = best; ties averaged (rankdata's)
-        w = rank / (k + 1.0)
-        logits[lo : lo + len(idx)] = np.log(w / (1.0 - w))
+
+
+def pbo_from_blocks(b1: np.ndarray, b2: np.ndarray, size: int) -> tuple[float, np.ndarray]:
+    """Return (PBO, logits) by CSCV from each trial's sums over S blocks of ``size`` bars.
+
+    ``b1`` and ``b2`` (n_trials, S) are the sums of the returns and of their squares in each
+    block (``probability_of_backtest_overfitting`` cuts them from a returns matrix; a sweep
+    leaves them without one).
+    """
+    s1 = np.ascontiguousarray(b1, dtype=np.float64)
+    s2 = np.ascontiguousarray(b2, dtype=np.float64)
+    k, n_splits = s1.shape
+    _check_cscv(k, size * n_splits, n_splits)
+    splits = np.array(list(combinations(range(n_splits), n_splits // 2)), dtype=np.int64)
+    logits = cscv_logits_nb(
+        np.ascontiguousarray(s1.T),
+        np.ascontiguousarray(s2.T),
+        s1.sum(axis=1),
+        s2.sum(axis=1),
+        splits,
+        size,
+    )
     return float(np.mean(logits <= 0.0)), logits
 
 

@@ -1,7 +1,7 @@
-"""Parameter search: the grid, constraints, batches of trials on the sweep kernels, ranking,
-and the overfitting statistics of the winner (Deflated Sharpe Ratio, PBO by CSCV).
+"""Parameter search: batches of trials on the sweep kernels, ranking, and the overfitting
+statistics of the winner (Deflated Sharpe Ratio, PBO by CSCV).
 
-`plan_search` turns a request into the combinations to try (422s name the field);
+`grid.plan_search` turns a request into the combinations to try (422s name the field);
 `run_batch` is the task a job maps over (module level: worker processes import it);
 `optimize` runs a plan through a `Runner` (a `JobContext`, or `Inline` for short work).
 """
@@ -10,59 +10,43 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from services.backtest.config import VolatilityTarget, atr_matrix
 from services.backtest.engine.analysis import SweepResult, sweep_crossover, sweep_targets
 from services.backtest.engine.core import SimSpec
 from services.backtest.engine.fast import STAT_NAMES
 from services.backtest.engine.runner import Bars
+from services.backtest.grid import Combos, Params, SearchPlan
 from services.backtest.metrics import (
-    deflated_sharpe_ratio,
-    probability_of_backtest_overfitting,
+    deflated_sharpe_ratio_of_trials,
+    pbo_from_blocks,
+    sharpe_from_sums,
 )
 from services.backtest.schemas import (
     OptimizeRequest,
     OptimizeResult,
-    Range,
-    SearchSettings,
     Trial,
     finite,
 )
-from services.backtest.strategies import build_targets, get_strategy
-from shared.errors import ValidationProblemError
+from services.backtest.strategies import build_targets
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-MAX_VALUES_PER_PARAM = 100_000
-MAX_GRID = 2_000_000
-BATCH_TRIAL_BARS = 4_000_000  # trials x bars per task: ~30 MB of returns, tens of ms
+BATCH_TRIAL_BARS = 4_000_000  # trials x bars per task of a job: tens of ms between reports
 # Numba's workqueue threading layer aborts on concurrent parallel calls; omp and tbb do not.
 # One parallel sweep at a time per process (each one already uses every core).
 _SWEEP_LOCK = threading.Lock()
-_CONSTRAINT = re.compile(
-    r"^\s*([A-Za-z_]\w*|-?\d+(?:\.\d+)?)\s*(<=|>=|==|!=|<|>)\s*([A-Za-z_]\w*|-?\d+(?:\.\d+)?)\s*$"
-)
-_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "<": np.less,
-    "<=": np.less_equal,
-    ">": np.greater,
-    ">=": np.greater_equal,
-    "==": np.equal,
-    "!=": np.not_equal,
-}
-Params = dict[str, float | int | bool]
 
 
 class Runner(Protocol):
@@ -100,172 +84,6 @@ class Inline:
         """Do nothing: nobody follows inline work."""
 
 
-# ---- the combinations ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SearchPlan:
-    """The combinations to try, and what was left out."""
-
-    strategy: str
-    fixed: dict[str, Any]  # the strategy.params every trial starts from
-    combos: list[Params]  # only the searched parameters
-    n_combinations: int  # meeting the constraints
-    n_invalid: int  # rejected by the strategy's own checks
-
-
-def _numeric_fields(params: type[BaseModel]) -> dict[str, bool]:
-    """Return searchable parameter name -> is integer."""
-    out: dict[str, bool] = {}
-    for name, info in params.model_fields.items():
-        if info.annotation is int:
-            out[name] = True
-        elif info.annotation is float:
-            out[name] = False
-    return out
-
-
-def _values(name: str, spec: list[float] | Range, is_int: bool) -> np.ndarray:
-    """Return the values one parameter takes (ValidationProblemError naming it)."""
-    field = f"param_grid.{name}"
-    if isinstance(spec, Range):
-        count = math.floor((spec.stop - spec.start) / spec.step + 1e-9) + 1
-        if count < 1:
-            raise ValidationProblemError(
-                f"{name}: stop ({spec.stop:g}) is below start ({spec.start:g})", field=field
-            )
-        if count > MAX_VALUES_PER_PARAM:
-            raise ValidationProblemError(
-                f"{name}: {count:,} values; at most {MAX_VALUES_PER_PARAM:,}", field=field
-            )
-        values = np.round(spec.start + spec.step * np.arange(count), 10)
-    else:
-        if not spec:
-            raise ValidationProblemError(f"{name}: give at least one value", field=field)
-        if len(spec) > MAX_VALUES_PER_PARAM:
-            raise ValidationProblemError(
-                f"{name}: {len(spec):,} values; at most {MAX_VALUES_PER_PARAM:,}", field=field
-            )
-        values = np.unique(np.asarray(spec, dtype=np.float64))
-    if not np.isfinite(values).all():
-        raise ValidationProblemError(f"{name}: values must be finite", field=field)
-    if is_int:
-        if np.abs(values - np.round(values)).max() > 1e-9:
-            raise ValidationProblemError(f"{name} takes integers only", field=field)
-        values = np.round(values)
-    return np.asarray(values, dtype=np.float64)
-
-
-def _operand(token: str, grid: Mapping[str, np.ndarray], fixed: Mapping[str, Any]) -> Any:
-    if token in grid:
-        return grid[token]
-    if token in fixed:
-        return fixed[token]
-    return float(token)
-
-
-def _parse_constraints(
-    constraints: Sequence[str], names: Iterable[str]
-) -> list[tuple[str, str, str]]:
-    """Return each constraint as (left, op, right), checking that names are parameters."""
-    known = set(names)
-    parsed = []
-    for i, text in enumerate(constraints):
-        m = _CONSTRAINT.match(text)
-        if m is None:
-            raise ValidationProblemError(
-                f"constraint {text!r}: expected `<param> <op> <param or number>` with op one "
-                "of < <= > >= == !=, e.g. `fast < slow`",
-                field=f"constraints[{i}]",
-            )
-        left, op, right = m.groups()
-        for token in (left, right):
-            if (token[0].isalpha() or token[0] == "_") and token not in known:
-                raise ValidationProblemError(
-                    f"constraint {text!r}: {token!r} is not a parameter of the strategy "
-                    f"({', '.join(sorted(known))})",
-                    field=f"constraints[{i}]",
-                )
-        parsed.append((left, op, right))
-    return parsed
-
-
-def plan_search(
-    request: SearchSettings,
-    strategy_name: str,
-    fixed_params: BaseModel,
-    *,
-    method: str = "grid",
-    n_trials: int | None = None,
-    seed: int = 0,
-    require_grid: bool = True,
-) -> SearchPlan:
-    """Return the combinations a search tries (422 naming the field when it cannot)."""
-    strategy = get_strategy(strategy_name)
-    fixed = fixed_params.model_dump()
-    searchable = _numeric_fields(strategy.params)
-    if require_grid and not request.param_grid:
-        raise ValidationProblemError(
-            f"param_grid: name at least one parameter of {strategy_name} to search "
-            f"({', '.join(searchable) or 'it has none'})",
-            field="param_grid",
-        )
-    grid: dict[str, np.ndarray] = {}
-    for name, spec in request.param_grid.items():
-        if name not in searchable:
-            why = "is not a numeric parameter" if name in fixed else "is not a parameter"
-            raise ValidationProblemError(
-                f"{name} {why} of {strategy_name}; searchable: {', '.join(searchable) or 'none'}",
-                field=f"param_grid.{name}",
-            )
-        grid[name] = _values(name, spec, searchable[name])
-    size = math.prod(len(v) for v in grid.values())
-    if size > MAX_GRID:
-        raise ValidationProblemError(
-            f"param_grid has {size:,} combinations; at most {MAX_GRID:,}. Coarsen the steps.",
-            field="param_grid",
-        )
-    constraints = _parse_constraints(request.constraints, fixed)
-    names = list(grid)
-    if names:
-        mesh = np.meshgrid(*grid.values(), indexing="ij")
-        columns = {n: m.reshape(-1) for n, m in zip(names, mesh, strict=True)}
-    else:
-        columns = {}
-    keep = np.ones(size, dtype=bool)
-    for left, op, right in constraints:
-        ok = _OPS[op](_operand(left, columns, fixed), _operand(right, columns, fixed))
-        keep &= np.broadcast_to(np.asarray(ok, dtype=bool), keep.shape)
-    rows = np.flatnonzero(keep)
-    n_combinations = int(rows.size)
-    if n_combinations == 0:
-        raise ValidationProblemError(
-            "No combination of param_grid meets the constraints.", field="constraints"
-        )
-    if method == "random" and n_trials is not None and n_trials < rows.size:
-        rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(rows, size=n_trials, replace=False))
-    combos: list[Params] = []
-    invalid = 0
-    for r in rows:
-        combo: Params = {
-            n: int(columns[n][r]) if searchable[n] else float(columns[n][r]) for n in names
-        }
-        try:
-            strategy.parse({**fixed, **combo})
-        except ValidationError:
-            invalid += 1
-            continue
-        combos.append(combo)
-    if not combos:
-        raise ValidationProblemError(
-            f"Every combination of param_grid fails {strategy_name}'s own parameter checks "
-            "(e.g. slow > fast); add a constraint or change the values.",
-            field="param_grid",
-        )
-    return SearchPlan(strategy_name, fixed, combos, n_combinations, invalid)
-
-
 # ---- running trials -------------------------------------------------------------------
 
 
@@ -276,11 +94,12 @@ class TrialBatch:
     bars: Bars
     strategy: str
     fixed: dict[str, Any]
-    combos: list[Params]
+    combos: Sequence[Params]  # a plan's Combos, or dicts
     spec: SimSpec
     risk_free_rate: float
     keep_returns: bool
     atr_period: int | None = None
+    n_blocks: int = 0  # CSCV blocks whose return sums each trial leaves (SweepResult.blocks)
 
 
 def run_batch(batch: TrialBatch) -> SweepResult:
@@ -288,19 +107,16 @@ def run_batch(batch: TrialBatch) -> SweepResult:
     atr = atr_matrix(batch.bars, batch.atr_period)[:, 0] if batch.atr_period else None
     with _SWEEP_LOCK:
         if batch.strategy == "sma_crossover":
-            pairs = [
-                (
-                    int(c.get("fast", batch.fixed["fast"])),
-                    int(c.get("slow", batch.fixed["slow"])),
-                )
-                for c in batch.combos
-            ]
+            fast = _int_column(batch.combos, "fast", batch.fixed)
+            slow = _int_column(batch.combos, "slow", batch.fixed)
+            pairs = zip(fast, slow, strict=True)
             res = sweep_crossover(
                 batch.bars,
                 pairs,
                 batch.spec,
                 risk_free_rate=batch.risk_free_rate,
                 keep_returns=batch.keep_returns,
+                n_blocks=batch.n_blocks,
                 atr=atr,
             )
         else:
@@ -316,14 +132,27 @@ def run_batch(batch: TrialBatch) -> SweepResult:
                 batch.spec,
                 risk_free_rate=batch.risk_free_rate,
                 keep_returns=batch.keep_returns,
+                n_blocks=batch.n_blocks,
                 atr=atr,
             )
-    return SweepResult(list(batch.combos), res.stats, res.returns)  # type: ignore[arg-type]
+    return SweepResult(batch.combos, res.stats, res.returns, res.blocks)
 
 
-def batches(plan: SearchPlan, n_bars: int) -> list[list[Params]]:
-    """Return the plan's combinations cut into tasks of about BATCH_TRIAL_BARS trial-bars."""
-    size = max(1, BATCH_TRIAL_BARS // max(1, n_bars))
+def _int_column(combos: Sequence[Params], name: str, fixed: Mapping[str, Any]) -> list[int]:
+    """Return one integer parameter of every combination (the fixed value where unsearched)."""
+    if isinstance(combos, Combos) and name in combos.names:
+        return [int(v) for v in combos.column(name)]
+    return [int(c.get(name, fixed[name])) for c in combos]
+
+
+def batches(plan: SearchPlan, n_bars: int, trial_bars: int | None = None) -> list[Combos]:
+    """Return the plan's combinations cut into tasks of about ``trial_bars`` trial-bars.
+
+    None: one task (work answered directly has nobody to report progress to).
+    """
+    if trial_bars is None:
+        return [plan.combos]
+    size = max(1, trial_bars // max(1, n_bars))
     return [plan.combos[i : i + size] for i in range(0, len(plan.combos), size)]
 
 
@@ -392,19 +221,34 @@ def pbo_split_count(splits: int) -> int:
     return math.comb(splits, splits // 2)
 
 
-def overfitting(
-    returns: np.ndarray, best: int, splits: int
-) -> tuple[float | None, float | None, int]:
-    """Return (DSR of trial `best`, PBO, splits used); None where the data cannot say."""
-    dsr = finite(deflated_sharpe_ratio(returns, selected=best))
-    pbo: float | None = None
+def cscv_blocks(n_bars: int, splits: int) -> int:
+    """Return the CSCV blocks for ``n_bars``: ``splits``, fewer while a block has < 2 bars.
+
+    Below 4 the PBO cannot be estimated.
+    """
     used = splits
-    if returns.shape[0] >= 2:
-        while used >= 4 and returns.shape[1] // used < 2:
-            used -= 2
-        if used >= 4:
-            pbo = finite(probability_of_backtest_overfitting(returns, used)[0])
-    return dsr, pbo, used
+    while used >= 4 and n_bars // used < 2:
+        used -= 2
+    return used
+
+
+def overfitting(
+    blocks: np.ndarray, best_returns: np.ndarray, splits: int
+) -> tuple[float | None, float | None]:
+    """Return (DSR of the best trial, PBO) from the sweep's block sums; None where unknown.
+
+    ``blocks`` (k, 2, S + 1) as ``SweepResult.blocks`` (S = ``splits``, 0 for no PBO);
+    ``best_returns`` are the best trial's bar returns (its skewness and kurtosis).
+    """
+    n = int(best_returns.shape[0])
+    totals = blocks.sum(axis=2)  # (k, 2): sums of returns and of squares over every bar
+    sharpes = sharpe_from_sums(totals[:, 0], totals[:, 1], n)
+    dsr = finite(deflated_sharpe_ratio_of_trials(sharpes, best_returns))
+    pbo: float | None = None
+    if splits:
+        size = n // splits
+        pbo = finite(pbo_from_blocks(blocks[:, 0, 1:], blocks[:, 1, 1:], size)[0])
+    return dsr, pbo
 
 
 def reading(dsr: float | None, pbo: float | None, n_trials: int, splits: int) -> str:
@@ -428,8 +272,11 @@ def reading(dsr: float | None, pbo: float | None, n_trials: int, splits: int) ->
 # ---- the search -------------------------------------------------------------------------
 
 
-def _pbo_task(returns: np.ndarray, best: int, splits: int) -> tuple[Any, Any, int]:
-    return overfitting(returns, best, splits)
+def _judge(blocks: np.ndarray, batch: TrialBatch, splits: int) -> tuple[float | None, float | None]:
+    """Return (DSR, PBO) of a search whose winner is ``batch``'s one trial (rerun for its
+    returns)."""
+    best_returns = run_batch(batch).returns[0]
+    return overfitting(blocks, best_returns, splits)
 
 
 async def optimize(
@@ -443,31 +290,34 @@ async def optimize(
 ) -> OptimizeResult:
     """Run every trial of the plan in batches, rank them, and judge the winner."""
     t0 = time.perf_counter()
-    chunks = batches(plan, bars.n_bars)
-    tasks = [
-        TrialBatch(
-            bars=bars,
-            strategy=plan.strategy,
-            fixed=plan.fixed,
-            combos=chunk,
-            spec=spec,
-            risk_free_rate=request.risk_free_rate,
-            keep_returns=True,
-            atr_period=atr_period_of(request),
-        )
-        for chunk in chunks
-    ]
+    many = len(plan.combos) >= 2
+    used = cscv_blocks(bars.n_bars, request.pbo_splits) if many else request.pbo_splits
+    splits = used if used >= 4 and many else 0  # 0: no PBO
+    chunks = batches(plan, bars.n_bars, None if isinstance(runner, Inline) else BATCH_TRIAL_BARS)
+    task = TrialBatch(
+        bars=bars,
+        strategy=plan.strategy,
+        fixed=plan.fixed,
+        combos=[],
+        spec=spec,
+        risk_free_rate=request.risk_free_rate,
+        keep_returns=False,
+        atr_period=atr_period_of(request),
+        n_blocks=splits,
+    )
+    tasks = [replace(task, combos=chunk) for chunk in chunks]
     size = len(chunks[0])
     what = "trials" if len(chunks) == 1 else f"batches of {size:,} trials"
     results = await runner.map(run_batch, tasks, where="thread", what=what)
-    stats = np.vstack([r.stats for r in results])
-    returns = np.vstack([r.returns for r in results])
+    stats = np.vstack([r.stats for r in results]) if len(results) > 1 else results[0].stats
+    blocks = np.vstack([r.blocks for r in results]) if len(results) > 1 else results[0].blocks
     values = metric_column(stats, request.objective, years)
     order = rank(values, request.maximize)
     best = int(order[0])
-    runner.report(len(chunks), len(chunks), "judging the winner (DSR, PBO)")
-    dsr, pbo, splits = await runner.run(_pbo_task, returns, best, request.pbo_splits)
     combos = plan.combos
+    runner.report(len(chunks), len(chunks), "judging the winner (DSR, PBO)")
+    winner = replace(task, combos=[combos[best]], keep_returns=True, n_blocks=0)
+    dsr, pbo = await runner.run(_judge, blocks, winner, splits)
     top = [
         Trial(
             rank=i + 1,
@@ -495,8 +345,8 @@ async def optimize(
         top=top,
         deflated_sharpe_ratio=dsr,
         pbo=pbo,
-        pbo_splits=splits,
-        reading=reading(dsr, pbo, len(combos), splits),
+        pbo_splits=used,
+        reading=reading(dsr, pbo, len(combos), used),
         elapsed_s=elapsed,
         backtests_per_second=len(combos) / elapsed if elapsed > 0 else 0.0,
     )

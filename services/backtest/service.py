@@ -21,9 +21,10 @@ import pandas as pd
 
 from services.backtest import repository as repo
 from services.backtest.charts import render_chart
+from services.backtest.grid import SearchPlan, plan_search
 from services.backtest.market import LoadedBars, MarketBars
 from services.backtest.metrics import calendar_years, drawdowns, returns_from_equity
-from services.backtest.optimize import Inline, Runner, SearchPlan, optimize, plan_search
+from services.backtest.optimize import Inline, Runner, optimize
 from services.backtest.reports import Evaluation, equity_curve, evaluate
 from services.backtest.resampling import Source, resample, steps
 from services.backtest.schemas import (

@@ -14,6 +14,7 @@ The test windows' returns are chained into one out-of-sample equity curve.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from services.backtest.config import atr_matrix
 from services.backtest.engine import core
 from services.backtest.engine.core import SimSpec
 from services.backtest.engine.runner import Bars, simulate
+from services.backtest.grid import Params, SearchPlan
 from services.backtest.metrics import (
     annualized_return,
     calendar_years,
@@ -32,9 +34,7 @@ from services.backtest.metrics import (
     sharpe_ratio,
 )
 from services.backtest.optimize import (
-    Params,
     Runner,
-    SearchPlan,
     TrialBatch,
     atr_period_of,
     metric_column,
@@ -111,7 +111,7 @@ class WindowTask:
     train: int  # bars of the train part
     strategy: str
     fixed: dict[str, Any]
-    combos: list[Params]  # empty: no fitting, the fixed params
+    combos: Sequence[Params]  # empty: no fitting, the fixed params
     spec_in: SimSpec
     spec_out: SimSpec
     risk_free_rate: float

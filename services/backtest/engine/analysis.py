@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,11 +18,17 @@ from shared.quant.kernels import ema_nb, sma_nb
 
 @dataclass(frozen=True)
 class SweepResult:
-    """One statistics row per trial (columns ``fast.STAT_NAMES``), and optionally returns."""
+    """One statistics row per trial (columns ``fast.STAT_NAMES``), and optionally returns.
 
-    params: list[dict[str, float]]
+    ``blocks`` (k, 2, S + 1) holds each trial's sums of bar returns and of their squares:
+    column 0 over the leading bars, columns 1..S over the S blocks of ``n // S`` bars that
+    the PBO's CSCV splits (``fast.simulate_one_nb``); S is 0 unless blocks were asked for.
+    """
+
+    params: Sequence[Mapping[str, float]]  # one per trial
     stats: np.ndarray  # (k, N_STATS)
     returns: np.ndarray  # (k, n) per-bar returns, or (k, 0) when not kept
+    blocks: np.ndarray  # (k, 2, S + 1) sums of returns and squared returns
 
     def column(self, name: str) -> np.ndarray:
         """Return one statistic for every trial."""
@@ -31,7 +37,7 @@ class SweepResult:
     def frame(self) -> pd.DataFrame:
         """Return parameters and statistics as one frame, a row per trial."""
         return pd.concat(
-            [pd.DataFrame(self.params), pd.DataFrame(self.stats, columns=list(STAT_NAMES))],
+            [pd.DataFrame(list(self.params)), pd.DataFrame(self.stats, columns=list(STAT_NAMES))],
             axis=1,
         )
 
@@ -58,6 +64,13 @@ def _spec_array(spec: SimSpec) -> np.ndarray:
     return np.array([spec], dtype=SPEC_DTYPE)
 
 
+def _block_count(n_blocks: int) -> int:
+    """Return ``n_blocks`` checked (0: only the totals)."""
+    if n_blocks < 0:
+        raise ValueError("n_blocks: 0 or more")
+    return int(n_blocks)
+
+
 def per_period_rate(annual: float, periods_per_year: float) -> float:
     """Return the per-bar risk-free return of an annual rate (simple division, as the seed)."""
     return annual / periods_per_year
@@ -70,6 +83,7 @@ def sweep_crossover(
     *,
     risk_free_rate: float = 0.0,
     keep_returns: bool = False,
+    n_blocks: int = 0,
     line: str = "sma",
     atr: np.ndarray | None = None,
 ) -> SweepResult:
@@ -89,7 +103,7 @@ def sweep_crossover(
         lines[i] = kernel(c, w)
     fast_idx = np.array([row[f] for f, _ in pair_list], dtype=np.int64)
     slow_idx = np.array([row[s] for _, s in pair_list], dtype=np.int64)
-    stats, returns = sweep_crossover_nb(
+    stats, returns, blocks = sweep_crossover_nb(
         o,
         h,
         lo,
@@ -101,8 +115,9 @@ def sweep_crossover(
         _spec_array(spec),
         per_period_rate(risk_free_rate, spec.periods_per_year),
         keep_returns,
+        _block_count(n_blocks),
     )
-    return SweepResult([{"fast": f, "slow": s} for f, s in pair_list], stats, returns)
+    return SweepResult([{"fast": f, "slow": s} for f, s in pair_list], stats, returns, blocks)
 
 
 def sweep_targets(
@@ -113,6 +128,7 @@ def sweep_targets(
     *,
     risk_free_rate: float = 0.0,
     keep_returns: bool = False,
+    n_blocks: int = 0,
     atr: np.ndarray | None = None,
 ) -> SweepResult:
     """Backtest every row of a (k, n) target matrix on one symbol."""
@@ -120,7 +136,7 @@ def sweep_targets(
     t = np.ascontiguousarray(np.asarray(targets, dtype=np.float64))
     if t.ndim != 2 or t.shape[1] != c.shape[0]:
         raise ValueError(f"targets: expected (k, {c.shape[0]}), got {t.shape}")
-    stats, returns = sweep_targets_nb(
+    stats, returns, blocks = sweep_targets_nb(
         o,
         h,
         lo,
@@ -130,11 +146,12 @@ def sweep_targets(
         _spec_array(spec),
         per_period_rate(risk_free_rate, spec.periods_per_year),
         keep_returns,
+        _block_count(n_blocks),
     )
     names: list[dict[str, float]] = (
         list(params) if params is not None else [{"trial": float(i)} for i in range(t.shape[0])]
     )
-    return SweepResult(names, stats, returns)
+    return SweepResult(names, stats, returns, blocks)
 
 
 @dataclass(frozen=True)

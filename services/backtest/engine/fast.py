@@ -93,7 +93,7 @@ def _execute_one_nb(d, quote, atr, cash, pos, entry_fill, entry_comm, sl, tp, sp
     return cash, pos, entry_fill, entry_comm, sl, tp, closed, won, rejected
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _stop_quote_nb(pos, o, h, lo, sl, tp):
     """Return the quote at which a stop or take-profit exits this bar, NaN if none does."""
     if pos > 0.0:
@@ -109,18 +109,69 @@ def _stop_quote_nb(pos, o, h, lo, sl, tp):
     return np.nan
 
 
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _signal_nb(target, fast, slow, use_lines, t):
+    """Return the wish decided at bar ``t``: the target, or the crossover of the lines."""
+    if not use_lines:
+        return target[t]
+    if fast[t - 1] < slow[t - 1] and fast[t] > slow[t]:
+        return 1.0
+    if slow[t - 1] < fast[t - 1] and slow[t] > fast[t]:
+        return -1.0
+    return np.nan
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _account_nb(eq, prev, rf, s1, s2, down, peak, floor, mdd, b1, b2):
+    """Fold one bar's equity into the running statistics; return the bar's return and them.
+
+    A wiped-out account (``prev`` 0) earns 0 from then on. The drawdown is tracked without a
+    division per bar: ``floor`` is the equity at which the drawdown would exceed ``mdd``.
+    """
+    r = eq / prev - 1.0 if prev > 0.0 else 0.0
+    x = r - rf
+    s1 += x
+    s2 += x * x
+    if x < 0.0:
+        down += x * x
+    if eq > peak:
+        peak = eq
+        floor = peak * (1.0 + mdd)
+    elif eq < floor:
+        mdd = eq / peak - 1.0
+        floor = eq
+    b1 += r
+    b2 += r * r
+    return r, s1, s2, down, peak, floor, mdd, b1, b2
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def simulate_one_nb(
-    open_, high, low, close, target, fast, slow, use_lines, atr, spec, rf, stats, returns
+    open_, high, low, close, target, fast, slow, use_lines, atr, spec, rf, stats, returns, blocks
 ):
     """Simulate one symbol and write its statistics row (and returns, if ``returns`` is sized).
 
     The targets are ``target`` (n) or, when ``use_lines``, the crossovers of ``fast`` over
     ``slow`` (``signals.crossover_target_into_nb``'s rule), computed on the fly.
+
+    ``blocks`` (2, S + 1) receives the sums of the raw bar returns (row 0) and of their
+    squares (row 1): column 0 over the leading ``n - S * (n // S)`` bars, columns 1..S over
+    S consecutive blocks of ``n // S`` bars (the CSCV blocks of the PBO); the columns add up
+    to the whole series (the per-bar Sharpe ratios of the DSR). S may be 0.
+
+    Bars on which nothing can happen (no order pending, no stop touched, no new wish, equity
+    positive, not the last bar) run in an inner loop without calls, which keeps the state in
+    registers; any other bar takes the full path. Both apply the same arithmetic in the same
+    order, so the statistics do not depend on which path a bar took.
     """
     n = close.shape[0]
     keep = returns.shape[0] == n
+    n_blocks = blocks.shape[1] - 1
+    size = n // n_blocks if n_blocks > 0 else 0
+    lead = n - size * n_blocks
+    blocks[:] = 0.0
     on_close = spec.fill_on_close
+    allow_short = spec.allow_short
     any_stops = spec.stop_loss == spec.stop_loss or spec.take_profit == spec.take_profit
     first = max(spec.warmup, 1 if use_lines else 0)
     cash = spec.initial_capital
@@ -136,6 +187,7 @@ def simulate_one_nb(
     rejected = 0
     exposed = 0
     alive = True
+    stopped = False  # the quiet loop left bar t to the full path
     # running statistics
     prev = spec.initial_capital
     peak = prev
@@ -144,8 +196,72 @@ def simulate_one_nb(
     s1 = 0.0
     s2 = 0.0
     down = 0.0
+    b1 = 0.0
+    b2 = 0.0
+    column = 0
+    column_end = lead
     eq = prev
-    for t in range(n):
+    t = 0
+    while t < n:
+        while t == column_end and column < n_blocks:
+            blocks[0, column] = b1
+            blocks[1, column] = b2
+            b1 = 0.0
+            b2 = 0.0
+            column += 1
+            column_end = lead + column * size
+        if alive and pending != pending and t < n - 1 and not stopped:
+            # Quiet bars, up to a block boundary or the last bar: the position is unchanged.
+            # Stop at a bar with a stop touched, a fill at its close or equity <= 0 (the full
+            # path takes it); a wish for the next open is noted and ends the run after its bar.
+            # Unsigned indices: t >= 0, and LLVM then emits no negative-index wraparound.
+            limit = n - 1 if column_end > n - 1 else column_end
+            side = 1.0 if pos > 0.0 else (-1.0 if pos < 0.0 else 0.0)
+            watch = any_stops and pos != 0.0
+            start = t
+            while t < limit:
+                u = np.uint64(t)
+                if watch and not (on_close and entry_bar >= t):
+                    q = _stop_quote_nb(pos, open_[u], high[u], low[u], sl, tp)
+                    if q == q:
+                        stopped = True
+                        break
+                if t >= first:
+                    if use_lines:
+                        w = np.uint64(t - 1)
+                        v = np.nan
+                        if fast[w] < slow[w] and fast[u] > slow[u]:
+                            v = 1.0
+                        elif slow[w] < fast[w] and slow[u] > fast[u]:
+                            v = -1.0
+                    else:
+                        v = target[u]
+                    if v == v:
+                        d = 1.0 if v > 0.0 else (-1.0 if v < 0.0 and allow_short else 0.0)
+                        if d != side:
+                            if on_close:
+                                stopped = True
+                                break
+                            pending = d
+                            limit = t + 1  # this bar is quiet; the next one fills
+                e = cash + pos * close[u]
+                if e <= 0.0:
+                    pending = np.nan
+                    stopped = True
+                    break
+                eq = e
+                r, s1, s2, down, peak, floor, mdd, b1, b2 = _account_nb(
+                    eq, prev, rf, s1, s2, down, peak, floor, mdd, b1, b2
+                )
+                prev = eq
+                if keep:
+                    returns[u] = r
+                t += 1
+            if pos != 0.0:
+                exposed += t - start
+            continue
+        stopped = False
+        # the full path: an event at bar t (or a wiped-out account)
         if alive:
             if pending == pending and not on_close:
                 cash, pos, entry_fill, entry_comm, sl, tp, c_, w_, r_ = _execute_one_nb(
@@ -174,16 +290,9 @@ def simulate_one_nb(
                     trades += c_
                     wins += w_
             if t >= first and t < n - 1:
-                if use_lines:
-                    v = np.nan
-                    if fast[t - 1] < slow[t - 1] and fast[t] > slow[t]:
-                        v = 1.0
-                    elif slow[t - 1] < fast[t - 1] and slow[t] > fast[t]:
-                        v = -1.0
-                else:
-                    v = target[t]
+                v = _signal_nb(target, fast, slow, use_lines, t)
                 if v == v:
-                    d = 1.0 if v > 0.0 else (-1.0 if v < 0.0 and spec.allow_short else 0.0)
+                    d = 1.0 if v > 0.0 else (-1.0 if v < 0.0 and allow_short else 0.0)
                     if d != (1.0 if pos > 0.0 else (-1.0 if pos < 0.0 else 0.0)):
                         pending = d
                         if on_close:
@@ -224,22 +333,15 @@ def simulate_one_nb(
                 alive = False
             if pos != 0.0:
                 exposed += 1
-        # statistics of the equity curve (a wiped-out account earns 0 from then on)
-        r = eq / prev - 1.0 if prev > 0.0 else 0.0
+        r, s1, s2, down, peak, floor, mdd, b1, b2 = _account_nb(
+            eq, prev, rf, s1, s2, down, peak, floor, mdd, b1, b2
+        )
         prev = eq
         if keep:
             returns[t] = r
-        x = r - rf
-        s1 += x
-        s2 += x * x
-        if x < 0.0:
-            down += x * x
-        if eq > peak:
-            peak = eq
-            floor = peak * (1.0 + mdd)
-        elif eq < floor:
-            mdd = eq / peak - 1.0
-            floor = eq
+        t += 1
+    blocks[0, column] = b1
+    blocks[1, column] = b2
     ppy = spec.periods_per_year
     mean = s1 / n
     m2 = s2 - s1 * mean

@@ -82,11 +82,16 @@ def test_cash_plus_positions_is_equity_and_cash_never_negative(sc: dict) -> None
     assert (res.cash >= 0.0).all()
     assert (res.positions[-1] == 0).all()  # everything closed at the end
     assert res.final_capital == pytest.approx(res.cash[-1])
-    if (f[:, core.LOG_REASON] == core.REASON_LIQUIDATION).any():
+    wiped = np.flatnonzero(res.equity <= 0.0)
+    if wiped.size:
         # a short squeeze wiped the account out: it stops at zero (the debt is written off,
-        # as backtesting.py does) and trades no more
-        first = int(f[f[:, core.LOG_REASON] == core.REASON_LIQUIDATION, core.LOG_BAR].min())
+        # as backtesting.py does) and trades no more. What was still open is liquidated at
+        # that close; a cover that itself left the account in debt leaves nothing to liquidate
+        first = int(wiped[0])
         assert (res.equity[first:] == 0.0).all()
+        assert (f[:, core.LOG_BAR] <= first).all()
+        liquidations = f[f[:, core.LOG_REASON] == core.REASON_LIQUIDATION, core.LOG_BAR]
+        assert (liquidations == first).all()
         return
     # the fill log accounts for every cent: buys cost, sells pay, both less commission
     flow = np.where(
@@ -191,6 +196,8 @@ def test_the_sweep_kernel_applies_the_same_rules(sc: dict) -> None:
     res = simulate(bars, sc["target"], spec, sc["atr"])
     stats = np.empty(N_STATS)
     returns = np.empty(bars.n_bars)
+    n_blocks = 4
+    blocks = np.empty((2, n_blocks + 1))
     vec = [np.ascontiguousarray(a[:, 0]) for a in (bars.open, bars.high, bars.low, bars.close)]
     simulate_one_nb(
         *vec,
@@ -203,8 +210,16 @@ def test_the_sweep_kernel_applies_the_same_rules(sc: dict) -> None:
         0.0,
         stats,
         returns,
+        blocks,
     )
     np.testing.assert_allclose(returns, res.returns, rtol=1e-12, atol=1e-15)
+    # the block sums: the leading bars, then n_blocks blocks of n // n_blocks bars
+    size = bars.n_bars // n_blocks
+    cuts = np.r_[0, bars.n_bars - size * n_blocks + size * np.arange(n_blocks + 1)]
+    for j in range(n_blocks + 1):
+        part = res.returns[cuts[j] : cuts[j + 1]]
+        assert blocks[0, j] == pytest.approx(part.sum(), rel=1e-9, abs=1e-12)
+        assert blocks[1, j] == pytest.approx((part * part).sum(), rel=1e-9, abs=1e-12)
     assert stats[STAT_FINAL_CAPITAL] == pytest.approx(res.final_capital, rel=1e-12)
     assert stats[STAT_TRADES] == res.n_trades
     assert stats[STAT_REJECTED] == res.n_rejected

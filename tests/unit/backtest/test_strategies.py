@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import talib
+from pydantic import ValidationError
 
 from services.backtest.strategies import STRATEGIES, build_targets, get_strategy
 from tests.unit.backtest.conftest import frame_bars, load_frame
@@ -81,3 +82,42 @@ def test_every_strategy_has_a_json_schema_and_defaults() -> None:
     )
     with pytest.raises(KeyError, match="known"):
         get_strategy("martingale")
+
+
+@pytest.mark.parametrize("name", [n for n, d in STRATEGIES.items() if not d.needs_signals])
+def test_the_vector_check_of_a_grid_agrees_with_the_parameter_model(name: str) -> None:
+    # plan_search checks whole grids with StrategyDef.valid instead of validating each
+    # combination: both must accept exactly the same combinations, at and across the bounds
+    strategy = STRATEGIES[name]
+    fields = {n: f for n, f in strategy.params.model_fields.items() if f.annotation in (int, float)}
+    if not fields:
+        return
+    rng = np.random.default_rng(len(name))
+    columns = {}
+    for n, f in fields.items():
+        edges = [
+            getattr(b, a) for b in f.metadata for a in ("ge", "gt", "le", "lt") if hasattr(b, a)
+        ]
+        values = np.concatenate(
+            [np.asarray(edges, dtype=float) + d for d in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+            + [rng.uniform(min(edges) - 5, max(edges) + 5, 200)]
+        )
+        if f.annotation is int:
+            values = np.round(values)
+        columns[n] = rng.choice(values, 3000)
+    fixed = strategy.params().model_dump()
+    ok = strategy.valid(columns, fixed)
+    assert ok is not None
+    expected = []
+    for i in range(3000):
+        combo = {
+            n: (int(v[i]) if fields[n].annotation is int else float(v[i]))
+            for n, v in columns.items()
+        }
+        try:
+            strategy.parse({**fixed, **combo})
+            expected.append(True)
+        except ValidationError:
+            expected.append(False)
+    np.testing.assert_array_equal(ok, np.array(expected))
+    assert 0 < ok.sum() < ok.size  # both kinds were drawn

@@ -14,7 +14,7 @@ from alembic import command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.backtest.optimize import plan_search
+from services.backtest.grid import plan_search
 from services.backtest.reports import downsample
 from services.backtest.repository import Series, decode_series, encode_series
 from services.backtest.schemas import OptimizeRequest
