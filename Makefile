@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help install demo test test-unit test-contract test-integration test-e2e lint format \
-        openapi bench clean lock
+        openapi bench bench-load clean lock
 
 help:
 	@echo "make demo   - set up .venv and run the end-to-end demo (SQLite, in-process cache)"
 	@echo "make test   - set up .venv and run unit, contract, integration and e2e tests"
-	@echo "make openapi | bench | lint | format | lock | clean"
+	@echo "make openapi | bench | bench-load | lint | format | lock | clean"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/market.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/predictor.py
+
+# 500 concurrent clients across cache expiries, a Redis crash and a database drop (needs
+# PostgreSQL on 127.0.0.1:5432 and redis-server on the PATH; several minutes).
+bench-load: $(STAMP)
+	$(BIN)/python bench/load.py
 
 # Re-resolve the pins from pyproject.toml (needs the registry).
 lock: | $(BIN)/python

@@ -114,8 +114,10 @@ def serve(
 @app.command()
 def demo(
     symbols: str = typer.Option("AAPL,MSFT,NVDA,^GSPC", help="Comma-separated tickers."),
+    ml: bool = typer.Option(True, "--ml/--no-ml", help="Also train a small model and predict."),
 ) -> None:
-    """Start every service; query prices and indicators, then run a backtest, all via HTTP."""
+    """Start every service; query prices and indicators, run a backtest, train and predict,
+    all via HTTP."""
     import httpx
 
     from services.market.settings import MarketSettings
@@ -137,8 +139,12 @@ def demo(
         serve_in_thread(build_platform_app(), free_port()) as root,
         httpx.Client(base_url=f"{root}/market", timeout=60) as http,
         httpx.Client(base_url=f"{root}/backtest", timeout=120) as backtests,
+        httpx.Client(base_url=f"{root}/predictor", timeout=120) as predictor,
     ):
-        typer.echo(f"services : {root}  (OpenAPI at {root}/market/docs, {root}/backtest/docs)\n")
+        typer.echo(
+            f"services : {root}  (OpenAPI at {root}/market/docs, {root}/backtest/docs, "
+            f"{root}/predictor/docs)\n"
+        )
         status = http.get("/market_status").json()
         typer.echo(
             f"NYSE now: {'OPEN' if status['is_open'] else 'closed'}; next open "
@@ -178,6 +184,11 @@ def demo(
         again = http.get(f"/historical/{first}", params={"start": "2020-01-01"}).json()
         typer.echo(f"same request again: served from {again['metadata']['cache_level']}")
         _demo_backtest(backtests, first, hist["end"], settings.data_dir)
+        if ml:
+            from services.predictor.demo import run_demo
+
+            typer.echo("\npredictor: a small LSTM + XGBoost ensemble, trained as a job over HTTP")
+            run_demo(predictor, symbol=first, echo=typer.echo)
 
 
 def _demo_backtest(http: Any, symbol: str, end: str, data_dir: Path) -> None:

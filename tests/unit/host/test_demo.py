@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 
-def test_demo_prints_real_prices_indicators_and_a_backtest(tmp_path: Path, csv_dir: Path) -> None:
+def test_demo_prints_prices_indicators_a_backtest_and_a_prediction(tmp_path: Path, csv_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
     env.update(DATA_DIR=str(tmp_path), MARKET_PROVIDERS="csv")
     trading = Path(sys.executable).with_name("trading")
@@ -19,7 +19,7 @@ def test_demo_prints_real_prices_indicators_and_a_backtest(tmp_path: Path, csv_d
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=True,
     ).stdout
     last = pd.read_csv(csv_dir / "KO.csv").iloc[-1]
@@ -31,6 +31,13 @@ def test_demo_prints_real_prices_indicators_and_a_backtest(tmp_path: Path, csv_d
     tail = out[out.index("backtest :") :]
     assert "on AAPL 2013-10-28 .. 2023-10-27" in tail
     assert "buy & hold" in tail and "max drawdown" in tail and "Sharpe" in tail
-    chart = Path(tail.strip().splitlines()[-1].removeprefix("chart    : "))
+    chart_line = next(line for line in tail.splitlines() if line.startswith("chart    : "))
+    chart = Path(chart_line.removeprefix("chart    : "))
     assert chart.parent == tmp_path / "charts"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # then a small model trained over HTTP, its out-of-sample figures beside the baselines,
+    # an honest verdict, and a call on the last bar with each member's weight
+    ml = out[out.index("predictor:") :]
+    assert "baseline: majority" in ml and "baseline: previous" in ml
+    assert "verdict: Out of sample" in ml
+    assert "AAPL at 2023-10-27, next 1 bar:" in ml and "weight" in ml
