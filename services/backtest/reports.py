@@ -267,12 +267,41 @@ def reading_notes(metrics: Metrics, benchmark: Benchmark) -> list[str]:
     return notes
 
 
-def evaluate(
-    config: BacktestConfig, bars: Bars, signals: SignalProvider | None = None
-) -> Evaluation:
-    """Simulate config and its buy-and-hold benchmark on bars; compute every answer part."""
-    sim = simulate_config(config, bars, signals)
+@dataclass(frozen=True)
+class BenchmarkRun:
+    """Buy-and-hold on a config's bars and costs: its equity curve and headline metrics."""
+
+    equity: np.ndarray
+    summary: Benchmark
+
+
+def run_benchmark(config: BacktestConfig, bars: Bars) -> BenchmarkRun:
+    """Simulate the buy-and-hold twin of ``config`` on ``bars`` and summarise it."""
     bench = simulate_config(benchmark_config(config), bars)
+    with np.errstate(all="ignore"):  # a flat benchmark gives null metrics
+        summary = benchmark_model(
+            bench.equity,
+            bench.initial_capital,
+            years=calendar_years(bars.index),
+            periods_per_year=config.periods_per_year,
+            risk_free_rate=config.risk_free_rate,
+        )
+    return BenchmarkRun(bench.equity, summary)
+
+
+def evaluate(
+    config: BacktestConfig,
+    bars: Bars,
+    signals: SignalProvider | None = None,
+    benchmark: BenchmarkRun | None = None,
+) -> Evaluation:
+    """Simulate config and its buy-and-hold benchmark on bars; compute every answer part.
+
+    ``benchmark``: the buy-and-hold run when the caller has it already (it depends on the
+    bars and the costs, not on the strategy).
+    """
+    sim = simulate_config(config, bars, signals)
+    bench = benchmark or run_benchmark(config, bars)
     years = calendar_years(bars.index)
     ppy = config.periods_per_year
     with np.errstate(all="ignore"):  # degenerate inputs (a flat benchmark) give null metrics
@@ -287,20 +316,13 @@ def evaluate(
             benchmark_equity=bench.equity,
         )
     metrics = metrics_model(perf, sim)
-    benchmark = benchmark_model(
-        bench.equity,
-        sim.initial_capital,
-        years=years,
-        periods_per_year=ppy,
-        risk_free_rate=config.risk_free_rate,
-    )
     return Evaluation(
         sim=sim,
         benchmark_equity=bench.equity,
         dates=bars.index.astype("datetime64[D]"),
         metrics=metrics,
-        benchmark=benchmark,
+        benchmark=bench.summary,
         trades=trades_summary(sim),
-        notes=reading_notes(metrics, benchmark),
+        notes=reading_notes(metrics, bench.summary),
         rows=fill_rows(sim, bars),
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Table, and_, func, insert, or_, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.tables import BacktestResult, BacktestTrade
@@ -110,7 +111,51 @@ async def insert_run(
         )
     )
     if fills:
-        await session.execute(insert(TRADES), [{"run_id": run_id, **f} for f in fills])
+        await insert_many(session, TRADES, fills, run_id=run_id)
+
+
+_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, list[str], list[Any]]] = {}
+
+
+def _insert_sql(
+    dialect: Dialect, table: Table, names: tuple[str, ...]
+) -> tuple[str, list[str], list[Any]]:
+    """Return (driver SQL, parameter order, bind processor per column) of an INSERT."""
+    key = (dialect.name, table.name, names)
+    hit = _INSERTS.get(key)
+    if hit is None:
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(names))
+        order = list(compiled.positiontup or names) if compiled.positional else list(names)
+        procs = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in order]
+        hit = _INSERTS[key] = (str(compiled), order, procs)
+    return hit
+
+
+async def insert_many(
+    session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]], **same: Any
+) -> None:
+    """Insert rows (one dict each, the same keys) with one driver-level executemany.
+
+    Column values go through the column type's bind processor, as SQLAlchemy's own
+    executemany would pass them, but column by column and without compiling parameters
+    row by row (which cost ~10 microseconds a row); values in ``same`` are converted once.
+    """
+    conn = await session.connection()
+    names = tuple(same) + tuple(rows[0])
+    sql, order, procs = _insert_sql(conn.dialect, table, names)
+    columns: list[list[Any]] = []
+    for name, proc in zip(order, procs, strict=True):
+        if name in same:
+            value = proc(same[name]) if proc else same[name]
+            columns.append([value] * len(rows))
+        else:
+            values = [row[name] for row in rows]
+            columns.append([proc(v) for v in values] if proc else values)
+    if conn.dialect.positional:
+        params: list[Any] = list(zip(*columns, strict=True))
+    else:
+        params = [dict(zip(order, row, strict=True)) for row in zip(*columns, strict=True)]
+    await conn.exec_driver_sql(sql, params)
 
 
 async def load_run(session: AsyncSession, *, run_id: uuid.UUID) -> Any | None:

@@ -69,12 +69,16 @@ StrategyQuery = Annotated[
 ]
 
 
-def get_service(request: Request) -> BacktestService:
-    """Return the app's BacktestService (built in lifespan)."""
+async def get_service(request: Request) -> BacktestService:
+    """Return the app's BacktestService (built in lifespan).
+
+    ``async``: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop per
+    request for an attribute read.
+    """
     return request.app.state.backtest  # type: ignore[no-any-return]
 
 
-def get_jobs(request: Request) -> JobRunner:
+async def get_jobs(request: Request) -> JobRunner:
     """Return the app's JobRunner (built in lifespan)."""
     return request.app.state.jobs  # type: ignore[no-any-return]
 

@@ -25,7 +25,14 @@ from services.backtest.grid import SearchPlan, plan_search
 from services.backtest.market import LoadedBars, MarketBars
 from services.backtest.metrics import calendar_years, drawdowns, returns_from_equity
 from services.backtest.optimize import Inline, Runner, optimize
-from services.backtest.reports import Evaluation, equity_curve, evaluate
+from services.backtest.reports import (
+    BenchmarkRun,
+    Evaluation,
+    benchmark_config,
+    equity_curve,
+    evaluate,
+    run_benchmark,
+)
 from services.backtest.resampling import Source, resample, steps
 from services.backtest.schemas import (
     BacktestRequest,
@@ -196,12 +203,23 @@ class BacktestService:
         hit = self._evaluations.get(key)
         if isinstance(hit, Evaluation):
             return hit
+        # buy-and-hold depends on the bars and the costs only: one run serves every strategy
+        twin = benchmark_config(request).model_dump(mode="json", exclude={"equity_points"})
+        bench_key = config_digest({"benchmark": twin}, loaded.bars_hash)
+        known = self._evaluations.get(bench_key)
+
+        def work() -> tuple[BenchmarkRun, Evaluation]:
+            bench = known if isinstance(known, BenchmarkRun) else run_benchmark(request, bars)
+            return bench, evaluate(request, bars, benchmark=bench)
+
+        bars = loaded.bars
         try:
-            ev = await asyncio.to_thread(evaluate, request, loaded.bars)
+            bench, ev = await asyncio.to_thread(work)
         except ValueError as e:  # the engine's own checks (shapes, settings)
             raise ValidationProblemError(f"The backtest cannot run: {e}", field="body") from e
         if self.settings.backtest_bars_ttl_s > 0:
             self._evaluations.set(key, ev, self.settings.backtest_bars_ttl_s)
+            self._evaluations.set(bench_key, bench, self.settings.backtest_bars_ttl_s)
         return ev
 
     async def run_backtest(self, request: BacktestRequest) -> BacktestResult:

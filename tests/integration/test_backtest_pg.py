@@ -22,6 +22,7 @@ from services.market.app import create_app as create_market
 from services.market.settings import SHARED_CSV_DIR
 from shared.db import Database, alembic_config
 from tests.conftest import market_settings
+from tests.unit.backtest.service.conftest import fills_stored_both_ways
 from trading.cli import free_port, serve_in_thread
 
 pytestmark = pytest.mark.integration
@@ -158,3 +159,11 @@ def test_migration_0003_round_trips_with_runs_in_place(
     assert down_trades == up_trades == body["trades"]["fills"]
     assert "bars_hash" not in down_cols and "symbol" in down_cols
     assert {"bars_hash", "symbols", "series"} <= up_cols
+
+
+def test_bulk_inserted_fills_read_back_as_sqlalchemy_stores_them_on_postgresql(
+    pg_url: str,
+) -> None:
+    plain, bulk = asyncio.run(fills_stored_both_ways(pg_url))
+    assert len(plain) > 50
+    assert bulk == plain

@@ -4,20 +4,30 @@ as `trading serve` hosts them, on real CSV bars, embedded SQLite and the in-proc
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import insert
 
+from services.backtest import repository as repo
 from services.backtest.app import create_app
+from services.backtest.engine.runner import Bars
+from services.backtest.reports import evaluate
+from services.backtest.schemas import BacktestRequest
 from services.backtest.settings import BacktestSettings
 from services.market.app import create_app as create_market
 from services.market.settings import SHARED_CSV_DIR
+from shared.db import Database
 from shared.http import unregister_local_app
+from shared.tables import utcnow
 from tests.conftest import market_settings
+from tests.unit.backtest.conftest import load_frame
 from trading.host import build_platform_app
 
 WAIT_S = 120.0
@@ -99,3 +109,58 @@ def csv_frame(symbol: str, start: str, end: str) -> pd.DataFrame:
     """Return a shared CSV's OHLC rows between two dates (inclusive), indexed by date."""
     df = pd.read_csv(SHARED_CSV_DIR / f"{symbol}.csv", parse_dates=["date"], index_col="date")
     return df.loc[start:end, ["open", "high", "low", "close"]]
+
+
+async def fills_stored_both_ways(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Store one run's fills by SQLAlchemy's executemany and by `repository.insert_many`;
+    return both as read back (every column but the ids)."""
+    request = BacktestRequest.model_validate(
+        {
+            "symbols": ["AAPL", "KO"],
+            "start_date": "2010-01-01",
+            "end_date": "2020-01-01",
+            "strategy": {"name": "mean_reversion", "params": {"allow_short": True}},
+            "stop_loss": 0.05,
+            "slippage": 0.001,
+        }
+    )
+    bars = Bars.from_frames(
+        {s: load_frame(s).loc["2010-01-01":"2020-01-01"] for s in request.symbol_list}
+    )
+    ev = evaluate(request, bars)
+    assert any(r["pnl"] is None for r in ev.rows) and any(r["pnl"] for r in ev.rows)
+    db = Database(url)
+    await db.start()
+    read: list[list[tuple[Any, ...]]] = []
+    try:
+        for way in ("executemany", "insert_many"):
+            run_id = uuid.uuid4()
+            async with db.session() as s:
+                await repo.insert_run(
+                    s,
+                    run_id=run_id,
+                    created_at=utcnow(),
+                    strategy="mean_reversion",
+                    symbols=request.symbol_list,
+                    start_date=date(2010, 1, 1),
+                    end_date=date(2020, 1, 1),
+                    initial_capital=100_000.0,
+                    final_capital=ev.metrics.final_capital,
+                    headline={},
+                    configuration={},
+                    metrics={},
+                    bars_hash="",
+                    series=repo.Series(ev.dates, ev.sim.equity, ev.benchmark_equity),
+                    fills=[],
+                )
+                if way == "executemany":
+                    await s.execute(insert(repo.TRADES), [{"run_id": run_id, **f} for f in ev.rows])
+                else:
+                    await repo.insert_many(s, repo.TRADES, ev.rows, run_id=run_id)
+                await s.commit()
+            async with db.session() as s:
+                rows, _ = await repo.load_fills(s, run_id=run_id)
+            read.append([tuple(r)[2:] for r in rows])
+    finally:
+        await db.dispose()
+    return read[0], read[1]

@@ -22,7 +22,7 @@ from services.backtest.walkforward import create_windows
 from shared.db import Database, alembic_config
 from shared.errors import ValidationProblemError
 from shared.http import unregister_local_app
-from tests.unit.backtest.service.conftest import GOOG_SMA, platform_client
+from tests.unit.backtest.service.conftest import GOOG_SMA, fills_stored_both_ways, platform_client
 
 
 def seed_windows(n: int, train: int, test: int) -> list[tuple[int, int, int, int]]:
@@ -163,3 +163,12 @@ def test_migration_0003_drops_its_columns_in_place_on_sqlite(tmp_path: Path) -> 
 
     assert before == after_down == run["trades"]["fills"]
     assert "series" not in columns and "symbol" in columns
+
+
+def test_bulk_inserted_fills_read_back_as_sqlalchemy_stores_them(tmp_path: Path) -> None:
+    # repository.insert_many applies each column's bind processor itself and calls the
+    # driver's executemany once: the rows must be exactly what SQLAlchemy's own
+    # executemany stores (timestamps, NULLs, floats to the bit), here on SQLite
+    plain, bulk = asyncio.run(fills_stored_both_ways(f"sqlite+aiosqlite:///{tmp_path}/f.db"))
+    assert len(plain) > 50
+    assert bulk == plain
