@@ -16,7 +16,8 @@ so an expiry under load costs nobody a wait.
 
 Redis connections come from a pool that waits (``redis_pool_timeout_s``) for a free
 connection instead of failing: a full pool is load, not an outage, and is never logged as
-one. If Redis is really down (connection refused or reset, or repeated timeouts), every call
+one. If Redis is really down (connection refused or reset, or timeouts with no success for
+``TIMEOUT_GRACE_S``), every call
 still answers from L1 (and the caller falls through to the database); the outage is logged
 once, then once more when Redis is back (a :class:`shared.breaker.CircuitBreaker` skips
 Redis for ``RETRY_AFTER_S`` between probes).
@@ -157,6 +158,9 @@ class Cache:
 
     RETRY_AFTER_S = 5.0  # while Redis is down, probe it again after this long
     TIMEOUTS_BEFORE_DOWN = 3  # consecutive timeouts that mean "down" (a refusal is at once)
+    # A timeout within this long of a success is not counted: a saturated event loop (or a
+    # Redis stall) delays answers without Redis being gone.
+    TIMEOUT_GRACE_S = 2.0
     REFRESH_RETRY_S = 2.0  # after a failed background refresh, serve stale this long first
 
     def __init__(
@@ -178,6 +182,8 @@ class Cache:
         self.redis: Redis | None = None
         self.flights: SingleFlight[Any] = SingleFlight()
         self.busy = 0  # Redis calls skipped because every pooled connection stayed in use
+        self.slow = 0  # Redis calls that timed out soon after a success (not counted as down)
+        self._last_ok = clock()
         # key -> (clock time of the last failed background refresh, failures in a row)
         self.refresh_failures: dict[str, tuple[float, int]] = {}
         self.breaker = CircuitBreaker(
@@ -235,12 +241,17 @@ class Cache:
             self.breaker.release(permit)
             return
         # Refused or reset connections are an outage; a timeout may be a busy event loop,
-        # so only a run of them is.
+        # so only a run of them with no success for TIMEOUT_GRACE_S is.
         fatal = isinstance(e, RedisConnectionError | ConnectionError)
+        if not fatal and self.clock() - self._last_ok < self.TIMEOUT_GRACE_S:
+            self.slow += 1
+            self.breaker.release(permit)
+            return
         self._last_error = type(e).__name__
         self.breaker.failure(permit, fatal=fatal)
 
     def _l2_ok(self, permit: Permit | None) -> None:
+        self._last_ok = self.clock()
         self.breaker.success(permit)
 
     def _breaker_changed(

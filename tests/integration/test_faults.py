@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 from sqlalchemy import event
 
@@ -163,6 +164,39 @@ def test_a_redis_crash_is_logged_once_and_its_restart_once_without_flapping(
     messages = [r.getMessage() for r in caplog.records]
     assert sum(m.endswith("until it is back") for m in messages) == 1  # "... unavailable ..."
     assert sum(m.endswith(" is back") and "unavailable" not in m for m in messages) == 1
+
+
+def test_redis_answering_late_right_after_a_success_is_load_but_a_long_silence_is_down(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="shared.cache")
+    ticks = [0.0]
+    admin = redis.Redis(port=redis_server.port)
+
+    async def run() -> list[Any]:
+        cache = Cache(redis_url=redis_server.url, timeout_s=0.2, clock=lambda: ticks[0])
+        try:
+            await cache.set("k", {"v": 1}, 60)  # a success at t=0
+            admin.client_pause(3000)  # Redis stalls: every command waits 3 s
+            cache.l1.clear()
+            ticks[0] = 1.0  # a second after the success: a stall, not an outage
+            stalled = await asyncio.gather(*(cache.get("k") for _ in range(10)))
+            state_after_stall = cache.breaker.state
+            ticks[0] = 1.0 + Cache.TIMEOUT_GRACE_S  # no success for the grace: silence is down
+            silent = await asyncio.gather(*(cache.get("k") for _ in range(10)))
+            return [stalled, state_after_stall, silent, cache.breaker.state, cache.slow]
+        finally:
+            admin.client_unpause()
+            admin.close()
+            await cache.aclose()
+
+    stalled, state_after_stall, silent, state_after_silence, slow = asyncio.run(run())
+    assert {level for _, level in stalled} == {None}  # skipped Redis, no error
+    assert state_after_stall == "closed" and slow == 10
+    assert {level for _, level in silent} == {None}
+    assert state_after_silence == "open"
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable (TimeoutError)" in m for m in messages) == 1
 
 
 # ------------------------------------------------------- defect 3: silent drop to PostgreSQL
