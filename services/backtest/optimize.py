@@ -118,6 +118,7 @@ def run_batch(batch: TrialBatch) -> SweepResult:
                 keep_returns=batch.keep_returns,
                 n_blocks=batch.n_blocks,
                 atr=atr,
+                params=batch.combos,
             )
         else:
             targets = np.vstack(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numba import get_num_threads, parallel_chunksize
 
 from services.backtest.engine.core import SPEC_DTYPE, SimSpec
 from services.backtest.engine.fast import STAT_NAMES
@@ -64,6 +65,16 @@ def _spec_array(spec: SimSpec) -> np.ndarray:
     return np.array([spec], dtype=SPEC_DTYPE)
 
 
+def _chunk(k: int) -> int:
+    """Return how many trials a sweep thread takes at a time: about 8 turns per thread.
+
+    Threads take chunks as they finish (not a fixed share each), so a thread that other
+    work on the machine holds up leaves its trials to the others; trials differ in cost
+    too (fast lines trade more).
+    """
+    return max(1, k // (8 * get_num_threads()))
+
+
 def _block_count(n_blocks: int) -> int:
     """Return ``n_blocks`` checked (0: only the totals)."""
     if n_blocks < 0:
@@ -86,8 +97,12 @@ def sweep_crossover(
     n_blocks: int = 0,
     line: str = "sma",
     atr: np.ndarray | None = None,
+    params: Sequence[Mapping[str, float]] | None = None,
 ) -> SweepResult:
-    """Backtest a moving-average crossover for every (fast, slow) pair, lines computed once."""
+    """Backtest a moving-average crossover for every (fast, slow) pair, lines computed once.
+
+    ``params`` names the trials in the result (default: a {"fast", "slow"} dict per pair).
+    """
     o, h, lo, c = _one_symbol(bars)
     pair_list = [(int(f), int(s)) for f, s in pairs]
     if not pair_list:
@@ -103,21 +118,24 @@ def sweep_crossover(
         lines[i] = kernel(c, w)
     fast_idx = np.array([row[f] for f, _ in pair_list], dtype=np.int64)
     slow_idx = np.array([row[s] for _, s in pair_list], dtype=np.int64)
-    stats, returns, blocks = sweep_crossover_nb(
-        o,
-        h,
-        lo,
-        c,
-        lines,
-        fast_idx,
-        slow_idx,
-        _atr_vector(bars, atr),
-        _spec_array(spec),
-        per_period_rate(risk_free_rate, spec.periods_per_year),
-        keep_returns,
-        _block_count(n_blocks),
-    )
-    return SweepResult([{"fast": f, "slow": s} for f, s in pair_list], stats, returns, blocks)
+    with parallel_chunksize(_chunk(len(pair_list))):
+        stats, returns, blocks = sweep_crossover_nb(
+            o,
+            h,
+            lo,
+            c,
+            lines,
+            fast_idx,
+            slow_idx,
+            _atr_vector(bars, atr),
+            _spec_array(spec),
+            per_period_rate(risk_free_rate, spec.periods_per_year),
+            keep_returns,
+            _block_count(n_blocks),
+        )
+    if params is None:
+        params = [{"fast": f, "slow": s} for f, s in pair_list]
+    return SweepResult(params, stats, returns, blocks)
 
 
 def sweep_targets(
@@ -136,18 +154,19 @@ def sweep_targets(
     t = np.ascontiguousarray(np.asarray(targets, dtype=np.float64))
     if t.ndim != 2 or t.shape[1] != c.shape[0]:
         raise ValueError(f"targets: expected (k, {c.shape[0]}), got {t.shape}")
-    stats, returns, blocks = sweep_targets_nb(
-        o,
-        h,
-        lo,
-        c,
-        t,
-        _atr_vector(bars, atr),
-        _spec_array(spec),
-        per_period_rate(risk_free_rate, spec.periods_per_year),
-        keep_returns,
-        _block_count(n_blocks),
-    )
+    with parallel_chunksize(_chunk(t.shape[0])):
+        stats, returns, blocks = sweep_targets_nb(
+            o,
+            h,
+            lo,
+            c,
+            t,
+            _atr_vector(bars, atr),
+            _spec_array(spec),
+            per_period_rate(risk_free_rate, spec.periods_per_year),
+            keep_returns,
+            _block_count(n_blocks),
+        )
     names: list[dict[str, float]] = (
         list(params) if params is not None else [{"trial": float(i)} for i in range(t.shape[0])]
     )

@@ -92,39 +92,52 @@ def _split_sums_nb(bt, idx, out):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _rank_logit_nb(key_in, key_out):
+    """Return the logit of the out-of-sample rank of the in-sample best (first of equals)."""
+    k = key_in.shape[0]
+    best = np.argmax(key_in)
+    chosen = key_out[best]
+    below = 0
+    ties = 0
+    for i in range(k):
+        o = key_out[i]
+        below += o < chosen
+        ties += o == chosen
+    w = (below + (ties + 1) / 2.0) / (k + 1.0)
+    return math.log(w / (1.0 - w))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def cscv_logits_nb(b1t, b2t, t1, t2, splits, size):
     """Return the CSCV logit of every split (C,).
 
     ``b1t``, ``b2t`` (S, k): the sums of each trial's returns and of their squares over S
     blocks of ``size`` bars (a row per block); ``t1``, ``t2`` (k,): their totals;
-    ``splits`` (C, S/2): the blocks of each in-sample half. In each split the trial with the
-    best in-sample Sharpe (the first of equals) is ranked by out-of-sample Sharpe among all
-    (1 worst, k best, ties averaged), and the logit of rank / (k + 1) is returned. Sharpe
-    ratios are compared through ``_sharpe_key_nb`` (the same order, a fifth of the work).
+    ``splits`` (C, S/2): the blocks of each in-sample half, in ``itertools.combinations``
+    order, where split C - 1 - c is the complement of split c. In each split the trial
+    with the best in-sample Sharpe (the first of equals) is ranked by out-of-sample Sharpe
+    among all (1 worst, k best, ties averaged), and the logit of rank / (k + 1) is returned.
+
+    A split and its complement swap halves (both halves hold S/2 blocks), so one pass
+    over the blocks serves both. Sharpe ratios are compared through ``_sharpe_key_nb``
+    (the same order, a fifth of the work).
     """
     k = b1t.shape[1]
     n_splits, h = splits.shape
     half = float(size * h)
-    rest = float(size * b1t.shape[0]) - half
     s1 = np.empty(k)
     s2 = np.empty(k)
-    sr = np.empty(k)
+    key_a = np.empty(k)
+    key_b = np.empty(k)
     logits = np.empty(n_splits)
-    for c in range(n_splits):
+    for c in range(n_splits // 2):
         _split_sums_nb(b1t, splits[c], s1)
         _split_sums_nb(b2t, splits[c], s2)
         for i in range(k):
-            sr[i] = _sharpe_key_nb(s1[i], s2[i], half)
-        best = np.argmax(sr)
-        chosen = _sharpe_key_nb(t1[best] - s1[best], t2[best] - s2[best], rest)
-        below = 0
-        ties = 0
-        for i in range(k):
-            o = _sharpe_key_nb(t1[i] - s1[i], t2[i] - s2[i], rest)
-            below += o < chosen
-            ties += o == chosen
-        w = (below + (ties + 1) / 2.0) / (k + 1.0)
-        logits[c] = math.log(w / (1.0 - w))
+            key_a[i] = _sharpe_key_nb(s1[i], s2[i], half)
+            key_b[i] = _sharpe_key_nb(t1[i] - s1[i], t2[i] - s2[i], half)
+        logits[c] = _rank_logit_nb(key_a, key_b)
+        logits[n_splits - 1 - c] = _rank_logit_nb(key_b, key_a)
     return logits
 
 

@@ -18,6 +18,7 @@ from services.backtest.engine.fast import (
     simulate_one_nb,
 )
 from services.backtest.engine.runner import Bars, make_spec, simulate
+from services.backtest.engine.signals import crossover_target_nb
 from services.backtest.strategies import build_targets
 from tests.unit.backtest.conftest import frame_bars, load_frame, random_bars
 
@@ -226,6 +227,30 @@ def test_the_sweep_kernel_applies_the_same_rules(sc: dict) -> None:
     assert stats[STAT_EXPOSURE] == pytest.approx(res.exposure)
     if res.n_trades:
         assert stats[STAT_WIN_RATE] == pytest.approx((res.trade_pnls > 0).mean())
+
+
+@SETTINGS
+@given(scenarios(max_symbols=1))
+def test_the_sweep_kernel_on_lines_trades_their_crossovers(sc: dict) -> None:
+    # the sweep computes a crossover's wishes on the fly from two lines (its own compiled
+    # variant); they must be the wishes crossover_target_nb writes, with every setting
+    bars: Bars = sc["bars"]
+    rng = sc["rng"]
+    spec = make_spec(**sc["kwargs"])
+    vec = [np.ascontiguousarray(a[:, 0]) for a in (bars.open, bars.high, bars.low, bars.close)]
+    n = bars.n_bars
+    fast = vec[3] * np.exp(rng.normal(0.0, 0.02, n))
+    slow = vec[3] * np.exp(rng.normal(0.0, 0.02, n))
+    fast[: rng.integers(0, 4)] = np.nan  # a line still warming up
+    atr = np.ascontiguousarray(sc["atr"][:, 0])
+    out = []
+    for lines in (True, False):
+        target = vec[3] if lines else crossover_target_nb(fast, slow, True)
+        stats, returns, blocks = np.empty(N_STATS), np.empty(n), np.empty((2, 3))
+        simulate_one_nb(*vec, target, fast, slow, lines, atr, spec, 1e-4, stats, returns, blocks)
+        out.append((stats, returns, blocks))
+    for a, b in zip(out[0], out[1], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(
