@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -65,6 +66,11 @@ def _spec_array(spec: SimSpec) -> np.ndarray:
     return np.array([spec], dtype=SPEC_DTYPE)
 
 
+def _has_stops(spec: SimSpec) -> bool:
+    """Return whether the spec has a stop-loss or a take-profit."""
+    return not (math.isnan(spec.stop_loss) and math.isnan(spec.take_profit))
+
+
 def _chunk(k: int) -> int:
     """Return how many trials a sweep thread takes at a time: about 8 turns per thread.
 
@@ -119,7 +125,7 @@ def sweep_crossover(
     fast_idx = np.array([row[f] for f, _ in pair_list], dtype=np.int64)
     slow_idx = np.array([row[s] for _, s in pair_list], dtype=np.int64)
     with parallel_chunksize(_chunk(len(pair_list))):
-        stats, returns, blocks = sweep_crossover_nb(
+        stats, returns, blocks = sweep_crossover_nb(_has_stops(spec))(
             o,
             h,
             lo,
@@ -155,7 +161,7 @@ def sweep_targets(
     if t.ndim != 2 or t.shape[1] != c.shape[0]:
         raise ValueError(f"targets: expected (k, {c.shape[0]}), got {t.shape}")
     with parallel_chunksize(_chunk(t.shape[0])):
-        stats, returns, blocks = sweep_targets_nb(
+        stats, returns, blocks = sweep_targets_nb(_has_stops(spec))(
             o,
             h,
             lo,

@@ -356,10 +356,10 @@ def _simulator(use_lines: bool, any_stops: bool) -> Any:
     return simulate
 
 
-_LINES = _simulator(True, False)
-_LINES_STOPS = _simulator(True, True)
-_TARGETS = _simulator(False, False)
-_TARGETS_STOPS = _simulator(False, True)
+simulate_lines_nb = _simulator(True, False)
+simulate_lines_stops_nb = _simulator(True, True)
+simulate_targets_nb = _simulator(False, False)
+simulate_targets_stops_nb = _simulator(False, True)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -386,10 +386,10 @@ def simulate_one_nb(
     args = (open_, high, low, close, target, fast, slow, atr, spec, rf, stats, returns, blocks)
     if use_lines:
         if stops:
-            _LINES_STOPS(*args)
+            simulate_lines_stops_nb(*args)
         else:
-            _LINES(*args)
+            simulate_lines_nb(*args)
     elif stops:
-        _TARGETS_STOPS(*args)
+        simulate_targets_stops_nb(*args)
     else:
-        _TARGETS(*args)
+        simulate_targets_nb(*args)
