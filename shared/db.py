@@ -42,10 +42,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from shared.breaker import CircuitBreaker, Permit, log_transitions
+from shared.breaker import BreakerState, CircuitBreaker, Permit, log_transitions
 from shared.config import BaseServiceSettings
 from shared.errors import DatabaseUnavailableError
 from shared.logging import mask_secrets
+from shared.metrics import publish_breaker
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Database:
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.breaker = CircuitBreaker(
-            "database", failure_threshold=1, cooldown_s=connect_timeout_s, on_change=log_transitions
+            "database", failure_threshold=1, cooldown_s=connect_timeout_s, on_change=_db_breaker
         )
         self._retry: asyncio.Task[None] | None = None
 
@@ -329,6 +330,12 @@ async def _file_lock(path: Path) -> AsyncIterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _db_breaker(breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+    """Log the database breaker's transitions and publish them (circuit_breaker_state)."""
+    log_transitions(breaker, old, new)
+    publish_breaker(breaker, old, new)
 
 
 def _swallow(task: asyncio.Future[None]) -> None:

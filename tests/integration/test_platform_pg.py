@@ -97,6 +97,8 @@ def test_health_goes_503_when_the_database_drops_and_ok_when_it_returns(
         assert down.status_code == 503
         assert down.json()["status"] == "unavailable" and down.json()["database"] == "unavailable"
         assert elapsed < 2.0, f"/health took {elapsed:.1f} s with a 1 s timeout"
+        metrics = client.get("/metrics").text
+        assert 'circuit_breaker_state{breaker="database"} 2.0' in metrics  # open
 
         pg_proxy.restore()
         deadline = time.monotonic() + 15
@@ -104,6 +106,16 @@ def test_health_goes_503_when_the_database_drops_and_ok_when_it_returns(
             assert time.monotonic() < deadline, back.json()
             time.sleep(0.2)
         assert back.json()["database"] == "ok"
+        # the breaker closes on the first real database call after its cool-down
+        closed = 'circuit_breaker_state{breaker="database"} 0.0'
+        deadline = time.monotonic() + 15
+        month = 1
+        while closed not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the database breaker never closed"
+            window = {"start": f"2012-{month:02d}-01", "end": f"2012-{month:02d}-20"}
+            client.get("/historical/KO", params=window)  # a range never asked: the database
+            month = month % 12 + 1
+            time.sleep(0.5)
         assert client.get("/price/KO").status_code == 200
 
 
