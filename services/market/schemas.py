@@ -48,7 +48,10 @@ class PriceQuote(Answer):
     )
     volume: int = Field(description="Shares (or units) traded in the latest bar.")
     timestamp: datetime = Field(description="Date of the latest bar, UTC midnight (as-of).")
-    source: str = Field(description="Data vendor that supplied the bar: `csv` or `yfinance`.")
+    source: str = Field(
+        description="Data vendor that supplied the bar: `csv` or `yfinance`; a vendor skipped "
+        "because its circuit is open is named too (`csv,yfinance skipped (circuit open)`)."
+    )
     cached: bool = Field(description="True when served from L1 or L2 cache.")
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
 
