@@ -9,7 +9,8 @@ and short, next-open fills, whole shares, 0.2% commission (backtesting.py's ``Sm
    ``Backtest.run`` and vectorbt's ``Portfolio.from_signals`` (signals at the close, as
    vectorbt does). Final equity is printed beside each time.
 2. The SMA sweep fast 5..50 (step 1) x slow 10..200 (step 5), fast < slow: 1,605 backtests.
-   The engine computes each distinct SMA once and runs the trials in ``prange``;
+   The engine computes each distinct SMA once and runs the trials in ``prange``, with
+   and without the per-block return sums ``/optimize`` keeps for the DSR and the PBO;
    backtesting.py's ``optimize`` runs a sample of the grid (its rate is per backtest);
    vectorbt broadcasts the whole grid in one ``from_signals``.
 3. A 1,000-run Monte Carlo (trade-order bootstrap and block bootstrap of daily returns).
@@ -21,11 +22,15 @@ and short, next-open fills, whole shares, 0.2% commission (backtesting.py's ``Sm
    backtests per second, and ``POST /monte_carlo`` of 1,000 runs on a stored run.
 
 Times are the best of repeated calls after a warm-up call (numba compile and cache load
-excluded). Run ``python bench/backtest.py``; nothing is asserted.
+excluded). The machine is shared: the run starts with the load average and a calibration
+(a bare numba loop, 7 us on a quiet machine) so the reader can judge how busy it was, and
+ends with the load average again. Run ``python bench/backtest.py`` (every section) or name
+sections (``single sweep monte_carlo http``); nothing is asserted.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -38,6 +43,7 @@ import pandas as pd
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:  # allow `python bench/backtest.py`
     sys.path.insert(0, str(_REPO_ROOT))
+os.environ.setdefault("TQDM_DISABLE", "1")  # backtesting.py's progress bars
 
 from services.backtest.engine import core  # noqa: E402
 from services.backtest.engine.analysis import monte_carlo, sma_pairs, sweep_crossover  # noqa: E402
@@ -137,6 +143,23 @@ def load() -> pd.DataFrame:
     return df[["open", "high", "low", "close", "volume"]].iloc[-BARS:]
 
 
+def calibrate(df: pd.DataFrame) -> None:
+    """Print the load average and the time of a bare numba loop (7 us on a quiet machine)."""
+    close = df["close"].to_numpy(dtype=np.float64)
+    open_ = df["open"].to_numpy(dtype=np.float64)
+    fast_line, slow_line = sma_nb(close, FAST), sma_nb(close, SLOW)
+    out = np.empty(len(df))
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} cores, load average {load} (1, 5, 15 min)")
+    _row(
+        "calibration: bare numba loop (MEASURED: 7 us)",
+        _median_time(
+            lambda: bare_loop_nb(open_, close, fast_line, slow_line, COMMISSION, out), 300
+        ),
+        "this machine's speed now",
+    )
+
+
 def bench_single(df: pd.DataFrame) -> None:
     """Time one ten-year backtest in the engine and in the peers."""
     print(f"1. One backtest: SMA {FAST}/{SLOW} long/short, {len(df)} daily bars")
@@ -171,14 +194,6 @@ def bench_single(df: pd.DataFrame) -> None:
         )
 
     final = end_to_end()
-    out = np.empty(n)
-    _row(
-        "calibration: bare numba loop (MEASURED: 7 us)",
-        _median_time(
-            lambda: bare_loop_nb(vec[0], vec[3], fast_line, slow_line, COMMISSION, out), 300
-        ),
-        "this machine's speed now",
-    )
     _row(
         "engine kernel (fill log, targets given)", _median_time(kernel, 300), f"final {final:,.2f}"
     )
@@ -232,9 +247,9 @@ def bench_sweep(df: pd.DataFrame) -> None:
     print(f"2. SMA sweep: {len(pairs)} backtests (fast 5..50, slow 10..200 step 5)")
     bars = Bars(open=df["open"], high=df["high"], low=df["low"], close=df["close"])
     spec = make_spec(initial_capital=10_000, commission_rate=COMMISSION, allow_short=True)
-    for keep in (False, True):
-        secs = _median_time(lambda k=keep: sweep_crossover(bars, pairs, spec, keep_returns=k), 7)
-        what = "engine sweep" + (" + per-trial returns" if keep else "")
+    for blocks in (0, 10):
+        secs = _median_time(lambda b=blocks: sweep_crossover(bars, pairs, spec, n_blocks=b), 7)
+        what = "engine sweep" + (" + CSCV block sums (as /optimize)" if blocks else "")
         _row(what, secs, f"{len(pairs) / secs:,.0f} backtests/s")
 
     try:
@@ -389,10 +404,12 @@ def bench_http(df: pd.DataFrame) -> None:
                 _median_time(lambda: post("/backtest", config), 50),
                 f"final {metrics['final_capital']:,.2f}, stored with its fills",
             )
-            fast = iter(range(10**6))
+            # parameters never asked before (a repeat would be answered from the memo)
+            unseen = ((f, s) for s in range(SLOW + 1, 200) for f in range(2, 30))
 
             def fresh() -> object:
-                p = {"fast": 5 + next(fast) % 20, "slow": SLOW, "allow_short": True}
+                f, s = next(unseen)
+                p = {"fast": f, "slow": s, "allow_short": True}
                 return post(
                     "/backtest", {**config, "strategy": {"name": "sma_crossover", "params": p}}
                 )
@@ -419,13 +436,25 @@ def bench_http(df: pd.DataFrame) -> None:
             )
 
 
+SECTIONS: dict[str, Callable[[pd.DataFrame], None]] = {
+    "single": bench_single,
+    "sweep": bench_sweep,
+    "monte_carlo": bench_monte_carlo,
+    "http": bench_http,
+}
+
+
 def main() -> None:
-    """Run the four benchmarks and print their figures."""
+    """Run the benchmarks named on the command line (all four by default); print figures."""
+    names = sys.argv[1:] or list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
     df = load()
-    bench_single(df)
-    bench_sweep(df)
-    bench_monte_carlo(df)
-    bench_http(df)
+    calibrate(df)
+    for name in names:
+        SECTIONS[name](df)
+    calibrate(df)  # again: the load may have changed while the sections ran
 
 
 if __name__ == "__main__":

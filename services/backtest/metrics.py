@@ -360,7 +360,11 @@ def compute_metrics(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> PerformanceMetrics:
-    """Return every metric of an equity curve (and its trades, against its benchmark)."""
+    """Return every metric of an equity curve (and its trades, against its benchmark).
+
+    ``n_bootstrap`` 0 leaves the mean's confidence interval NaN (for a caller that draws it
+    with ``bootstrap_mean_ci`` itself, e.g. while it stores the rest).
+    """
     eq = np.asarray(equity, dtype=np.float64)
     r = returns_from_equity(eq, initial_capital)
     ann = annualized_return(r, periods_per_year)
@@ -395,7 +399,11 @@ def compute_metrics(
         beta=beta,
         t_statistic=t,
         p_value=p,
-        mean_return_ci=bootstrap_mean_ci(r, n_boot=n_bootstrap, confidence=confidence, seed=seed),
+        mean_return_ci=(
+            bootstrap_mean_ci(r, n_boot=n_bootstrap, confidence=confidence, seed=seed)
+            if n_bootstrap > 0
+            else (float("nan"), float("nan"))
+        ),
         probabilistic_sharpe_ratio=probabilistic_sharpe_ratio(excess),
     )
 

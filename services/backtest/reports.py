@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Any
 
@@ -20,6 +20,7 @@ from services.backtest.metrics import (
     PerformanceMetrics,
     annualized_return,
     annualized_volatility,
+    bootstrap_mean_ci,
     cagr,
     calendar_years,
     compute_metrics,
@@ -53,7 +54,7 @@ class Evaluation:
     benchmark: Benchmark
     trades: TradesSummary
     notes: list[str]
-    rows: list[dict[str, Any]]  # the fills as `backtest_trades` rows
+    fills: dict[str, list[Any]]  # the fills as `backtest_trades` columns (fill_columns)
 
 
 def metrics_model(perf: PerformanceMetrics, sim: SimulationResult | None = None) -> Metrics:
@@ -176,11 +177,12 @@ _FILL_NUMBERS = (
 )
 
 
-def fill_rows(sim: SimulationResult, bars: Bars) -> list[dict[str, Any]]:
-    """Return the fills as `backtest_trades` rows: UTC timestamps, NaN as None.
+def fill_columns(sim: SimulationResult, bars: Bars) -> dict[str, list[Any]]:
+    """Return the fills as `backtest_trades` columns (name -> values in fill order): UTC
+    timestamps, NaN as None.
 
-    Built column by column from the fill log (no frame): a few hundred fills in well under
-    a millisecond.
+    Built column by column from the fill log (no frame, no dict per fill): a few hundred
+    fills in a fraction of a millisecond.
     """
     f = sim.fills
     bar = f[:, core.LOG_BAR].astype(np.int64)
@@ -197,8 +199,13 @@ def fill_rows(sim: SimulationResult, bars: Bars) -> list[dict[str, Any]]:
         if not np.isfinite(values).all():
             listed = [v if math.isfinite(v) else None for v in listed]
         columns[name] = listed
-    ordered = [columns[name] for name in FILL_FIELDS]
-    return [dict(zip(FILL_FIELDS, row, strict=True)) for row in zip(*ordered, strict=True)]
+    return {name: columns[name] for name in FILL_FIELDS}
+
+
+def fill_rows(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Return fill columns as one dict per fill."""
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def downsample(n: int, points: int) -> np.ndarray:
@@ -289,16 +296,35 @@ def run_benchmark(config: BacktestConfig, bars: Bars) -> BenchmarkRun:
     return BenchmarkRun(bench.equity, summary)
 
 
+N_BOOTSTRAP = 1000  # resamples of the mean's confidence interval
+
+
+def mean_ci(ev: Evaluation) -> tuple[float, float]:
+    """Return the bootstrap confidence interval of an evaluation's mean bar return."""
+    r = returns_from_equity(ev.sim.equity, ev.sim.initial_capital)
+    return bootstrap_mean_ci(r, n_boot=N_BOOTSTRAP)
+
+
+def with_mean_ci(ev: Evaluation, ci: tuple[float, float]) -> Evaluation:
+    """Return the evaluation with its mean's confidence interval filled in."""
+    metrics = ev.metrics.model_copy(update={"mean_return_ci": [finite(ci[0]), finite(ci[1])]})
+    return replace(ev, metrics=metrics)
+
+
 def evaluate(
     config: BacktestConfig,
     bars: Bars,
     signals: SignalProvider | None = None,
     benchmark: BenchmarkRun | None = None,
+    *,
+    bootstrap: bool = True,
 ) -> Evaluation:
     """Simulate config and its buy-and-hold benchmark on bars; compute every answer part.
 
     ``benchmark``: the buy-and-hold run when the caller has it already (it depends on the
-    bars and the costs, not on the strategy).
+    bars and the costs, not on the strategy). ``bootstrap`` False leaves the mean's
+    confidence interval null, for ``with_mean_ci(ev, mean_ci(ev))`` later (the service
+    draws it while it stores the run).
     """
     sim = simulate_config(config, bars, signals)
     bench = benchmark or run_benchmark(config, bars)
@@ -314,6 +340,7 @@ def evaluate(
             trade_pnls=sim.trade_pnls,
             exposure=sim.exposure,
             benchmark_equity=bench.equity,
+            n_bootstrap=N_BOOTSTRAP if bootstrap else 0,
         )
     metrics = metrics_model(perf, sim)
     return Evaluation(
@@ -324,5 +351,5 @@ def evaluate(
         benchmark=bench.summary,
         trades=trades_summary(sim),
         notes=reading_notes(metrics, bench.summary),
-        rows=fill_rows(sim, bars),
+        fills=fill_columns(sim, bars),
     )

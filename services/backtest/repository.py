@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table, and_, func, insert, or_, select
+from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -85,9 +85,9 @@ async def insert_run(
     metrics: dict[str, Any],
     bars_hash: str,
     series: Series,
-    fills: Sequence[dict[str, Any]],
+    fills: Mapping[str, Sequence[Any]],
 ) -> None:
-    """Add one run and its fills (in fill order)."""
+    """Add one run and its fills (columns of values in fill order, as `fill_columns`)."""
     await session.execute(
         insert(RESULTS).values(
             run_id=run_id,
@@ -110,7 +110,7 @@ async def insert_run(
             series=encode_series(series),
         )
     )
-    if fills:
+    if fills and len(next(iter(fills.values()))):
         await insert_many(session, TRADES, fills, run_id=run_id)
 
 
@@ -132,30 +132,39 @@ def _insert_sql(
 
 
 async def insert_many(
-    session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]], **same: Any
+    session: AsyncSession, table: Table, columns: Mapping[str, Sequence[Any]], **same: Any
 ) -> None:
-    """Insert rows (one dict each, the same keys) with one driver-level executemany.
+    """Insert rows given as columns (name -> values) with one driver-level executemany.
 
-    Column values go through the column type's bind processor, as SQLAlchemy's own
-    executemany would pass them, but column by column and without compiling parameters
-    row by row (which cost ~10 microseconds a row); values in ``same`` are converted once.
+    Values go through the column type's bind processor, as SQLAlchemy's own executemany
+    would pass them, but column by column and without compiling parameters row by row
+    (which cost ~10 microseconds a row); values in ``same`` (one for every row) are
+    converted once.
     """
     conn = await session.connection()
-    names = tuple(same) + tuple(rows[0])
+    size = len(next(iter(columns.values())))
+    names = tuple(same) + tuple(columns)
     sql, order, procs = _insert_sql(conn.dialect, table, names)
-    columns: list[list[Any]] = []
+    values: list[Sequence[Any]] = []
     for name, proc in zip(order, procs, strict=True):
         if name in same:
             value = proc(same[name]) if proc else same[name]
-            columns.append([value] * len(rows))
+            values.append([value] * size)
         else:
-            values = [row[name] for row in rows]
-            columns.append([proc(v) for v in values] if proc else values)
+            column = columns[name]
+            values.append([proc(v) for v in column] if proc else column)
     if conn.dialect.positional:
-        params: list[Any] = list(zip(*columns, strict=True))
+        params: list[Any] = list(zip(*values, strict=True))
     else:
-        params = [dict(zip(order, row, strict=True)) for row in zip(*columns, strict=True)]
+        params = [dict(zip(order, row, strict=True)) for row in zip(*values, strict=True)]
     await conn.exec_driver_sql(sql, params)
+
+
+async def update_run_metrics(
+    session: AsyncSession, *, run_id: uuid.UUID, metrics: dict[str, Any]
+) -> None:
+    """Replace a run's stored metrics document."""
+    await session.execute(update(RESULTS).where(RESULTS.c.run_id == run_id).values(metrics=metrics))
 
 
 async def load_run(session: AsyncSession, *, run_id: uuid.UUID) -> Any | None:

@@ -31,7 +31,9 @@ from services.backtest.reports import (
     benchmark_config,
     equity_curve,
     evaluate,
+    mean_ci,
     run_benchmark,
+    with_mean_ci,
 )
 from services.backtest.resampling import Source, resample, steps
 from services.backtest.schemas import (
@@ -199,27 +201,47 @@ class BacktestService:
 
     async def evaluate(self, request: RunConfig, loaded: LoadedBars) -> Evaluation:
         """Simulate a config on loaded bars (memoised: same config, same bars, same result)."""
-        key = config_digest(stored_config(request), loaded.bars_hash)
-        hit = self._evaluations.get(key)
+        ev, pending = await self._start_evaluation(request, loaded)
+        return ev if pending is None else await self._finish_evaluation(request, loaded, pending)
+
+    def _evaluation_key(self, request: RunConfig, loaded: LoadedBars) -> str:
+        return config_digest(stored_config(request), loaded.bars_hash)
+
+    async def _start_evaluation(
+        self, request: RunConfig, loaded: LoadedBars
+    ) -> tuple[Evaluation, asyncio.Task[Evaluation] | None]:
+        """Return a memoised evaluation, or one without the mean's bootstrap interval and
+        the task drawing it (a thread: the caller stores the rest meanwhile)."""
+        hit = self._evaluations.get(self._evaluation_key(request, loaded))
         if isinstance(hit, Evaluation):
-            return hit
+            return hit, None
         # buy-and-hold depends on the bars and the costs only: one run serves every strategy
         twin = benchmark_config(request).model_dump(mode="json", exclude={"equity_points"})
         bench_key = config_digest({"benchmark": twin}, loaded.bars_hash)
         known = self._evaluations.get(bench_key)
+        bars = loaded.bars
 
         def work() -> tuple[BenchmarkRun, Evaluation]:
             bench = known if isinstance(known, BenchmarkRun) else run_benchmark(request, bars)
-            return bench, evaluate(request, bars, benchmark=bench)
+            return bench, evaluate(request, bars, benchmark=bench, bootstrap=False)
 
-        bars = loaded.bars
         try:
             bench, ev = await asyncio.to_thread(work)
         except ValueError as e:  # the engine's own checks (shapes, settings)
             raise ValidationProblemError(f"The backtest cannot run: {e}", field="body") from e
         if self.settings.backtest_bars_ttl_s > 0:
-            self._evaluations.set(key, ev, self.settings.backtest_bars_ttl_s)
             self._evaluations.set(bench_key, bench, self.settings.backtest_bars_ttl_s)
+        draw = asyncio.create_task(asyncio.to_thread(lambda: with_mean_ci(ev, mean_ci(ev))))
+        return ev, draw
+
+    async def _finish_evaluation(
+        self, request: RunConfig, loaded: LoadedBars, pending: asyncio.Task[Evaluation]
+    ) -> Evaluation:
+        """Wait for the bootstrap interval; memoise and return the complete evaluation."""
+        ev = await pending
+        if self.settings.backtest_bars_ttl_s > 0:
+            key = self._evaluation_key(request, loaded)
+            self._evaluations.set(key, ev, self.settings.backtest_bars_ttl_s)
         return ev
 
     async def run_backtest(self, request: BacktestRequest) -> BacktestResult:
@@ -228,49 +250,63 @@ class BacktestService:
         return await self.store_backtest(request, loaded)
 
     async def store_backtest(self, request: BacktestRequest, loaded: LoadedBars) -> BacktestResult:
-        """Simulate on loaded bars and store the run; return its answer."""
-        ev = await self.evaluate(request, loaded)
-        run_id = uuid.uuid4()
-        created = utcnow()
-        dates = pd.DatetimeIndex(ev.dates)
-        stored = {
-            "version": STORED_VERSION,
-            "start": dates[0].date().isoformat(),
-            "end": dates[-1].date().isoformat(),
-            "bars": len(dates),
-            "metrics": ev.metrics.model_dump(mode="json"),
-            "benchmark": ev.benchmark.model_dump(mode="json"),
-            "trades": ev.trades.model_dump(mode="json"),
-            "notes": ev.notes,
-        }
-        series = repo.Series(ev.dates, ev.sim.equity, ev.benchmark_equity)
-        config = stored_config(request)
-        m = ev.metrics
-        async with self.db.session() as session:
-            await repo.insert_run(
-                session,
-                run_id=run_id,
-                created_at=created,
-                strategy=request.strategy.name,
-                symbols=loaded.bars.symbols,
-                start_date=request.start_date,
-                end_date=request.end_date,
-                initial_capital=request.initial_capital,
-                final_capital=m.final_capital,
-                headline={
-                    "total_return": m.total_return,
-                    "sharpe_ratio": m.sharpe_ratio,
-                    "max_drawdown": m.max_drawdown,
-                    "win_rate": m.win_rate,
-                    "total_trades": m.total_trades,
-                },
-                configuration=config,
-                metrics=stored,
-                bars_hash=loaded.bars_hash,
-                series=series,
-                fills=ev.rows,
-            )
-            await session.commit()
+        """Simulate on loaded bars and store the run; return its answer.
+
+        A new evaluation's bootstrap interval is drawn in a thread while the run and its
+        fills are written; the run's metrics are completed in the same transaction, so no
+        reader ever sees them without it.
+        """
+        ev, pending = await self._start_evaluation(request, loaded)
+        try:
+            run_id = uuid.uuid4()
+            created = utcnow()
+            dates = pd.DatetimeIndex(ev.dates)
+            stored = {
+                "version": STORED_VERSION,
+                "start": dates[0].date().isoformat(),
+                "end": dates[-1].date().isoformat(),
+                "bars": len(dates),
+                "metrics": ev.metrics.model_dump(mode="json"),
+                "benchmark": ev.benchmark.model_dump(mode="json"),
+                "trades": ev.trades.model_dump(mode="json"),
+                "notes": ev.notes,
+            }
+            series = repo.Series(ev.dates, ev.sim.equity, ev.benchmark_equity)
+            config = stored_config(request)
+            m = ev.metrics
+            async with self.db.session() as session:
+                await repo.insert_run(
+                    session,
+                    run_id=run_id,
+                    created_at=created,
+                    strategy=request.strategy.name,
+                    symbols=loaded.bars.symbols,
+                    start_date=request.start_date,
+                    end_date=request.end_date,
+                    initial_capital=request.initial_capital,
+                    final_capital=m.final_capital,
+                    headline={
+                        "total_return": m.total_return,
+                        "sharpe_ratio": m.sharpe_ratio,
+                        "max_drawdown": m.max_drawdown,
+                        "win_rate": m.win_rate,
+                        "total_trades": m.total_trades,
+                    },
+                    configuration=config,
+                    metrics=stored,
+                    bars_hash=loaded.bars_hash,
+                    series=series,
+                    fills=ev.fills,
+                )
+                if pending is not None:
+                    ev = await self._finish_evaluation(request, loaded, pending)
+                    pending = None
+                    stored["metrics"] = ev.metrics.model_dump(mode="json")
+                    await repo.update_run_metrics(session, run_id=run_id, metrics=stored)
+                await session.commit()
+        finally:
+            if pending is not None:  # storing failed first: nobody waits for the interval
+                pending.cancel()
         return self._answer(
             run_id=run_id,
             created=created,

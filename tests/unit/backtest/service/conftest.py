@@ -18,7 +18,7 @@ from sqlalchemy import insert
 from services.backtest import repository as repo
 from services.backtest.app import create_app
 from services.backtest.engine.runner import Bars
-from services.backtest.reports import evaluate
+from services.backtest.reports import evaluate, fill_rows
 from services.backtest.schemas import BacktestRequest
 from services.backtest.settings import BacktestSettings
 from services.market.app import create_app as create_market
@@ -128,7 +128,8 @@ async def fills_stored_both_ways(url: str) -> tuple[list[tuple[Any, ...]], list[
         {s: load_frame(s).loc["2010-01-01":"2020-01-01"] for s in request.symbol_list}
     )
     ev = evaluate(request, bars)
-    assert any(r["pnl"] is None for r in ev.rows) and any(r["pnl"] for r in ev.rows)
+    rows = fill_rows(ev.fills)
+    assert any(r["pnl"] is None for r in rows) and any(r["pnl"] for r in rows)
     db = Database(url)
     await db.start()
     read: list[list[tuple[Any, ...]]] = []
@@ -151,12 +152,12 @@ async def fills_stored_both_ways(url: str) -> tuple[list[tuple[Any, ...]], list[
                     metrics={},
                     bars_hash="",
                     series=repo.Series(ev.dates, ev.sim.equity, ev.benchmark_equity),
-                    fills=[],
+                    fills={},
                 )
                 if way == "executemany":
-                    await s.execute(insert(repo.TRADES), [{"run_id": run_id, **f} for f in ev.rows])
+                    await s.execute(insert(repo.TRADES), [{"run_id": run_id, **f} for f in rows])
                 else:
-                    await repo.insert_many(s, repo.TRADES, ev.rows, run_id=run_id)
+                    await repo.insert_many(s, repo.TRADES, ev.fills, run_id=run_id)
                 await s.commit()
             async with db.session() as s:
                 rows, _ = await repo.load_fills(s, run_id=run_id)

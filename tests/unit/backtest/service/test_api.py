@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from services.backtest.config import BacktestConfig, simulate_config
 from services.backtest.engine.runner import Bars
 from services.backtest.market import bars_digest
+from services.backtest.metrics import bootstrap_mean_ci, returns_from_equity
 from services.backtest.reports import benchmark_config
 from tests.unit.backtest.service.conftest import GOOG_SMA, csv_frame
 
@@ -79,6 +80,23 @@ def test_a_stored_run_reads_back_as_it_was_answered(api: TestClient) -> None:
         "trades": f"/backtest/trades/{body['run_id']}",
         "chart": f"/backtest/results/{body['run_id']}/chart.png",
     }
+
+
+def test_the_mean_returns_interval_is_answered_stored_and_the_same_when_asked_again(
+    api: TestClient,
+) -> None:
+    # a configuration no other test runs: its interval is drawn while the run is stored
+    strategy = {"name": "sma_crossover", "params": {"fast": 7, "slow": 41, "allow_short": True}}
+    body = run(api, strategy=strategy)
+    lo, hi = body["metrics"]["mean_return_ci"]
+    config = BacktestConfig.model_validate({**GOOG_SMA, "strategy": strategy})
+    sim = simulate_config(config, goog_bars())
+    r = returns_from_equity(sim.equity, sim.initial_capital)
+    assert (lo, hi) == bootstrap_mean_ci(r, n_boot=1000)
+    assert lo < r.mean() < hi
+    stored = api.get(f"/backtest/results/{body['run_id']}").json()
+    assert stored["metrics"] == body["metrics"]
+    assert run(api, strategy=strategy)["metrics"] == body["metrics"]  # remembered
 
 
 def test_trades_page_through_every_fill_with_the_seeds_columns(api: TestClient) -> None:
