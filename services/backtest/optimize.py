@@ -9,10 +9,13 @@ statistics of the winner (Deflated Sharpe Ratio, PBO by CSCV).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any, Protocol, TypeVar
@@ -67,18 +70,31 @@ class Runner(Protocol):
         ...
 
 
+# Short work runs on one engine thread. Numba's OpenMP layer gives every thread that starts
+# a parallel loop its own team of worker threads, which spin a while after each loop: spread
+# over the default executor's threads, a few sweeps left several teams spinning against the
+# event loop on a two-core machine. Sweeps take _SWEEP_LOCK anyway.
+_ENGINE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest-engine")
+
+
+async def on_engine_thread(fn: Callable[..., R], /, *args: Any) -> R:
+    """Run fn(*args) on the engine thread (with the caller's context variables)."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(_ENGINE, call)
+
+
 class Inline:
-    """Run tasks one after another in a worker thread (short work answered directly)."""
+    """Run tasks one after another on the engine thread (short work answered directly)."""
 
     async def map(
         self, fn: Callable[[T], R], items: Iterable[T], *, where: Any = "thread", what: str = ""
     ) -> list[R]:
-        """Run fn(item) for every item in a thread; return the results in order."""
-        return [await asyncio.to_thread(fn, item) for item in items]
+        """Run fn(item) for every item on the engine thread; return the results in order."""
+        return [await on_engine_thread(fn, item) for item in items]
 
     async def run(self, fn: Callable[..., R], /, *args: Any, where: Any = "thread") -> R:
-        """Run fn(*args) in a thread."""
-        return await asyncio.to_thread(fn, *args)
+        """Run fn(*args) on the engine thread."""
+        return await on_engine_thread(fn, *args)
 
     def report(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Do nothing: nobody follows inline work."""
@@ -146,14 +162,9 @@ def _int_column(combos: Sequence[Params], name: str, fixed: Mapping[str, Any]) -
     return [int(c.get(name, fixed[name])) for c in combos]
 
 
-def batches(plan: SearchPlan, n_bars: int, trial_bars: int | None = None) -> list[Combos]:
-    """Return the plan's combinations cut into tasks of about ``trial_bars`` trial-bars.
-
-    None: one task (work answered directly has nobody to report progress to).
-    """
-    if trial_bars is None:
-        return [plan.combos]
-    size = max(1, trial_bars // max(1, n_bars))
+def batches(plan: SearchPlan, n_bars: int) -> list[Combos]:
+    """Return the plan's combinations cut into tasks of about BATCH_TRIAL_BARS trial-bars."""
+    size = max(1, BATCH_TRIAL_BARS // max(1, n_bars))
     return [plan.combos[i : i + size] for i in range(0, len(plan.combos), size)]
 
 
@@ -273,11 +284,35 @@ def reading(dsr: float | None, pbo: float | None, n_trials: int, splits: int) ->
 # ---- the search -------------------------------------------------------------------------
 
 
-def _judge(blocks: np.ndarray, batch: TrialBatch, splits: int) -> tuple[float | None, float | None]:
-    """Return (DSR, PBO) of a search whose winner is ``batch``'s one trial (rerun for its
-    returns)."""
-    best_returns = run_batch(batch).returns[0]
-    return overfitting(blocks, best_returns, splits)
+@dataclass(frozen=True)
+class Verdict:
+    """A search's trials ranked on the objective, and the winner's DSR and PBO."""
+
+    stats: np.ndarray  # (k, N_STATS)
+    order: np.ndarray  # trial indices, best first
+    dsr: float | None
+    pbo: float | None
+
+
+def judge(
+    stats: np.ndarray,
+    blocks: np.ndarray,
+    task: TrialBatch,
+    objective: str,
+    maximize: bool,
+    years: float,
+) -> Verdict:
+    """Rank the trials of ``task.combos`` and judge the winner (rerun alone for its returns)."""
+    order = rank(metric_column(stats, objective, years), maximize)
+    winner = replace(task, combos=[task.combos[int(order[0])]], keep_returns=True, n_blocks=0)
+    dsr, pbo = overfitting(blocks, run_batch(winner).returns[0], task.n_blocks)
+    return Verdict(stats, order, dsr, pbo)
+
+
+def search(task: TrialBatch, objective: str, maximize: bool, years: float) -> Verdict:
+    """Run every trial of ``task``, rank them and judge the winner, in one go (one thread)."""
+    res = run_batch(task)
+    return judge(res.stats, res.blocks, task, objective, maximize, years)
 
 
 async def optimize(
@@ -289,36 +324,43 @@ async def optimize(
     years: float,
     runner: Runner,
 ) -> OptimizeResult:
-    """Run every trial of the plan in batches, rank them, and judge the winner."""
+    """Run every trial of the plan in batches, rank them, and judge the winner.
+
+    Answered directly (``Inline``), the whole search is one call on the engine thread; as
+    a job, the trials run in batches that report progress, then the ranking and the DSR and
+    PBO.
+    """
     t0 = time.perf_counter()
     many = len(plan.combos) >= 2
     used = cscv_blocks(bars.n_bars, request.pbo_splits) if many else request.pbo_splits
     splits = used if used >= 4 and many else 0  # 0: no PBO
-    chunks = batches(plan, bars.n_bars, None if isinstance(runner, Inline) else BATCH_TRIAL_BARS)
     task = TrialBatch(
         bars=bars,
         strategy=plan.strategy,
         fixed=plan.fixed,
-        combos=[],
+        combos=plan.combos,
         spec=spec,
         risk_free_rate=request.risk_free_rate,
         keep_returns=False,
         atr_period=atr_period_of(request),
         n_blocks=splits,
     )
-    tasks = [replace(task, combos=chunk) for chunk in chunks]
-    size = len(chunks[0])
-    what = "trials" if len(chunks) == 1 else f"batches of {size:,} trials"
-    results = await runner.map(run_batch, tasks, where="thread", what=what)
-    stats = np.vstack([r.stats for r in results]) if len(results) > 1 else results[0].stats
-    blocks = np.vstack([r.blocks for r in results]) if len(results) > 1 else results[0].blocks
-    values = metric_column(stats, request.objective, years)
-    order = rank(values, request.maximize)
+    how = (request.objective, request.maximize, years)
+    if isinstance(runner, Inline):
+        verdict = await runner.run(search, task, *how)
+    else:
+        chunks = batches(plan, bars.n_bars)
+        size = len(chunks[0])
+        what = "trials" if len(chunks) == 1 else f"batches of {size:,} trials"
+        tasks = [replace(task, combos=chunk) for chunk in chunks]
+        results = await runner.map(run_batch, tasks, where="thread", what=what)
+        stats = np.vstack([r.stats for r in results])
+        blocks = np.vstack([r.blocks for r in results])
+        runner.report(len(chunks), len(chunks), "judging the winner (DSR, PBO)")
+        verdict = await runner.run(judge, stats, blocks, task, *how)
+    stats, order, dsr, pbo = verdict.stats, verdict.order, verdict.dsr, verdict.pbo
     best = int(order[0])
     combos = plan.combos
-    runner.report(len(chunks), len(chunks), "judging the winner (DSR, PBO)")
-    winner = replace(task, combos=[combos[best]], keep_returns=True, n_blocks=0)
-    dsr, pbo = await runner.run(_judge, blocks, winner, splits)
     top = [
         Trial(
             rank=i + 1,

@@ -11,7 +11,14 @@ import pandas as pd
 from numba import get_num_threads, parallel_chunksize
 
 from services.backtest.engine.core import SPEC_DTYPE, SimSpec
-from services.backtest.engine.fast import STAT_NAMES
+from services.backtest.engine.fast import (
+    N_STATS,
+    STAT_NAMES,
+    simulate_lines_nb,
+    simulate_lines_stops_nb,
+    simulate_targets_nb,
+    simulate_targets_stops_nb,
+)
 from services.backtest.engine.montecarlo import block_bootstrap_nb, bootstrap_trades_nb
 from services.backtest.engine.runner import Bars
 from services.backtest.engine.sweep import sweep_crossover_nb, sweep_targets_nb
@@ -64,6 +71,17 @@ def _atr_vector(bars: Bars, atr: np.ndarray | None) -> np.ndarray:
 def _spec_array(spec: SimSpec) -> np.ndarray:
     """Return ``spec`` as the one-element record array the prange kernels take."""
     return np.array([spec], dtype=SPEC_DTYPE)
+
+
+def _outputs(
+    k: int, n: int, keep_returns: bool, n_blocks: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return empty (stats, returns, blocks) for k trials of n bars, as the sweeps make."""
+    return (
+        np.empty((k, N_STATS)),
+        np.empty((k, n if keep_returns else 0)),
+        np.empty((k, 2, n_blocks + 1)),
+    )
 
 
 def _has_stops(spec: SimSpec) -> bool:
@@ -124,21 +142,29 @@ def sweep_crossover(
         lines[i] = kernel(c, w)
     fast_idx = np.array([row[f] for f, _ in pair_list], dtype=np.int64)
     slow_idx = np.array([row[s] for _, s in pair_list], dtype=np.int64)
-    with parallel_chunksize(_chunk(len(pair_list))):
-        stats, returns, blocks = sweep_crossover_nb(_has_stops(spec))(
-            o,
-            h,
-            lo,
-            c,
-            lines,
-            fast_idx,
-            slow_idx,
-            _atr_vector(bars, atr),
-            _spec_array(spec),
-            per_period_rate(risk_free_rate, spec.periods_per_year),
-            keep_returns,
-            _block_count(n_blocks),
-        )
+    rf = per_period_rate(risk_free_rate, spec.periods_per_year)
+    atr_v = _atr_vector(bars, atr)
+    if len(pair_list) == 1:  # one trial: not worth starting the threads
+        stats, returns, blocks = _outputs(1, c.shape[0], keep_returns, _block_count(n_blocks))
+        one = simulate_lines_stops_nb if _has_stops(spec) else simulate_lines_nb
+        fast, slow = lines[fast_idx[0]], lines[slow_idx[0]]
+        one(o, h, lo, c, c, fast, slow, atr_v, spec, rf, stats[0], returns[0], blocks[0])
+    else:
+        with parallel_chunksize(_chunk(len(pair_list))):
+            stats, returns, blocks = sweep_crossover_nb(_has_stops(spec))(
+                o,
+                h,
+                lo,
+                c,
+                lines,
+                fast_idx,
+                slow_idx,
+                atr_v,
+                _spec_array(spec),
+                rf,
+                keep_returns,
+                _block_count(n_blocks),
+            )
     if params is None:
         params = [{"fast": f, "slow": s} for f, s in pair_list]
     return SweepResult(params, stats, returns, blocks)
@@ -160,19 +186,17 @@ def sweep_targets(
     t = np.ascontiguousarray(np.asarray(targets, dtype=np.float64))
     if t.ndim != 2 or t.shape[1] != c.shape[0]:
         raise ValueError(f"targets: expected (k, {c.shape[0]}), got {t.shape}")
-    with parallel_chunksize(_chunk(t.shape[0])):
-        stats, returns, blocks = sweep_targets_nb(_has_stops(spec))(
-            o,
-            h,
-            lo,
-            c,
-            t,
-            _atr_vector(bars, atr),
-            _spec_array(spec),
-            per_period_rate(risk_free_rate, spec.periods_per_year),
-            keep_returns,
-            _block_count(n_blocks),
-        )
+    rf = per_period_rate(risk_free_rate, spec.periods_per_year)
+    atr_v = _atr_vector(bars, atr)
+    if t.shape[0] == 1:  # one trial: not worth starting the threads
+        stats, returns, blocks = _outputs(1, c.shape[0], keep_returns, _block_count(n_blocks))
+        one = simulate_targets_stops_nb if _has_stops(spec) else simulate_targets_nb
+        one(o, h, lo, c, t[0], c, c, atr_v, spec, rf, stats[0], returns[0], blocks[0])
+    else:
+        with parallel_chunksize(_chunk(t.shape[0])):
+            stats, returns, blocks = sweep_targets_nb(_has_stops(spec))(
+                o, h, lo, c, t, atr_v, _spec_array(spec), rf, keep_returns, _block_count(n_blocks)
+            )
     names: list[dict[str, float]] = (
         list(params) if params is not None else [{"trial": float(i)} for i in range(t.shape[0])]
     )

@@ -87,3 +87,22 @@ def test_block_bootstrap_of_one_whole_block_replays_a_rotation() -> None:
     out = monte_carlo(np.empty(0), r, n_runs=50, block=4, seed=1)
     assert out.blocks.final_return == pytest.approx(np.full(50, np.prod(1 + r) - 1))
     assert (out.trades.final_return == 0).all()
+
+
+@pytest.mark.parametrize("stop_loss", [None, 0.05])
+def test_a_one_trial_sweep_runs_serially_to_the_same_row(bars, stop_loss) -> None:
+    # one trial skips the parallel loop: the row must be the one a larger sweep computes
+    spec = make_spec(initial_capital=10_000, commission_rate=0.001, stop_loss=stop_loss)
+    pairs = sma_pairs(range(5, 16, 5), range(20, 41, 10))
+    many = sweep_crossover(bars, pairs, spec, keep_returns=True, n_blocks=6)
+    targets = np.vstack(
+        [build_targets("sma_crossover", {"fast": f, "slow": s}, bars)[:, 0] for f, s in pairs]
+    )
+    many_t = sweep_targets(bars, targets, spec, keep_returns=True, n_blocks=6)
+    for i, pair in enumerate(pairs):
+        one = sweep_crossover(bars, [pair], spec, keep_returns=True, n_blocks=6)
+        one_t = sweep_targets(bars, targets[i : i + 1], spec, keep_returns=True, n_blocks=6)
+        for a, b in ((one, many), (one_t, many_t)):
+            np.testing.assert_array_equal(a.stats[0], b.stats[i])
+            np.testing.assert_array_equal(a.returns[0], b.returns[i])
+            np.testing.assert_array_equal(a.blocks[0], b.blocks[i])
