@@ -8,10 +8,12 @@ Run: `.venv/bin/python bench/predictor.py [--symbol AAPL] [--years 5]`. Prints, 
 - out-of-sample (test segment) and validation metrics of each member and of the ensemble
   beside the majority-class and previous-direction baselines, and whether each beats them.
   The figures are printed whatever they are: a model that does not beat the baselines says so.
-- `/predict` latency over HTTP (market + predictor under uvicorn, the full-size model stored
-  in the registry): the first call (model load), cached calls (30 s cache) and uncached ones
-  (a new `as_of` each: features from the market over HTTP, then inference), p50/p99;
-  targets under 10 ms p50 and 30 ms p99 (the seed's 100 ms);
+- `/predict` latency over HTTP (`trading serve` in its own process, the full-size model
+  stored in the registry): the first call (model load), cached calls (30 s cache), uncached
+  ones (a new `as_of` each: its features sliced from the year's block the predictor holds,
+  then inference) and uncached ones in years not fetched yet (the market computes the
+  year's features and sends them first), p50/p99; targets under 10 ms p50 and 30 ms p99
+  (the seed's 100 ms);
 - the gateway's cold start (`trading mcp` over stdio, every service embedded): to its first
   tool answer with and without a predictor request, and its memory after each: the first
   must not pay for TensorFlow until a prediction needs it;

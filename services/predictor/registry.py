@@ -349,5 +349,11 @@ class Registry:
 
 
 def _load(blob: bytes) -> EnsembleModel:
-    """Rebuild a model from its stored zip (imports TensorFlow if it has an LSTM)."""
-    return EnsembleModel.from_artifacts(unpack(blob))
+    """Rebuild a model from its stored zip (imports TensorFlow if it has an LSTM).
+
+    Its faster inference is prepared in the background: the first answers come from the
+    looped LSTM function, the same bits, until the unrolled one is traced.
+    """
+    model = EnsembleModel.from_artifacts(unpack(blob))
+    model.prepare(wait=False)
+    return model

@@ -51,12 +51,14 @@ ModelQuery = Annotated[
 ]
 
 
-def get_service(request: Request) -> PredictorService:
+# Dependencies are `async def`: FastAPI runs a plain `def` one in a worker thread, a thread
+# hop per request for an attribute lookup.
+async def get_service(request: Request) -> PredictorService:
     """Return the app's PredictorService (built in lifespan)."""
     return request.app.state.predictor  # type: ignore[no-any-return]
 
 
-def get_jobs(request: Request) -> JobRunner:
+async def get_jobs(request: Request) -> JobRunner:
     """Return the app's job runner (built in lifespan)."""
     return request.app.state.jobs  # type: ignore[no-any-return]
 

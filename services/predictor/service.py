@@ -36,6 +36,7 @@ from services.predictor.evaluation import (
     realise,
     verdict,
 )
+from services.predictor.feature_blocks import FeatureBlocks
 from services.predictor.market import MarketFeatures
 from services.predictor.ml.labels import make_labels
 from services.predictor.ml.metrics import previous_label_calls
@@ -139,6 +140,7 @@ class PredictorService:
         self.log = log
         self.settings = settings
         self.predictions = ModelCache(cache, Prediction)
+        self.blocks = FeatureBlocks(market)
         self._verdicts: OrderedDict[tuple[str, str], tuple[bool, str]] = OrderedDict()
 
     # ---- predict -----------------------------------------------------------------------
@@ -179,11 +181,10 @@ class PredictorService:
     async def _compute(
         self, symbol: str, name: str, version: str, model: EnsembleModel, as_of: date | None
     ) -> Prediction:
-        """Fetch the features up to as_of and run the ensemble on the last bar."""
+        """Run the ensemble on the last bar up to as_of (features from the year's block)."""
         context = model.config.context
         end = as_of if as_of is not None else await self.market.last_bar(symbol)
-        start = end - timedelta(days=calendar_days_for(context + 5))
-        frame = await self.market.features(symbol, start, end, date_field="as_of")
+        frame = await self.blocks.window(symbol, end, calendar_days_for(context + 5))
         try:
             x = frame.select(model.feature_names)
         except KeyError as e:

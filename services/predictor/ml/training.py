@@ -232,6 +232,13 @@ class EnsembleModel:
         """Return the ensemble's probabilities, members' and weights at rows of raw features."""
         return self.ensemble.combine(self.member_probabilities(features, rows))
 
+    def prepare(self, *, wait: bool = True) -> None:
+        """Make the members' inference cheaper (same answers): the LSTM's unrolled function."""
+        for member in self.members.values():
+            prepare = getattr(member, "prepare", None)
+            if prepare is not None:
+                prepare(wait=wait)
+
     # ---- serialisation -------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:

@@ -141,6 +141,41 @@ def test_inference_runs_one_compiled_function(trained: Trained, aapl_series: Ser
     assert fn.experimental_get_tracing_count() == 1
 
 
+def test_prepared_inference_gives_the_same_bits_through_one_unrolled_function(
+    trained: Trained, aapl_series: SeriesData
+) -> None:
+    model = EnsembleModel.from_artifacts(trained.model.to_artifacts())  # not prepared yet
+    lstm = model.members["lstm"]
+    assert isinstance(lstm, LSTMMember) and not lstm.prepared
+    cases = ([699], [650, 699], list(range(300, 700)))
+    looped = [model.predict(aapl_series.features, rows=rows) for rows in cases]
+    model.prepare()
+    assert lstm.prepared
+    for rows, before in zip(cases, looped, strict=True):
+        after = model.predict(aapl_series.features, rows=rows)
+        np.testing.assert_array_equal(after.members["lstm"], before.members["lstm"])
+        np.testing.assert_array_equal(after.probabilities, before.probabilities)
+    noise = np.random.default_rng(5).normal(0, 3, (33, TINY.lstm.seq_len, lstm.n_features))
+    np.testing.assert_array_equal(
+        lstm.predict_proba(noise), np.asarray(lstm._compiled.predict(noise.astype(np.float32)))
+    )
+    assert lstm._compiled.fast.experimental_get_tracing_count() == 1
+    # the unrolled trace leaves the model as it was: the saved network still loops
+    with zipfile.ZipFile(io.BytesIO(lstm.to_bytes())) as keras_zip:
+        layers = json.loads(keras_zip.read("config.json"))["config"]["layers"]
+    assert [x["config"]["unroll"] for x in layers if x["class_name"] == "LSTM"] == [False] * 3
+
+
+def test_a_loaded_model_is_prepared_in_the_background(trained: Trained) -> None:
+    model = EnsembleModel.from_artifacts(trained.model.to_artifacts())
+    lstm = model.members["lstm"]
+    assert isinstance(lstm, LSTMMember)
+    pending = lstm.prepare(wait=False)
+    assert pending is not None
+    pending.result(timeout=300)
+    assert lstm.prepared and lstm.prepare(wait=False) is None
+
+
 def test_saved_bytes_are_portable_and_load_to_identical_predictions(
     trained: Trained, aapl_series: SeriesData
 ) -> None:

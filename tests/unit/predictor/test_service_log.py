@@ -46,3 +46,28 @@ def test_rows_are_written_and_a_refused_one_is_dropped_alone(tmp_path: Path) -> 
 
     symbols, dropped, flushed = asyncio.run(go())
     assert flushed and symbols == ["AAPL", "MSFT"] and dropped == 1
+
+
+def test_rows_linger_for_a_batch_but_a_flush_writes_them_at_once(tmp_path: Path) -> None:
+    async def go() -> tuple[int, bool, int]:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'log.db'}")
+        await db.migrate()
+        log = PredictionLog(db, linger_s=3600.0)  # would outlast the test without the flush
+        log.start()
+        try:
+            for symbol in ("AAPL", "MSFT", "NVDA"):
+                log.add(row(symbol, {"probabilities": {}}))
+            await asyncio.sleep(0.05)
+            async with db.session() as session:
+                early = len(await repo.recent_predictions(session, model_name="m", limit=10))
+            flushed = await log.flush(timeout_s=30)
+            async with db.session() as session:
+                rows = await repo.recent_predictions(session, model_name="m", limit=10)
+            return early, flushed, len(rows)
+        finally:
+            await log.aclose()
+            await db.dispose()
+
+    early, flushed, written = asyncio.run(go())
+    assert early == 0  # still gathering: no transaction per prediction
+    assert flushed and written == 3
