@@ -10,7 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 
-def test_demo_prints_prices_indicators_a_backtest_and_a_prediction(tmp_path: Path, csv_dir: Path) -> None:
+def test_demo_prints_prices_indicators_a_backtest_and_a_prediction(
+    tmp_path: Path, csv_dir: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
     env.update(DATA_DIR=str(tmp_path), MARKET_PROVIDERS="csv")
     trading = Path(sys.executable).with_name("trading")
