@@ -133,11 +133,32 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
     )
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc]
+def _field_name(loc: tuple[Any, ...], body: Any = None) -> str:
+    """Return the JSON path of an error location: `strategy.params.fast`, `symbols[1]`.
+
+    Pydantic puts the tag of a discriminated union (`strategy.sma_crossover.params`) and
+    validator names into the location; walking the request body alongside drops every
+    segment that is not a key or an index of what the client sent.
+    """
+    parts = list(loc)
+    node = None
     if parts and parts[0] in {"query", "path", "body", "header", "cookie"}:
+        node = body if parts[0] == "body" else None
         parts = parts[1:]
-    return ".".join(parts) or "body"
+    out = ""
+    for i, p in enumerate(parts):
+        if isinstance(p, int):
+            out += f"[{p}]"
+            node = node[p] if isinstance(node, list) and -len(node) <= p < len(node) else None
+            continue
+        key = str(p)
+        if isinstance(node, dict) and key not in node:
+            rest = parts[i + 1 :]
+            if rest and (key in node.values() or "[" in key or "-" in key):
+                continue  # a union's tag or a validator's name: not in the client's JSON
+        out += f".{key}" if out else key
+        node = node.get(key) if isinstance(node, dict) else None
+    return out or "body"
 
 
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
@@ -178,7 +199,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         msg = str(err.get("msg", "invalid"))
         if err.get("type") == "value_error":  # a validator's own words: drop pydantic's prefix
             msg = msg.removeprefix("Value error, ")
-        issues.append(FieldIssue(field=_field_name(loc), message=msg))
+        issues.append(FieldIssue(field=_field_name(loc, getattr(exc, "body", None)), message=msg))
     first = issues[0] if issues else FieldIssue(field="body", message="invalid request")
     detail = "; ".join(f"{i.field}: {i.message}" for i in issues) or "invalid request"
     error = ValidationProblemError(detail, field=first.field, errors=issues)

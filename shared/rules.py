@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 CROSS_FIELD_KEY = "x-cross-field-rules"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,32 @@ class CrossFieldRule:
     rule: str
 
 
+def _described(description: str, rules: tuple[CrossFieldRule, ...]) -> str:
+    lines = "\n".join(f"- {r.rule} (else 422 naming `{r.fields[0]}`)" for r in rules)
+    return f"{inspect.cleandoc(description)}\n\nRules across inputs:\n{lines}"
+
+
+def rules_extension(*rules: CrossFieldRule) -> dict[str, Any]:
+    """Return the `openapi_extra` that lists rules in the `x-cross-field-rules` extension."""
+    return {CROSS_FIELD_KEY: [{"fields": list(r.fields), "rule": r.rule} for r in rules]}
+
+
+def documents_rules(*rules: CrossFieldRule) -> Callable[[F], F]:
+    """Decorate a route function (under its `@router.post(..., openapi_extra=
+    rules_extension(*rules))`) so its docstring, the operation's description, lists rules."""
+
+    def decorate(fn: F) -> F:
+        fn.__doc__ = _described(fn.__doc__ or "", rules)
+        return fn
+
+    return decorate
+
+
 def cross_field_rules(description: str, *rules: CrossFieldRule) -> dict[str, Any]:
     """Return route keyword arguments documenting rules: the description and the extension."""
-    lines = "\n".join(f"- {r.rule} (else 422 naming `{r.fields[0]}`)" for r in rules)
     return {
-        "description": f"{inspect.cleandoc(description)}\n\nRules across inputs:\n{lines}",
-        "openapi_extra": {
-            CROSS_FIELD_KEY: [{"fields": list(r.fields), "rule": r.rule} for r in rules]
-        },
+        "description": _described(description, rules),
+        "openapi_extra": rules_extension(*rules),
     }
 
 

@@ -64,6 +64,7 @@ def create_app(settings: BacktestSettings | None = None) -> FastAPI:
             yield
         finally:
             await runner.aclose()
+            await app.state.backtest.aclose()
             await market.aclose()
             await cache.aclose()
             await db.dispose()

@@ -7,7 +7,7 @@ from datetime import date
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from services.backtest.engine.core import SimSpec
 from services.backtest.engine.runner import Bars, SimulationResult, make_spec, simulate
@@ -133,8 +133,10 @@ class BacktestConfig(_Model):
         default=None,
         min_length=1,
         max_length=50,
+        validate_default=True,
+        json_schema_extra={"uniqueItems": True},
         description="Several instruments traded as one portfolio with shared cash "
-        "(instead of `symbol`).",
+        "(instead of `symbol`), each once (case-insensitive).",
     )
     start_date: date = Field(description="First bar date (inclusive).")
     end_date: date = Field(description="Last bar date (inclusive), after start_date.")
@@ -176,13 +178,16 @@ class BacktestConfig(_Model):
             raise ValueError(f"end_date ({v}) must be after start_date ({start})")
         return v
 
-    @model_validator(mode="after")
-    def _one_of_symbol_symbols(self) -> BacktestConfig:
-        if (self.symbol is None) == (self.symbols is None):
+    @field_validator("symbols")
+    @classmethod
+    def _one_of_symbol_symbols(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if "symbol" not in info.data:  # `symbol` itself is invalid: its own error says so
+            return v
+        if (info.data["symbol"] is None) == (v is None):
             raise ValueError("give exactly one of `symbol` or `symbols`")
-        if self.symbols is not None and len(set(self.symbols)) != len(self.symbols):
-            raise ValueError("symbols: duplicates")
-        return self
+        if v is not None and len({s.upper() for s in v}) != len(v):
+            raise ValueError("each symbol at most once (case-insensitive)")
+        return v
 
     @property
     def symbol_list(self) -> list[str]:

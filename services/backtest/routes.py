@@ -30,6 +30,7 @@ from services.backtest.schemas import (
 from services.backtest.service import BacktestService, Prepared
 from shared.api import ProblemDocs
 from shared.jobs import JobContext, JobRunner, accepted, accepted_responses
+from shared.rules import CrossFieldRule, documents_rules, rules_extension
 
 router = APIRouter()
 
@@ -134,6 +135,57 @@ async def _start(
     return accepted(request, job)
 
 
+# Rules across inputs a JSON schema cannot state: listed in each operation's description
+# and its x-cross-field-rules extension (the contract tests accept these 422s only).
+CONFIG_RULES = (
+    CrossFieldRule(
+        ("symbols", "symbol"),
+        "exactly one of `symbol` or `symbols`; each of `symbols` once (case-insensitive)",
+    ),
+    CrossFieldRule(("end_date", "start_date"), "`end_date` is after `start_date`"),
+    CrossFieldRule(
+        ("strategy.params.slow", "strategy.params.fast"),
+        "`strategy.params.slow` > `fast` (sma_crossover, macd_trend)",
+    ),
+    CrossFieldRule(
+        ("strategy.params.overbought", "strategy.params.oversold"),
+        "`strategy.params.overbought` > `oversold` (mean_reversion)",
+    ),
+    CrossFieldRule(
+        ("data_frequency", "strategy.name"), "`ml_ensemble` trades daily bars: `data_frequency` 1d"
+    ),
+)
+SEARCH_RULES = (
+    CrossFieldRule(
+        ("param_grid", "strategy.name"),
+        "`param_grid` names searchable parameters of the strategy (`GET /strategies`) with "
+        "values its parameter schema accepts",
+    ),
+    CrossFieldRule(("constraints", "param_grid"), "`constraints` compare `param_grid` parameters"),
+)
+WALK_FORWARD_RULES = (
+    *CONFIG_RULES,
+    *SEARCH_RULES,
+    CrossFieldRule(("warmup_period", "train_period"), "`warmup_period` < `train_period`"),
+    CrossFieldRule(
+        ("retrain_every", "strategy.name"), "`retrain_every` > 1 only with `ml_ensemble`"
+    ),
+    CrossFieldRule(("param_grid", "strategy.name"), "no `param_grid` with `ml_ensemble`"),
+)
+OPTIMIZE_RULES = (
+    *CONFIG_RULES,
+    *SEARCH_RULES,
+    CrossFieldRule(("strategy.name",), "`ml_ensemble` cannot be optimised (it is trained)"),
+)
+MONTE_CARLO_RULES = (
+    CrossFieldRule(("run_id", "config"), "exactly one of `run_id` or `config`"),
+    *(
+        CrossFieldRule(tuple(f"config.{f}" for f in r.fields), r.rule.replace("`", "`config.", 1))
+        for r in CONFIG_RULES
+    ),
+)
+
+
 @router.get(
     "/strategies",
     operation_id="list_strategies",
@@ -144,8 +196,8 @@ async def _start(
 async def list_strategies(service: Service) -> StrategyList:
     """List the strategies `strategy.name` accepts, each with the JSON schema of its
     `strategy.params` (bounds, defaults, cross-field rules such as slow > fast) and the
-    numeric parameters a `param_grid` can search. `ml_ensemble` is listed unavailable until
-    the predictor service provides its signals."""
+    numeric parameters a `param_grid` can search. `ml_ensemble` (the predictor's calls) is
+    available where a predictor service is configured or co-hosted."""
     return service.strategies()
 
 
@@ -155,7 +207,9 @@ async def list_strategies(service: Service) -> StrategyList:
     response_model=BacktestResult,
     responses={**accepted_responses(), **RUN_ERRORS},
     summary="Run one backtest and store it",
+    openapi_extra=rules_extension(*CONFIG_RULES),
 )
+@documents_rules(*CONFIG_RULES)
 async def run_backtest(
     body: BacktestRequest, request: Request, service: Service, jobs: Jobs
 ) -> Any:
@@ -168,6 +222,12 @@ async def run_backtest(
     unaffordable orders are resized or rejected (counted). Open positions close at the
     last close. `symbols` (instead of `symbol`) trades one portfolio with shared cash and
     `max_positions`.
+
+    `ml_ensemble` trades a predictor model version's daily calls (`strategy.params`:
+    `model`, `version` (default: the active one), `min_confidence`, `on_uncertain`,
+    `allow_short`): `up` long, `down` short or flat. The run stores the version it traded;
+    its `notes` give the calls' hit rate against the naive baselines and warn when the
+    dates overlap the version's training data.
 
     Answer: `run_id`; `metrics` as fractions (total_return, cagr, sharpe_ratio, sortino,
     calmar, max_drawdown (negative), win_rate, profit_factor, p_value of the mean return,
@@ -192,7 +252,9 @@ async def run_backtest(
     response_model=WalkForwardResult,
     responses={**accepted_responses(), **RUN_ERRORS},
     summary="Walk-forward analysis",
+    openapi_extra=rules_extension(*WALK_FORWARD_RULES),
 )
+@documents_rules(*WALK_FORWARD_RULES)
 async def run_walk_forward(
     body: WalkForwardRequest, request: Request, service: Service, jobs: Jobs
 ) -> Any:
@@ -210,6 +272,14 @@ async def run_walk_forward(
     (buy-and-hold on the same bars); `walk_forward_efficiency` = out-of-sample over
     in-sample annualised return (0.5 or more: the fit carries over); a one-line `reading`.
 
+    With `ml_ensemble`, each window's model is trained by the predictor service on that
+    window's train bars only (`strategy.params.training`: members, horizon, seed, LSTM
+    size and epochs; a new version every `retrain_every` windows, the windows between
+    trading the last one), its calls on the test bars are traded, and `ml` (overall) and
+    each window's `ml` give the out-of-sample hit rate of the calls against the naive
+    baselines (the majority class, yesterday's direction). Always a job (202), with
+    progress per training and window.
+
     Answers 200 directly when windows x combinations x bars is at most 20,000,000
     trial-bars (about a second); otherwise 202 and runs as a job with progress per window.
     """
@@ -223,7 +293,9 @@ async def run_walk_forward(
     response_model=OptimizeResult,
     responses={**accepted_responses(), **RUN_ERRORS},
     summary="Parameter search with overfitting statistics",
+    openapi_extra=rules_extension(*OPTIMIZE_RULES),
 )
+@documents_rules(*OPTIMIZE_RULES)
 async def optimize_parameters(
     body: OptimizeRequest, request: Request, service: Service, jobs: Jobs
 ) -> Any:
@@ -252,7 +324,9 @@ async def optimize_parameters(
     response_model=MonteCarloResult,
     responses={**accepted_responses(), **RUN_ERRORS},
     summary="Monte Carlo of a run",
+    openapi_extra=rules_extension(*MONTE_CARLO_RULES),
 )
+@documents_rules(*MONTE_CARLO_RULES)
 async def run_monte_carlo(
     body: MonteCarloRequest, request: Request, service: Service, jobs: Jobs
 ) -> Any:

@@ -127,6 +127,10 @@ class SearchSettings(BaseModel):
 class OptimizeRequest(SearchSettings, RunConfig):
     """A parameter search on one instrument, with overfitting statistics of the winner."""
 
+    param_grid: dict[str, ParamValues] = Field(
+        min_length=1, max_length=8, description=PARAM_GRID_DOC
+    )
+
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -186,6 +190,14 @@ class WalkForwardRequest(SearchSettings, RunConfig):
         description="In-sample windows all start at the first bar (expanding) instead of rolling.",
     )
     equity_points: int = Field(default=250, ge=2, le=20_000, description=EQUITY_POINTS_DOC)
+    retrain_every: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="`ml_ensemble` only: train a new version every this many windows; the "
+        "windows between trade the last version trained (on bars before their test "
+        "windows), so the LSTM need not retrain monthly. Rule strategies refit every window.",
+    )
 
 
 class MonteCarloRequest(BaseModel):
@@ -461,6 +473,26 @@ class OutOfSample(Answer):
     total_trades: int
 
 
+class HitRates(Answer):
+    """Share of correct direction calls on the bars whose outcome is known."""
+
+    model: Num = Field(description="The model's calls.")
+    majority: Num = Field(description="Always the training labels' most frequent class.")
+    previous: Num = Field(description="Yesterday's direction.")
+
+
+class WindowCalls(Answer):
+    """An `ml_ensemble` window: the version it traded and how its calls fared."""
+
+    version: str = Field(description="The model version traded in this window.")
+    trained: bool = Field(description="Whether this window trained it (see `retrain_every`).")
+    training_seconds: Num = Field(description="Training time when this window trained.")
+    calls: int = Field(description="Bars called in the test window.")
+    realised: int = Field(description="Of them, bars whose outcome is known in the window.")
+    hit_rate: HitRates
+    beats_baselines: bool = Field(description="Model hit rate above both baselines here.")
+
+
 class WindowResult(Answer):
     """One walk-forward window."""
 
@@ -472,6 +504,24 @@ class WindowResult(Answer):
     params: dict[str, float | int | bool]
     in_sample: InSample
     out_of_sample: OutOfSample
+    ml: WindowCalls | None = Field(default=None, description="`ml_ensemble` only.")
+
+
+class MlWalkForward(Answer):
+    """The models' out-of-sample calls over every window, against the naive baselines."""
+
+    model: str = Field(description="Registry name the windows' versions were trained under.")
+    versions: list[str] = Field(description="The versions trained, in window order.")
+    retrain_every: int
+    training_seconds: float = Field(description="Training time over all windows.")
+    calls: int
+    realised: int = Field(description="Out-of-sample bars whose outcome is known.")
+    hit_rate: HitRates = Field(description="Over the realised out-of-sample bars of all windows.")
+    windows_beating_baselines: int
+    beats_baselines: bool = Field(
+        description="Whether the model's overall out-of-sample hit rate is above both baselines'."
+    )
+    reading: str
 
 
 class WalkForwardResult(Answer):
@@ -496,6 +546,9 @@ class WalkForwardResult(Answer):
         description="Out-of-sample over in-sample annualised return (null when in-sample <= 0)."
     )
     reading: str
+    ml: MlWalkForward | None = Field(
+        default=None, description="`ml_ensemble` only: out-of-sample hit rates vs baselines."
+    )
 
 
 class Percentiles(Answer):

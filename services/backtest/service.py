@@ -24,6 +24,7 @@ from services.backtest.charts import render_chart
 from services.backtest.grid import SearchPlan, plan_search
 from services.backtest.market import LoadedBars, MarketBars
 from services.backtest.metrics import calendar_years, drawdowns, returns_from_equity
+from services.backtest.mlwalk import ml_walk_forward
 from services.backtest.optimize import Inline, Runner, optimize
 from services.backtest.reports import (
     BenchmarkRun,
@@ -59,12 +60,13 @@ from services.backtest.schemas import (
     WalkForwardResult,
 )
 from services.backtest.settings import BacktestSettings
-from services.backtest.strategies import STRATEGIES
+from services.backtest.signals import Calls, Predictor, targets_from_calls
+from services.backtest.strategies import STRATEGIES, ArraySignals, MlEnsembleParams
 from services.backtest.walkforward import check_windows, walk_forward
 from shared.cache import Cache, LRUCache, ModelCache
 from shared.db import Database
 from shared.errors import AppError, NotFoundError, ValidationProblemError
-from shared.http import local_app
+from shared.http import local_app, service_client
 from shared.tables import utcnow
 
 STORED_VERSION = 1
@@ -97,6 +99,57 @@ class Prepared:
     needs_job: bool
 
 
+@dataclass(frozen=True)
+class MlSignals:
+    """An `ml_ensemble` run's inputs from the predictor: the request with the version it
+    used, the targets, a digest of the calls and notes on how far to trust them."""
+
+    request: RunConfig
+    targets: ArraySignals
+    digest: str
+    notes: list[str]
+
+
+def ml_notes(
+    calls: list[Calls],
+    params: MlEnsembleParams,
+    trained_on: tuple[date, date] | None,
+    traded: tuple[date, date],
+) -> list[str]:
+    """Return notes on the calls traded: version, hit rates against the baselines, and
+    whether the run overlaps the version's training data."""
+    out = []
+    if trained_on is not None and trained_on[0] <= traded[1] and traded[0] <= trained_on[1]:
+        out.append(
+            f"ml_ensemble: this run ({traded[0]}..{traded[1]}) overlaps the data the model "
+            f"version was trained on ({trained_on[0]}..{trained_on[1]}): those bars are in "
+            "sample and flatter it. Backtest after its training end, or use POST "
+            "/walk_forward, which trains each window on earlier bars only."
+        )
+    for c in calls:
+        h = c.hit_rate
+
+        def pct(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.1%}"
+
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.weights.items()))
+        confident = int((c.confidence >= params.min_confidence).sum())
+        out.append(
+            f"ml_ensemble: {c.symbol} traded {c.model} {c.version} (weights {weights}); "
+            f"{c.days.size} calls, {confident} at or above min_confidence "
+            f"{params.min_confidence:g}; over {c.realised} realised bars the calls were "
+            f"right {pct(h.get('model'))} vs {pct(h.get('majority'))} for the majority class "
+            f"and {pct(h.get('previous'))} for yesterday's direction. "
+            + (
+                "Bars before the call range (the model's feature window) were not traded. "
+                if c.skipped
+                else ""
+            )
+            + c.verdict
+        )
+    return out
+
+
 def config_digest(config: dict[str, Any], bars_hash: str) -> str:
     """Return a key naming one configuration on one set of bars."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
@@ -118,6 +171,7 @@ class BacktestService:
         cache: Cache,
         market: MarketBars,
         settings: BacktestSettings,
+        predictor: Predictor | None = None,
     ) -> None:
         self.db = db
         self.cache = cache
@@ -125,6 +179,28 @@ class BacktestService:
         self.settings = settings
         self.results = ModelCache(cache, BacktestResult)
         self._evaluations = LRUCache(maxsize=64, max_bytes=256 * 2**20)
+        self._predictor = predictor
+
+    @property
+    def predictor(self) -> Predictor:
+        """Return the predictor client (made on first use: a co-hosted predictor app may
+        register after this service started)."""
+        if self._predictor is None:
+            self._predictor = Predictor(
+                service_client(
+                    "predictor",
+                    self.settings.predictor_url,
+                    token=self.settings.predictor_bearer(),
+                    timeout_s=self.settings.predictor_timeout_s,
+                ),
+                train_timeout_s=self.settings.predictor_train_timeout_s,
+            )
+        return self._predictor
+
+    async def aclose(self) -> None:
+        """Close the clients this service opened."""
+        if self._predictor is not None:
+            await self._predictor.aclose()
 
     # ---- strategies and inputs ----------------------------------------------------------
 
@@ -141,16 +217,26 @@ class BacktestService:
                 n for n, f in d.params.model_fields.items() if f.annotation in (int, float)
             ]
             note = None
+            available = True
             if d.needs_signals:
+                available = self.predictor_configured()
                 note = (
-                    "Trades the predictor's ensemble signals; comes with the predictor "
-                    "service; until then a request naming it is a 422 `strategy_unavailable`."
+                    "Trades the calls of a model version trained by the predictor service "
+                    "(POST /predictor/train); POST /walk_forward trains one per window on "
+                    "in-sample bars only (`training`, `retrain_every`). Daily bars only; no "
+                    "param_grid."
                 )
+                if not available:
+                    note += (
+                        " No predictor is configured here (PREDICTOR_URL), so a request "
+                        "naming it is a 422 `strategy_unavailable`."
+                    )
+                searchable = []
             out.append(
                 StrategyInfo(
                     name=d.name,
                     description=d.description.strip(),
-                    available=not d.needs_signals,
+                    available=available,
                     note=note,
                     parameters=schema,
                     defaults=d.params().model_dump(),
@@ -160,20 +246,59 @@ class BacktestService:
         return StrategyList(strategies=out)
 
     def check_strategy(self, config: RunConfig) -> None:
-        """Raise the problem of a strategy this version cannot run (`ml_ensemble`)."""
+        """Raise the problem of a strategy this deployment cannot run as configured."""
         if not STRATEGIES[config.strategy.name].needs_signals:
             return
         if not self.predictor_configured():
             raise StrategyUnavailableError(
-                "ml_ensemble trades the predictor service's signals and no predictor is "
+                "ml_ensemble trades the predictor service's calls and no predictor is "
                 "configured (PREDICTOR_URL). Use a rule strategy (GET /strategies).",
                 field="strategy.name",
             )
-        raise StrategyUnavailableError(
-            "ml_ensemble needs the predictor's signal contract, which this version of the "
-            "backtest service does not read yet. Use a rule strategy (GET /strategies).",
-            field="strategy.name",
+        if config.data_frequency != "1d":
+            raise ValidationProblemError(
+                "ml_ensemble trades the predictor's daily calls: data_frequency must be 1d.",
+                field="data_frequency",
+            )
+
+    async def ml_signals(self, request: RunConfig, loaded: LoadedBars) -> MlSignals | None:
+        """Return the predictor's calls on the bars as targets (None for rule strategies).
+
+        The first instrument's call range resolves the version (the active one unless
+        given); the others are asked for that same version, and the run's stored config
+        names it, so the run can be repeated after another version becomes active.
+        """
+        params = request.strategy.params
+        if not isinstance(params, MlEnsembleParams):
+            return None
+        bars = loaded.bars
+        start = pd.Timestamp(bars.index[0]).date()
+        end = pd.Timestamp(bars.index[-1]).date()
+        fields = [
+            f"symbols[{i}]" if request.symbols is not None else "symbol"
+            for i in range(bars.n_symbols)
+        ]
+        first = await self.predictor.calls(
+            bars.symbols[0], params.model, params.version, start, end, fields={"symbol": fields[0]}
         )
+        rest = await asyncio.gather(
+            *(
+                self.predictor.calls(
+                    s, params.model, first.version, start, end, fields={"symbol": f}
+                )
+                for s, f in zip(bars.symbols[1:], fields[1:], strict=True)
+            )
+        )
+        calls = [first, *rest]
+        pinned = params.model_copy(update={"version": first.version})
+        resolved = request.model_copy(
+            update={"strategy": request.strategy.model_copy(update={"params": pinned})}
+        )
+        targets = np.column_stack([targets_from_calls(c, bars.index, params) for c in calls])
+        digest = hashlib.sha256("|".join(c.digest() for c in calls).encode()).hexdigest()
+        trained_on = await self.predictor.training_range(params.model, first.version)
+        notes = ml_notes(calls, params, trained_on, (start, end))
+        return MlSignals(resolved, ArraySignals(targets), digest, notes)
 
     async def load(self, config: RunConfig, *, single: bool = False) -> LoadedBars:
         """Check the strategy, then load the config's bars from the market service."""
@@ -199,20 +324,27 @@ class BacktestService:
         """Return whether a backtest runs as a job (more instruments than the sync limit)."""
         return len(request.symbol_list) > self.settings.backtest_sync_max_symbols
 
-    async def evaluate(self, request: RunConfig, loaded: LoadedBars) -> Evaluation:
+    async def evaluate(
+        self, request: RunConfig, loaded: LoadedBars, signals: MlSignals | None = None
+    ) -> Evaluation:
         """Simulate a config on loaded bars (memoised: same config, same bars, same result)."""
-        ev, pending = await self._start_evaluation(request, loaded)
-        return ev if pending is None else await self._finish_evaluation(request, loaded, pending)
+        ev, pending = await self._start_evaluation(request, loaded, signals)
+        if pending is None:
+            return ev
+        return await self._finish_evaluation(request, loaded, pending, signals)
 
-    def _evaluation_key(self, request: RunConfig, loaded: LoadedBars) -> str:
-        return config_digest(stored_config(request), loaded.bars_hash)
+    def _evaluation_key(
+        self, request: RunConfig, loaded: LoadedBars, signals: MlSignals | None = None
+    ) -> str:
+        inputs = loaded.bars_hash if signals is None else f"{loaded.bars_hash}|{signals.digest}"
+        return config_digest(stored_config(request), inputs)
 
     async def _start_evaluation(
-        self, request: RunConfig, loaded: LoadedBars
+        self, request: RunConfig, loaded: LoadedBars, signals: MlSignals | None = None
     ) -> tuple[Evaluation, asyncio.Task[Evaluation] | None]:
         """Return a memoised evaluation, or one without the mean's bootstrap interval and
         the task drawing it (a thread: the caller stores the rest meanwhile)."""
-        hit = self._evaluations.get(self._evaluation_key(request, loaded))
+        hit = self._evaluations.get(self._evaluation_key(request, loaded, signals))
         if isinstance(hit, Evaluation):
             return hit, None
         # buy-and-hold depends on the bars and the costs only: one run serves every strategy
@@ -223,7 +355,10 @@ class BacktestService:
 
         def work() -> tuple[BenchmarkRun, Evaluation]:
             bench = known if isinstance(known, BenchmarkRun) else run_benchmark(request, bars)
-            return bench, evaluate(request, bars, benchmark=bench, bootstrap=False)
+            provider = signals.targets if signals is not None else None
+            return bench, evaluate(
+                request, bars, signals=provider, benchmark=bench, bootstrap=False
+            )
 
         try:
             bench, ev = await asyncio.to_thread(work)
@@ -235,12 +370,16 @@ class BacktestService:
         return ev, draw
 
     async def _finish_evaluation(
-        self, request: RunConfig, loaded: LoadedBars, pending: asyncio.Task[Evaluation]
+        self,
+        request: RunConfig,
+        loaded: LoadedBars,
+        pending: asyncio.Task[Evaluation],
+        signals: MlSignals | None = None,
     ) -> Evaluation:
         """Wait for the bootstrap interval; memoise and return the complete evaluation."""
         ev = await pending
         if self.settings.backtest_bars_ttl_s > 0:
-            key = self._evaluation_key(request, loaded)
+            key = self._evaluation_key(request, loaded, signals)
             self._evaluations.set(key, ev, self.settings.backtest_bars_ttl_s)
         return ev
 
@@ -250,13 +389,25 @@ class BacktestService:
         return await self.store_backtest(request, loaded)
 
     async def store_backtest(self, request: BacktestRequest, loaded: LoadedBars) -> BacktestResult:
+        """Simulate on loaded bars (an `ml_ensemble` run with the predictor's calls on
+        them) and store the run; return its answer."""
+        signals = await self.ml_signals(request, loaded)
+        if signals is not None:
+            resolved = signals.request
+            assert isinstance(resolved, BacktestRequest)
+            request = resolved
+        return await self._store_backtest(request, loaded, signals)
+
+    async def _store_backtest(
+        self, request: BacktestRequest, loaded: LoadedBars, signals: MlSignals | None
+    ) -> BacktestResult:
         """Simulate on loaded bars and store the run; return its answer.
 
         A new evaluation's bootstrap interval is drawn in a thread while the run and its
         fills are written; the run's metrics are completed in the same transaction, so no
         reader ever sees them without it.
         """
-        ev, pending = await self._start_evaluation(request, loaded)
+        ev, pending = await self._start_evaluation(request, loaded, signals)
         try:
             run_id = uuid.uuid4()
             created = utcnow()
@@ -269,7 +420,7 @@ class BacktestService:
                 "metrics": ev.metrics.model_dump(mode="json"),
                 "benchmark": ev.benchmark.model_dump(mode="json"),
                 "trades": ev.trades.model_dump(mode="json"),
-                "notes": ev.notes,
+                "notes": [*ev.notes, *(signals.notes if signals is not None else [])],
             }
             series = repo.Series(ev.dates, ev.sim.equity, ev.benchmark_equity)
             config = stored_config(request)
@@ -299,7 +450,7 @@ class BacktestService:
                     fills=ev.fills,
                 )
                 if pending is not None:
-                    ev = await self._finish_evaluation(request, loaded, pending)
+                    ev = await self._finish_evaluation(request, loaded, pending, signals)
                     pending = None
                     stored["metrics"] = ev.metrics.model_dump(mode="json")
                     await repo.update_run_metrics(session, run_id=run_id, metrics=stored)
@@ -479,6 +630,13 @@ class BacktestService:
 
     async def prepare_optimize(self, request: OptimizeRequest) -> Prepared:
         """Check a search request and load its bars."""
+        if STRATEGIES[request.strategy.name].needs_signals:
+            raise ValidationProblemError(
+                "ml_ensemble has no parameters /optimize can sweep: its calls come from a "
+                "trained model. Use POST /walk_forward (it trains a version per window on "
+                "in-sample bars) or POST /backtest.",
+                field="strategy.name",
+            )
         loaded = await self.load(request, single=True)
         plan = plan_search(
             request,
@@ -502,8 +660,23 @@ class BacktestService:
 
     async def prepare_walk_forward(self, request: WalkForwardRequest) -> Prepared:
         """Check a walk-forward request and load its bars."""
+        ml = STRATEGIES[request.strategy.name].needs_signals
+        if ml and request.param_grid:
+            raise ValidationProblemError(
+                "ml_ensemble is fitted by training, not by a param_grid: leave param_grid "
+                "out (strategy.params.training says how each window trains).",
+                field="param_grid",
+            )
+        if not ml and request.retrain_every != 1:
+            raise ValidationProblemError(
+                "retrain_every applies to ml_ensemble only; rule strategies refit their "
+                "param_grid in every window.",
+                field="retrain_every",
+            )
         loaded = await self.load(request, single=True)
         windows = check_windows(loaded.bars.n_bars, request)
+        if ml:  # training takes seconds to minutes per window: always a job
+            return Prepared("walk_forward", request, loaded, None, None, len(windows), True)
         plan = None
         if request.param_grid:
             plan = plan_search(
@@ -528,7 +701,12 @@ class BacktestService:
                 field="run_id",
             )
         if request.config is not None:
-            run_id = (await self.run_backtest(request.config)).run_id
+            try:
+                run_id = (await self.run_backtest(request.config)).run_id
+            except AppError as e:  # name the field as this request has it: config.<field>
+                if e.field and e.field != "body" and not e.field.startswith("config"):
+                    e.field = f"config.{e.field}"
+                raise
         else:
             assert request.run_id is not None
             run_id = request.run_id
@@ -572,6 +750,10 @@ class BacktestService:
             years = calendar_years(loaded.bars.index)
             return await optimize(
                 request, prepared.plan, loaded.bars, loaded.bars_hash, spec, years, runner
+            )
+        if STRATEGIES[request.strategy.name].needs_signals:
+            return await ml_walk_forward(
+                request, loaded.bars, loaded.bars_hash, spec, runner, self.predictor
             )
         return await walk_forward(
             request, prepared.plan, loaded.bars, loaded.bars_hash, spec, runner

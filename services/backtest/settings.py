@@ -40,6 +40,25 @@ class BacktestSettings(BaseServiceSettings):
         validation_alias=AliasChoices("PREDICTOR_URL", "BACKTEST_PREDICTOR_URL", "predictor_url"),
         description="Base URL of the predictor service (the `ml_ensemble` strategy's signals).",
     )
+    predictor_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BACKTEST_PREDICTOR_TOKEN", "predictor_token"),
+        description="Bearer token sent to the predictor service (default: API_TOKEN).",
+    )
+    predictor_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=AliasChoices("BACKTEST_PREDICTOR_TIMEOUT_S", "predictor_timeout_s"),
+        description="Seconds to wait for one predictor answer.",
+    )
+    predictor_train_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "BACKTEST_PREDICTOR_TRAIN_TIMEOUT_S", "predictor_train_timeout_s"
+        ),
+        description="Seconds a walk-forward waits for one window's training job.",
+    )
     backtest_sync_max_symbols: int = Field(
         default=5,
         ge=1,
@@ -75,3 +94,7 @@ class BacktestSettings(BaseServiceSettings):
     def market_bearer(self) -> SecretStr | None:
         """Return the token to send to the market service."""
         return self.market_token or self.api_token
+
+    def predictor_bearer(self) -> SecretStr | None:
+        """Return the token to send to the predictor service."""
+        return self.predictor_token or self.api_token

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import annotated_types as at
 import numpy as np
@@ -98,10 +98,78 @@ class MacdTrendParams(_Params):
         return _after("slow", v, info, "fast")
 
 
-class MlEnsembleParams(_Params):
-    """Trade the predictor ensemble's target positions (+1 long, -1 short, 0 flat)."""
+# The predictor's names (its contract, not its code): a model name and a semantic version.
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$"
+VERSION_PATTERN = r"^[0-9]{1,5}\.[0-9]{1,5}\.[0-9]{1,5}$"
 
-    allow_short: bool = Field(default=False, description="Act on short targets.")
+
+Member = Literal["lstm", "xgboost"]
+MEMBERS: tuple[Member, ...] = ("lstm", "xgboost")
+
+
+class MlTraining(_Params):
+    """How `POST /walk_forward` trains the ensemble in each window (in-sample bars only)."""
+
+    model: str = Field(
+        default="walk-forward",
+        pattern=MODEL_PATTERN,
+        description="Registry name the windows' versions are trained under, kept apart from "
+        "the models you trade (the registry keeps only its last few versions).",
+    )
+    models: list[Member] = Field(
+        default_factory=lambda: list(MEMBERS),
+        min_length=1,
+        max_length=2,
+        json_schema_extra={"uniqueItems": True},
+        description="Ensemble members to train, each at most once.",
+    )
+    horizon: int = Field(default=1, ge=1, le=20, description="Bars ahead each call is about.")
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Training seed.")
+    lstm_size: Literal["seed", "small"] = Field(
+        default="small",
+        description="`seed`: the design's full LSTM (minutes per window on two cores); "
+        "`small`: a 20-step LSTM 16/16/8 (seconds).",
+    )
+    epochs: int = Field(default=20, ge=1, le=500, description="Most LSTM epochs per training.")
+    batch_size: int = Field(default=64, ge=8, le=1024, description="LSTM samples per step.")
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each member at most once")
+        return v
+
+
+class MlEnsembleParams(_Params):
+    """Trade the predictor's ensemble calls: `up` goes long, `down` short (or flat), `neutral`
+    or a call below `min_confidence` per `on_uncertain`. A call at a bar's close fills like
+    any order (next open by default)."""
+
+    model: str = Field(
+        default="default", pattern=MODEL_PATTERN, description="Predictor model name to trade."
+    )
+    version: str | None = Field(
+        default=None,
+        pattern=VERSION_PATTERN,
+        description="Model version (default: the active one; the run stores the one used).",
+    )
+    min_confidence: float = Field(
+        default=0.4,
+        ge=0,
+        le=1,
+        description="Calls whose probability is below this are treated as uncertain.",
+    )
+    on_uncertain: Literal["flat", "hold"] = Field(
+        default="flat",
+        description="What a `neutral` or under-confident call does: `flat` closes the "
+        "position, `hold` keeps it.",
+    )
+    allow_short: bool = Field(default=False, description="Go short on `down` (else flat).")
+    training: MlTraining = Field(
+        default_factory=MlTraining,
+        description="Walk-forward only: how each window trains its own version.",
+    )
 
 
 @runtime_checkable

@@ -242,6 +242,21 @@ async def walk_forward(
         for i, (lo, train_end, _, test_end) in enumerate(windows)
     ]
     outcomes = await runner.map(run_window, tasks, where="thread", what="windows")
+    fixed = plan.fixed if plan else request.strategy.params.model_dump()
+    return assemble(request, bars, bars_hash, spec, windows, outcomes, fixed)
+
+
+def assemble(
+    request: WalkForwardRequest,
+    bars: Bars,
+    bars_hash: str,
+    spec: SimSpec,
+    windows: list[tuple[int, int, int, int]],
+    outcomes: list[WindowOutcome],
+    fixed: dict[str, Any],
+) -> WalkForwardResult:
+    """Stitch the windows' out-of-sample returns into one equity curve and answer."""
+    spec_out = spec._replace(warmup=0)
     first_test, last_test = windows[0][2], windows[-1][3]
     oos_bars = _slice(bars, first_test, last_test)
     returns = np.concatenate([o.returns for o in outcomes])
@@ -283,7 +298,7 @@ async def walk_forward(
             train_end=_day(bars.index[train_end - 1]),
             test_start=_day(bars.index[test_start]),
             test_end=_day(bars.index[test_end - 1]),
-            params={**_numbers(tasks[0].fixed), **o.params},
+            params={**_numbers(fixed), **o.params},
             in_sample=o.in_sample,
             out_of_sample=o.out_of_sample,
         )

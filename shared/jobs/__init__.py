@@ -77,6 +77,7 @@ from shared.jobs.errors import (
     JobTimeoutError,
 )
 from shared.jobs.executors import Where
+from shared.jobs.follow import follow_job
 from shared.jobs.routes import accepted, accepted_responses, job_router, status_path
 from shared.jobs.runner import JobRunner, Work
 from shared.jobs.schemas import JobProgress, JobState, JobStatus, ResultUrl
@@ -100,6 +101,7 @@ __all__ = [
     "Work",
     "accepted",
     "accepted_responses",
+    "follow_job",
     "job_router",
     "status_path",
     "task_cancelled",

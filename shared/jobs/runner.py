@@ -410,6 +410,11 @@ class JobRunner:
 
     async def _finish(self, job: _Active, final: _Final) -> None:
         job.finalized = True
+        flusher = job.flusher
+        if flusher is not None and not flusher.done():
+            # No progress write may still be in flight behind the final state's.
+            flusher.cancel()
+            await asyncio.wait({flusher})
         if not await self._write_final(job.id, final):
             self._finals[job.id] = final
 

@@ -31,11 +31,7 @@ MAX_EXAMPLES = os.environ.get("CONTRACT_CLI_MAX_EXAMPLES", "25")
 # expected failure until its service documents the rule (shared.rules.cross_field_rules,
 # with the problem naming one of the rule's fields) or states the bound in its schema
 # (shared.rules.TextRule); then the entry goes.
-KNOWN_GAPS = {
-    "backtest": "POST /backtest, /optimize, /walk_forward answer 422 (field `body`) for "
-    "'exactly one of symbol or symbols', POST /monte_carlo for 'exactly one of run_id or "
-    "config': cross-field rules the spec does not document",
-}
+KNOWN_GAPS: dict[str, str] = {}
 SERVICES = [
     pytest.param(
         name,

@@ -293,7 +293,7 @@ def test_a_run_without_trades_has_no_trade_bootstrap(api: TestClient) -> None:
         ({}, 422, "run_id"),
         ({"run_id": "00000000-0000-0000-0000-000000000000", "config": GOOG_SMA}, 422, "run_id"),
         ({"run_id": "00000000-0000-0000-0000-000000000000"}, 404, "run_id"),
-        ({"config": {**GOOG_SMA, "symbol": "ZZZZ"}}, 404, "symbol"),
+        ({"config": {**GOOG_SMA, "symbol": "ZZZZ"}}, 404, "config.symbol"),
         ({"config": GOOG_SMA, "n_runs": 0}, 422, "n_runs"),
     ],
 )

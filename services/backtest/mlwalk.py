@@ -1,0 +1,281 @@
+"""Walk-forward of the `ml_ensemble` strategy: train in sample, trade out of sample.
+
+Each window's model is trained by the predictor service (`POST /train`, `activate: false`)
+on the window's train bars only; a training's labels look `horizon` bars ahead and the
+predictor drops the rows whose outcome lies past the training range, so no label reaches
+into the test window. With `retrain_every` k, windows 0, k, 2k, ... train a version and
+the windows between trade the last one trained (on bars that all precede their test
+windows). The version's calls on its training bars are its in-sample run; its calls on the
+test bars (`POST /predict_range`, made at each bar's close from data up to it) are traded
+out of sample and scored against their realised outcomes beside the naive baselines
+(the majority class, yesterday's direction), per window and over all windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from services.backtest.config import atr_matrix
+from services.backtest.engine import core
+from services.backtest.engine.core import SimSpec
+from services.backtest.engine.runner import Bars, SimulationResult, simulate
+from services.backtest.metrics import (
+    annualized_return,
+    calendar_years,
+    compute_metrics,
+    drawdowns,
+    sharpe_ratio,
+)
+from services.backtest.optimize import Runner, atr_period_of
+from services.backtest.reports import metrics_model
+from services.backtest.schemas import (
+    HitRates,
+    InSample,
+    MlWalkForward,
+    OutOfSample,
+    WalkForwardRequest,
+    WalkForwardResult,
+    WindowCalls,
+    finite,
+)
+from services.backtest.signals import Calls, Predictor, targets_from_calls
+from services.backtest.strategies import MlEnsembleParams
+from services.backtest.walkforward import WindowOutcome, _slice, assemble, check_windows
+from shared.jobs import JobProgress
+
+BASELINES = ("majority", "previous")
+# The predictor's training fields -> this request's (a window too short to train on).
+TRAIN_FIELDS = {"start_date": "train_period", "symbols[0]": "symbol", "model": "strategy.params"}
+
+
+@dataclass
+class _Version:
+    """A trained version and its in-sample run."""
+
+    version: str
+    seconds: float
+    in_sample: InSample
+
+
+def _day(ts: np.datetime64) -> date:
+    return pd.Timestamp(ts).date()
+
+
+def _run(bars: Bars, target: np.ndarray, spec: SimSpec, atr_period: int | None) -> SimulationResult:
+    atr = atr_matrix(bars, atr_period) if atr_period else None
+    return simulate(bars, target[:, None], spec, atr)
+
+
+def _performance(sim: SimulationResult, spec: SimSpec, rf: float) -> tuple[float, float, float]:
+    """Return total return, annualised return and Sharpe of a run."""
+    r = sim.returns
+    total = sim.final_capital / sim.initial_capital - 1.0
+    ann = annualized_return(r, spec.periods_per_year)
+    sharpe = sharpe_ratio(r, rf, spec.periods_per_year) if r.size > 1 else float("nan")
+    return total, ann, sharpe
+
+
+def _objective(request: WalkForwardRequest, sim: SimulationResult, bars: Bars) -> float | None:
+    """Return the request's objective metric of an in-sample run."""
+    with np.errstate(all="ignore"):
+        perf = compute_metrics(
+            sim.equity,
+            sim.initial_capital,
+            years=calendar_years(bars.index),
+            periods_per_year=request.periods_per_year,
+            risk_free_rate=request.risk_free_rate,
+            trade_pnls=sim.trade_pnls,
+            exposure=float(sim.counters[core.CNT_EXPOSED]) / max(1, bars.n_bars),
+            n_bootstrap=0,
+        )
+    value = getattr(metrics_model(perf), request.objective, None)
+    return finite(float(value)) if isinstance(value, int | float) else None
+
+
+def _hits(calls: Calls) -> tuple[dict[str, float], int]:
+    """Return the correct calls of the model and the baselines (counts) and the realised."""
+    n = calls.realised
+    return {k: (calls.hit_rate.get(k) or 0.0) * n for k in ("model", *BASELINES)}, n
+
+
+def _rates(hits: dict[str, float], n: int) -> HitRates:
+    if n == 0:
+        return HitRates(model=None, majority=None, previous=None)
+    return HitRates(
+        model=hits["model"] / n, majority=hits["majority"] / n, previous=hits["previous"] / n
+    )
+
+
+def _beats(rates: HitRates) -> bool:
+    if rates.model is None:
+        return False
+    return all(rates.model > (getattr(rates, b) or 0.0) for b in BASELINES)
+
+
+def _reading(summary: MlWalkForward, wf: WalkForwardResult) -> str:
+    r = summary.hit_rate
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1%}"
+
+    verdict = (
+        "beats both naive baselines"
+        if summary.beats_baselines
+        else "does NOT beat the naive baselines: treat its calls as noise"
+    )
+    return (
+        f"Out of sample over {summary.realised} realised bars in {wf.n_windows} windows the "
+        f"model called the direction right {pct(r.model)} of the time against "
+        f"{pct(r.majority)} for always the majority class and {pct(r.previous)} for "
+        f"yesterday's direction: it {verdict} ({summary.windows_beating_baselines} of "
+        f"{wf.n_windows} windows beat both)."
+    )
+
+
+async def ml_walk_forward(
+    request: WalkForwardRequest,
+    bars: Bars,
+    bars_hash: str,
+    spec: SimSpec,
+    runner: Runner,
+    predictor: Predictor,
+) -> WalkForwardResult:
+    """Train per window through the predictor, trade its calls out of sample, stitch."""
+    params = request.strategy.params
+    assert isinstance(params, MlEnsembleParams)
+    training = params.training
+    symbol = bars.symbols[0]
+    windows = check_windows(bars.n_bars, request)
+    n = len(windows)
+    every = request.retrain_every
+    trainings = len(range(0, n, every))
+    spec_out = spec._replace(warmup=0)
+    atr_period = atr_period_of(request)
+    rf = request.risk_free_rate
+    # progress: each training counts 10 units, each window's test run 1
+    total = float(trainings * 10 + n)
+    done = 0.0
+    current: _Version | None = None
+    outcomes: list[WindowOutcome] = []
+    window_calls: list[WindowCalls] = []
+    versions: list[str] = []
+    hits_all = {k: 0.0 for k in ("model", *BASELINES)}
+    realised_all = calls_all = 0
+    for i, (lo, train_end, test_start, test_end) in enumerate(windows):
+        trained_here = i % every == 0
+        if trained_here:
+            first, last = _day(bars.index[lo]), _day(bars.index[train_end - 1])
+            label = f"window {i + 1}/{n}: training {training.model} on {first}..{last}"
+            runner.report(done, total, label)
+            base = done
+
+            def relay(p: JobProgress, base: float = base, label: str = label) -> None:
+                if p.total:
+                    share = min(1.0, p.done / p.total)
+                    runner.report(base + 9.0 * share, total, f"{label}: {p.message or ''}")
+
+            trained = await predictor.train(
+                training, symbol, first, last, on_progress=relay, fields=TRAIN_FIELDS
+            )
+            done = base + 9.0
+            is_calls = await predictor.calls(symbol, training.model, trained.version, first, last)
+            train_bars = _slice(bars, lo, train_end)
+            is_target = targets_from_calls(is_calls, train_bars.index, params)
+            is_sim = _run(train_bars, is_target, spec, atr_period)
+            _, is_ann, is_sharpe = _performance(is_sim, spec, rf)
+            current = _Version(
+                trained.version,
+                trained.seconds,
+                InSample(
+                    objective=_objective(request, is_sim, train_bars),
+                    annualized_return=finite(is_ann),
+                    sharpe_ratio=finite(is_sharpe),
+                ),
+            )
+            versions.append(trained.version)
+            done += 1.0
+        assert current is not None
+        runner.report(done, total, f"window {i + 1}/{n}: trading {current.version} out of sample")
+        test_bars = _slice(bars, test_start, test_end)
+        oos_calls = await predictor.calls(
+            symbol,
+            training.model,
+            current.version,
+            _day(bars.index[test_start]),
+            _day(bars.index[test_end - 1]),
+        )
+        target = targets_from_calls(oos_calls, test_bars.index, params)
+        if atr_period:  # the ATR's warm-up comes from the bars before the test window
+            atr = atr_matrix(_slice(bars, lo, test_end), atr_period)[test_start - lo :]
+            sim = simulate(test_bars, target[:, None], spec_out, atr)
+        else:
+            sim = simulate(test_bars, target[:, None], spec_out)
+        total_r, ann, sharpe = _performance(sim, spec_out, rf)
+        outcomes.append(
+            WindowOutcome(
+                index=i,
+                params={},
+                in_sample=current.in_sample,
+                out_of_sample=OutOfSample(
+                    total_return=finite(total_r),
+                    annualized_return=finite(ann),
+                    sharpe_ratio=finite(sharpe),
+                    max_drawdown=finite(drawdowns(sim.equity, sim.initial_capital).max_drawdown),
+                    total_trades=sim.n_trades,
+                ),
+                returns=sim.returns,
+                trade_pnls=sim.trade_pnls,
+                trade_returns=sim.trade_returns,
+                exposed_bars=int(sim.counters[core.CNT_EXPOSED]),
+            )
+        )
+        hits, realised = _hits(oos_calls)
+        for k, v in hits.items():
+            hits_all[k] += v
+        realised_all += realised
+        calls_all += int(oos_calls.days.size)
+        rates = _rates(hits, realised)
+        window_calls.append(
+            WindowCalls(
+                version=current.version,
+                trained=trained_here,
+                training_seconds=current.seconds if trained_here else None,
+                calls=int(oos_calls.days.size),
+                realised=realised,
+                hit_rate=rates,
+                beats_baselines=_beats(rates),
+            )
+        )
+        done += 1.0
+    runner.report(total, total, "stitching the out-of-sample windows")
+    fixed: dict[str, Any] = params.model_dump()
+    result = assemble(request, bars, bars_hash, spec, windows, outcomes, fixed)
+    overall = _rates(hits_all, realised_all)
+    summary = MlWalkForward(
+        model=training.model,
+        versions=versions,
+        retrain_every=every,
+        training_seconds=round(sum(c.training_seconds or 0.0 for c in window_calls), 3),
+        calls=calls_all,
+        realised=realised_all,
+        hit_rate=overall,
+        windows_beating_baselines=sum(c.beats_baselines for c in window_calls),
+        beats_baselines=_beats(overall),
+        reading="",
+    )
+    summary = summary.model_copy(update={"reading": _reading(summary, result)})
+    windows_out = [
+        w.model_copy(update={"ml": c}) for w, c in zip(result.windows, window_calls, strict=True)
+    ]
+    return result.model_copy(
+        update={
+            "windows": windows_out,
+            "ml": summary,
+            "reading": f"{result.reading} {summary.reading}",
+        }
+    )
