@@ -19,7 +19,11 @@ Run: `.venv/bin/python bench/predictor.py [--symbol AAPL] [--years 5]`. Prints, 
   must not pay for TensorFlow until a prediction needs it;
 - an ML walk-forward over the last 5 years of one symbol (`bench/predictor_walkforward.py`):
   rolling windows, the ensemble trained in sample only (every `--wf-retrain-every` windows),
-  out-of-sample hit rate per window and overall beside the baselines, and its wall time.
+  out-of-sample hit rate per window and overall beside the baselines, and its wall time;
+- the same walk-forward as users run it (`POST /backtest/walk_forward` with `ml_ensemble`
+  against `trading serve`): each window's version trained by the predictor over HTTP, its
+  calls traded with costs; wall time, hit rates beside the baselines, and the stitched
+  out-of-sample return beside buy-and-hold.
 """
 
 from __future__ import annotations
@@ -133,7 +137,12 @@ def training_bench(symbol: str, years: int, seed: int, epochs: int) -> tuple[lis
 
 def main() -> None:
     """Parse arguments and print the benchmark."""
-    from bench.predictor_service import cold_start_bench, http_bench, store_model
+    from bench.predictor_service import (
+        cold_start_bench,
+        http_bench,
+        service_walk_forward_bench,
+        store_model,
+    )
     from bench.predictor_walkforward import walk_forward_bench
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -147,10 +156,12 @@ def main() -> None:
     parser.add_argument("--wf-retrain-every", type=int, default=3)
     parser.add_argument("--wf-lstm", choices=("seed", "small"), default="seed")
     parser.add_argument(
-        "--only", choices=("training", "http", "cold", "walkforward"), action="append"
+        "--only",
+        choices=("training", "http", "cold", "walkforward", "service-walkforward"),
+        action="append",
     )
     args = parser.parse_args()
-    sections = set(args.only or ("training", "http", "cold", "walkforward"))
+    sections = set(args.only or ("training", "http", "cold", "walkforward", "service-walkforward"))
 
     def show(lines: list[str]) -> None:
         for line in lines:
@@ -184,6 +195,22 @@ def main() -> None:
                 seed=args.seed,
             )
         )
+    if "service-walkforward" in sections:
+        print("\n== ML walk-forward through the services (POST /backtest/walk_forward) ==")
+        with tempfile.TemporaryDirectory() as tmp:
+            show(
+                service_walk_forward_bench(
+                    Path(tmp),
+                    args.symbol,
+                    years=args.years,
+                    train_bars=args.wf_train_bars,
+                    test_bars=args.wf_test_bars,
+                    retrain_every=args.wf_retrain_every,
+                    lstm=args.wf_lstm,
+                    epochs=30,
+                    seed=args.seed,
+                )
+            )
 
 
 if __name__ == "__main__":

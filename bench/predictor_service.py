@@ -252,3 +252,84 @@ def cold_start_bench(data_dir: Path, symbol: str) -> list[str]:
         memory = f", gateway RSS {rss:.0f} MB" if rss else ""
         lines.append(f"{label:<46} ready {ready:5.2f} s, first answer {answered:5.2f} s{memory}")
     return lines
+
+
+def service_walk_forward_bench(
+    data_dir: Path,
+    symbol: str,
+    *,
+    years: int,
+    train_bars: int,
+    test_bars: int,
+    retrain_every: int,
+    lstm: str,
+    epochs: int,
+    seed: int,
+) -> list[str]:
+    """Time `POST /backtest/walk_forward` with `ml_ensemble` against `trading serve`: each
+    window's version trained by the predictor over HTTP, its calls traded with costs."""
+    dates = pd.read_csv(SHARED_CSV_DIR / f"{symbol}.csv", usecols=["date"])["date"].str[:10]
+    end = dates.iloc[-1]
+    start = dates.iloc[-(years * 252)]
+    body = {
+        "symbol": symbol,
+        "start_date": start,
+        "end_date": end,
+        "initial_capital": 10_000,
+        "strategy": {
+            "name": "ml_ensemble",
+            "params": {
+                "min_confidence": 0.4,
+                "training": {
+                    "model": "bench-walk-forward",
+                    "lstm_size": lstm,
+                    "epochs": epochs,
+                    "seed": seed,
+                },
+            },
+        },
+        "commission_rate": 0.001,
+        "slippage": 0.0005,
+        "warmup_period": 0,
+        "train_period": train_bars,
+        "test_period": test_bars,
+        "retrain_every": retrain_every,
+    }
+    with (
+        serve_process(data_dir) as url,
+        httpx.Client(base_url=f"{url}/backtest", timeout=120) as http,
+    ):
+        t0 = time.perf_counter()
+        started = http.post("/walk_forward", json=body)
+        if started.status_code != 202:
+            return [f"walk-forward refused: {started.status_code} {started.text[:300]}"]
+        location = started.headers["location"].removeprefix("/backtest")
+        while True:
+            status = http.get(location).json()
+            if status["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.5)
+        wall = time.perf_counter() - t0
+    if status["status"] != "succeeded":
+        return [f"walk-forward failed after {wall:.1f} s: {status['error']}"]
+    wf = status["result"]
+    ml = wf["ml"]
+    h = ml["hit_rate"]
+    m, b = wf["metrics"], wf["benchmark"]
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1%}"
+
+    return [
+        f"{symbol} {start}..{end}: {wf['n_windows']} windows of {train_bars} + {test_bars} "
+        f"bars, {len(ml['versions'])} trainings (LSTM {lstm}, <= {epochs} epochs + XGBoost) "
+        f"through the predictor over HTTP",
+        f"wall time {wall:.1f} s (training {ml['training_seconds']:.1f} s of it)",
+        f"out-of-sample hit rate over {ml['realised']} realised bars: model {pct(h['model'])}, "
+        f"majority class {pct(h['majority'])}, yesterday's direction {pct(h['previous'])}; "
+        f"beats both: {ml['beats_baselines']} ({ml['windows_beating_baselines']} of "
+        f"{wf['n_windows']} windows)",
+        f"trading the calls (min_confidence 0.4, 0.1% commission, 5 bp slippage): return "
+        f"{pct(m['total_return'])}, Sharpe {m['sharpe_ratio']}, max drawdown "
+        f"{pct(m['max_drawdown'])}; buy-and-hold {pct(b['total_return'])}",
+    ]

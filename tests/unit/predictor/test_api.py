@@ -177,7 +177,7 @@ def test_bad_predictions_are_problems_naming_the_field(
     ("body", "field"),
     [
         ({"models": ["xgboost", "xgboost"]}, "models"),
-        ({"models": ["forest"]}, "models.0"),
+        ({"models": ["forest"]}, "models[0]"),
         ({"symbols": []}, "symbols"),
         ({"horizon": 0}, "horizon"),
         ({"lstm": {"epochs": 0}}, "lstm.epochs"),
