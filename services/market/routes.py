@@ -255,6 +255,7 @@ def _add_latest_route(spec: IndicatorSpec, route: LatestRoute) -> None:
             # The service names parameters as /indicators does (macd_fast); here they are fast.
             if e.field is not None and e.field.startswith(own_prefix):
                 e.field = e.field.removeprefix(own_prefix)
+                e.detail = e.detail.replace(own_prefix, "")  # "fast must be less than slow"
             raise
 
     endpoint.__name__ = f"get_{route.path}"
