@@ -330,6 +330,6 @@ def service_walk_forward_bench(
         f"beats both: {ml['beats_baselines']} ({ml['windows_beating_baselines']} of "
         f"{wf['n_windows']} windows)",
         f"trading the calls (min_confidence 0.4, 0.1% commission, 5 bp slippage): return "
-        f"{pct(m['total_return'])}, Sharpe {m['sharpe_ratio']}, max drawdown "
+        f"{pct(m['total_return'])}, Sharpe {m['sharpe_ratio'] or float('nan'):.2f}, max drawdown "
         f"{pct(m['max_drawdown'])}; buy-and-hold {pct(b['total_return'])}",
     ]
