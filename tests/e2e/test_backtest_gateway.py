@@ -1,6 +1,7 @@
 """E2E: Claude's view of the backtest service, through the gateway over streamable HTTP with
-the official `mcp` SDK client: a backtest, its chart as an image, and an optimisation and a
-walk-forward that run as jobs with progress notifications."""
+the official `mcp` SDK client: a backtest, its chart as an image, an optimisation and a
+walk-forward that run as jobs with progress notifications, and an `ml_ensemble` walk-forward
+whose windows train through the (embedded) predictor."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from services.backtest.app import create_app as create_backtest
 from services.backtest.settings import BacktestSettings
 from services.market.app import create_app as create_market
 from services.market.settings import SHARED_CSV_DIR
+from services.predictor.app import create_app as create_predictor
+from services.predictor.settings import PredictorSettings
 from shared.http import unregister_local_app
 from tests.conftest import market_settings
 from trading.cli import free_port, serve_in_thread
@@ -37,12 +40,25 @@ CONFIG: dict[str, Any] = {
     "strategy": {"name": "sma_crossover", "params": {"fast": 10, "slow": 30}},
     "commission_rate": 0.001,
 }
+ML_WALK_FORWARD: dict[str, Any] = {
+    "symbol": "AAPL",
+    "start_date": "2017-01-01",
+    "end_date": "2019-12-31",
+    "strategy": {
+        "name": "ml_ensemble",
+        "params": {"min_confidence": 0.0, "training": {"models": ["xgboost"], "seed": 5}},
+    },
+    "train_period": 252,
+    "test_period": 126,
+    "retrain_every": 2,
+    "commission_rate": 0.001,
+}
 Updates = list[tuple[float, float | None, str | None]]
 
 
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Serve the gateway (market and backtest embedded; long work as jobs) over HTTP."""
+    """Serve the gateway (market, backtest and predictor embedded; long work as jobs)."""
     tmp: Path = tmp_path_factory.mktemp("backtest-gateway")
     backtest = BacktestSettings(
         data_dir=tmp,
@@ -57,12 +73,21 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         app_factories={
             "market": lambda: create_market(market_settings(tmp, SHARED_CSV_DIR)),
             "backtest": lambda: create_backtest(backtest),
+            "predictor": lambda: create_predictor(
+                PredictorSettings(
+                    data_dir=tmp,
+                    database_url=None,
+                    redis_url=None,
+                    job_progress_interval_s=0.0,
+                    dask_scheduler_address=None,
+                )
+            ),
         },
     )
     with serve_in_thread(http_app(gateway, settings), free_port()) as url:
         yield url
-    unregister_local_app("market")
-    unregister_local_app("backtest")
+    for name in ("market", "backtest", "predictor"):
+        unregister_local_app(name)
 
 
 async def _calls(url: str, calls: list[tuple[str, dict[str, Any]]], updates: Updates) -> list[Any]:
@@ -135,3 +160,24 @@ def test_searches_run_as_jobs_and_report_progress_to_the_client(gateway_url: str
     assert windows["n_windows"] == len(windows["windows"]) > 5
     assert any(m and "windows done" in m for _, _, m in updates)
     assert any(total == windows["n_windows"] for _, total, _ in updates)
+
+
+def test_an_ml_walk_forward_trains_each_window_and_reports_progress(gateway_url: str) -> None:
+    updates: Updates = []
+    (walked,) = anyio.run(
+        _calls, gateway_url, [("backtest_walk_forward", ML_WALK_FORWARD)], updates
+    )
+    assert not walked.is_error, walked.content
+    wf = walked.structured_content
+    n = wf["n_windows"]
+    assert n == len(wf["windows"]) >= 3
+    ml = wf["ml"]
+    assert len(ml["versions"]) == (n + 1) // 2
+    assert [w["ml"]["trained"] for w in wf["windows"]] == [i % 2 == 0 for i in range(n)]
+    assert 0 <= ml["hit_rate"]["model"] <= 1 and ml["reading"] in wf["reading"]
+    # Claude saw the trainings and the windows go by, never going backwards
+    messages = [m for _, _, m in updates if m]
+    assert any("training walk-forward on" in m for m in messages)
+    assert any("out of sample" in m for m in messages)
+    done = [p for p, _, _ in updates]
+    assert done == sorted(done)
