@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from shared.api import install_error_handlers
-from shared.http import app_lifespan, register_local_app
+from shared.http import app_lifespan, register_local_app, unregister_local_app
 from trading.discovery import service_apps
 
 
@@ -22,10 +22,16 @@ def build_platform_app(apps: dict[str, Any] | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            for sub in apps.values():
-                await stack.enter_async_context(app_lifespan(sub))
-            yield
+        for name, sub in apps.items():
+            register_local_app(name, sub)
+        try:
+            async with AsyncExitStack() as stack:
+                for sub in apps.values():
+                    await stack.enter_async_context(app_lifespan(sub))
+                yield
+        finally:  # a stopped platform is nobody's in-process peer any more
+            for name, sub in apps.items():
+                unregister_local_app(name, sub)
 
     root = FastAPI(title="Trading platform", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(root)  # a path no service matches is a problem-details 404 too

@@ -23,12 +23,11 @@ import pandas as pd
 from services.backtest.config import atr_matrix
 from services.backtest.engine import core
 from services.backtest.engine.core import SimSpec
-from services.backtest.engine.runner import Bars, SimulationResult, simulate
+from services.backtest.engine.runner import Bars, simulate
 from services.backtest.metrics import (
     annualized_return,
     calendar_years,
     compute_metrics,
-    drawdowns,
     sharpe_ratio,
 )
 from services.backtest.optimize import Runner, atr_period_of
@@ -37,7 +36,6 @@ from services.backtest.schemas import (
     HitRates,
     InSample,
     MlWalkForward,
-    OutOfSample,
     WalkForwardRequest,
     WalkForwardResult,
     WindowCalls,
@@ -45,7 +43,13 @@ from services.backtest.schemas import (
 )
 from services.backtest.signals import Calls, Predictor, targets_from_calls
 from services.backtest.strategies import MlEnsembleParams
-from services.backtest.walkforward import WindowOutcome, _slice, assemble, check_windows
+from services.backtest.walkforward import (
+    WindowOutcome,
+    _slice,
+    assemble,
+    check_windows,
+    trade_test_window,
+)
 from shared.jobs import JobProgress
 
 BASELINES = ("majority", "previous")
@@ -66,35 +70,38 @@ def _day(ts: np.datetime64) -> date:
     return pd.Timestamp(ts).date()
 
 
-def _run(bars: Bars, target: np.ndarray, spec: SimSpec, atr_period: int | None) -> SimulationResult:
+def in_sample(
+    request: WalkForwardRequest,
+    bars: Bars,
+    target: np.ndarray,
+    spec: SimSpec,
+    atr_period: int | None,
+) -> InSample:
+    """Trade a version's calls on its own training bars: the window's in-sample run."""
     atr = atr_matrix(bars, atr_period) if atr_period else None
-    return simulate(bars, target[:, None], spec, atr)
-
-
-def _performance(sim: SimulationResult, spec: SimSpec, rf: float) -> tuple[float, float, float]:
-    """Return total return, annualised return and Sharpe of a run."""
+    sim = simulate(bars, target[:, None], spec, atr)
     r = sim.returns
-    total = sim.final_capital / sim.initial_capital - 1.0
-    ann = annualized_return(r, spec.periods_per_year)
-    sharpe = sharpe_ratio(r, rf, spec.periods_per_year) if r.size > 1 else float("nan")
-    return total, ann, sharpe
-
-
-def _objective(request: WalkForwardRequest, sim: SimulationResult, bars: Bars) -> float | None:
-    """Return the request's objective metric of an in-sample run."""
     with np.errstate(all="ignore"):
         perf = compute_metrics(
             sim.equity,
             sim.initial_capital,
             years=calendar_years(bars.index),
-            periods_per_year=request.periods_per_year,
+            periods_per_year=spec.periods_per_year,
             risk_free_rate=request.risk_free_rate,
             trade_pnls=sim.trade_pnls,
             exposure=float(sim.counters[core.CNT_EXPOSED]) / max(1, bars.n_bars),
             n_bootstrap=0,
         )
-    value = getattr(metrics_model(perf), request.objective, None)
-    return finite(float(value)) if isinstance(value, int | float) else None
+    objective = getattr(metrics_model(perf), request.objective, None)
+    return InSample(
+        objective=finite(float(objective)) if isinstance(objective, int | float) else None,
+        annualized_return=finite(annualized_return(r, spec.periods_per_year)),
+        sharpe_ratio=finite(
+            sharpe_ratio(r, request.risk_free_rate, spec.periods_per_year)
+            if r.size > 1
+            else float("nan")
+        ),
+    )
 
 
 def _hits(calls: Calls) -> tuple[dict[str, float], int]:
@@ -156,7 +163,6 @@ async def ml_walk_forward(
     trainings = len(range(0, n, every))
     spec_out = spec._replace(warmup=0)
     atr_period = atr_period_of(request)
-    rf = request.risk_free_rate
     # progress: each training counts 10 units, each window's test run 1
     total = float(trainings * 10 + n)
     done = 0.0
@@ -186,22 +192,12 @@ async def ml_walk_forward(
             is_calls = await predictor.calls(symbol, training.model, trained.version, first, last)
             train_bars = _slice(bars, lo, train_end)
             is_target = targets_from_calls(is_calls, train_bars.index, params)
-            is_sim = _run(train_bars, is_target, spec, atr_period)
-            _, is_ann, is_sharpe = _performance(is_sim, spec, rf)
-            current = _Version(
-                trained.version,
-                trained.seconds,
-                InSample(
-                    objective=_objective(request, is_sim, train_bars),
-                    annualized_return=finite(is_ann),
-                    sharpe_ratio=finite(is_sharpe),
-                ),
-            )
+            fitted = await runner.run(in_sample, request, train_bars, is_target, spec, atr_period)
+            current = _Version(trained.version, trained.seconds, fitted)
             versions.append(trained.version)
             done += 1.0
         assert current is not None
         runner.report(done, total, f"window {i + 1}/{n}: trading {current.version} out of sample")
-        test_bars = _slice(bars, test_start, test_end)
         oos_calls = await predictor.calls(
             symbol,
             training.model,
@@ -209,31 +205,20 @@ async def ml_walk_forward(
             _day(bars.index[test_start]),
             _day(bars.index[test_end - 1]),
         )
-        target = targets_from_calls(oos_calls, test_bars.index, params)
-        if atr_period:  # the ATR's warm-up comes from the bars before the test window
-            atr = atr_matrix(_slice(bars, lo, test_end), atr_period)[test_start - lo :]
-            sim = simulate(test_bars, target[:, None], spec_out, atr)
-        else:
-            sim = simulate(test_bars, target[:, None], spec_out)
-        total_r, ann, sharpe = _performance(sim, spec_out, rf)
-        outcomes.append(
-            WindowOutcome(
-                index=i,
-                params={},
-                in_sample=current.in_sample,
-                out_of_sample=OutOfSample(
-                    total_return=finite(total_r),
-                    annualized_return=finite(ann),
-                    sharpe_ratio=finite(sharpe),
-                    max_drawdown=finite(drawdowns(sim.equity, sim.initial_capital).max_drawdown),
-                    total_trades=sim.n_trades,
-                ),
-                returns=sim.returns,
-                trade_pnls=sim.trade_pnls,
-                trade_returns=sim.trade_returns,
-                exposed_bars=int(sim.counters[core.CNT_EXPOSED]),
-            )
+        target = targets_from_calls(oos_calls, bars.index[test_start:test_end], params)
+        outcome = await runner.run(
+            trade_test_window,
+            i,
+            _slice(bars, lo, test_end),
+            test_start - lo,
+            target,
+            spec_out,
+            request.risk_free_rate,
+            atr_period,
+            {},
+            current.in_sample,
         )
+        outcomes.append(outcome)
         hits, realised = _hits(oos_calls)
         for k, v in hits.items():
             hits_all[k] += v
@@ -254,7 +239,7 @@ async def ml_walk_forward(
         done += 1.0
     runner.report(total, total, "stitching the out-of-sample windows")
     fixed: dict[str, Any] = params.model_dump()
-    result = assemble(request, bars, bars_hash, spec, windows, outcomes, fixed)
+    result = await runner.run(assemble, request, bars, bars_hash, spec, windows, outcomes, fixed)
     overall = _rates(hits_all, realised_all)
     summary = MlWalkForward(
         model=training.model,

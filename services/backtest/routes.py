@@ -180,7 +180,7 @@ OPTIMIZE_RULES = (
 MONTE_CARLO_RULES = (
     CrossFieldRule(("run_id", "config"), "exactly one of `run_id` or `config`"),
     *(
-        CrossFieldRule(tuple(f"config.{f}" for f in r.fields), r.rule.replace("`", "`config.", 1))
+        CrossFieldRule(tuple(f"config.{f}" for f in r.fields), f"in `config`: {r.rule}")
         for r in CONFIG_RULES
     ),
 )

@@ -128,18 +128,14 @@ def ml_notes(
         )
     for c in calls:
         h = c.hit_rate
-
-        def pct(x: float | None) -> str:
-            return "n/a" if x is None else f"{x:.1%}"
-
         weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.weights.items()))
         confident = int((c.confidence >= params.min_confidence).sum())
         out.append(
             f"ml_ensemble: {c.symbol} traded {c.model} {c.version} (weights {weights}); "
             f"{c.days.size} calls, {confident} at or above min_confidence "
             f"{params.min_confidence:g}; over {c.realised} realised bars the calls were "
-            f"right {pct(h.get('model'))} vs {pct(h.get('majority'))} for the majority class "
-            f"and {pct(h.get('previous'))} for yesterday's direction. "
+            f"right {_pct(h.get('model'))} vs {_pct(h.get('majority'))} for the majority class "
+            f"and {_pct(h.get('previous'))} for yesterday's direction. "
             + (
                 "Bars before the call range (the model's feature window) were not traded. "
                 if c.skipped
@@ -390,23 +386,16 @@ class BacktestService:
 
     async def store_backtest(self, request: BacktestRequest, loaded: LoadedBars) -> BacktestResult:
         """Simulate on loaded bars (an `ml_ensemble` run with the predictor's calls on
-        them) and store the run; return its answer."""
-        signals = await self.ml_signals(request, loaded)
-        if signals is not None:
-            resolved = signals.request
-            assert isinstance(resolved, BacktestRequest)
-            request = resolved
-        return await self._store_backtest(request, loaded, signals)
-
-    async def _store_backtest(
-        self, request: BacktestRequest, loaded: LoadedBars, signals: MlSignals | None
-    ) -> BacktestResult:
-        """Simulate on loaded bars and store the run; return its answer.
+        them) and store the run; return its answer.
 
         A new evaluation's bootstrap interval is drawn in a thread while the run and its
         fills are written; the run's metrics are completed in the same transaction, so no
         reader ever sees them without it.
         """
+        signals = await self.ml_signals(request, loaded)
+        if signals is not None:  # the run stores the version it traded
+            assert isinstance(signals.request, BacktestRequest)
+            request = signals.request
         ev, pending = await self._start_evaluation(request, loaded, signals)
         try:
             run_id = uuid.uuid4()

@@ -28,6 +28,7 @@ from services.backtest.strategies import MlEnsembleParams, MlTraining
 from shared.errors import (
     AppError,
     NotFoundError,
+    Problem,
     ServiceUnavailableError,
     UpstreamUnavailableError,
     ValidationProblemError,
@@ -198,18 +199,22 @@ _FIELDS = {
 }
 
 
-def translate(e: UpstreamProblemError, what: str, fields: dict[str, str] | None = None) -> AppError:
-    """Return the problem a predictor error means for a backtest request."""
-    names = {**_FIELDS, **(fields or {})}
-    field = names.get(e.problem.field or "")
-    detail = f"predictor service ({what}): {e.detail}"
-    if e.status == 404:
+def translate(
+    problem: Problem, what: str, fields: dict[str, str] | None = None, *, default: str = "strategy"
+) -> AppError:
+    """Return the problem a predictor problem (an answer's, or a failed job's) means for a
+    backtest request, naming this request's field."""
+    field = {**_FIELDS, **(fields or {})}.get(problem.field or "")
+    detail = f"predictor service ({what}): {problem.detail}"
+    if problem.status == 404:
         return ModelNotFoundError(detail, field=field or f"{PARAMS}.model")
-    if e.status in (400, 409, 422):
-        return ValidationProblemError(detail, field=field or "strategy")
-    if e.status in (503, 504, 429):
+    if problem.code in ("cancelled", "interrupted") or problem.status in (429, 503, 504):
         return ServiceUnavailableError(detail)
-    return UpstreamUnavailableError(f"predictor service ({what}) failed ({e.status} {e.code}).")
+    if problem.status in (400, 409, 422):
+        return ValidationProblemError(detail, field=field or default)
+    return UpstreamUnavailableError(
+        f"predictor service ({what}) failed ({problem.status} {problem.code})."
+    )
 
 
 class Predictor:
@@ -245,7 +250,7 @@ class Predictor:
         try:
             response = await self.client.request("POST", "/predict_range", json=body)
         except UpstreamProblemError as e:
-            raise translate(e, f"calls of {model} on {symbol}", fields) from e
+            raise translate(e.problem, f"calls of {model} on {symbol}", fields) from e
         try:
             series = _Series.model_validate_json(response.content)
         except ValidationError as e:
@@ -303,18 +308,11 @@ class Predictor:
                 self.client, started, on_progress=on_progress, timeout_s=self.train_timeout_s
             )
         except UpstreamProblemError as e:
-            raise translate(e, what, fields) from e
+            raise translate(e.problem, what, fields) from e
         if status.status != "succeeded" or status.result is None:
-            problem = status.error
-            if problem is not None and problem.status in (400, 409, 422):
-                field = (fields or {}).get(problem.field or "", None) or _FIELDS.get(
-                    problem.field or "", "strategy.params.training"
-                )
-                raise ValidationProblemError(
-                    f"predictor service ({what}): {problem.detail}", field=field
-                )
-            code = problem.code if problem is not None else "unknown"
-            raise UpstreamUnavailableError(f"predictor service ({what}) failed: {code}.")
+            if status.error is None:
+                raise UpstreamUnavailableError(f"predictor service ({what}) gave no result.")
+            raise translate(status.error, what, fields, default=f"{PARAMS}.training")
         trained = _Trained.model_validate(status.result)
         return TrainedVersion(
             model=trained.model,

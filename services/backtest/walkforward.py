@@ -165,17 +165,41 @@ def run_window(task: WindowTask) -> WindowOutcome:
         held = targets[: task.train][~np.isnan(targets[: task.train])]
         if held.size:
             test_targets[0] = held[-1]
-    test_bars = _slice(task.bars, task.train, task.bars.n_bars)
-    atr = None
-    if task.atr_period:
-        atr = atr_matrix(task.bars, task.atr_period)[task.train :]
-    sim = simulate(test_bars, test_targets[:, None], task.spec_out, atr)
+    return trade_test_window(
+        task.index,
+        task.bars,
+        task.train,
+        test_targets,
+        task.spec_out,
+        task.risk_free_rate,
+        task.atr_period,
+        params,
+        in_sample,
+    )
+
+
+def trade_test_window(
+    index: int,
+    bars: Bars,
+    train: int,
+    test_targets: np.ndarray,
+    spec_out: SimSpec,
+    risk_free_rate: float,
+    atr_period: int | None,
+    params: Params,
+    in_sample: InSample,
+) -> WindowOutcome:
+    """Trade a window's test bars (`bars` holds its train bars, then its test bars) on
+    `test_targets` (one per test bar); the ATR's warm-up comes from the train bars."""
+    test_bars = _slice(bars, train, bars.n_bars)
+    atr = atr_matrix(bars, atr_period)[train:] if atr_period else None
+    sim = simulate(test_bars, test_targets[:, None], spec_out, atr)
     r = sim.returns
     out = OutOfSample(
         total_return=finite(sim.final_capital / sim.initial_capital - 1.0),
-        annualized_return=finite(annualized_return(r, task.spec_out.periods_per_year)),
+        annualized_return=finite(annualized_return(r, spec_out.periods_per_year)),
         sharpe_ratio=finite(
-            sharpe_ratio(r, task.risk_free_rate, task.spec_out.periods_per_year)
+            sharpe_ratio(r, risk_free_rate, spec_out.periods_per_year)
             if r.size > 1
             else float("nan")
         ),
@@ -183,7 +207,7 @@ def run_window(task: WindowTask) -> WindowOutcome:
         total_trades=sim.n_trades,
     )
     return WindowOutcome(
-        index=task.index,
+        index=index,
         params=params,
         in_sample=in_sample,
         out_of_sample=out,
@@ -243,7 +267,7 @@ async def walk_forward(
     ]
     outcomes = await runner.map(run_window, tasks, where="thread", what="windows")
     fixed = plan.fixed if plan else request.strategy.params.model_dump()
-    return assemble(request, bars, bars_hash, spec, windows, outcomes, fixed)
+    return await runner.run(assemble, request, bars, bars_hash, spec, windows, outcomes, fixed)
 
 
 def assemble(
