@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
@@ -27,13 +28,17 @@ from services.predictor.errors import (
     VersionNotFoundError,
 )
 from services.predictor.evaluation import (
+    IN_SAMPLE_WARNING,
     Logged,
+    TrainingRange,
+    VersionVerdict,
     direction_value,
     evaluation,
     live_figures,
     percentile,
     probs_tuple,
     realise,
+    training_range,
     verdict,
 )
 from services.predictor.feature_blocks import FeatureBlocks
@@ -64,6 +69,7 @@ from shared.cache import Cache, ModelCache
 from shared.db import Database
 from shared.errors import AppError
 from shared.tables import utcnow
+from shared.verdicts import MIN_CALLS, PairedVerdict, describe, judge_calls
 
 
 def calendar_days_for(bars: int) -> int:
@@ -91,11 +97,30 @@ def from_ns(value: int) -> datetime:
     return pd.Timestamp(value, unit="ns", tz="UTC").to_pydatetime()
 
 
-def version_info(row: repo.VersionRow) -> VersionInfo:
+def _day(value: int | None) -> date | None:
+    return from_ns(value).date() if value is not None else None
+
+
+def version_range(row: repo.VersionRow) -> TrainingRange:
+    """Return the bars a version learnt from (in sample), from its metadata."""
+    return training_range(
+        row.training_metrics,
+        list(row.hyperparameters.get("symbols", [])),
+        to_ns(row.data_start) if row.data_start else None,
+        to_ns(row.data_end) if row.data_end else None,
+    )
+
+
+def _stamp(value: int | None) -> datetime | None:
+    return from_ns(value) if value is not None else None
+
+
+def version_info(row: repo.VersionRow, min_calls: int = MIN_CALLS) -> VersionInfo:
     """Return a version row as the public VersionInfo."""
     hp, tm = row.hyperparameters, row.training_metrics
     config = hp.get("config", {})
-    beats, sentence = verdict(tm)
+    judged = verdict(tm, min_calls)
+    trained = version_range(row)
     info = tm.get("info", {})
     return VersionInfo(
         version=row.version,
@@ -111,11 +136,15 @@ def version_info(row: repo.VersionRow) -> VersionInfo:
         seed=int(config.get("seed", 0)),
         hyperparameters=config,
         rows={k: int(v) for k, v in info.get("rows", {}).items()},
-        validation=evaluation(tm.get("validation")),
-        test=evaluation(tm.get("test")),
+        validation=evaluation(tm.get("validation"), min_calls),
+        test=evaluation(tm.get("test"), min_calls),
         weights=dict(tm.get("ensemble", {}).get("weights", {})),
-        beats_baselines=beats,
-        verdict=sentence,
+        weight_reasons=dict(tm.get("ensemble", {}).get("reasons", {})),
+        in_sample_first=_stamp(trained.first_ns),
+        in_sample_last=_stamp(trained.last_ns),
+        baseline_test=judged.test,
+        beats_baselines=judged.beats,
+        verdict=judged.sentence,
         online=OnlineState.model_validate(tm.get("online", {})),
     )
 
@@ -141,7 +170,9 @@ class PredictorService:
         self.settings = settings
         self.predictions = ModelCache(cache, Prediction)
         self.blocks = FeatureBlocks(market)
-        self._verdicts: OrderedDict[tuple[str, str], tuple[bool, str]] = OrderedDict()
+        self._verdicts: OrderedDict[tuple[str, str], tuple[VersionVerdict, TrainingRange]] = (
+            OrderedDict()
+        )
 
     # ---- predict -----------------------------------------------------------------------
 
@@ -202,17 +233,37 @@ class PredictorService:
             )
         out = await asyncio.to_thread(model.predict, x)
         row = out.row(-1)
-        beats, sentence = self._verdict(name, version, model)
+        judged, trained = await self._verdict(name, version)
+        bar = int(frame.times[-1])
+        notes = []
+        known = symbol in trained.symbols
+        if not known:
+            notes.append(
+                f"{name} {version} was not trained on {symbol} (trained on "
+                f"{', '.join(trained.symbols) or 'unknown symbols'}): its test-segment verdict "
+                f"is about those symbols, not this one."
+            )
+        inside = trained.contains(bar)
+        if inside:
+            notes.append(
+                f"The bar {from_ns(bar).date()} lies inside the version's training range "
+                f"({_day(trained.first_ns)}..{_day(trained.last_ns)}): the model has learnt "
+                "from these bars, so this is an in-sample call, not a forecast."
+            )
         return Prediction.model_validate(
             {
                 **row,
                 "symbol": symbol,
                 "model": name,
                 "version": version,
-                "as_of": from_ns(int(frame.times[-1])),
+                "as_of": from_ns(bar),
                 "horizon": model.config.horizon,
-                "beats_baselines": beats,
-                "verdict": sentence,
+                "baseline_test": judged.test,
+                "beats_baselines": judged.beats,
+                "verdict": judged.sentence,
+                "trained_on_symbol": known,
+                "in_sample": inside,
+                "notes": notes,
                 "cached": False,
             }
         )
@@ -256,10 +307,17 @@ class PredictorService:
         else:
             probs = np.empty((0, 3))
             weights = dict(model.ensemble.weights)
-        beats, sentence = self._verdict(body.model, version, model)
+        judged, trained = await self._verdict(body.model, version)
         calls = probs.argmax(axis=1) if rows.size else np.empty(0, dtype=np.int64)
-        outcome, hits = range_outcomes(
-            frame.close, rows, calls, model, majority=int(model.info.get("majority_class", 1))
+        inside = trained.mask(frame.times[rows])
+        ranged = range_outcomes(
+            frame.close,
+            rows,
+            calls,
+            model,
+            majority=int(model.info.get("majority_class", 1)),
+            inside=inside,
+            min_calls=self.settings.verdict_min_calls,
         )
         return PredictionSeries(
             symbol=symbol,
@@ -272,18 +330,30 @@ class PredictorService:
             probabilities={c: [float(v) for v in probs[:, j]] for j, c in enumerate(CLASSES)},
             weights={k: float(v) for k, v in weights.items()},
             skipped=int(in_range.size - rows.size),
-            outcome=outcome,
-            realised=int(sum(o is not None for o in outcome)),
-            hit_rate=hits,
-            beats_baselines=beats,
-            verdict=sentence,
+            outcome=ranged.outcome,
+            realised=int(sum(o is not None for o in ranged.outcome)),
+            in_sample=[bool(v) for v in inside],
+            baseline_calls=ranged.baseline_calls,
+            out_of_sample_realised=ranged.test.n,
+            hit_rate=ranged.hit_rate,
+            in_sample_hit_rate=ranged.in_sample_hit_rate,
+            range_test=ranged.test,
+            range_verdict=ranged.sentence,
+            baseline_test=judged.test,
+            beats_baselines=judged.beats,
+            verdict=judged.sentence,
         )
 
-    def _verdict(self, name: str, version: str, model: EnsembleModel) -> tuple[bool, str]:
+    async def _verdict(self, name: str, version: str) -> tuple[VersionVerdict, TrainingRange]:
+        """Return a version's verdict and training range (cached per version: both fixed)."""
         key = (name, version)
         hit = self._verdicts.get(key)
         if hit is None:
-            hit = verdict(model.metrics)
+            row = await self.registry.row(name, version, kept=False)
+            hit = (
+                verdict(row.training_metrics, self.settings.verdict_min_calls),
+                version_range(row),
+            )
             self._verdicts[key] = hit
             while len(self._verdicts) > 256:
                 self._verdicts.popitem(last=False)
@@ -324,7 +394,7 @@ class PredictorService:
             model=model,
             active_version=active,
             keep_versions=self.registry.keep,
-            versions=[version_info(r) for r in rows if r.has_data],
+            versions=[version_info(r, self.settings.verdict_min_calls) for r in rows if r.has_data],
             archived_versions=[r.version for r in rows if not r.has_data],
         )
 
@@ -355,14 +425,15 @@ class PredictorService:
         """Make an older kept version active again; its predictions are its own again."""
         previous = await self.registry.activate(body.model, body.version)
         row = await self.registry.row(body.model, body.version)
-        beats, sentence = verdict(row.training_metrics)
+        judged = verdict(row.training_metrics, self.settings.verdict_min_calls)
         return RollbackResult(
             model=body.model,
             version=body.version,
             previous_version=previous,
             changed=previous != body.version,
-            beats_baselines=beats,
-            verdict=sentence,
+            baseline_test=judged.test,
+            beats_baselines=judged.beats,
+            verdict=judged.sentence,
         )
 
     # ---- live performance --------------------------------------------------------------
@@ -392,8 +463,17 @@ class PredictorService:
             band=float(config.get("band", 0.5)),
             vol_window=int(config.get("vol_window", 21)),
         )
-        majority = int(row.training_metrics.get("info", {}).get("majority_class", 1))
-        figures = live_figures(realised, horizon=horizon, majority=majority)
+        info = row.training_metrics.get("info", {})
+        majority = int(info.get("majority_class", 1))
+        trained = version_range(row)
+        figures = live_figures(
+            realised,
+            horizon=horizon,
+            majority=majority,
+            frequencies=info.get("class_frequencies"),
+            trained=trained,
+            min_calls=self.settings.verdict_min_calls,
+        )
         times = [it.time_ns for it in distinct]
         return PerformanceResult(
             model=model,
@@ -403,14 +483,21 @@ class PredictorService:
             calls=len(logged),
             predictions=len(distinct),
             realised=int(realised.labels.size),
+            out_of_sample=figures.out_of_sample,
             pending=realised.pending,
             first_bar=from_ns(min(times)) if times else None,
             last_bar=from_ns(max(times)) if times else None,
+            in_sample_first=_stamp(trained.first_ns),
+            in_sample_last=_stamp(trained.last_ns),
             ensemble=figures.ensemble,
             members=figures.members,
             baselines=figures.baselines,
+            climatology=figures.climatology,
+            baseline_test=figures.test,
             beats_baselines=figures.beats,
             verdict=figures.verdict,
+            in_sample=figures.in_sample,
+            in_sample_warning=IN_SAMPLE_WARNING if figures.in_sample is not None else None,
             latency=Latency(
                 calls=len(latencies),
                 p50_ms=percentile(latencies, 50),
@@ -440,26 +527,69 @@ class PredictorService:
         return {sym: bars for sym, bars in pairs if bars is not None}
 
 
+@dataclass(frozen=True)
+class RangeOutcomes:
+    """A range's realised classes, the baselines' calls, hit rates and the paired test."""
+
+    outcome: list[Direction | None]
+    baseline_calls: dict[str, list[Direction]]
+    hit_rate: dict[str, float | None]
+    in_sample_hit_rate: dict[str, float | None]
+    test: PairedVerdict
+    sentence: str
+
+
+def _rates(calls: Any, y: Any, base: dict[str, Any]) -> dict[str, float | None]:
+    if len(y) == 0:
+        return {"model": None, "majority": None, "previous": None}
+    return {
+        "model": float(np.mean(calls == y)),
+        **{k: float(np.mean(v == y)) for k, v in base.items()},
+    }
+
+
 def range_outcomes(
-    close: Any, rows: Any, calls: Any, model: EnsembleModel, *, majority: int
-) -> tuple[list[Direction | None], dict[str, float | None]]:
-    """Return each called bar's realised class and the hit rates of the calls and baselines."""
+    close: Any,
+    rows: Any,
+    calls: Any,
+    model: EnsembleModel,
+    *,
+    majority: int,
+    inside: Any = None,
+    min_calls: int = MIN_CALLS,
+) -> RangeOutcomes:
+    """Return each called bar's realised class, the baselines' calls, the hit rates of the
+    realised out-of-sample bars (in-sample ones apart) and their paired test."""
     cfg = model.config
+    rows = np.asarray(rows, dtype=np.int64)
+    calls = np.asarray(calls, dtype=np.int64)
     labels = make_labels(close, cfg.horizon, cfg.band, cfg.vol_window) if close.size else close
     known = np.isfinite(labels[rows]) if rows.size else np.zeros(0, dtype=bool)
+    inside = np.zeros(rows.size, dtype=bool) if inside is None else np.asarray(inside, bool)
     outcome: list[Direction | None] = [
         cast(Direction, CLASSES[int(labels[r])]) if k else None
         for r, k in zip(rows, known, strict=True)
     ]
-    if not known.any():
-        return outcome, {"model": None, "majority": None, "previous": None}
-    y = labels[rows][known].astype(np.int64)
-    previous = previous_label_calls(labels, rows[known], cfg.horizon)
-    return outcome, {
-        "model": float(np.mean(calls[known] == y)),
-        "majority": float(np.mean(y == majority)),
-        "previous": float(np.mean(previous == y)),
+    previous = previous_label_calls(labels, rows, cfg.horizon)
+    base = {"majority": np.full(rows.size, majority, dtype=np.int64), "previous": previous}
+    baseline_calls: dict[str, list[Direction]] = {
+        "majority": [cast(Direction, CLASSES[majority])] * int(rows.size),
+        "previous": [cast(Direction, CLASSES[int(v)]) for v in previous],
     }
+    y = np.where(known, np.nan_to_num(labels[rows] if rows.size else known), -1).astype(np.int64)
+    oos, ins = known & ~inside, known & inside
+    test = judge_calls(
+        calls[oos], y[oos], {k: v[oos] for k, v in base.items()}, min_calls=min_calls
+    )
+    return RangeOutcomes(
+        outcome=outcome,
+        baseline_calls=baseline_calls,
+        hit_rate=_rates(calls[oos], y[oos], {k: v[oos] for k, v in base.items()}),
+        in_sample_hit_rate=_rates(calls[ins], y[ins], {k: v[ins] for k, v in base.items()}),
+        test=test,
+        sentence=describe(test, subject="the model", where="on this range's out-of-sample bars")
+        + (f" {int(ins.sum())} realised bar(s) in sample, apart." if ins.any() else ""),
+    )
 
 
 def distinct_predictions(logged: list[repo.PredictionRow]) -> list[Logged]:
