@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ import pandas as pd
 from services.predictor.ml import metrics as m
 from services.predictor.ml.labels import forward_returns, make_labels
 from services.predictor.ml.types import CLASSES, FloatArray, IntArray
-from services.predictor.schemas import Evaluation, Figures
+from services.predictor.schemas import Direction, Evaluation, Figures
 from shared.verdicts import (
     MIN_CALLS,
     PairedVerdict,
@@ -30,6 +30,9 @@ from shared.verdicts import (
     judge_calls,
     no_evidence,
 )
+
+if TYPE_CHECKING:
+    from services.predictor.ml.training import EnsembleModel
 
 IN_SAMPLE_WARNING = (
     "In sample: these bars lie inside the version's training or validation range, so the "
@@ -420,3 +423,68 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+@dataclass(frozen=True)
+class RangeOutcomes:
+    """A range's realised classes, the baselines' calls, hit rates and the paired test."""
+
+    outcome: list[Direction | None]
+    baseline_calls: dict[str, list[Direction]]
+    hit_rate: dict[str, float | None]
+    in_sample_hit_rate: dict[str, float | None]
+    test: PairedVerdict
+    sentence: str
+
+
+def _rates(calls: Any, y: Any, base: dict[str, Any]) -> dict[str, float | None]:
+    if len(y) == 0:
+        return {"model": None, "majority": None, "previous": None}
+    return {
+        "model": float(np.mean(calls == y)),
+        **{k: float(np.mean(v == y)) for k, v in base.items()},
+    }
+
+
+def range_outcomes(
+    close: Any,
+    rows: Any,
+    calls: Any,
+    model: EnsembleModel,
+    *,
+    majority: int,
+    inside: Any = None,
+    min_calls: int = MIN_CALLS,
+) -> RangeOutcomes:
+    """Return each called bar's realised class, the baselines' calls, the hit rates of the
+    realised out-of-sample bars (in-sample ones apart) and their paired test."""
+    cfg = model.config
+    rows = np.asarray(rows, dtype=np.int64)
+    calls = np.asarray(calls, dtype=np.int64)
+    labels = make_labels(close, cfg.horizon, cfg.band, cfg.vol_window) if close.size else close
+    known = np.isfinite(labels[rows]) if rows.size else np.zeros(0, dtype=bool)
+    inside = np.zeros(rows.size, dtype=bool) if inside is None else np.asarray(inside, bool)
+    outcome: list[Direction | None] = [
+        cast(Direction, CLASSES[int(labels[r])]) if k else None
+        for r, k in zip(rows, known, strict=True)
+    ]
+    previous = m.previous_label_calls(labels, rows, cfg.horizon)
+    base = {"majority": np.full(rows.size, majority, dtype=np.int64), "previous": previous}
+    baseline_calls: dict[str, list[Direction]] = {
+        "majority": [cast(Direction, CLASSES[majority])] * int(rows.size),
+        "previous": [cast(Direction, CLASSES[int(v)]) for v in previous],
+    }
+    y = np.where(known, np.nan_to_num(labels[rows] if rows.size else known), -1).astype(np.int64)
+    oos, ins = known & ~inside, known & inside
+    test = judge_calls(
+        calls[oos], y[oos], {k: v[oos] for k, v in base.items()}, min_calls=min_calls
+    )
+    return RangeOutcomes(
+        outcome=outcome,
+        baseline_calls=baseline_calls,
+        hit_rate=_rates(calls[oos], y[oos], {k: v[oos] for k, v in base.items()}),
+        in_sample_hit_rate=_rates(calls[ins], y[ins], {k: v[ins] for k, v in base.items()}),
+        test=test,
+        sentence=describe(test, subject="the model", where="on this range's out-of-sample bars")
+        + (f" {int(ins.sum())} realised bar(s) in sample, apart." if ins.any() else ""),
+    )

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.predictor import jobs
+from services.predictor import adapt, jobs
 from services.predictor.schemas import (
     MODEL_PATTERN,
     SYMBOL_RULE,
@@ -209,10 +209,13 @@ async def get_model_info(service: Service, model: ModelQuery = "default") -> Mod
     summary="Ensemble weights of the active version",
 )
 async def get_weights(service: Service, model: ModelQuery = "default") -> Weights:
-    """Return the active version's member weights and how they were set.
+    """Return the active version's member weights, how they were set and their history.
 
-    Equal after training; an accepted online update sets them to a softmax over each
-    member's recent Sharpe ratio of trading its own calls (`sharpes`).
+    Equal after training (a member calling one class on every validation bar: 0, reason
+    `degenerate`). Whenever outcomes arrive (the service looks every few minutes, and at each
+    `POST /update_online`) they become a softmax over each member's Sharpe ratio of trading
+    its own calls on the newest `window` realised out-of-sample outcomes (`sharpes`), once at
+    least `min_outcomes` are realised; `history` lists every change.
     """
     return await service.weights(model)
 
@@ -249,13 +252,16 @@ async def update_online(
     """Fold the realised outcomes of logged predictions into the active version.
 
     The buffer holds the newest 1,000 realised outcomes; an update runs once 100 are new
-    (or with `force`). Answers `200` with `status: not_due` and the counts when it is not
+    (or with `force`) - and starts by itself as a job then (see `adaptation` in
+    `GET /model_info`). The members are reweighted from the realised out-of-sample outcomes
+    first (`GET /weights`). Answers `200` with `status: not_due` and the counts when it is not
     due; else `202` with a job that fine-tunes each member on the buffer plus a sample of
     the training history, sets the ensemble weights from the members' recent Sharpe ratios,
     and judges candidate and active model on the newest held-out outcomes: the candidate
     becomes a new version (a patch bump) only if not more than 5% worse, else it is
     discarded and `reason` says why with the figures.
     """
+    await adapt.refresh_weights(service, body.model)
     plan = await jobs.plan_update(service, body)
     if isinstance(plan, UpdateOnlineResult):
         return plan

@@ -456,16 +456,54 @@ class VersionInfo(BaseModel):
     online: OnlineState
 
 
+class Adaptation(BaseModel):
+    """How the model adapts to realised outcomes by itself."""
+
+    automatic_update: bool = Field(
+        description="Whether the online update starts by itself (a job) once `update_after` "
+        "new outcomes are realised."
+    )
+    update_after: int = Field(description="New realised outcomes that trigger an update.")
+    tolerance: float = Field(
+        description="An update is kept only if not more than this much worse (relative) on "
+        "the newest held-out outcomes; else it is discarded and the version stays."
+    )
+    check_every_s: float = Field(description="Seconds between looks at the outcomes (0: off).")
+    weights_min_outcomes: int = Field(
+        description="Realised out-of-sample outcomes below which the weights do not move."
+    )
+    weights_window: int = Field(description="The newest outcomes the weights are set from.")
+    last_check: dict[str, Any] | None = Field(
+        default=None, description="The last look at the outcomes: when, weights, update, job."
+    )
+
+
 class ModelInfo(BaseModel):
     """A model's active version and its kept versions, newest first."""
 
     model: str
     active_version: str
+    adaptation: Adaptation
     keep_versions: int = Field(description="Versions whose weights are kept.")
     versions: list[VersionInfo]
     archived_versions: list[str] = Field(
         description="Older versions: metadata kept, weights deleted (no rollback to them)."
     )
+
+
+class WeightChange(BaseModel):
+    """One reweighting of the members from realised out-of-sample outcomes."""
+
+    at: datetime = Field(description="When the weights changed.")
+    outcomes: int = Field(description="Realised out-of-sample outcomes they were set from.")
+    first_bar: datetime
+    last_bar: datetime = Field(description="The newest outcome's bar.")
+    sharpes: dict[str, float | None] = Field(
+        description="Member -> annualised Sharpe ratio of trading its own calls on them."
+    )
+    trades: dict[str, int] = Field(description="Member -> its non-neutral calls among them.")
+    before: dict[str, float] = Field(description="The weights before.")
+    weights: dict[str, float] = Field(description="The weights after (softmax of `sharpes`).")
 
 
 class Weights(BaseModel):
@@ -480,6 +518,21 @@ class Weights(BaseModel):
     )
     temperature: float = Field(description="Softmax temperature of the Sharpe ratios.")
     source: str = Field(description="How the weights were set.")
+    reasons: dict[str, str] = Field(
+        default_factory=dict, description="Member -> why its weight is special (degenerate: 0)."
+    )
+    min_outcomes: int = Field(
+        description="Realised out-of-sample outcomes below which the weights do not move."
+    )
+    window: int = Field(description="The newest realised outcomes the weights are set from.")
+    history: list[WeightChange] = Field(
+        default_factory=list,
+        description="Every change of the weights of this version and of the versions it was "
+        "updated from, oldest first.",
+    )
+    last_check: dict[str, Any] | None = Field(
+        default=None, description="The last look at the outcomes (this process)."
+    )
 
 
 class RollbackRequest(Request):

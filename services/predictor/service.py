@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -37,19 +38,20 @@ from services.predictor.evaluation import (
     live_figures,
     percentile,
     probs_tuple,
+    range_outcomes,
     realise,
     training_range,
     verdict,
 )
 from services.predictor.feature_blocks import FeatureBlocks
 from services.predictor.market import MarketFeatures
-from services.predictor.ml.labels import make_labels
-from services.predictor.ml.metrics import previous_label_calls
+from services.predictor.ml.ensemble import AdaptiveEnsemble, EnsembleOutput
 from services.predictor.ml.training import EnsembleModel
 from services.predictor.ml.types import CLASSES
 from services.predictor.prediction_log import PredictionLog
 from services.predictor.registry import Registry
 from services.predictor.schemas import (
+    Adaptation,
     Direction,
     Latency,
     ModelInfo,
@@ -62,6 +64,7 @@ from services.predictor.schemas import (
     RollbackRequest,
     RollbackResult,
     VersionInfo,
+    WeightChange,
     Weights,
 )
 from services.predictor.settings import PredictorSettings
@@ -69,7 +72,7 @@ from shared.cache import Cache, ModelCache
 from shared.db import Database
 from shared.errors import AppError
 from shared.tables import utcnow
-from shared.verdicts import MIN_CALLS, PairedVerdict, describe, judge_calls
+from shared.verdicts import MIN_CALLS
 
 
 def calendar_days_for(bars: int) -> int:
@@ -149,6 +152,24 @@ def version_info(row: repo.VersionRow, min_calls: int = MIN_CALLS) -> VersionInf
     )
 
 
+@dataclass(frozen=True)
+class VersionFacts:
+    """What an answer says about a version beside its call: verdict, range, live weights."""
+
+    verdict: VersionVerdict
+    trained: TrainingRange
+    ensemble: dict[str, Any]
+    loaded_at: float
+
+    def predict(self, model: EnsembleModel, features: Any, rows: Any) -> EnsembleOutput:
+        """Return the model's call with the version's live weights (its stored ensemble)."""
+        probs = model.member_probabilities(features, rows)
+        state = self.ensemble
+        if state.get("weights") and set(state["weights"]) == set(model.ensemble.members):
+            return AdaptiveEnsemble.from_dict(state).combine(probs)
+        return model.ensemble.combine(probs)
+
+
 class PredictorService:
     """Predictions of the active model versions, their registry, and their live record."""
 
@@ -170,9 +191,9 @@ class PredictorService:
         self.settings = settings
         self.predictions = ModelCache(cache, Prediction)
         self.blocks = FeatureBlocks(market)
-        self._verdicts: OrderedDict[tuple[str, str], tuple[VersionVerdict, TrainingRange]] = (
-            OrderedDict()
-        )
+        self._facts: OrderedDict[tuple[str, str], VersionFacts] = OrderedDict()
+        self.auto_jobs: dict[str, uuid.UUID] = {}  # model -> its automatic online update job
+        self.checks: dict[str, dict[str, Any]] = {}  # model -> the last look at its outcomes
 
     # ---- predict -----------------------------------------------------------------------
 
@@ -231,9 +252,10 @@ class PredictorService:
                 "warm-up); choose a later `as_of`.",
                 field="as_of" if as_of is not None else "symbol",
             )
-        out = await asyncio.to_thread(model.predict, x)
+        facts = await self.facts(name, version)
+        judged, trained = facts.verdict, facts.trained
+        out = await asyncio.to_thread(facts.predict, model, x, None)
         row = out.row(-1)
-        judged, trained = await self._verdict(name, version)
         bar = int(frame.times[-1])
         notes = []
         known = symbol in trained.symbols
@@ -301,13 +323,14 @@ class PredictorService:
             gaps[in_range + 1] - gaps[np.maximum(in_range + 1 - cfg.context, 0)] == 0
         )
         rows = in_range[ok]
+        facts = await self.facts(body.model, version)
         if rows.size:
-            out = await asyncio.to_thread(model.predict, x, rows)
+            out = await asyncio.to_thread(facts.predict, model, x, rows)
             probs, weights = out.probabilities, out.weights
         else:
             probs = np.empty((0, 3))
-            weights = dict(model.ensemble.weights)
-        judged, trained = await self._verdict(body.model, version)
+            weights = dict(facts.ensemble.get("weights") or model.ensemble.weights)
+        judged, trained = facts.verdict, facts.trained
         calls = probs.argmax(axis=1) if rows.size else np.empty(0, dtype=np.int64)
         inside = trained.mask(frame.times[rows])
         ranged = range_outcomes(
@@ -344,20 +367,31 @@ class PredictorService:
             verdict=judged.sentence,
         )
 
-    async def _verdict(self, name: str, version: str) -> tuple[VersionVerdict, TrainingRange]:
-        """Return a version's verdict and training range (cached per version: both fixed)."""
+    async def facts(self, name: str, version: str) -> VersionFacts:
+        """Return a version's verdict, training range and live ensemble weights.
+
+        Cached per version for `prediction_ttl_s` seconds: the verdict and range never change,
+        the weights change when realised outcomes reweight them (:mod:`.adapt`).
+        """
         key = (name, version)
-        hit = self._verdicts.get(key)
-        if hit is None:
+        hit = self._facts.get(key)
+        if hit is None or time.monotonic() - hit.loaded_at > self.settings.prediction_ttl_s:
             row = await self.registry.row(name, version, kept=False)
-            hit = (
-                verdict(row.training_metrics, self.settings.verdict_min_calls),
-                version_range(row),
+            hit = VersionFacts(
+                verdict=verdict(row.training_metrics, self.settings.verdict_min_calls),
+                trained=version_range(row),
+                ensemble=dict(row.training_metrics.get("ensemble") or {}),
+                loaded_at=time.monotonic(),
             )
-            self._verdicts[key] = hit
-            while len(self._verdicts) > 256:
-                self._verdicts.popitem(last=False)
+            self._facts[key] = hit
+            self._facts.move_to_end(key)
+            while len(self._facts) > 256:
+                self._facts.popitem(last=False)
         return hit
+
+    def forget_facts(self, name: str, version: str) -> None:
+        """Drop a version's cached facts (its weights changed in this process)."""
+        self._facts.pop((name, version), None)
 
     @staticmethod
     def _log_row(answer: Prediction, latency_ms: float, as_of: date | None) -> dict[str, Any]:
@@ -390,28 +424,49 @@ class PredictorService:
         """Return the active version and the kept versions of a model, newest first."""
         rows = await self.registry.rows(model)
         active = next((r.version for r in rows if r.is_active), rows[0].version)
+        s = self.settings
         return ModelInfo(
             model=model,
             active_version=active,
+            adaptation=Adaptation(
+                automatic_update=s.online_auto and s.outcomes_check_s > 0,
+                update_after=s.online_update_after,
+                tolerance=s.online_tolerance,
+                check_every_s=s.outcomes_check_s,
+                weights_min_outcomes=s.weights_min_outcomes,
+                weights_window=s.weights_window,
+                last_check=self.checks.get(model),
+            ),
             keep_versions=self.registry.keep,
             versions=[version_info(r, self.settings.verdict_min_calls) for r in rows if r.has_data],
             archived_versions=[r.version for r in rows if not r.has_data],
         )
 
     async def weights(self, model: str) -> Weights:
-        """Return the active version's ensemble weights and where they came from."""
+        """Return the active version's ensemble weights, where they came from, their history."""
         version = await self.registry.active_version(model)
         row = await self.registry.row(model, version, field="model")
-        state = row.training_metrics.get("ensemble", {})
+        tm = row.training_metrics
+        state = tm.get("ensemble", {})
         sharpes = {k: float(v) for k, v in state.get("sharpes", {}).items()}
-        parent = row.training_metrics.get("parent")
-        if sharpes:
+        history = [WeightChange.model_validate(h) for h in tm.get("weights_history") or []]
+        parent = tm.get("parent")
+        if history:
+            source = (
+                "a softmax over each member's Sharpe ratio of its own calls on the newest "
+                f"{history[-1].outcomes} realised out-of-sample outcomes "
+                f"({history[-1].first_bar.date()}..{history[-1].last_bar.date()})"
+            )
+        elif sharpes:
             source = (
                 "a softmax over each member's Sharpe ratio of its own calls on recent realised "
                 f"outcomes (online update of {parent})"
             )
         else:
-            source = "equal weights, as trained (no online update has reweighted them yet)"
+            source = "as trained (no realised out-of-sample outcomes have reweighted them yet)"
+        reasons = {k: str(v) for k, v in state.get("reasons", {}).items()}
+        if reasons:
+            source += "; " + "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
         return Weights(
             model=model,
             version=version,
@@ -419,6 +474,11 @@ class PredictorService:
             sharpes=sharpes,
             temperature=float(state.get("temperature", 1.0)),
             source=source,
+            reasons=reasons,
+            min_outcomes=self.settings.weights_min_outcomes,
+            window=self.settings.weights_window,
+            history=history,
+            last_check=self.checks.get(model),
         )
 
     async def rollback(self, body: RollbackRequest) -> RollbackResult:
@@ -525,71 +585,6 @@ class PredictorService:
 
         pairs = await asyncio.gather(*(one(s, t) for s, t in by_symbol.items()))
         return {sym: bars for sym, bars in pairs if bars is not None}
-
-
-@dataclass(frozen=True)
-class RangeOutcomes:
-    """A range's realised classes, the baselines' calls, hit rates and the paired test."""
-
-    outcome: list[Direction | None]
-    baseline_calls: dict[str, list[Direction]]
-    hit_rate: dict[str, float | None]
-    in_sample_hit_rate: dict[str, float | None]
-    test: PairedVerdict
-    sentence: str
-
-
-def _rates(calls: Any, y: Any, base: dict[str, Any]) -> dict[str, float | None]:
-    if len(y) == 0:
-        return {"model": None, "majority": None, "previous": None}
-    return {
-        "model": float(np.mean(calls == y)),
-        **{k: float(np.mean(v == y)) for k, v in base.items()},
-    }
-
-
-def range_outcomes(
-    close: Any,
-    rows: Any,
-    calls: Any,
-    model: EnsembleModel,
-    *,
-    majority: int,
-    inside: Any = None,
-    min_calls: int = MIN_CALLS,
-) -> RangeOutcomes:
-    """Return each called bar's realised class, the baselines' calls, the hit rates of the
-    realised out-of-sample bars (in-sample ones apart) and their paired test."""
-    cfg = model.config
-    rows = np.asarray(rows, dtype=np.int64)
-    calls = np.asarray(calls, dtype=np.int64)
-    labels = make_labels(close, cfg.horizon, cfg.band, cfg.vol_window) if close.size else close
-    known = np.isfinite(labels[rows]) if rows.size else np.zeros(0, dtype=bool)
-    inside = np.zeros(rows.size, dtype=bool) if inside is None else np.asarray(inside, bool)
-    outcome: list[Direction | None] = [
-        cast(Direction, CLASSES[int(labels[r])]) if k else None
-        for r, k in zip(rows, known, strict=True)
-    ]
-    previous = previous_label_calls(labels, rows, cfg.horizon)
-    base = {"majority": np.full(rows.size, majority, dtype=np.int64), "previous": previous}
-    baseline_calls: dict[str, list[Direction]] = {
-        "majority": [cast(Direction, CLASSES[majority])] * int(rows.size),
-        "previous": [cast(Direction, CLASSES[int(v)]) for v in previous],
-    }
-    y = np.where(known, np.nan_to_num(labels[rows] if rows.size else known), -1).astype(np.int64)
-    oos, ins = known & ~inside, known & inside
-    test = judge_calls(
-        calls[oos], y[oos], {k: v[oos] for k, v in base.items()}, min_calls=min_calls
-    )
-    return RangeOutcomes(
-        outcome=outcome,
-        baseline_calls=baseline_calls,
-        hit_rate=_rates(calls[oos], y[oos], {k: v[oos] for k, v in base.items()}),
-        in_sample_hit_rate=_rates(calls[ins], y[ins], {k: v[ins] for k, v in base.items()}),
-        test=test,
-        sentence=describe(test, subject="the model", where="on this range's out-of-sample bars")
-        + (f" {int(ins.sum())} realised bar(s) in sample, apart." if ins.any() else ""),
-    )
 
 
 def distinct_predictions(logged: list[repo.PredictionRow]) -> list[Logged]:

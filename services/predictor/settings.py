@@ -115,6 +115,13 @@ class PredictorSettings(BaseServiceSettings):
         description="The newest realised out-of-sample outcomes whose Sharpe ratios set the "
         "weights (the rolling window).",
     )
+    outcomes_check_s: float = Field(
+        default=300.0,
+        ge=0.0,
+        validation_alias=AliasChoices("PREDICTOR_OUTCOMES_CHECK_S", "outcomes_check_s"),
+        description="How often the service looks at realised outcomes to reweight the "
+        "members and start a due online update (0: never by itself).",
+    )
     online_auto: bool = Field(
         default=True,
         validation_alias=AliasChoices("PREDICTOR_ONLINE_AUTO", "online_auto"),

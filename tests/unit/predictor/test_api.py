@@ -79,6 +79,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, csv_dir: Path) -> Iterato
             keep_versions=2,
             online_update_after=10,
             online_tolerance=1.0,
+            outcomes_check_s=0,  # the tests look at the outcomes themselves
             job_progress_interval_s=0.05,
             dask_scheduler_address=None,
         )
@@ -411,10 +412,51 @@ def test_an_online_update_waits_for_new_outcomes_then_makes_a_patch_version(
     weights = client.get(f"{P}/weights").json()
     assert weights["version"] == result["new_version"]
     assert set(weights["sharpes"]) == {"xgboost"} and weights["weights"] == {"xgboost": 1.0}
+    # the parent was reweighted from its realised out-of-sample outcomes first (>= 30 of them)
+    parent = next(v for v in info["versions"] if v["version"] == base)
+    assert parent["weights"] == {"xgboost": 1.0}
     # the outcomes are no longer new: the next call has nothing to do
     again = client.post(f"{P}/update_online", json={})
     assert again.status_code == 200, again.text
     assert again.json()["status"] == "not_due" and again.json()["samples"]["new"] == 0
+
+
+def test_the_online_update_starts_by_itself_once_enough_outcomes_are_new(
+    platform: Platform,
+) -> None:
+    from services.predictor import adapt
+
+    client = platform.client
+    service, runner = platform.predictor.state.predictor, platform.predictor.state.jobs
+    info = client.get(f"{P}/model_info").json()
+    base = info["active_version"]
+    assert info["adaptation"]["automatic_update"] is False  # outcomes_check_s=0 here
+    assert info["adaptation"]["update_after"] == 10 and info["adaptation"]["tolerance"] == 1.0
+    check = client.portal.call(adapt.on_outcomes, service, runner, "default")
+    assert check.job_id is None and check.update.startswith("not due")
+    later = _DATES[(_DATES >= "2020-04-15") & (_DATES <= "2020-05-29")].tolist()
+    for day in later:  # after the update's outcomes: new to it
+        predict(client, as_of=day)
+    check = client.portal.call(adapt.on_outcomes, service, runner, "default")
+    assert check.job_id is not None and "started automatic online update" in check.update
+    status = client.get(f"{P}/jobs/{check.job_id}").json()
+    deadline = time.monotonic() + 240
+    while status["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status = client.get(f"{P}/jobs/{check.job_id}").json()
+    assert status["status"] == "succeeded", status
+    assert status["kind"] == "update_online" and status["result"]["status"] == "accepted"
+    major, minor, patch = base.split(".")
+    assert status["result"]["new_version"] == f"{major}.{minor}.{int(patch) + 1}"
+    info = client.get(f"{P}/model_info").json()
+    assert info["active_version"] == status["result"]["new_version"]
+    assert info["adaptation"]["last_check"]["job_id"] == check.job_id
+    # the weights' history is the lineage's: the parents were reweighted from their outcomes
+    weights = client.get(f"{P}/weights").json()
+    assert weights["min_outcomes"] == 30 and weights["window"] == 250
+    history = weights["history"]
+    assert history and all(h["outcomes"] >= 30 for h in history)
+    assert [h["last_bar"] for h in history] == sorted(h["last_bar"] for h in history)
 
 
 def test_health_says_what_is_loaded(platform: Platform) -> None:
