@@ -153,25 +153,26 @@ def no_evidence(min_calls: int = MIN_CALLS, alpha: float = ALPHA) -> PairedVerdi
 
 def describe(v: PairedVerdict, *, subject: str = "the model", where: str = "out of sample") -> str:
     """Return the verdict in plain words, with the test, the sample and the counts."""
-    parts = [
-        f"{BASELINE_NAMES.get(k, k)}: {c.model_correct} vs {c.baseline_correct} right, "
+    parts = "; ".join(
+        f"{BASELINE_NAMES.get(k, k)} {c.model_correct} vs {c.baseline_correct} right, "
         f"b={c.model_only} bars only {subject} right, c={c.baseline_only} only the baseline, "
         f"p={c.p_value:.3g}"
         for k, c in sorted(v.baselines.items())
-    ]
-    counts = f" ({'; '.join(parts)})" if parts else ""
+    )
+    counts = f": {parts}" if parts else ""
+    who = f"{subject[0].upper()}{subject[1:]}"
     if v.verdict == "insufficient_evidence":
         return (
             f"Insufficient evidence {where}: {v.n} realised call(s), fewer than the "
-            f"{v.min_calls} a verdict needs{counts}; treat the calls as unproven."
+            f"{v.min_calls} a verdict needs{counts}. Treat the calls as unproven."
         )
     if v.verdict == "beats":
         return (
-            f"{subject[0].upper()}{subject[1:]} beats the naive baselines {where} on {v.n} "
-            f"realised calls, {v.test}, each p < {v.alpha:g}{counts}."
+            f"{who} beats the naive baselines {where}: on {v.n} realised calls, by the {v.test}, "
+            f"p < {v.alpha:g} against each{counts}."
         )
     return (
-        f"{subject[0].upper()}{subject[1:]} does NOT beat the naive baselines {where} on "
-        f"{v.n} realised calls ({v.test}, p < {v.alpha:g} needed against each, with more "
-        f"bars only {subject} got right){counts}: treat its calls as no better than naive."
+        f"{who} does NOT beat the naive baselines {where}: on {v.n} realised calls, by the "
+        f"{v.test}, beating needs more bars only {subject} got right with p < {v.alpha:g} "
+        f"against each{counts}. Treat its calls as no better than naive."
     )

@@ -115,10 +115,13 @@ async def predict(body: PredictRequest, service: Service) -> Prediction:
 
     `direction` is `down`, `neutral` or `up` with class `probabilities` and `confidence`;
     `members` shows what the LSTM and XGBoost each said and their ensemble weights. Made at
-    the last bar on or before `as_of` (default: the latest bar). `beats_baselines` and
-    `verdict` say whether this version beat the naive baselines out of sample: when it did
-    not, its calls are no better than naive. Cached 30 s per symbol, model and version;
-    every call is logged for `/performance`.
+    the last bar on or before `as_of` (default: the latest bar). `baseline_test` is the
+    version's three-way verdict on its test segment (`beats | does_not_beat |
+    insufficient_evidence`, exact McNemar counts and p-values against the majority class and
+    yesterday's direction, at least 100 calls); `verdict` says it in words: unless it is
+    `beats`, the calls are no better than naive. `in_sample` and `notes` say when `as_of`
+    lies inside the version's training range or the symbol was not trained on. Cached 30 s
+    per symbol, model and version; every call is logged for `/performance`.
     """
     return await service.predict(body)
 
@@ -139,8 +142,10 @@ RANGE_ORDER = CrossFieldRule(("end", "start"), "`end` is on or after `start` whe
         get `direction`, `confidence` and class `probabilities` per bar, each from the
         features up to that bar only. Bars without a complete feature window are `skipped`.
         These calls are neither cached nor logged (they are not live predictions; use
-        `/predict` for those). `beats_baselines` and `verdict` say whether the version beat
-        the naive baselines out of sample.
+        `/predict` for those). Each bar's realised `outcome`, the baselines' calls
+        (`baseline_calls`) and whether it is `in_sample` (inside the version's training
+        range) come with it; `hit_rate` and `range_test` (the exact McNemar three-way
+        verdict, at least 100 calls) use the realised out-of-sample bars only.
         """,
         RANGE_ORDER,
     ),
@@ -177,9 +182,13 @@ async def get_performance(
     Over the most recent `window` logged calls (one per symbol and bar is evaluated):
     accuracy, macro precision, recall and F1, expected calibration error, Brier score and the
     Sharpe ratio of trading the calls, for the ensemble and each member, beside the same
-    figures for the baselines (majority class, yesterday's direction), `beats_baselines`,
-    and the server-side latency p50/p99 of `/predict`. Calls whose horizon has not passed
-    are `pending`.
+    figures for the baselines (majority class, yesterday's direction) and the climatology
+    forecast, and the server-side latency p50/p99 of `/predict`. Only calls on bars after
+    the version's training range count (`out_of_sample`); those inside it are reported
+    apart under `in_sample` with a warning. `baseline_test` is the three-way verdict
+    (`beats | does_not_beat | insufficient_evidence` below 100 calls) by the exact McNemar
+    test against each baseline, with the counts. Calls whose horizon has not passed are
+    `pending`.
     """
     return await service.performance(model, version=version, symbol=symbol, window=window)
 
