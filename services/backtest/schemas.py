@@ -424,6 +424,36 @@ class Trial(Answer):
     metrics: dict[str, int | float | None]
 
 
+class DeflatedSharpe(Answer):
+    """The Deflated Sharpe Ratio's inputs: Sharpe ratios of excess returns, per bar unless
+    annualised (the README's "Reading DSR and PBO")."""
+
+    n_trials: int
+    effective_trials: Num = Field(
+        description="Independent trials with the same expected best Sharpe as the search's "
+        "correlated ones (from the correlation of the sampled trials' bar returns)."
+    )
+    sampled_trials: int = Field(description="Trials rerun for that correlation.")
+    sharpe: Num = Field(description="The winner's per-bar excess-return Sharpe.")
+    sharpe_annualized: Num
+    threshold_sharpe: Num = Field(
+        description="SR0: the expected best per-bar Sharpe of effective_trials skill-less trials."
+    )
+    threshold_sharpe_annualized: Num
+    sharpe_variance: Num = Field(
+        description="Null variance of the per-bar Sharpe estimator (with skew and kurtosis)."
+    )
+    bars: int
+    skewness: Num
+    kurtosis: Num = Field(description="The winner's kurtosis (3 for normal returns).")
+    cross_trial_dsr: Num = Field(
+        description="The paper's variant: SR0 from the variance of the trials' Sharpe ratios "
+        "and n_trials; blind to a grid where some parameters truly work."
+    )
+    cross_trial_threshold_sharpe: Num
+    cross_trial_variance: Num
+
+
 class OptimizeResult(Answer):
     """The best combinations, and whether the winner's edge survives the search."""
 
@@ -442,15 +472,22 @@ class OptimizeResult(Answer):
     best_params: dict[str, float | int | bool]
     top: list[Trial]
     deflated_sharpe_ratio: Num = Field(
-        description="P(the winner's Sharpe beats the best of n_trials skill-less trials), "
+        description="P(the winner's excess-return Sharpe beats the best of effective_trials "
+        "skill-less trials), "
         "[0, 1]; above 0.95 is significant."
+    )
+    deflated_sharpe: DeflatedSharpe | None = Field(
+        default=None, description="The DSR's inputs (null without a Sharpe to deflate)."
     )
     pbo: Num = Field(
         description="Probability of backtest overfitting by CSCV, [0, 1]: the share of splits "
         "where the in-sample winner ranks at or below the median out of sample."
     )
     pbo_splits: int
-    reading: str = Field(description="One line: what DSR and PBO say about the winner.")
+    reading: str = Field(
+        description="One line: whether the best is more than luck (DSR) and whether picking "
+        "the in-sample best helps (PBO)."
+    )
     elapsed_s: float
     backtests_per_second: float
 
