@@ -190,6 +190,12 @@ class WalkForwardRequest(SearchSettings, RunConfig):
         description="In-sample windows all start at the first bar (expanding) instead of rolling.",
     )
     equity_points: int = Field(default=250, ge=2, le=20_000, description=EQUITY_POINTS_DOC)
+    flat_at_boundary: bool = Field(
+        default=False,
+        description="true: every test window starts flat and closes what is open at its end "
+        "(a round trip of costs at each boundary). false: the windows trade as one run, and "
+        "a position stays open across a boundary while the next window holds the same side.",
+    )
     retrain_every: int = Field(
         default=1,
         ge=1,
@@ -252,10 +258,12 @@ class Metrics(Answer):
     expectancy: Num = Field(description="Mean pnl per round trip, in cash.")
     alpha: Num = Field(description="Annualised alpha against buy-and-hold on the same bars.")
     beta: Num = Field(description="Beta against buy-and-hold on the same bars.")
-    t_statistic: Num = Field(description="t statistic of the mean bar return being zero.")
+    t_statistic: Num = Field(
+        description="t statistic of the mean excess bar return (less the risk-free rate) being 0."
+    )
     p_value: Num = Field(description="Two-sided p-value of that t-test (small: mean != 0).")
     mean_return_ci: list[Num] = Field(
-        description="95% bootstrap confidence interval of the mean bar return: [low, high]."
+        description="95% bootstrap confidence interval of the mean excess bar return: [low, high]."
     )
     probabilistic_sharpe_ratio: Num = Field(
         description="Probability that the true Sharpe ratio is above zero (PSR), in [0, 1]."
@@ -602,7 +610,14 @@ class Distribution(Answer):
     """The outcome of one resampling method over n_runs paths."""
 
     final_return: Percentiles
-    max_drawdown: Percentiles
+    max_drawdown: Percentiles = Field(
+        description="Worst drawdown of each path, measured at drawdown_resolution."
+    )
+    drawdown_resolution: Literal["trade", "bar"] = Field(
+        description="`trade`: equity marked only when a trade closes (trade to trade), "
+        "compare with actual_trade_max_drawdown; `bar`: marked every bar, compare with "
+        "actual_max_drawdown."
+    )
     probability_of_loss: float
     var: float = Field(
         description="Value at risk: the loss (a positive fraction) that the worst "
@@ -621,7 +636,13 @@ class MonteCarloResult(Answer):
     confidence: float
     n_trades: int
     actual_total_return: Num
-    actual_max_drawdown: Num
+    actual_max_drawdown: Num = Field(
+        description="The run's worst drawdown bar to bar (the block bootstrap's resolution)."
+    )
+    actual_trade_max_drawdown: Num = Field(
+        description="The run's worst drawdown trade to trade: its closed trades compounded in "
+        "their order (the trade bootstrap's resolution; null without trades)."
+    )
     trade_bootstrap: Distribution | None = Field(
         description="Trades resampled with replacement (null without closed trades)."
     )
