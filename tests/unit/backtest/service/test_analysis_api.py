@@ -72,7 +72,7 @@ def test_the_grid_ranks_every_combination_and_the_winner_is_the_engines(api: Tes
     # the DSR's inputs: every trial counts, fewer of them are independent
     d = result["deflated_sharpe"]
     assert d["n_trials"] == len(pairs) and 1 <= d["effective_trials"] <= len(pairs)
-    assert d["bars"] == result["bars"] and d["sampled_trials"] == len(pairs)
+    assert d["bars"] == result["bars"] and 64 <= d["sampled_trials"] <= 65  # and the winner
     assert d["sharpe_annualized"] == pytest.approx(sharpes[0], rel=1e-9)
     assert d["threshold_sharpe"] > 0 and d["sharpe_variance"] > 0 and d["kurtosis"] > 0
     assert 0 <= d["cross_trial_dsr"] <= 1
