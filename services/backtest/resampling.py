@@ -34,6 +34,7 @@ class Source:
     trade_returns: np.ndarray
     total_return: float | None
     max_drawdown: float | None
+    kind: str = "backtest"  # or walk_forward: its stitched returns, no trades stored
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,12 @@ async def resample(request: MonteCarloRequest, source: Source, runner: Runner) -
         f"{b.probability_of_loss:.0%} of paths lose money, the median worst drawdown is "
         f"{b.max_drawdown.p50:.1%}, and {tail}."
     )
-    if trades is None:
+    if trades is None and source.kind == "walk_forward":
+        reading += (
+            " A walk-forward keeps its stitched out-of-sample bar returns, not its trades: "
+            "block bootstrap only."
+        )
+    elif trades is None:
         reading += " The run closed no trade, so there is no trade-order bootstrap."
     return MonteCarloResult(
         run_id=source.run_id,
