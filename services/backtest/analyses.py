@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from services.backtest import repository as repo
 from services.backtest.charts import render_chart
@@ -34,6 +35,13 @@ from shared.tables import utcnow
 # Most points a stored walk-forward series keeps (the request maximum: every daily bar of
 # 80 years); a longer one is stored evenly thinned, first and last bar kept.
 FULL_POINTS = 20_000
+
+
+class OutdatedRunError(NotFoundError):
+    """The stored analysis was answered in a shape this version can no longer read."""
+
+    code = "stored_run_outdated"
+    title = "Stored run outdated"
 
 
 class NoChartError(NotFoundError):
@@ -172,11 +180,20 @@ class Analyses:
     def answer(row: Any, *, equity_points: int) -> WalkForwardResult | OptimizeResult:
         """Return a stored analysis as it was answered (a walk-forward's curve at
         equity_points)."""
-        if row.kind == "optimization":
-            return OptimizeResult.model_validate(row.result)
-        series = repo.decode_series(row.series)
-        curve = equity_curve(series.dates, series.equity, series.benchmark, equity_points)
-        return WalkForwardResult.model_validate({**row.result, "equity": curve.model_dump()})
+        try:
+            if row.kind == "optimization":
+                return OptimizeResult.model_validate(row.result)
+            series = repo.decode_series(row.series)
+            curve = equity_curve(series.dates, series.equity, series.benchmark, equity_points)
+            return WalkForwardResult.model_validate({**row.result, "equity": curve.model_dump()})
+        except ValidationError as e:  # stored by a version whose answer had another shape
+            raise OutdatedRunError(
+                f"Stored {row.kind} {row.run_id} was answered by an older version of this "
+                f"service in a shape it no longer reads ({e.error_count()} differences): run "
+                "it again with its config.",
+                field="run_id",
+                log_detail=str(e),
+            ) from e
 
     @staticmethod
     def chart(row: Any, *, width: int, height: int) -> bytes:

@@ -8,12 +8,15 @@ Real CSV bars through the co-hosted market service; the shared files end 2023-10
 from __future__ import annotations
 
 import io
+import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from services.backtest.analyses import Analyses, OutdatedRunError
 from services.backtest.engine.analysis import monte_carlo
 from services.backtest.resampling import default_block
 from tests.unit.backtest.service.conftest import GOOG_SMA, wait_done
@@ -151,3 +154,11 @@ def test_dates_without_bars_are_a_404_no_data_naming_the_range_there_is(api: Tes
     problem = answer.json()
     assert problem["code"] == "no_data" and problem["field"] == "start_date"
     assert "2003-10-30..2023-10-27" in problem["detail"]
+
+
+def test_a_stored_answer_of_another_shape_is_a_problem_not_a_500() -> None:
+    # a row stored by an older version whose answer lacked fields this one requires
+    row = SimpleNamespace(kind="optimization", run_id=uuid.uuid4(), result={"strategy": "x"})
+    with pytest.raises(OutdatedRunError) as caught:
+        Analyses.answer(row, equity_points=10)
+    assert caught.value.status == 404 and caught.value.field == "run_id"
