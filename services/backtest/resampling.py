@@ -36,6 +36,7 @@ class Source:
     trade_returns: np.ndarray
     total_return: float | None
     max_drawdown: float | None
+    kind: str = "backtest"  # or walk_forward: its stitched returns, no trades stored
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,12 @@ async def resample(request: MonteCarloRequest, source: Source, runner: Runner) -
         f"{b.max_drawdown.p50:.1%} bar to bar (the run's own: {_pct(source.max_drawdown)}), "
         f"and {tail}."
     )
-    if trades is None:
+    if trades is None and source.kind == "walk_forward":
+        reading += (
+            " A walk-forward keeps its stitched out-of-sample bar returns, not its trades: "
+            "block bootstrap only."
+        )
+    elif trades is None:
         reading += " The run closed no trade, so there is no trade-order bootstrap."
     else:
         reading += (

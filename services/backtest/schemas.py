@@ -215,7 +215,11 @@ class MonteCarloRequest(BaseModel):
         json_schema_extra={"examples": [{"config": EXAMPLE, "n_runs": 1000, "seed": 0}]},
     )
 
-    run_id: uuid.UUID | None = Field(default=None, description="A stored run to resample.")
+    run_id: uuid.UUID | None = Field(
+        default=None,
+        description="A stored backtest or walk-forward to resample (a walk-forward's "
+        "stitched out-of-sample bar returns).",
+    )
     config: BacktestRequest | None = Field(
         default=None, description="A backtest to run (and store) and then resample."
     )
@@ -319,6 +323,19 @@ class EquityCurve(Answer):
     total_points: int = Field(description="Bars in the run (every one is in the metrics).")
 
 
+KIND_DOC = "What was stored: `backtest`, `walk_forward` or `optimization`."
+AnalysisKind = Literal["backtest", "walk_forward", "optimization"]
+
+
+class AnalysisLinks(Answer):
+    """Where to read a stored walk-forward or search again."""
+
+    result: str = Field(description="`GET` it: the stored answer.")
+    chart: str | None = Field(
+        default=None, description="A walk-forward's stitched equity chart (PNG); null otherwise."
+    )
+
+
 class RunLinks(Answer):
     """Where to read more of a stored run."""
 
@@ -330,6 +347,7 @@ class RunLinks(Answer):
 class BacktestResult(Answer):
     """A stored backtest: config, metrics beside buy-and-hold, equity, trades summary."""
 
+    kind: Literal["backtest"] = Field(default="backtest", description=KIND_DOC)
     run_id: uuid.UUID
     created_at: datetime
     strategy: str
@@ -358,16 +376,17 @@ class Page(Answer):
 
 
 class RunSummary(Answer):
-    """One stored run, as listed."""
+    """One stored run, as listed (a search's figures are its winner's)."""
 
     run_id: uuid.UUID
+    kind: AnalysisKind = Field(description=KIND_DOC)
     created_at: datetime
     strategy: str
     symbols: list[str]
     start_date: date
     end_date: date
     initial_capital: float
-    final_capital: float
+    final_capital: Num
     total_return: Num
     sharpe_ratio: Num
     max_drawdown: Num
@@ -466,6 +485,11 @@ class DeflatedSharpe(Answer):
 class OptimizeResult(Answer):
     """The best combinations, and whether the winner's edge survives the search."""
 
+    kind: Literal["optimization"] = Field(default="optimization", description=KIND_DOC)
+    run_id: uuid.UUID | None = Field(
+        default=None, description="Its id: `GET /results/{run_id}` answers it again."
+    )
+    created_at: datetime | None = Field(default=None, description="When it was stored.")
     strategy: str
     symbol: str
     start: date
@@ -499,6 +523,11 @@ class OptimizeResult(Answer):
     )
     elapsed_s: float
     backtests_per_second: float
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What to keep in mind: e.g. the bars not reaching an end of the dates asked.",
+    )
+    links: AnalysisLinks | None = Field(default=None, description="Where to read it again.")
 
 
 class InSample(Answer):
@@ -587,6 +616,11 @@ class MlWalkForward(Answer):
 class WalkForwardResult(Answer):
     """Windows fitted in sample and tested out of sample, stitched into one OOS equity."""
 
+    kind: Literal["walk_forward"] = Field(default="walk_forward", description=KIND_DOC)
+    run_id: uuid.UUID | None = Field(
+        default=None, description="Its id: `GET /results/{run_id}` answers it again."
+    )
+    created_at: datetime | None = Field(default=None, description="When it was stored.")
     strategy: str
     symbol: str
     bars: int
@@ -609,6 +643,16 @@ class WalkForwardResult(Answer):
     ml: MlWalkForward | None = Field(
         default=None, description="`ml_ensemble` only: out-of-sample hit rates vs baselines."
     )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What to keep in mind: e.g. the bars not reaching an end of the dates asked.",
+    )
+    links: AnalysisLinks | None = Field(default=None, description="Where to read it again.")
+
+
+StoredResult = Annotated[
+    BacktestResult | WalkForwardResult | OptimizeResult, Field(discriminator="kind")
+]
 
 
 class Percentiles(Answer):
