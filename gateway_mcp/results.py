@@ -22,14 +22,8 @@ from shared.errors import Problem
 
 PAGE_KEY = "page"
 
-LIMIT_DOC = (
-    "Most rows to return from each list in the answer (bars, trades, results, ...); "
-    "default {default}, at most {max}. The answer's `page` says how many rows were left out."
-)
-OFFSET_DOC = (
-    "Rows to skip before the first one returned; negative counts from the end "
-    "(-{default} = the last {default} rows). Default 0 (oldest/first rows)."
-)
+LIMIT_DOC = "Most rows per list in the answer."
+OFFSET_DOC = "Rows to skip; negative counts from the end (-{default} = the last {default})."
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,12 @@ from fastmcp.utilities.openapi import HTTPRoute
 from fastmcp.utilities.versions import VersionSpec
 from mcp_types import ImageContent, ToolAnnotations
 
+from gateway_mcp.context import (
+    TOOL_DOCS_URI,
+    compact_schema,
+    first_paragraph,
+    strict_schema,
+)
 from gateway_mcp.results import (
     PAGE_KEY,
     Limits,
@@ -39,13 +45,13 @@ from gateway_mcp.results import (
     problem_error,
     schema_has_rows,
 )
-from shared.errors import parse_problem
+from shared.errors import parse_problem, unknown_argument_message
 
-PAGING_NOTE = (
-    "\n\nLong lists in the answer are cut to `limit` rows (default {default}); the answer's "
-    "`page` then gives the totals and the `offset` of the next page."
+PAGING_NOTE = " Lists are paged (`limit`, `offset`; see the answer's `page`)."
+JOB_NOTE = (
+    " Runs as a job: answers its result, or within the call budget the job's handle and the "
+    "`*_get_job` call that continues."
 )
-JOB_NOTE = "\n\nRuns as a job: the gateway waits for it to finish and reports progress meanwhile."
 JSON_MEDIA = "application/json"
 
 
@@ -138,12 +144,17 @@ def gateway_tool(
     limits: Limits,
     spec: dict[str, Any],
     client: httpx2.AsyncClient | None = None,
+    docs: dict[str, dict[str, Any]] | None = None,
 ) -> Tool:
     """Return inner with paging arguments (when useful), mapped errors and sized answers.
 
     An operation whose success answer is an image (e.g. `image/png`) is called through
     client (default: the service's client in the gateway's lifespan context) and answered
     as MCP image content, which a model sees as a picture.
+
+    The model sees a compact description and argument schema (`gateway_mcp.context`); the
+    full ones go to docs under the tool's public name, for the `docs://tools/{name}` resource.
+    An argument the tool does not take is refused by name, with the closest one it does.
     """
     image = image_media_type(spec, route)
     job = is_job_route(route)
@@ -158,13 +169,25 @@ def gateway_tool(
         and not ({"limit", "offset"} & set(props))
     )
     output_schema = None if job or image else inner.output_schema
-    description = inner.description or ""
+    full_description = inner.description or ""
     if paged:
         props.update(page_arguments(limits))
         output_schema = paged_output_schema(output_schema)
-        description += PAGING_NOTE.format(default=limits.default_limit)
+    public_name = f"{service}_{inner.name}"
+    where = TOOL_DOCS_URI.format(name=public_name)
+    description = first_paragraph(full_description)
+    if paged:
+        description += PAGING_NOTE
     if job:
         description += JOB_NOTE
+    if docs is not None:
+        docs[public_name] = {
+            "name": public_name,
+            "description": full_description,
+            "input_schema": strict_schema(parameters),
+        }
+    known = set(props)
+    parameters = strict_schema(compact_schema(parameters, where))
     annotations = inner.annotations
     if annotations is None and route.method.upper() == "GET":
         annotations = ToolAnnotations(read_only_hint=True, idempotent_hint=True)
@@ -172,6 +195,9 @@ def gateway_tool(
     async def call(**arguments: Any) -> ToolResult:
         """Call the service; map its errors; cut rows and size to the gateway's limits."""
         args = dict(arguments)
+        for name in args:
+            if name not in known:
+                raise ToolError(unknown_argument_message(name, known))
         if image:
             return await _image_result(client or _service_client(service), route, service, args)
         limit, offset = _page_args(args, limits) if paged else (0, 0)
