@@ -152,7 +152,7 @@ def compact_schema(schema: Any, where: str, *, top: bool = True) -> Any:
         return _summary(schema, where)
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in _DROPPED:
+        if key in _DROPPED or key.startswith("x-"):
             continue
         if key == "additionalProperties" and value is False and not top:
             continue  # the service refuses unknown fields anyway, naming them

@@ -101,7 +101,7 @@ def build_service_provider(
     )
     tools = {
         component.name: gateway_tool(
-            component, route, service.name, limits, service.spec, docs=docs
+            component, route, service.name, limits, service.spec, docs=docs, table=service.tools
         )
         for route, component in made
         if isinstance(component, Tool)
@@ -171,6 +171,7 @@ def build_gateway(
         default_limit=settings.default_limit,
         max_limit=max(settings.max_limit, settings.default_limit),
         max_bytes=settings.max_answer_bytes,
+        call_budget_s=settings.call_budget_s,
     )
     services = open_services(settings, app_factories)
 

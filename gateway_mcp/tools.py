@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -33,6 +34,9 @@ from gateway_mcp.context import (
     first_paragraph,
     strict_schema,
 )
+from gateway_mcp.jobs import CALL_DEADLINE
+from gateway_mcp.links import ToolTable, speak_tools
+from gateway_mcp.numbers import round_numbers
 from gateway_mcp.results import (
     PAGE_KEY,
     Limits,
@@ -145,6 +149,7 @@ def gateway_tool(
     spec: dict[str, Any],
     client: httpx2.AsyncClient | None = None,
     docs: dict[str, dict[str, Any]] | None = None,
+    table: ToolTable | None = None,
 ) -> Tool:
     """Return inner with paging arguments (when useful), mapped errors and sized answers.
 
@@ -187,17 +192,35 @@ def gateway_tool(
             "input_schema": strict_schema(parameters),
         }
     known = set(props)
+    # A service may default an argument differently for a model (`x-mcp-default`): e.g. no
+    # equity curve in a backtest answer unless asked.
+    mcp_defaults = {}
+    for name, prop in props.items():
+        if isinstance(prop, dict) and "x-mcp-default" in prop:
+            mcp_defaults[name] = prop["x-mcp-default"]
+            prop["default"] = prop.pop("x-mcp-default")
     parameters = strict_schema(compact_schema(parameters, where))
+    table = table or ToolTable(service, spec)
+    wait_s = round(max(0.5, min(30.0, limits.call_budget_s * 0.75)), 1)
     annotations = inner.annotations
     if annotations is None and route.method.upper() == "GET":
         annotations = ToolAnnotations(read_only_hint=True, idempotent_hint=True)
 
     async def call(**arguments: Any) -> ToolResult:
+        """Call the service within the call budget; answer compactly, in tools' terms."""
+        token = CALL_DEADLINE.set(time.monotonic() + limits.call_budget_s)
+        try:
+            return await answer(dict(arguments))
+        finally:
+            CALL_DEADLINE.reset(token)
+
+    async def answer(args: dict[str, Any]) -> ToolResult:
         """Call the service; map its errors; cut rows and size to the gateway's limits."""
-        args = dict(arguments)
         for name in args:
             if name not in known:
                 raise ToolError(unknown_argument_message(name, known))
+        for name, value in mcp_defaults.items():
+            args.setdefault(name, value)
         if image:
             return await _image_result(client or _service_client(service), route, service, args)
         limit, offset = _page_args(args, limits) if paged else (0, 0)
@@ -206,6 +229,7 @@ def gateway_tool(
         except httpx2.HTTPStatusError as e:
             response = e.response
             problem = parse_problem(response.status_code, response.content, response.reason_phrase)
+            problem.detail = table.rewrite_text(problem.detail)
             raise problem_error(service, problem) from e
         except ValueError as e:  # the request could not be built from the arguments
             raise ToolError(f"{service} service: {e}") from e
@@ -213,23 +237,24 @@ def gateway_tool(
         if data is None:  # not JSON: pass text through, within the size limit
             size = sum(len(getattr(c, "text", "") or "") for c in result.content)
             if size > limits.max_bytes:
-                raise oversize_error(inner.name, size, limits.max_bytes)
+                raise oversize_error(inner.name, size, limits.max_bytes, sorted(known))
             return result
         answer_data: Any = data.get("result") if wrapped else data
+        answer_data = round_numbers(speak_tools(answer_data, table, wait_s=wait_s))
         page = None
         if paged:
             answer_data, page = fit_rows(
                 answer_data, limit=limit, offset=offset, max_bytes=limits.max_bytes
             )
-        answer = (
+        body = (
             {"result": answer_data} if wrapped or not isinstance(answer_data, dict) else answer_data
         )
         if page is not None:
-            answer = {**answer, PAGE_KEY: page}
-        size = answer_size(answer)
+            body = {**body, PAGE_KEY: page}
+        size = answer_size(body)
         if size > limits.max_bytes:
-            raise oversize_error(inner.name, size, limits.max_bytes)
-        return ToolResult(structured_content=answer)
+            raise oversize_error(inner.name, size, limits.max_bytes, sorted(known))
+        return ToolResult(structured_content=body)
 
     tool = Tool.from_tool(
         inner,
