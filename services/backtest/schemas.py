@@ -14,6 +14,7 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from services.backtest.config import BacktestConfig
 from shared.verdicts import PairedVerdict
@@ -48,8 +49,11 @@ class RunConfig(BacktestConfig):
 
 EQUITY_POINTS_DOC = (
     "Most points of the equity curve in the answer (evenly spaced; first and last bar always "
-    "kept). Metrics always use every bar."
+    "kept); 0 leaves the curve out (the default through MCP: ask 20 for a sketch, "
+    "`get_results` for the full curve). Metrics always use every bar."
 )
+# Through the MCP gateway a run answers without its curve unless asked (answers stay small).
+EQUITY_POINTS_MCP: JsonDict = {"x-mcp-default": 0}
 
 
 EXAMPLE: dict[str, Any] = {
@@ -69,7 +73,13 @@ class BacktestRequest(RunConfig):
 
     model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
 
-    equity_points: int = Field(default=250, ge=2, le=20_000, description=EQUITY_POINTS_DOC)
+    equity_points: int = Field(
+        default=250,
+        ge=0,
+        le=20_000,
+        description=EQUITY_POINTS_DOC,
+        json_schema_extra=EQUITY_POINTS_MCP,
+    )
 
 
 class Range(BaseModel):
@@ -190,7 +200,13 @@ class WalkForwardRequest(SearchSettings, RunConfig):
         default=False,
         description="In-sample windows all start at the first bar (expanding) instead of rolling.",
     )
-    equity_points: int = Field(default=250, ge=2, le=20_000, description=EQUITY_POINTS_DOC)
+    equity_points: int = Field(
+        default=250,
+        ge=0,
+        le=20_000,
+        description=EQUITY_POINTS_DOC,
+        json_schema_extra=EQUITY_POINTS_MCP,
+    )
     flat_at_boundary: bool = Field(
         default=False,
         description="true: every test window starts flat and closes what is open at its end "

@@ -230,7 +230,7 @@ def test_every_strategy_is_listed_with_its_parameter_schema(api: TestClient) -> 
             "strategy.params.slow",
         ),
         ({"commission_rate": 0.5}, 422, "validation_error", "commission_rate"),
-        ({"equity_points": 1}, 422, "validation_error", "equity_points"),
+        ({"equity_points": -1}, 422, "validation_error", "equity_points"),
     ],
 )
 def test_bad_input_is_a_problem_naming_the_field(
