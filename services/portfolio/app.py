@@ -1,0 +1,80 @@
+"""Portfolio service: `uvicorn --factory services.portfolio.app:create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.portfolio.peers import Peers
+from services.portfolio.routes import router
+from services.portfolio.service import PortfolioService
+from services.portfolio.settings import PortfolioSettings
+from shared.app import service_app
+from shared.db import Database
+from shared.errors import AppError
+from shared.health import install_health
+from shared.http import service_client
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Paper trading of the backtest's strategies, with a risk manager between every
+decision and every order.
+
+Accounts on the embedded `paper` broker (market orders filled whole at the next session's
+open from the market service, with the backtest's commission and slippage, rejected when
+cash is short). Deployments trade a strategy exactly as `POST /backtest` takes it, on the
+backtest service's signals: a replay gives the backtest's fills. Orders are paper orders;
+each carries a deterministic client_order_id, so none is ever sent twice. Errors are
+RFC 9457 problem details.
+"""
+
+
+def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
+    """Build the portfolio service app (settings from the environment by default)."""
+    settings = settings or PortfolioSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database.from_settings(settings)
+        peers = Peers(
+            backtest=service_client(
+                "backtest",
+                settings.backtest_url,
+                token=settings.backtest_bearer(),
+                timeout_s=settings.peer_timeout_s,
+            ),
+            market=service_client(
+                "market",
+                settings.market_url,
+                token=settings.market_bearer(),
+                timeout_s=settings.peer_timeout_s,
+            ),
+        )
+        await db.start()
+        service = PortfolioService(db=db, peers=peers, settings=settings)
+        app.state.portfolio = service
+        try:
+            sent = await service.reconcile()
+            if sent:
+                log.warning("reconciled %d order(s) decided but never sent", sent)
+        except AppError as e:  # a peer or the database is down: the next run sends them
+            log.error("order reconciliation postponed: %s", e)
+        try:
+            yield
+        finally:
+            await service.aclose()
+            await db.dispose()
+
+    app = service_app(
+        title="Portfolio service", description=DESCRIPTION, settings=settings, lifespan=lifespan
+    )
+    install_health(
+        app,
+        stores=lambda request: (request.app.state.portfolio.db, None),
+        timeout_s=settings.health_timeout_s,
+    )
+    app.include_router(router)
+    return app

@@ -1,0 +1,212 @@
+"""HTTP routes of the portfolio service: parse, call the service, return a schema.
+
+Route docstrings become the MCP tool descriptions. Orders are paper orders: the embedded
+paper broker fills them at the next session's open from the market service's prices.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from services.portfolio.schemas import (
+    Account,
+    AccountCreate,
+    Deployment,
+    DeploymentCreate,
+    FillList,
+    OrderList,
+    Risk,
+    RunRequest,
+    RunResult,
+)
+from services.portfolio.service import PortfolioService
+from shared.api import ProblemDocs
+
+router = APIRouter()
+
+errors = ProblemDocs(
+    {
+        404: "The account or deployment does not exist (or a symbol the market lacks).",
+        409: "The deployment is stopped.",
+        422: "An input is invalid (`field` names it): an unknown strategy or parameter (the "
+        "backtest service's verdict), `until` before the start, the alpaca broker.",
+        502: "The market or backtest service failed.",
+        503: "The database, the market or the backtest service is unavailable.",
+    }
+)
+READ = errors(401, 404, 422, 503)
+WRITE = errors(400, 401, 404, 409, 422, 502, 503)
+AccountId = Annotated[uuid.UUID, Path(description="The account's id.")]
+DeploymentId = Annotated[uuid.UUID, Path(description="The deployment's id.")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows to return.")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Rows to skip first.")]
+
+
+async def get_service(request: Request) -> PortfolioService:
+    """Return the app's PortfolioService (built in lifespan)."""
+    return request.app.state.portfolio  # type: ignore[no-any-return]
+
+
+Service = Annotated[PortfolioService, Depends(get_service)]
+
+
+@router.post(
+    "/accounts",
+    operation_id="create_account",
+    response_model=Account,
+    status_code=201,
+    responses=WRITE,
+    summary="Open a paper account",
+)
+async def create_account(body: AccountCreate, service: Service) -> Account:
+    """Open an account holding `initial_cash` on the `paper` broker (simulated orders; no
+    money moves). Returns its id, cash, equity (= cash), no positions."""
+    return await service.create_account(body)
+
+
+@router.get(
+    "/accounts/{account_id}",
+    operation_id="get_account",
+    response_model=Account,
+    responses=READ,
+    summary="An account's cash, positions and pnl",
+)
+async def get_account(account_id: AccountId, service: Service) -> Account:
+    """Return cash, equity, positions (quantity, average_price, market_value at the latest
+    close processed, unrealised_pnl), realised_pnl, gross exposure (a fraction of equity)
+    and whether the kill switch is on."""
+    return await service.get_account(account_id)
+
+
+@router.post(
+    "/accounts/{account_id}/halt",
+    operation_id="halt_account",
+    response_model=Account,
+    responses=WRITE,
+    summary="Kill switch: refuse every order",
+)
+async def halt_account(account_id: AccountId, service: Service) -> Account:
+    """Turn the account's kill switch on: the risk manager refuses every order of its
+    deployments (stored as `refused` with the reason) until `resume_account`."""
+    return await service.halt(account_id)
+
+
+@router.post(
+    "/accounts/{account_id}/resume",
+    operation_id="resume_account",
+    response_model=Account,
+    responses=WRITE,
+    summary="Lift the kill switch and drawdown halts",
+)
+async def resume_account(account_id: AccountId, service: Service) -> Account:
+    """Turn the kill switch off and lift the drawdown halts of the account's deployments."""
+    return await service.resume(account_id)
+
+
+@router.get(
+    "/accounts/{account_id}/orders",
+    operation_id="list_orders",
+    response_model=OrderList,
+    responses=READ,
+    summary="An account's orders",
+)
+async def list_orders(
+    account_id: AccountId, service: Service, limit: Limit = 100, offset: Offset = 0
+) -> OrderList:
+    """Page through the account's orders, oldest first: client_order_id (deterministic),
+    session, symbol, side, quantity sent, quantity requested by the sizing, status
+    (`filled`, `refused` by the risk manager, `rejected` by the broker, `new` not sent yet)
+    and the reason of a refusal or a cut."""
+    return await service.list_orders(account_id, limit=limit, offset=offset)
+
+
+@router.get(
+    "/accounts/{account_id}/fills",
+    operation_id="list_fills",
+    response_model=FillList,
+    responses=READ,
+    summary="An account's fills",
+)
+async def list_fills(
+    account_id: AccountId, service: Service, limit: Limit = 100, offset: Offset = 0
+) -> FillList:
+    """Page through the account's fills, oldest first, in the backtest's fill fields:
+    timestamp (the session), symbol, direction, shares, price (slippage included),
+    commission, slippage_cost, total_cost, pnl (closing fills)."""
+    return await service.list_fills(account_id, limit=limit, offset=offset)
+
+
+@router.get(
+    "/accounts/{account_id}/risk",
+    operation_id="get_risk",
+    response_model=Risk,
+    responses=errors(401, 404, 422, 502, 503),
+    summary="The book's risk and the breakers",
+)
+async def get_risk(account_id: AccountId, service: Service) -> Risk:
+    """Return exposure by symbol (fractions of equity), the historical one-day 95% VaR and
+    CVaR of the current book in cash (from up to a year of the held symbols' daily returns;
+    null under 20), the correlation of the held symbols, the drawdown from the equity peak
+    and the breakers (kill switch, halted deployments, orders of the last session)."""
+    return await service.risk(account_id)
+
+
+@router.post(
+    "/deployments",
+    operation_id="create_deployment",
+    response_model=Deployment,
+    status_code=201,
+    responses=WRITE,
+    summary="Deploy a strategy on a paper account",
+)
+async def create_deployment(body: DeploymentCreate, service: Service) -> Deployment:
+    """Deploy a strategy (as `POST /backtest` takes it; the backtest service validates it)
+    on `symbols` of an account from `start_date`, with the backtest's sizing and cost
+    fields and the risk limits. Nothing trades until `run_deployment`."""
+    return await service.create_deployment(body)
+
+
+@router.get(
+    "/deployments/{deployment_id}",
+    operation_id="get_deployment",
+    response_model=Deployment,
+    responses=READ,
+    summary="A deployment's state",
+)
+async def get_deployment(deployment_id: DeploymentId, service: Service) -> Deployment:
+    """Return the deployment's config, status, last session processed, the wishes pending
+    for the next open and any drawdown halt."""
+    return await service.get_deployment(deployment_id)
+
+
+@router.delete(
+    "/deployments/{deployment_id}",
+    operation_id="stop_deployment",
+    response_model=Deployment,
+    responses=WRITE,
+    summary="Stop a deployment",
+)
+async def stop_deployment(deployment_id: DeploymentId, service: Service) -> Deployment:
+    """Stop the deployment: it decides no more orders; its positions stay in the account."""
+    return await service.stop_deployment(deployment_id)
+
+
+@router.post(
+    "/deployments/{deployment_id}/run",
+    operation_id="run_deployment",
+    response_model=RunResult,
+    responses=WRITE,
+    summary="Trade every session up to a date",
+)
+async def run_deployment(
+    deployment_id: DeploymentId, body: RunRequest, service: Service
+) -> RunResult:
+    """Process every exchange session from the last processed one up to `until`: at each
+    open the wishes decided at the previous close become orders (past the risk manager)
+    filled by the paper broker; at each close the strategy's wish (the backtest's
+    `get_signals`) is read. A date in the past replays history, the same fills as a
+    backtest of the same config (but for the backtest's closing fill at its end)."""
+    return await service.run(deployment_id, body.until)

@@ -1,0 +1,44 @@
+"""A platform of the market (CSV bars), backtest and portfolio apps, in one process.
+
+The portfolio reaches its peers through their HTTP contracts (in-process ASGI transport),
+as under `trading serve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.backtest.app import create_app as create_backtest
+from services.backtest.settings import BacktestSettings
+from services.market.app import create_app as create_market
+from services.market.settings import SHARED_CSV_DIR
+from services.portfolio.app import create_app as create_portfolio
+from services.portfolio.settings import PortfolioSettings
+from tests.conftest import market_settings
+from trading.host import build_platform_app
+
+
+def portfolio_settings(data_dir: Path, **overrides: object) -> PortfolioSettings:
+    """Return embedded-mode portfolio settings (SQLite under data_dir, no Redis)."""
+    values: dict[str, object] = {"data_dir": data_dir, "database_url": None, "redis_url": None}
+    values.update(overrides)
+    return PortfolioSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """Return a client of market + backtest + portfolio mounted as `trading serve` does."""
+    base = tmp_path_factory.mktemp("portfolio-platform")
+    apps = {
+        "market": create_market(market_settings(base / "market", SHARED_CSV_DIR)),
+        "backtest": create_backtest(
+            BacktestSettings(data_dir=base / "backtest", database_url=None, redis_url=None)
+        ),
+        "portfolio": create_portfolio(portfolio_settings(base / "portfolio")),
+    }
+    with TestClient(build_platform_app(apps)) as client:
+        yield client
