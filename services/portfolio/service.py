@@ -210,7 +210,7 @@ class PortfolioService:
             exposure=gross / eq if eq > 0 else 0.0,
             halted=row["halted"],
             halt_reason=row["halt_reason"],
-            created_at=row["created_at"],
+            created_at=aware(row["created_at"]),
         )
 
     async def halt(self, account_id: uuid.UUID) -> Account:
@@ -276,7 +276,7 @@ class PortfolioService:
             last_session=row["last_session"],
             pending=row["pending"],
             config=row["config"],
-            created_at=row["created_at"],
+            created_at=aware(row["created_at"]),
         )
 
     async def stop_deployment(self, deployment_id: uuid.UUID) -> Deployment:
@@ -410,6 +410,7 @@ class PortfolioService:
         counts: dict[str, int],
     ) -> None:
         """Execute a session's open: decide and store its orders once, then send the new."""
+        decided = False
         async with self.db.session() as s, s.begin():
             dep = await self._deployment_row(s, deployment_id)
             existing = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
@@ -442,7 +443,8 @@ class PortfolioService:
                     )
                     counts["orders"] += 1
                     counts["refused"] += p.status == "refused"
-        if self.crash_after_decide:  # tests: a process killed between deciding and sending
+                    decided = True
+        if self.crash_after_decide and decided:  # tests: killed between deciding and sending
             raise SimulatedCrashError("stopped between deciding and sending (test switch)")
         async with self.db.session() as s:
             stored = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
@@ -582,7 +584,7 @@ class PortfolioService:
             )
         items = [
             Fill(
-                timestamp=r["timestamp"],
+                timestamp=aware(r["timestamp"]),
                 symbol=r["symbol"],
                 direction=r["direction"],
                 shares=r["shares"],
@@ -652,6 +654,11 @@ class PortfolioService:
                 last_session=last,
             ),
         )
+
+
+def aware(t: datetime) -> datetime:
+    """Return t as UTC-aware (SQLite hands timestamps back naive, in UTC)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _page(total: int, limit: int, offset: int, returned: int) -> Page:
