@@ -63,6 +63,7 @@ class AppError(Exception):
         log_detail: str | None = None,
     ) -> None:
         super().__init__(detail)
+        self.retry_after_s: int | None = None  # set: answered with a Retry-After header
         self.detail = detail
         self.field = field
         self.errors = errors

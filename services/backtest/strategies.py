@@ -280,6 +280,16 @@ class StrategyDef:
             raw = raw.model_dump()
         return self.params.model_validate(raw or {})
 
+    def in_bounds(self, name: str, values: np.ndarray) -> np.ndarray | None:
+        """Return which of one parameter's values its own bounds accept (None: unknown)."""
+        ok = np.ones(len(values), dtype=bool)
+        for bound in self.params.model_fields[name].metadata:
+            check = _BOUNDS.get(type(bound))
+            if check is None:
+                return None
+            ok &= check(values, bound)
+        return ok
+
     def valid(
         self, columns: Mapping[str, np.ndarray], fixed: Mapping[str, Any]
     ) -> np.ndarray | None:

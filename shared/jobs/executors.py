@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -51,6 +51,8 @@ class TaskJob:
     token: int = field(default_factory=lambda: secrets.randbits(62) + 1)
     cancel: threading.Event = field(default_factory=threading.Event)
     slot: int | None = None
+    # local tasks not yet returned (their pool futures): the job's slot waits for them
+    live: set[Future[Any]] = field(default_factory=set)
 
 
 class Executor(Protocol):
@@ -69,6 +71,9 @@ class Executor(Protocol):
 
     async def release(self, job: TaskJob) -> None:
         """Forget job (it ended); its leftover tasks see themselves cancelled."""
+
+    async def until_stopped(self, job: TaskJob, timeout_s: float | None) -> None:
+        """Wait until none of job's tasks is running here (at most timeout_s; None: no bound)."""
 
     async def aclose(self, grace_s: float) -> None:
         """Stop every worker; wait at most grace_s for running tasks, then terminate."""
@@ -122,7 +127,8 @@ class LocalExecutor:
         loop = asyncio.get_running_loop()
         if where == "thread":
             channel = _ThreadChannel(loop, self._sink, job, key)
-            return loop.run_in_executor(self._thread_pool, run_with_channel, channel, fn, args)
+            future = self._thread_pool.submit(run_with_channel, channel, fn, args)
+            return self._track(job, future, loop)
         if where != "process":
             raise ValueError(f"where must be 'thread' or 'process', not {where!r}")
         try:
@@ -133,7 +139,27 @@ class LocalExecutor:
             log.warning("job process pool broken; starting a new one")
             self._drop_pool()
             future = self._process_pool(loop).submit(run_in_process, job.token, slot, key, fn, args)
+        return self._track(job, future, loop)
+
+    @staticmethod
+    def _track(
+        job: TaskJob, future: Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[Any]:
+        """Keep future among job's live tasks until it has returned; wrap it for asyncio."""
+        job.live.add(future)
+        future.add_done_callback(job.live.discard)
         return asyncio.wrap_future(future, loop=loop)
+
+    async def until_stopped(self, job: TaskJob, timeout_s: float | None) -> None:
+        """Wait until every task of job has returned (or never started), at most timeout_s."""
+        live = [asyncio.wrap_future(f) for f in list(job.live) if not f.done()]
+        if not live:
+            return
+        _, pending = await asyncio.wait(live, timeout=timeout_s)
+        if pending:
+            log.warning(
+                "%d task(s) of a stopped job still running after %s s", len(pending), timeout_s
+            )
 
     async def cancel(self, job: TaskJob) -> None:
         """Set the job's cancel flag for its thread and process tasks."""
@@ -294,6 +320,9 @@ class DaskExecutor:
     async def release(self, job: TaskJob) -> None:
         """Forget the job; its leftover tasks read themselves cancelled."""
         await self.cancel(job)
+
+    async def until_stopped(self, job: TaskJob, timeout_s: float | None) -> None:
+        """Return at once: the cluster's workers stop cancelled tasks on their own."""
 
     async def aclose(self, grace_s: float) -> None:
         """Close the client (the cluster itself is not ours)."""
