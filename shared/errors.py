@@ -147,6 +147,13 @@ class DatabaseUnavailableError(AppError):
     title = "Database unavailable"
 
 
+class DatabaseBusyError(DatabaseUnavailableError):
+    """The database works but every connection is in use (load, not an outage)."""
+
+    code = "database_busy"
+    title = "Database busy"
+
+
 class ServiceUnavailableError(AppError):
     """Another platform service could not be reached."""
 
