@@ -130,8 +130,8 @@ class MlTraining(_Params):
         description="`seed`: the design's full LSTM (minutes per window on two cores); "
         "`small`: a 20-step LSTM 16/16/8 (seconds).",
     )
-    epochs: int = Field(default=20, ge=1, le=500, description="Most LSTM epochs per training.")
-    batch_size: int = Field(default=64, ge=8, le=1024, description="LSTM samples per step.")
+    epochs: int = Field(default=20, ge=1, le=200, description="Most LSTM epochs per training.")
+    batch_size: int = Field(default=64, ge=32, le=1024, description="LSTM samples per step.")
 
     @field_validator("models")
     @classmethod

@@ -120,6 +120,27 @@ def version_info(row: repo.VersionRow) -> VersionInfo:
     )
 
 
+RANGE_CHUNK_ROWS = 512  # bars predicted per call of a range: its windows' memory is bounded
+RANGE_CONCURRENCY = 2  # ranges predicted at once per process; more wait their turn
+
+
+def predict_in_chunks(
+    model: EnsembleModel, x: np.ndarray, rows: np.ndarray, chunk: int = RANGE_CHUNK_ROWS
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Return the ensemble's probabilities at rows (and its weights), ``chunk`` rows a call.
+
+    Each call builds the members' input windows of its rows only, so a range of twenty
+    years never holds every window at once.
+    """
+    parts: list[np.ndarray] = []
+    weights: dict[str, float] = {}
+    for i in range(0, rows.size, chunk):
+        out = model.predict(x, rows[i : i + chunk])
+        parts.append(np.asarray(out.probabilities))
+        weights = dict(out.weights)
+    return np.concatenate(parts, axis=0), weights
+
+
 class PredictorService:
     """Predictions of the active model versions, their registry, and their live record."""
 
@@ -142,6 +163,7 @@ class PredictorService:
         self.predictions = ModelCache(cache, Prediction)
         self.blocks = FeatureBlocks(market)
         self._verdicts: OrderedDict[tuple[str, str], tuple[bool, str]] = OrderedDict()
+        self._ranges = asyncio.Semaphore(RANGE_CONCURRENCY)
 
     # ---- predict -----------------------------------------------------------------------
 
@@ -251,8 +273,9 @@ class PredictorService:
         )
         rows = in_range[ok]
         if rows.size:
-            out = await asyncio.to_thread(model.predict, x, rows)
-            probs, weights = out.probabilities, out.weights
+            # at most RANGE_CONCURRENCY ranges at once, each in chunks: memory stays bounded
+            async with self._ranges:
+                probs, weights = await asyncio.to_thread(predict_in_chunks, model, x, rows)
         else:
             probs = np.empty((0, 3))
             weights = dict(model.ensemble.weights)
