@@ -201,7 +201,8 @@ class JobRunner:
         """Store a queued job and start work(ctx) when a slot is free; return its status."""
         if not self._accepting or self._running is None:
             raise JobsUnavailableError(f"The {self.service} service is not accepting jobs.")
-        if len(self._queued) >= self.settings.job_max_queued:
+        waiting = len(self._queued)
+        if waiting >= self.settings.job_max_queued and (waiting or self._running.locked()):
             full = JobsFullError(
                 f"The {self.service} service already has {len(self._queued)} jobs waiting "
                 f"(at most {self.settings.job_max_queued}); retry later."

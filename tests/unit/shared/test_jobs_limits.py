@@ -150,3 +150,19 @@ def test_a_queued_job_waits_out_a_database_outage_and_then_runs(tmp_path: Path) 
     status = asyncio.run(go())
     assert status.status == "succeeded", status.error
     assert status.result == "ok"
+
+
+def test_a_full_queue_answers_503_with_retry_after_over_http(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from tests.unit.shared.job_app import create_app, job_settings
+
+    settings = job_settings(tmp_path, job_max_running=1, job_max_queued=0)
+    with TestClient(create_app(settings)) as client:
+        first = client.post("/spins", json={"limit_s": SAFETY_S})
+        refused = client.post("/spins", json={"limit_s": SAFETY_S})
+        client.delete(first.headers["location"])
+
+    assert first.status_code == 202
+    assert refused.status_code == 503 and refused.json()["code"] == "jobs_full"
+    assert int(refused.headers["retry-after"]) >= 1
