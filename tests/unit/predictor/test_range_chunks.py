@@ -13,7 +13,7 @@ from tests.unit.predictor.conftest import SeriesData, Trained
 
 
 def test_a_range_is_predicted_chunk_by_chunk_with_the_same_calls(
-    trained: Trained, aapl_series: SeriesData, monkeypatch: pytest.MonkeyPatch
+    trained: Trained, aapl_series: SeriesData
 ) -> None:
     model = trained.model
     x = aapl_series.features
@@ -26,8 +26,7 @@ def test_a_range_is_predicted_chunk_by_chunk_with_the_same_calls(
         sizes.append(len(at))
         return real(features, at)
 
-    monkeypatch.setattr(model, "predict", recording)
-    probs, weights = predict_in_chunks(model, x, rows, chunk=100)
+    probs, weights = predict_in_chunks(recording, x, rows, chunk=100)
 
     assert max(sizes) <= 100 and sum(sizes) == rows.size and len(sizes) > 1
     np.testing.assert_allclose(probs, whole.probabilities, rtol=1e-6, atol=1e-9)
