@@ -154,7 +154,7 @@ def test_the_cscv_phase_stops_between_chunks_when_cancelled() -> None:
     flag = _Flag(at=2)
 
     with pytest.raises(JobCancelledError):
-        run_with_channel(flag, overfitting, (blocks, best, splits))
+        run_with_channel(flag, overfitting, (blocks, best[None, :], 0, splits, 0.0))
 
     assert flag.looks == 2  # stopped at the second chunk, not after the thirteenth
 
