@@ -183,7 +183,10 @@ class LocalExecutor:
         live = [asyncio.wrap_future(f) for f in list(job.live) if not f.done()]
         if not live:
             return
-        _, pending = await asyncio.wait(live, timeout=timeout_s)
+        done, pending = await asyncio.wait(live, timeout=timeout_s)
+        for waiter in done:  # the task's outcome was the job's business, not this wait's
+            if not waiter.cancelled():
+                waiter.exception()
         if pending:
             log.warning(
                 "%d task(s) of a stopped job still running after %s s", len(pending), timeout_s

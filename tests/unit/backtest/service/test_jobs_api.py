@@ -128,7 +128,6 @@ def test_a_cancel_in_the_cscv_phase_stops_it_before_the_slot_is_freed(
     import time
 
     from services.backtest import metrics
-    from shared.http import local_app
 
     kernel = metrics.cscv_logits_nb
     calls = {"started": 0, "running": 0}
@@ -157,8 +156,8 @@ def test_a_cancel_in_the_cscv_phase_stops_it_before_the_slot_is_freed(
     while calls["started"] == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     cancelled = jobs_api.delete(location)
-    app: Any = local_app("backtest")
-    runner = app.state.jobs
+    mounted = {getattr(r, "path", ""): r for r in jobs_api.app.routes}  # type: ignore[attr-defined]
+    runner = mounted["/backtest"].app.state.jobs
     while runner._active and time.monotonic() < deadline:  # the slot is held until it stops
         time.sleep(0.001)
     running_when_freed = calls["running"]
