@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.backtest.config import BacktestConfig
+from shared.verdicts import PairedVerdict
 
 
 def finite(x: float | None) -> float | None:
@@ -518,6 +519,14 @@ class OutOfSample(Answer):
     total_trades: int
 
 
+TEST_DOC = (
+    "The paired test of the realised out-of-sample calls against the naive baselines: the "
+    "three-way verdict (`beats`, `does_not_beat`, `insufficient_evidence` below `min_calls`), "
+    "`n`, and per baseline the counts b (`model_only`), c (`baseline_only`) and the exact "
+    "McNemar p-value."
+)
+
+
 class HitRates(Answer):
     """Share of correct direction calls on the bars whose outcome is known."""
 
@@ -535,7 +544,8 @@ class WindowCalls(Answer):
     calls: int = Field(description="Bars called in the test window.")
     realised: int = Field(description="Of them, bars whose outcome is known in the window.")
     hit_rate: HitRates
-    beats_baselines: bool = Field(description="Model hit rate above both baselines here.")
+    baseline_test: PairedVerdict = Field(description=TEST_DOC + " This window's bars only.")
+    beats_baselines: bool = Field(description="`baseline_test.verdict` is `beats`.")
 
 
 class WindowResult(Answer):
@@ -562,9 +572,14 @@ class MlWalkForward(Answer):
     calls: int
     realised: int = Field(description="Out-of-sample bars whose outcome is known.")
     hit_rate: HitRates = Field(description="Over the realised out-of-sample bars of all windows.")
-    windows_beating_baselines: int
+    windows_beating_baselines: int = Field(
+        description="Windows whose own `baseline_test` verdict is `beats`."
+    )
+    baseline_test: PairedVerdict = Field(
+        description=TEST_DOC + " Per-bar correctness pooled over all windows."
+    )
     beats_baselines: bool = Field(
-        description="Whether the model's overall out-of-sample hit rate is above both baselines'."
+        description="`baseline_test.verdict` is `beats` (derived from the three-way verdict)."
     )
     reading: str
 
