@@ -291,7 +291,9 @@ async def run_walk_forward(
 
     In each window the `param_grid` combination best on `objective` over the train bars is
     traded on the test bars (no `param_grid`: the `strategy.params` as given). The strategy
-    sees the train bars as history; positions are closed at each window's end.
+    sees the train bars as history; the test windows trade as one run, a position staying
+    open across a boundary while the next window holds the same side (`flat_at_boundary`:
+    every window starts flat and closes what is open at its end).
 
     Answer: `n_windows`, per-window dates, fitted `params`, in-sample and out-of-sample
     metrics; the stitched out-of-sample `equity`, its `metrics` and `benchmark`
@@ -336,10 +338,12 @@ async def optimize_parameters(
     sharpe_ratio, total_return, cagr, calmar_ratio, max_drawdown, ...).
 
     Answer: `n_trials`, the `top_n` combinations with their metrics, `best_params`, and,
-    because many trials were tried, the winner's `deflated_sharpe_ratio` (probability its
-    Sharpe beats the best of n_trials skill-less trials; >= 0.95 is significant) and `pbo`,
-    the probability of backtest overfitting by combinatorially symmetric cross-validation
-    (> 0.5: likely overfitted), each in [0, 1], with a one-line `reading`.
+    because many trials were tried, two questions on the excess-return Sharpe that ranks
+    them, each in [0, 1]: is the best more than luck? the winner's `deflated_sharpe_ratio`
+    (probability its Sharpe beats the best of `effective_trials` skill-less trials; >= 0.95
+    is significant; its inputs in `deflated_sharpe`), and does picking the in-sample best
+    help? `pbo`, the probability of backtest overfitting by combinatorially symmetric
+    cross-validation (> 0.5: the parameter choice does not carry over), with a `reading`.
 
     Answers 200 directly when trials x bars is at most 20,000,000 (e.g. 1,605 SMA pairs on
     ten years of daily bars); otherwise 202 and runs as a job with progress per batch of

@@ -365,7 +365,10 @@ class BacktestService:
             raise ValidationProblemError(f"The backtest cannot run: {e}", field="body") from e
         if self.settings.backtest_bars_ttl_s > 0:
             self._evaluations.set(bench_key, bench, self.settings.backtest_bars_ttl_s)
-        draw = asyncio.create_task(asyncio.to_thread(lambda: with_mean_ci(ev, mean_ci(ev))))
+        rf, ppy = request.risk_free_rate, request.periods_per_year
+        draw = asyncio.create_task(
+            asyncio.to_thread(lambda: with_mean_ci(ev, mean_ci(ev, rf, ppy)))
+        )
         return ev, draw
 
     async def _finish_evaluation(
