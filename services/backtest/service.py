@@ -512,11 +512,15 @@ class BacktestService:
         return row
 
     async def get_any(self, run_id: uuid.UUID, *, equity_points: int = 250) -> StoredResult:
-        """Return a stored backtest, walk-forward or search as it was answered."""
-        analysis = await self.analyses.row(run_id)
-        if analysis is not None:
-            return self.analyses.answer(analysis, equity_points=equity_points)
-        return await self.get_result(run_id, equity_points=equity_points)
+        """Return a stored backtest, walk-forward or search as it was answered (a backtest
+        first: its answers are cached)."""
+        try:
+            return await self.get_result(run_id, equity_points=equity_points)
+        except RunNotFoundError:
+            analysis = await self.analyses.row(run_id)
+            if analysis is None:
+                raise
+        return self.analyses.answer(analysis, equity_points=equity_points)
 
     async def get_result(self, run_id: uuid.UUID, *, equity_points: int = 250) -> BacktestResult:
         """Return a stored run as `POST /backtest` answered it."""
