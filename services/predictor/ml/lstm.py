@@ -27,6 +27,7 @@ this module.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import warnings
@@ -55,12 +56,20 @@ _TRACE = threading.Lock()  # tracing flips the LSTM layers' `unroll` while it ru
 _TF: Any = None
 _PREPARER: ThreadPoolExecutor | None = None
 _COPY_WARNING = r"__array__ implementation doesn't accept a copy keyword"
+QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # C++ logs: errors only (no INFO/WARNING)
 
 
 def tensorflow() -> Any:
-    """Import TensorFlow once, with op determinism on, and return the module."""
+    """Import TensorFlow once, quiet and with op determinism on, and return the module.
+
+    TensorFlow's C++ logging is set to errors only before the import (unless the environment
+    already says otherwise): its oneDNN, cpu_feature_guard and absl lines are info for
+    TensorFlow's developers, noise between a user's results.
+    """
     global _TF
     if _TF is None:
+        for name, value in QUIET_TENSORFLOW.items():
+            os.environ.setdefault(name, value)
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
