@@ -120,6 +120,13 @@ class BaseServiceSettings(BaseSettings):
     job_shutdown_grace_s: float = Field(
         default=5.0, ge=0, description="On shutdown, wait this long for running tasks to stop."
     )
+    job_dedupe_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="A job submitted again (same kind and request, or same `Idempotency-Key`) "
+        "within this many seconds of the first, while that one is unfinished, answers that "
+        "job instead of starting another. 0 turns this off.",
+    )
     # Server limits (shared.limits): every wait and every request is bounded.
     http_header_timeout_s: float = Field(
         default=10.0,

@@ -36,6 +36,7 @@ from shared.jobs import (
     task_cancelled,
     task_report,
 )
+from shared.jobs.routes import IdempotencyKey
 from shared.jobs.tasks import REPORT_INTERVAL_S
 
 SERVICE = "sims"
@@ -220,6 +221,7 @@ def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Simulations", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(IdempotencyKey)  # as shared.app.service_app does
     gate = PollGate()
 
     @app.middleware("http")
