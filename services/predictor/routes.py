@@ -39,7 +39,7 @@ errors = ProblemDocs(
         404: "No such model (`model_not_found`: train one first), version (`version_not_found`: "
         "GET /model_info lists the kept ones) or symbol.",
         409: "The symbol has too few bars with complete features before `as_of` for this model "
-        "(`insufficient_data`): choose a later date.",
+        "(`insufficient_data`): a later date, or an earlier one when `as_of` is past the data.",
         422: "An input breaks a rule of the spec; `field` names it and `errors` lists every one.",
         502: "The market service failed or answered something unexpected.",
         503: "The database or the market service is unavailable.",

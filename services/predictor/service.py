@@ -246,10 +246,16 @@ class PredictorService:
             ) from e
         usable = x.shape[0] >= context and bool(np.isfinite(x[-context:]).all())
         if not usable:
+            last = await self.market.last_bar(symbol) if as_of is not None else end
+            fix = (
+                f"choose an earlier `as_of` (the last bar of {symbol} is {last})"
+                if last is not None and end > last
+                else "choose a later `as_of`"
+            )
             raise InsufficientDataError(
-                f"{symbol} has {x.shape[0]} bar(s) up to {end} but the model needs {context} "
-                "bars of complete features (about 600 bars of history before them for "
-                "warm-up); choose a later `as_of`.",
+                f"{symbol} has {x.shape[0]} bar(s) of complete features in the "
+                f"{calendar_days_for(context + 5)} calendar days up to {end} but the model needs "
+                f"{context} (and about 600 bars of history before them for warm-up); {fix}.",
                 field="as_of" if as_of is not None else "symbol",
             )
         facts = await self.facts(name, version)

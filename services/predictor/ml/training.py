@@ -10,8 +10,10 @@ that does not beat the baselines says so in ``metrics[...]["beats_baselines"]``.
 
 :class:`EnsembleModel` predicts from a symbol's raw feature matrix and round-trips through
 :meth:`~EnsembleModel.to_artifacts` / :meth:`~EnsembleModel.from_artifacts`: a dict of
-portable bytes (``state.json``, ``lstm.keras``, ``xgboost.ubj``; no pickle) that loads back
-to bit-identical predictions. TensorFlow and xgboost load only when a member needs them.
+portable bytes (``state.json``, ``lstm.keras``, ``xgboost.ubj``; no pickle). Loaded to serve,
+the LSTM predicts in numpy (within 1e-6 of Keras, no TensorFlow); loaded ``trainable`` (to
+fine-tune, in a worker process) it is the Keras model again, with bit-identical predictions.
+xgboost loads only when a member needs it.
 """
 
 from __future__ import annotations
@@ -264,8 +266,14 @@ class EnsembleModel:
         return out
 
     @classmethod
-    def from_artifacts(cls, artifacts: Mapping[str, bytes]) -> EnsembleModel:
-        """Load a model saved by :meth:`to_artifacts`."""
+    def from_artifacts(
+        cls, artifacts: Mapping[str, bytes], *, trainable: bool = False
+    ) -> EnsembleModel:
+        """Load a model saved by :meth:`to_artifacts`.
+
+        The LSTM predicts in numpy (:class:`~.lstm_inference.LSTMInference`: no TensorFlow)
+        unless ``trainable``, which loads it into Keras to fine-tune (worker processes only).
+        """
         state = json.loads(artifacts["state.json"])
         if state.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported model format {state.get('format')!r}")
@@ -274,10 +282,15 @@ class EnsembleModel:
         for name in config.models:
             data = artifacts[ARTIFACT_NAMES[name]]
             if name == "lstm":
-                from services.predictor.ml.lstm import LSTMMember
-
                 epochs = int(state["info"].get("lstm", {}).get("epochs_run", 0))
-                members[name] = LSTMMember.from_bytes(data, config.lstm, epochs_run=epochs)
+                if trainable:
+                    from services.predictor.ml.lstm import LSTMMember
+
+                    members[name] = LSTMMember.from_bytes(data, config.lstm, epochs_run=epochs)
+                else:
+                    from services.predictor.ml.lstm_inference import LSTMInference
+
+                    members[name] = LSTMInference.from_bytes(data, config.lstm, epochs_run=epochs)
             else:
                 from services.predictor.ml.xgboost_model import XGBoostMember
 

@@ -28,6 +28,7 @@ def test_demo_prints_prices_indicators_a_backtest_and_a_prediction(
     assert f"{last['close']:.2f}" in out
     assert "sqlite+aiosqlite" in out
     assert "same request again: served from l1" in out
+    assert "stale: " in out and " sessions old" in out  # the CSV data ends 2023-10-27
     assert (tmp_path / "trading.db").exists()
     # it ends with a backtest through the backtest service, beside buy-and-hold, and its chart
     tail = out[out.index("backtest :") :]

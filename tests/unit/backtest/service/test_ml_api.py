@@ -300,3 +300,6 @@ def test_an_ml_walk_forward_trains_per_window_and_scores_out_of_sample(
     assert c.get(f"{P}/model_info", params={"model": "default"}).json()["active_version"] == (
         platform.version
     )
+    # the ML walk-forward is stored like any other: read back by its id, as answered
+    stored = c.get(f"{B}/results/{wf['run_id']}").json()
+    assert wf["kind"] == "walk_forward" and stored == wf
