@@ -146,10 +146,13 @@ def ml_notes(
         h = c.hit_rate
         weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.weights.items()))
         confident = int((c.confidence >= params.min_confidence).sum())
+        known = np.isfinite(c.outcome)
+        oos = int((known & ~c.in_sample).sum()) if c.in_sample.size == known.size else c.realised
         out.append(
             f"ml_ensemble: {c.symbol} traded {c.model} {c.version} (weights {weights}); "
             f"{c.days.size} calls, {confident} at or above min_confidence "
-            f"{params.min_confidence:g}; over {c.realised} realised bars the calls were "
+            f"{params.min_confidence:g}; over {oos} realised out-of-sample bars (of "
+            f"{c.realised} realised) the calls were "
             f"right {_pct(h.get('model'))} vs {_pct(h.get('majority'))} for the majority class "
             f"and {_pct(h.get('previous'))} for yesterday's direction. "
             + (
@@ -540,11 +543,15 @@ class BacktestService:
         return row
 
     async def get_any(self, run_id: uuid.UUID, *, equity_points: int = 250) -> StoredResult:
-        """Return a stored backtest, walk-forward or search as it was answered."""
-        analysis = await self.analyses.row(run_id)
-        if analysis is not None:
-            return self.analyses.answer(analysis, equity_points=equity_points)
-        return await self.get_result(run_id, equity_points=equity_points)
+        """Return a stored backtest, walk-forward or search as it was answered (a backtest
+        first: its answers are cached)."""
+        try:
+            return await self.get_result(run_id, equity_points=equity_points)
+        except RunNotFoundError:
+            analysis = await self.analyses.row(run_id)
+            if analysis is None:
+                raise
+        return self.analyses.answer(analysis, equity_points=equity_points)
 
     async def get_result(self, run_id: uuid.UUID, *, equity_points: int = 250) -> BacktestResult:
         """Return a stored run as `POST /backtest` answered it."""
