@@ -203,7 +203,10 @@ def gateway_tool(
     table = table or ToolTable(service, spec)
     wait_s = round(max(0.5, min(30.0, limits.call_budget_s * 0.75)), 1)
     annotations = inner.annotations
-    if annotations is None and route.method.upper() == "GET":
+    declared = route.extensions.get("x-mcp-annotations")  # the service's own hints win
+    if annotations is None and isinstance(declared, dict):
+        annotations = ToolAnnotations.model_validate(declared)
+    elif annotations is None and route.method.upper() == "GET":
         annotations = ToolAnnotations(read_only_hint=True, idempotent_hint=True)
 
     async def call(**arguments: Any) -> ToolResult:

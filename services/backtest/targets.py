@@ -96,7 +96,7 @@ async def compute_signals(service: BacktestService, body: BacktestConfig) -> Sig
     short = allows_short(config.strategy.params)
     return Signals(
         strategy=config.strategy.model_dump(mode="json"),
-        timestamps=[pd.Timestamp(t).to_pydatetime() for t in bars.index],
+        timestamps=[pd.Timestamp(t).tz_localize("UTC").to_pydatetime() for t in bars.index],
         warmup_period=config.warmup_period,
         allow_short=short,
         series=[

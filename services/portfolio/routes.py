@@ -39,6 +39,11 @@ errors = ProblemDocs(
 )
 READ = errors(401, 404, 422, 503)
 WRITE = errors(400, 401, 404, 409, 422, 502, 503)
+# MCP tool annotations (the gateway reads `x-mcp-annotations`): orders, halts and stops
+# change the book; every GET is read-only.
+DESTRUCTIVE = {"x-mcp-annotations": {"readOnlyHint": False, "destructiveHint": True}}
+WRITES = {"x-mcp-annotations": {"readOnlyHint": False, "destructiveHint": False}}
+READS = {"x-mcp-annotations": {"readOnlyHint": True, "idempotentHint": True}}
 AccountId = Annotated[uuid.UUID, Path(description="The account's id.")]
 DeploymentId = Annotated[uuid.UUID, Path(description="The deployment's id.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows to return.")]
@@ -56,6 +61,7 @@ Service = Annotated[PortfolioService, Depends(get_service)]
 @router.post(
     "/accounts",
     operation_id="create_account",
+    openapi_extra=WRITES,
     response_model=Account,
     status_code=201,
     responses=WRITE,
@@ -70,6 +76,7 @@ async def create_account(body: AccountCreate, service: Service) -> Account:
 @router.get(
     "/accounts/{account_id}",
     operation_id="get_account",
+    openapi_extra=READS,
     response_model=Account,
     responses=READ,
     summary="An account's cash, positions and pnl",
@@ -84,6 +91,7 @@ async def get_account(account_id: AccountId, service: Service) -> Account:
 @router.post(
     "/accounts/{account_id}/halt",
     operation_id="halt_account",
+    openapi_extra=DESTRUCTIVE,
     response_model=Account,
     responses=WRITE,
     summary="Kill switch: refuse every order",
@@ -97,6 +105,7 @@ async def halt_account(account_id: AccountId, service: Service) -> Account:
 @router.post(
     "/accounts/{account_id}/resume",
     operation_id="resume_account",
+    openapi_extra=DESTRUCTIVE,
     response_model=Account,
     responses=WRITE,
     summary="Lift the kill switch and drawdown halts",
@@ -109,6 +118,7 @@ async def resume_account(account_id: AccountId, service: Service) -> Account:
 @router.get(
     "/accounts/{account_id}/orders",
     operation_id="list_orders",
+    openapi_extra=READS,
     response_model=OrderList,
     responses=READ,
     summary="An account's orders",
@@ -126,6 +136,7 @@ async def list_orders(
 @router.get(
     "/accounts/{account_id}/fills",
     operation_id="list_fills",
+    openapi_extra=READS,
     response_model=FillList,
     responses=READ,
     summary="An account's fills",
@@ -142,6 +153,7 @@ async def list_fills(
 @router.get(
     "/accounts/{account_id}/risk",
     operation_id="get_risk",
+    openapi_extra=READS,
     response_model=Risk,
     responses=errors(401, 404, 422, 502, 503),
     summary="The book's risk and the breakers",
@@ -157,6 +169,7 @@ async def get_risk(account_id: AccountId, service: Service) -> Risk:
 @router.post(
     "/deployments",
     operation_id="create_deployment",
+    openapi_extra=WRITES,
     response_model=Deployment,
     status_code=201,
     responses=WRITE,
@@ -172,6 +185,7 @@ async def create_deployment(body: DeploymentCreate, service: Service) -> Deploym
 @router.get(
     "/deployments/{deployment_id}",
     operation_id="get_deployment",
+    openapi_extra=READS,
     response_model=Deployment,
     responses=READ,
     summary="A deployment's state",
@@ -185,6 +199,7 @@ async def get_deployment(deployment_id: DeploymentId, service: Service) -> Deplo
 @router.delete(
     "/deployments/{deployment_id}",
     operation_id="stop_deployment",
+    openapi_extra=DESTRUCTIVE,
     response_model=Deployment,
     responses=WRITE,
     summary="Stop a deployment",
@@ -197,6 +212,7 @@ async def stop_deployment(deployment_id: DeploymentId, service: Service) -> Depl
 @router.post(
     "/deployments/{deployment_id}/run",
     operation_id="run_deployment",
+    openapi_extra=DESTRUCTIVE,
     response_model=RunResult,
     responses=WRITE,
     summary="Trade every session up to a date",

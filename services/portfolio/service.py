@@ -76,9 +76,12 @@ class SimulatedCrashError(RuntimeError):
     """Raised by the `crash_after_decide` test switch (a process killed mid-session)."""
 
 
-def client_order_id(deployment_id: uuid.UUID, day: date, symbol: str, side: str) -> str:
-    """Return the deterministic id of a deployment's order (deployment, session, symbol, side)."""
-    key = f"{deployment_id}|{day.isoformat()}|{symbol}|{side}"
+def client_order_id(
+    deployment_id: uuid.UUID, day: date, symbol: str, side: str, *, closing: bool
+) -> str:
+    """Return the deterministic id of a deployment's order: deployment, session, symbol, side
+    and whether it closes (a reversal sells to close and sells to open in one session)."""
+    key = f"{deployment_id}|{day.isoformat()}|{symbol}|{side}|{'close' if closing else 'open'}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -432,7 +435,9 @@ class PortfolioService:
                         s,
                         account_id=account_id,
                         deployment_id=deployment_id,
-                        client_order_id=client_order_id(deployment_id, day, p.symbol, p.side),
+                        client_order_id=client_order_id(
+                            deployment_id, day, p.symbol, p.side, closing=p.closing
+                        ),
                         session=day,
                         symbol=p.symbol,
                         side=p.side,

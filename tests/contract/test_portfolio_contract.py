@@ -6,6 +6,7 @@ by uvicorn on free ports (CSV bars), through MARKET_URL and BACKTEST_URL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 
+from gateway_mcp.server import build_gateway
+from gateway_mcp.settings import GatewaySettings
 from services.backtest.app import create_app as create_backtest
 from services.backtest.settings import BacktestSettings
 from services.market.app import create_app as create_market
@@ -95,3 +98,14 @@ def test_the_issues_operation_ids_are_all_there() -> None:
 @pytest.mark.parametrize(("path", "method"), committed_operations("portfolio"))
 def test_api_conforms(portfolio_schema: schemathesis.BaseSchema, path: str, method: str) -> None:
     fuzz_operation(portfolio_schema, path, method, max_examples=40)
+
+
+def test_tools_that_trade_halt_or_stop_are_marked_destructive_and_reads_read_only() -> None:
+    gateway = build_gateway(GatewaySettings(mode="remote", spec_dir=OPENAPI_DIR))
+    tools = {t.name: t for t in asyncio.run(gateway.list_tools()) if t.name.startswith("portfolio")}
+    for name in ("run_deployment", "halt_account", "resume_account", "stop_deployment"):
+        hints = tools[f"portfolio_{name}"].annotations
+        assert hints is not None and hints.destructive_hint and hints.read_only_hint is False
+    for name in ("get_account", "list_orders", "list_fills", "get_risk", "get_deployment"):
+        hints = tools[f"portfolio_{name}"].annotations
+        assert hints is not None and hints.read_only_hint is True

@@ -132,3 +132,25 @@ def test_a_second_run_processes_nothing_new_and_a_stopped_one_refuses(
     assert platform.delete(f"/portfolio/deployments/{dep['id']}").json()["status"] == "stopped"
     stopped = platform.post(f"/portfolio/deployments/{dep['id']}/run", json={"until": "2019-12-31"})
     assert stopped.status_code == 409
+
+
+def test_daily_loss_limit_refuses_entries_after_a_gap_down(platform: TestClient) -> None:
+    # long/short: every cross closes one side and opens the other at the same open, so an
+    # open below the previous close by more than 0.1% refuses the new entry, not the exit
+    strategy = {"name": "sma_crossover", "params": {"fast": 5, "slow": 20, "allow_short": True}}
+    dep = deploy(
+        platform,
+        {
+            "strategy": strategy,
+            "symbols": ["NVDA"],
+            "start_date": "2018-01-02",
+            "risk": {"daily_loss_limit": 0.001},
+        },
+    )
+    platform.post(f"/portfolio/deployments/{dep['id']}/run", json={"until": "2019-12-31"})
+    listed = orders(platform, dep["account_id"])
+    refused = [o for o in listed if o["status"] == "refused"]
+    assert refused and all(o["reason"].startswith("daily_loss_limit") for o in refused)
+    for o in refused:  # the same session's exit went through
+        same = [x for x in listed if x["session"] == o["session"] and x["status"] == "filled"]
+        assert len(same) == 1  # the close (a long sells, a short buys, to exit)

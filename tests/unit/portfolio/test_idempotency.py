@@ -83,5 +83,9 @@ def test_crash_between_decision_and_submission(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids))
     first = new[0]
     assert first["client_order_id"] == client_order_id(
-        uuid.UUID(dep["id"]), date.fromisoformat(first["session"]), first["symbol"], first["side"]
+        uuid.UUID(dep["id"]),
+        date.fromisoformat(first["session"]),
+        first["symbol"],
+        first["side"],
+        closing=first["side"] == "sell",  # long-only: a sell closes
     )

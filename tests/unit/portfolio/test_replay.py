@@ -17,6 +17,7 @@ STRATEGIES: list[dict[str, Any]] = [
     {"name": "sma_crossover", "params": {"fast": 10, "slow": 30}},
     {"name": "mean_reversion", "params": {}},
     {"name": "macd_trend", "params": {}},
+    {"name": "sma_crossover", "params": {"fast": 5, "slow": 20, "allow_short": True}},
 ]
 SYMBOLS = ["AAPL", "MSFT", "XOM"]
 COSTS = {"commission": 0.005, "commission_rate": 0.001, "min_commission": 1.0, "slippage": 0.002}
@@ -60,7 +61,11 @@ def key(f: dict[str, Any]) -> tuple[Any, ...]:
     return (f["timestamp"][:10], f["symbol"], f["direction"], f["shares"])
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s["name"])
+@pytest.mark.parametrize(
+    "strategy",
+    STRATEGIES,
+    ids=lambda s: s["name"] + ("_short" if s["params"].get("allow_short") else ""),
+)
 @pytest.mark.parametrize("symbol", SYMBOLS)
 def test_replay_gives_the_backtests_fills(
     platform: TestClient, strategy: dict[str, Any], symbol: str
