@@ -2,6 +2,7 @@
 # One build, one slim image per service. Build a service's image by its target:
 #   docker build --target market    -t trading-market .
 #   docker build --target backtest  -t trading-backtest .
+#   docker build --target portfolio -t trading-portfolio .
 #   docker build --target predictor -t trading-predictor .   (the only one with the ML stack)
 #   docker build --target gateway   -t trading-gateway .
 # The project is installed from its wheel (no editable install): the OpenAPI specs travel
@@ -48,6 +49,11 @@ CMD ["uvicorn", "--factory", "services.market.app:create_app", "--host", "0.0.0.
 FROM runtime AS backtest
 USER trading
 CMD ["uvicorn", "--factory", "services.backtest.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
+     "--http", "shared.server:HttpProtocol", "--timeout-keep-alive", "5"]
+
+FROM runtime AS portfolio
+USER trading
+CMD ["uvicorn", "--factory", "services.portfolio.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
      "--http", "shared.server:HttpProtocol", "--timeout-keep-alive", "5"]
 
 FROM runtime AS predictor
