@@ -26,7 +26,8 @@ INSTRUCTIONS = """Tools of an AI trading research platform, one group per servic
   (`job.id`, `status`, `progress`) and `continue_with`, the exact `<service>_get_job(job_id=...,
   wait_s=...)` call that waits for it and returns its result; `<service>_cancel_job` stops it.
   Calling the same job tool again with the same arguments while it runs returns that job.
-- Data has coverage: `market_get_historical` says which dates exist; ask for dates inside it.
+- Data has coverage: `market_get_coverage` lists the symbols and dates at hand; ask for dates
+  inside it.
 - Errors name the service, status, code and field; an unknown argument names the closest
   valid one. `rate_limited` (429) and `overloaded` (503) say after how many seconds to retry:
   wait that long.
@@ -62,9 +63,9 @@ MODEL_VS_NAIVE = """Is the predictor model `{model}` better than naive on {symbo
 
 WHAT_DATA = """What market data do I have{about}?
 
-Read the resource `market://coverage` (or call `market_get_historical` for one symbol with
-`limit=1` and `offset=-1`): list the symbols, their first and last dates and any gaps that
-matter. Then suggest date ranges inside that coverage for a backtest.
+Call `market_get_coverage` (the same as the resource `market://coverage`): list the symbols,
+their first and last dates and where they come from. Then suggest date ranges inside that
+coverage for a backtest; other symbols and dates are asked of the remote vendors it names.
 """
 
 

@@ -185,6 +185,23 @@ class CsvProvider:
         """Drop the parsed-file memo."""
         self._frames.clear()
 
+    def _spans(self) -> list[tuple[str, date, date, int]]:
+        out = []
+        for symbol, path in sorted(self._index().items()):
+            try:
+                frame = self._read(path)
+            except ProviderError:
+                continue  # an unreadable file is not coverage
+            if len(frame):
+                first, last = frame.index[0].date(), frame.index[-1].date()
+                out.append((symbol, first, last, len(frame)))
+        return out
+
+    async def spans(self) -> list[tuple[str, date, date, int]]:
+        """Return (symbol, first date, last date, rows) of every file in the folder."""
+        async with self._lock:
+            return await asyncio.to_thread(self._spans)
+
 
 @dataclass(frozen=True)
 class Fetched:
@@ -233,6 +250,15 @@ class ProviderChain:
         }
         for breaker in self.breakers.values():
             set_breaker_state(breaker.name, "closed")
+
+    async def local_spans(self) -> dict[str, list[tuple[str, date, date, int]]]:
+        """Return the spans of every local provider (one that can list what it holds)."""
+        out = {}
+        for provider in self.providers:
+            spans = getattr(provider, "spans", None)
+            if spans is not None and not getattr(provider, "remote", True):
+                out[provider.name] = await spans()
+        return out
 
     def breaker_states(self) -> list[dict[str, object]]:
         """Return each provider's breaker as plain data (for health and metrics)."""

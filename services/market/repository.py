@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Table, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -101,6 +101,18 @@ async def upsert_bars(
     # executemany: SQLAlchemy batches it into multi-row INSERTs ("insertmanyvalues").
     await session.execute(stmt, records)
     return len(records)
+
+
+async def stored_spans(session: AsyncSession) -> list[tuple[str, date, date, int]]:
+    """Return (symbol, first bar date, last bar date, bars) of every stored symbol."""
+    c = BARS.c
+    stmt = (
+        select(c.symbol, func.min(c.timestamp), func.max(c.timestamp), func.count())
+        .group_by(c.symbol)
+        .order_by(c.symbol)
+    )
+    rows = (await session.execute(stmt)).all()
+    return [(s, lo.date(), hi.date(), int(n)) for s, lo, hi, n in rows]
 
 
 async def coverage(session: AsyncSession, *, symbol: str) -> list[tuple[date, date]]:

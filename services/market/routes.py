@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from services.market.schemas import (
     BulkFetchRequest,
     BulkFetchResult,
+    DataCoverage,
     HistoricalData,
     IndicatorSeries,
     LatestIndicator,
@@ -305,6 +306,19 @@ async def get_market_status(
     """Return whether NYSE is open at an instant, the next open and close, and upcoming
     holidays and early closes (from the maintained exchange_calendars library)."""
     return await service.market_status(at)
+
+
+@router.get(
+    "/coverage",
+    operation_id="get_coverage",
+    response_model=DataCoverage,
+    responses=errors(401, 503),
+    summary="Symbols and dates with data",
+)
+async def get_coverage(service: Service) -> DataCoverage:
+    """Return every symbol with data at hand (stored, or in a local CSV folder) and its first
+    and last dates; other symbols and dates come from the remote vendors named."""
+    return await service.coverage()
 
 
 @router.post(

@@ -203,6 +203,25 @@ class MarketStatus(Answer):
     horizon_end: date
 
 
+class SymbolCoverage(Answer):
+    """The dates one symbol has data for, in one place."""
+
+    symbol: str
+    first: date = Field(description="First bar date.")
+    last: date = Field(description="Last bar date.")
+    bars: int = Field(description="Bars between them.")
+    source: str = Field(description="`stored` (the database) or a local provider (`csv`).")
+
+
+class DataCoverage(Answer):
+    """What data the market service can answer without asking a remote vendor."""
+
+    symbols: list[SymbolCoverage] = Field(description="By symbol, then source.")
+    remote_providers: list[str] = Field(
+        description="Vendors asked for anything else (symbols and dates not listed here)."
+    )
+
+
 class BulkFetchRequest(BaseModel):
     """Many symbols at once."""
 

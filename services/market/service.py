@@ -41,11 +41,13 @@ from services.market.schemas import (
     BulkFetchItem,
     BulkFetchResult,
     CacheLevel,
+    DataCoverage,
     HistoricalData,
     IndicatorSeries,
     LatestIndicator,
     MarketStatus,
     PriceQuote,
+    SymbolCoverage,
 )
 from services.market.validation import check_date_range, normalize_symbol, reject_bad_rows
 from shared import quant
@@ -160,6 +162,24 @@ class MarketService:
         return self.clock().astimezone(UTC).date()
 
     # ---------------------------------------------------------------- price
+    async def coverage(self) -> DataCoverage:
+        """Return the symbols and dates stored or held by a local provider."""
+        async with self.db.session() as session:
+            stored = await repo.stored_spans(session)
+        rows = [
+            SymbolCoverage(symbol=sym, first=lo, last=hi, bars=n, source="stored")
+            for sym, lo, hi, n in stored
+        ]
+        for source, spans in (await self.providers.local_spans()).items():
+            rows += [
+                SymbolCoverage(symbol=sym, first=lo, last=hi, bars=n, source=source)
+                for sym, lo, hi, n in spans
+            ]
+        remote = [p.name for p in self.providers.providers if getattr(p, "remote", True)]
+        return DataCoverage(
+            symbols=sorted(rows, key=lambda r: (r.symbol, r.source)), remote_providers=remote
+        )
+
     async def get_price(self, raw_symbol: str) -> PriceQuote:
         """Return the latest price: the provider while the exchange trades, else cache,
         database (a final bar of the last session), provider."""

@@ -169,3 +169,16 @@ def test_links_and_hints_name_tools_not_http_operations() -> None:
     assert hints.rewrite_text("train one with POST /train; GET /model_info lists them") == (
         "train one with `predictor_train_models`; `predictor_get_model_info` lists them"
     )
+
+
+def test_coverage_is_a_tool_and_a_resource(data_env: Path) -> None:
+    async def go() -> tuple[Any, Any]:
+        async with Client(build_gateway(GatewaySettings())) as client:
+            tool = await client.call_tool("market_get_coverage", {})
+            resource = await client.read_resource("market://coverage")
+            return tool.structured_content, json.loads(resource[0].text)
+
+    tool, resource = anyio.run(go)
+    aapl = next(s for s in tool["symbols"] if s["symbol"] == "AAPL" and s["source"] == "csv")
+    assert aapl["first"] == "2003-10-30" and aapl["last"] == "2023-10-27" and aapl["bars"] > 5000
+    assert resource["symbols"] == tool["symbols"]
