@@ -98,6 +98,13 @@ class BaseServiceSettings(BaseSettings):
         description="Worker processes for job tasks run with where='process' (started on "
         "first use).",
     )
+    job_process_idle_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Job worker processes exit after this many seconds without a task (a "
+        "training worker holds ~1 GB of TensorFlow); the next task starts new ones. 0 keeps "
+        "them.",
+    )
     job_progress_interval_s: float = Field(
         default=0.5, ge=0, description="At most one progress write per job per this interval."
     )

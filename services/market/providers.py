@@ -181,26 +181,26 @@ class CsvProvider:
         """Return the file's last five rows."""
         return (await self._frame(symbol)).iloc[-5:].copy()
 
+    async def span(self, symbol: str) -> tuple[date, date] | None:
+        """Return the dates of the file's first and last rows (None: an empty file)."""
+        frame = await self._frame(symbol)
+        if frame.empty:
+            return None
+        return frame.index[0].date(), frame.index[-1].date()
+
+    async def listing(self) -> list[tuple[str, date, date]]:
+        """Return (symbol, first date, last date) of every file with rows, by file name."""
+        out = []
+        for stem, path in sorted(self._index().items()):
+            async with self._lock:
+                frame = await asyncio.to_thread(self._read, path)
+            if not frame.empty:
+                out.append((stem, frame.index[0].date(), frame.index[-1].date()))
+        return out
+
     async def aclose(self) -> None:
         """Drop the parsed-file memo."""
         self._frames.clear()
-
-    def _spans(self) -> list[tuple[str, date, date, int]]:
-        out = []
-        for symbol, path in sorted(self._index().items()):
-            try:
-                frame = self._read(path)
-            except ProviderError:
-                continue  # an unreadable file is not coverage
-            if len(frame):
-                first, last = frame.index[0].date(), frame.index[-1].date()
-                out.append((symbol, first, last, len(frame)))
-        return out
-
-    async def spans(self) -> list[tuple[str, date, date, int]]:
-        """Return (symbol, first date, last date, rows) of every file in the folder."""
-        async with self._lock:
-            return await asyncio.to_thread(self._spans)
 
 
 @dataclass(frozen=True)
@@ -250,15 +250,6 @@ class ProviderChain:
         }
         for breaker in self.breakers.values():
             set_breaker_state(breaker.name, "closed")
-
-    async def local_spans(self) -> dict[str, list[tuple[str, date, date, int]]]:
-        """Return the spans of every local provider (one that can list what it holds)."""
-        out = {}
-        for provider in self.providers:
-            spans = getattr(provider, "spans", None)
-            if spans is not None and not getattr(provider, "remote", True):
-                out[provider.name] = await spans()
-        return out
 
     def breaker_states(self) -> list[dict[str, object]]:
         """Return each provider's breaker as plain data (for health and metrics)."""
@@ -328,6 +319,30 @@ class ProviderChain:
     async def fetch_latest(self, symbol: str) -> Fetched:
         """Return the latest bars from the first provider that knows the symbol."""
         return await self._first(symbol, "fetch_latest")
+
+    async def span(self, symbol: str) -> tuple[date, date] | None:
+        """Return the first and last bar dates from the first provider that knows them
+        cheaply (a local file; a remote vendor is not asked), or None."""
+        for provider in self.providers:
+            span = getattr(provider, "span", None)
+            if span is None:
+                continue
+            try:
+                got: tuple[date, date] | None = await span(symbol)
+            except AppError:
+                continue
+            if got is not None:
+                return got
+        return None
+
+    async def listing(self) -> list[tuple[str, date, date]]:
+        """Return (symbol, first date, last date) of every local file the providers hold."""
+        out: list[tuple[str, date, date]] = []
+        for provider in self.providers:
+            listing = getattr(provider, "listing", None)
+            if listing is not None:
+                out.extend(await listing())
+        return out
 
     async def aclose(self) -> None:
         """Close every provider."""

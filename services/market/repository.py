@@ -54,6 +54,30 @@ async def latest_bars(session: AsyncSession, *, symbol: str, n: int = 2) -> pd.D
     return _frame(list(reversed(rows)))
 
 
+def _date(moment: datetime) -> date:
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).date()
+
+
+async def stored_span(session: AsyncSession, *, symbol: str) -> tuple[date, date] | None:
+    """Return the first and last stored bar dates of symbol, or None when none is stored."""
+    t = BARS
+    stmt = select(func.min(t.c.timestamp), func.max(t.c.timestamp)).where(t.c.symbol == symbol)
+    lo, hi = (await session.execute(stmt)).one()
+    return None if lo is None else (_date(lo), _date(hi))
+
+
+async def stored_spans(session: AsyncSession) -> list[tuple[str, str, date, date]]:
+    """Return (symbol, source, first date, last date) of the stored bars, by symbol, source."""
+    t = BARS
+    stmt = (
+        select(t.c.symbol, t.c.source, func.min(t.c.timestamp), func.max(t.c.timestamp))
+        .group_by(t.c.symbol, t.c.source)
+        .order_by(t.c.symbol, t.c.source)
+    )
+    rows = (await session.execute(stmt)).all()
+    return [(r[0], str(r[1] or "unknown"), _date(r[2]), _date(r[3])) for r in rows]
+
+
 def _frame(rows: list[Any]) -> pd.DataFrame:
     if not rows:
         frame = empty_bars()
@@ -101,18 +125,6 @@ async def upsert_bars(
     # executemany: SQLAlchemy batches it into multi-row INSERTs ("insertmanyvalues").
     await session.execute(stmt, records)
     return len(records)
-
-
-async def stored_spans(session: AsyncSession) -> list[tuple[str, date, date, int]]:
-    """Return (symbol, first bar date, last bar date, bars) of every stored symbol."""
-    c = BARS.c
-    stmt = (
-        select(c.symbol, func.min(c.timestamp), func.max(c.timestamp), func.count())
-        .group_by(c.symbol)
-        .order_by(c.symbol)
-    )
-    rows = (await session.execute(stmt)).all()
-    return [(s, lo.date(), hi.date(), int(n)) for s, lo, hi, n in rows]
 
 
 async def coverage(session: AsyncSession, *, symbol: str) -> list[tuple[date, date]]:

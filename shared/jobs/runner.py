@@ -164,6 +164,7 @@ class JobRunner:
                 threads=s.job_thread_workers,
                 processes=s.job_process_workers,
                 sink=self._task_report,
+                process_idle_s=s.job_process_idle_s,
             )
         try:
             swept = await self.sweep()
