@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import get_route_path
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -240,15 +241,28 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem, headers or None)
 
 
+ERROR_ID_ATTRIBUTE = "trading_error_id"
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    error_id = new_error_id()
-    log.error(
-        "error_id=%s unhandled error on %s %s",
-        error_id,
-        request.method,
-        request.url.path,
-        exc_info=exc,
-    )
+    """Log an unhandled error once, under one id, and answer a complete 500 problem.
+
+    An app mounted in another (`trading serve`) may see the same exception again in the
+    outer app's handler when the inner one could not finish its answer: the id rides on the
+    exception, so the error is logged once and both answers (if any) carry the same id.
+    """
+    error_id = getattr(exc, ERROR_ID_ATTRIBUTE, None)
+    if error_id is None:
+        error_id = new_error_id()
+        with contextlib.suppress(AttributeError):  # a type with __slots__: id not carried
+            setattr(exc, ERROR_ID_ATTRIBUTE, error_id)
+        log.error(
+            "error_id=%s unhandled error on %s %s",
+            error_id,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
     problem = Problem(
         title="Internal error",
         status=500,
@@ -260,12 +274,56 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem)
 
 
+class AnsweredErrors:
+    """ASGI wrapper around an app's whole stack: an error already answered ends there.
+
+    Starlette's outermost middleware renders an unhandled error with the app's 500 handler
+    and then raises it again, "so servers can log it": uvicorn then logs the traceback a
+    second time and closes the connection, so the client's next request on the same
+    keep-alive connection is reset. An error whose answer went out whole is done: it was
+    logged (once, under the answer's error id) and the connection stays usable. An error
+    whose answer was cut short still propagates: the server must close that connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app; swallow an error after its complete answer was sent."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        complete = False
+
+        async def watch(message: Message) -> None:
+            nonlocal complete
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            if not complete:
+                raise
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error of the app as RFC 9457 problem details."""
+    """Render every error of the app as RFC 9457 problem details.
+
+    An unexpected error is logged once with an error id, answered as a complete 500 problem,
+    and leaves the connection open for the client's next request.
+    """
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    build = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        return AnsweredErrors(build())
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
 
 def install_bearer_auth(app: FastAPI, token: SecretStr | None, *, open_paths: set[str]) -> None:

@@ -66,7 +66,12 @@ SymbolQuery = Annotated[
     ),
 ]
 StrategyQuery = Annotated[
-    str | None, Query(max_length=100, description="Only runs of this strategy name.")
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9_]{1,100}$",
+        description="Only runs of this strategy name (letters, digits and `_`, as the "
+        "strategies are named: `sma_crossover`).",
+    ),
 ]
 
 
