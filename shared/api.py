@@ -27,6 +27,7 @@ from shared.errors import (
     ValidationProblemError,
     new_error_id,
 )
+from shared.limits import request_path
 
 log = logging.getLogger(__name__)
 
@@ -326,25 +327,33 @@ def install_error_handlers(app: FastAPI) -> None:
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
 
-def install_bearer_auth(app: FastAPI, token: SecretStr | None, *, open_paths: set[str]) -> None:
+def install_bearer_auth(
+    app: FastAPI,
+    token: SecretStr | None,
+    *,
+    open_paths: set[str],
+    service_token: SecretStr | None = None,
+) -> None:
     """Require `Authorization: Bearer <token>` on every path but open_paths, when a token is set.
 
-    open_paths are compared with the path inside the app, so `/health` stays open when the
-    app is mounted under a prefix (`trading serve`'s `/market/health`).
+    service_token (the services' own, `SERVICE_TOKEN`) is accepted as well. open_paths are
+    compared with the path inside the app, so `/health` stays open when the app is mounted
+    under a prefix (`trading serve`'s `/market/health`).
     """
     if token is None or not token.get_secret_value():
         return
-    app.add_middleware(
-        BearerAuth, token=token.get_secret_value().encode(), open_paths=frozenset(open_paths)
-    )
+    tokens = [token.get_secret_value().encode()]
+    if service_token is not None and service_token.get_secret_value():
+        tokens.append(service_token.get_secret_value().encode())
+    app.add_middleware(BearerAuth, tokens=tuple(tokens), open_paths=frozenset(open_paths))
 
 
 class BearerAuth:
-    """ASGI middleware: 401 problem details unless the request carries the bearer token."""
+    """ASGI middleware: 401 problem details unless the request carries a bearer token."""
 
-    def __init__(self, app: ASGIApp, token: bytes, open_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, tokens: tuple[bytes, ...], open_paths: frozenset[str]) -> None:
         self.app = app
-        self.token = token
+        self.tokens = tokens
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -359,13 +368,14 @@ class BearerAuth:
                 if scheme.lower() != b"bearer":
                     given = b""
                 break
-        if given and hmac.compare_digest(given, self.token):
+        # every token compared, in constant time: which one matched takes no longer
+        matched = [hmac.compare_digest(given, token) for token in self.tokens]
+        if given and any(matched):
             await self.app(scope, receive, send)
             return
         err = UnauthorizedError("Missing or wrong bearer token")
-        instance = str(scope.get("root_path", "")) + str(scope.get("path", ""))
         response = problem_response(
-            err.to_problem(instance=instance), {"WWW-Authenticate": "Bearer"}
+            err.to_problem(instance=request_path(scope)), {"WWW-Authenticate": "Bearer"}
         )
         await response(scope, receive, send)
 
