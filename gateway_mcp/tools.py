@@ -94,6 +94,21 @@ def _image_request(route: HTTPRoute, arguments: dict[str, Any]) -> tuple[str, di
     return path, query
 
 
+def check_path_arguments(route: HTTPRoute, service: str, arguments: dict[str, Any]) -> None:
+    """Refuse a path argument holding `/`: it would reach another route of the service.
+
+    The request encodes every path argument (`/` as `%2F`), but a service decodes the path
+    before routing, so `get_results(run_id="<id>/chart.png")` would be the chart route.
+    """
+    for name, value in arguments.items():
+        where = route.parameter_map.get(name, {})
+        if where.get("location") == "path" and "/" in str(value):
+            original = where.get("openapi_name", name)
+            raise ToolError(
+                f"{service} service: `{original}` is one path segment and may not contain '/'"
+            )
+
+
 def _service_client(service: str) -> httpx2.AsyncClient:
     """Return the service's HTTP client from the running gateway's lifespan context."""
     from fastmcp.server.dependencies import get_context
@@ -172,6 +187,7 @@ def gateway_tool(
     async def call(**arguments: Any) -> ToolResult:
         """Call the service; map its errors; cut rows and size to the gateway's limits."""
         args = dict(arguments)
+        check_path_arguments(route, service, args)
         if image:
             return await _image_result(client or _service_client(service), route, service, args)
         limit, offset = _page_args(args, limits) if paged else (0, 0)

@@ -260,10 +260,18 @@ class AuthFailureLimit:
     requests (co-hosted services) and ops routes (`/health`) are never counted or refused.
     """
 
-    def __init__(self, app: ASGIApp, *, per_minute: int, service: str = "") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        per_minute: int,
+        service: str = "",
+        open_paths: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.per_minute = per_minute
         self.service = service
+        self.open_paths = open_paths
         self.windows = LocalWindows(max_keys=100_000)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -272,6 +280,7 @@ class AuthFailureLimit:
             scope["type"] != "http"
             or self.per_minute <= 0
             or scope.get(INTERNAL_SCOPE_KEY)
+            or scope.get("path") in self.open_paths
             or route_of(scope)[1]  # ops routes need no token: a health probe is never held up
         ):
             await self.app(scope, receive, send)
