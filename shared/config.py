@@ -91,6 +91,24 @@ class BaseServiceSettings(BaseSettings):
         "request of that address is answered 429 with Retry-After until the minute ends "
         "(counted per process). 0 turns the limit off.",
     )
+    retention_runs_days: int = Field(
+        default=0,
+        ge=0,
+        description="`trading prune` deletes stored backtest runs (and their fills) older than "
+        "this many days; 0 keeps them forever.",
+    )
+    retention_jobs_days: int = Field(
+        default=30,
+        ge=0,
+        description="`trading prune` deletes finished jobs (succeeded or failed) that ended more "
+        "than this many days ago; 0 keeps them forever. Queued and running jobs are kept.",
+    )
+    retention_predictions_days: int = Field(
+        default=90,
+        ge=0,
+        description="`trading prune` deletes logged predictions older than this many days; 0 "
+        "keeps them forever.",
+    )
     log_level: str = "INFO"
     trading_master_key: SecretStr | None = Field(
         default=None,

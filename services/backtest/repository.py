@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table, and_, func, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -165,6 +165,13 @@ async def update_run_metrics(
 ) -> None:
     """Replace a run's stored metrics document."""
     await session.execute(update(RESULTS).where(RESULTS.c.run_id == run_id).values(metrics=metrics))
+
+
+async def delete_run(session: AsyncSession, *, run_id: uuid.UUID) -> bool:
+    """Delete a stored run and its fills; return whether there was one."""
+    await session.execute(delete(TRADES).where(TRADES.c.run_id == run_id))
+    result = await session.execute(delete(RESULTS).where(RESULTS.c.run_id == run_id))
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def load_run(session: AsyncSession, *, run_id: uuid.UUID) -> Any | None:

@@ -387,6 +387,22 @@ async def get_results(
     return with_links(result, _prefix(request))
 
 
+@router.delete(
+    "/results/{run_id}",
+    operation_id="delete_results",
+    status_code=204,
+    response_class=Response,
+    responses=READ_ERRORS,
+    summary="Delete a stored backtest",
+)
+async def delete_results(run_id: RunId, service: Service) -> Response:
+    """Delete a stored run with its fills; its result, chart and trades then answer 404.
+    Returns nothing (204). Runs older than RETENTION_RUNS_DAYS are deleted by
+    `trading prune`."""
+    await service.delete_result(run_id)
+    return Response(status_code=204)
+
+
 @router.get(
     "/results/{run_id}/chart.png",
     operation_id="get_chart",
