@@ -1,5 +1,8 @@
 """How long stored rows live: one rule per kind of row, applied by `trading prune`.
 
+Kinds: backtest runs and stored walk-forwards/searches (RETENTION_RUNS_DAYS), finished
+jobs (RETENTION_JOBS_DAYS), logged predictions (RETENTION_PREDICTIONS_DAYS).
+
 Each rule names a table, the moment a row's age counts from, the setting that says how
 many days it lives (0: forever) and which rows it may touch (a queued or running job is
 never pruned). A backtest run's fills go with it (deleted first: the cascade is not
@@ -18,12 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.config import BaseServiceSettings
 from shared.db import Database
-from shared.tables import BacktestResult, BacktestTrade, Job, Prediction, utcnow
+from shared.tables import AnalysisRun, BacktestResult, BacktestTrade, Job, Prediction, utcnow
 
 RESULTS: Table = BacktestResult.__table__  # type: ignore[attr-defined]
 TRADES: Table = BacktestTrade.__table__  # type: ignore[attr-defined]
 JOBS: Table = Job.__table__  # type: ignore[attr-defined]
 PREDICTIONS: Table = Prediction.__table__  # type: ignore[attr-defined]
+ANALYSES: Table = AnalysisRun.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class RetentionRule:
 
 RULES: tuple[RetentionRule, ...] = (
     RetentionRule("runs", RESULTS, "retention_runs_days", lambda t: t.c.created_at),
+    RetentionRule(  # stored walk-forwards and searches: runs too, listed beside them
+        "analyses", ANALYSES, "retention_runs_days", lambda t: t.c.created_at
+    ),
     RetentionRule(
         "jobs",
         JOBS,

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from services.backtest import repository as repo
+from services.backtest.analyses import Analyses, full_request
 from services.backtest.charts import render_chart
 from services.backtest.grid import SearchPlan, plan_search
 from services.backtest.market import LoadedBars, MarketBars
@@ -52,6 +53,7 @@ from services.backtest.schemas import (
     RunLinks,
     RunList,
     RunSummary,
+    StoredResult,
     StrategyInfo,
     StrategyList,
     TradeList,
@@ -180,6 +182,7 @@ class BacktestService:
         self.results = ModelCache(cache, BacktestResult)
         self._evaluations = LRUCache(maxsize=64, max_bytes=256 * 2**20)
         self._predictor = predictor
+        self.analyses = Analyses(db)
 
     @property
     def predictor(self) -> Predictor:
@@ -366,7 +369,10 @@ class BacktestService:
             raise ValidationProblemError(f"The backtest cannot run: {e}", field="body") from e
         if self.settings.backtest_bars_ttl_s > 0:
             self._evaluations.set(bench_key, bench, self.settings.backtest_bars_ttl_s)
-        draw = asyncio.create_task(asyncio.to_thread(lambda: with_mean_ci(ev, mean_ci(ev))))
+        rf, ppy = request.risk_free_rate, request.periods_per_year
+        draw = asyncio.create_task(
+            asyncio.to_thread(lambda: with_mean_ci(ev, mean_ci(ev, rf, ppy)))
+        )
         return ev, draw
 
     async def _finish_evaluation(
@@ -413,7 +419,11 @@ class BacktestService:
                 "metrics": ev.metrics.model_dump(mode="json"),
                 "benchmark": ev.benchmark.model_dump(mode="json"),
                 "trades": ev.trades.model_dump(mode="json"),
-                "notes": [*ev.notes, *(signals.notes if signals is not None else [])],
+                "notes": [
+                    *loaded.notes,
+                    *ev.notes,
+                    *(signals.notes if signals is not None else []),
+                ],
             }
             series = repo.Series(ev.dates, ev.sim.equity, ev.benchmark_equity)
             config = stored_config(request)
@@ -521,6 +531,13 @@ class BacktestService:
         # process: a tombstone, read before any of them, outlives them all.
         await self.cache.set(_deleted_key(run_id), True, self.settings.backtest_result_ttl_s)
 
+    async def get_any(self, run_id: uuid.UUID, *, equity_points: int = 250) -> StoredResult:
+        """Return a stored backtest, walk-forward or search as it was answered."""
+        analysis = await self.analyses.row(run_id)
+        if analysis is not None:
+            return self.analyses.answer(analysis, equity_points=equity_points)
+        return await self.get_result(run_id, equity_points=equity_points)
+
     async def get_result(self, run_id: uuid.UUID, *, equity_points: int = 250) -> BacktestResult:
         """Return a stored run as `POST /backtest` answered it."""
         key = f"backtest:result:{run_id}:{equity_points}"
@@ -543,12 +560,20 @@ class BacktestService:
         return answer
 
     async def list_results(
-        self, *, strategy: str | None, symbol: str | None, limit: int, offset: int
+        self,
+        *,
+        strategy: str | None,
+        symbol: str | None,
+        limit: int,
+        offset: int,
+        kind: str | None = None,
     ) -> RunList:
-        """Return stored runs newest first, filtered by strategy and instrument."""
+        """Return stored runs of every kind (or one) newest first, filtered by strategy and
+        instrument."""
         async with self.db.session() as session:
             rows, total = await repo.list_runs(
                 session,
+                kind=kind,
                 strategy=strategy,
                 symbol=symbol.upper() if symbol else None,
                 limit=limit,
@@ -557,6 +582,7 @@ class BacktestService:
         runs = [
             RunSummary(
                 run_id=r.run_id,
+                kind=r.kind,
                 created_at=repo.aware(r.created_at),
                 strategy=r.strategy_name,
                 symbols=repo.split_symbols(r),
@@ -599,11 +625,18 @@ class BacktestService:
         return TradeList(run_id=run_id, trades=fills, page=_page(total, limit, offset, len(fills)))
 
     async def chart(self, run_id: uuid.UUID, *, width: int, height: int) -> bytes:
-        """Return the PNG chart of a stored run (drawn once, then cached)."""
+        """Return the PNG chart of a stored run or walk-forward (drawn once, then cached)."""
         key = f"backtest:chart:{run_id}:{width}x{height}:v1"
         cached, _ = await self.cache.get(key)
         if isinstance(cached, str) and not await self._deleted(run_id):
             return base64.b64decode(cached)
+        analysis = await self.analyses.row(run_id)
+        if analysis is not None:
+            png = await asyncio.to_thread(self.analyses.chart, analysis, width=width, height=height)
+            await self.cache.set(
+                key, base64.b64encode(png).decode(), self.settings.backtest_result_ttl_s
+            )
+            return png
         row = await self._row(run_id)
         async with self.db.session() as session:
             fills, _ = await repo.load_fills(session, run_id=run_id)
@@ -725,7 +758,11 @@ class BacktestService:
         return Prepared("monte_carlo", request, None, None, source, cost, needs)
 
     async def source(self, run_id: uuid.UUID) -> Source:
-        """Return a stored run's bar returns and trade returns."""
+        """Return a stored run's bar returns and trade returns (a walk-forward's stitched
+        out-of-sample returns)."""
+        analysis = await self.analyses.row(run_id)
+        if analysis is not None:
+            return self.analyses.source(analysis)
         row = await self._row(run_id)
         async with self.db.session() as session:
             fills, _ = await repo.load_fills(session, run_id=run_id)
@@ -757,16 +794,20 @@ class BacktestService:
         if prepared.work == "optimize":
             assert prepared.plan is not None
             years = calendar_years(loaded.bars.index)
-            return await optimize(
+            searched = await optimize(
                 request, prepared.plan, loaded.bars, loaded.bars_hash, spec, years, runner
             )
+            return await self.analyses.store_optimization(request, loaded, searched)
+        full = full_request(request)  # the whole stitched equity, stored for chart and MC
         if STRATEGIES[request.strategy.name].needs_signals:
-            return await ml_walk_forward(
-                request, loaded.bars, loaded.bars_hash, spec, runner, self.predictor
+            walked = await ml_walk_forward(
+                full, loaded.bars, loaded.bars_hash, spec, runner, self.predictor
             )
-        return await walk_forward(
-            request, prepared.plan, loaded.bars, loaded.bars_hash, spec, runner
-        )
+        else:
+            walked = await walk_forward(
+                full, prepared.plan, loaded.bars, loaded.bars_hash, spec, runner
+            )
+        return await self.analyses.store_walk_forward(request, loaded, walked)
 
 
 def _page(total: int, limit: int, offset: int, returned: int) -> Page:

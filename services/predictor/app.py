@@ -7,12 +7,15 @@ model with an LSTM member (in this process) and by training (in a job worker pro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.predictor.adapt import watch_outcomes
 from services.predictor.market import MarketFeatures
 from services.predictor.prediction_log import PredictionLog
 from services.predictor.registry import Registry
@@ -35,9 +38,10 @@ Models train as jobs on the market service's 50 features per bar (past data only
 purged time split, and are judged out of sample beside naive baselines (majority class,
 yesterday's direction): a model that does not beat them says so in every answer. Each
 training makes a new semantic version of a named model; the last 5 are kept and any can be
-rolled back to with bit-identical predictions. Realised outcomes of logged predictions
-feed online updates that are kept only if not more than 5% worse. Errors are RFC 9457
-problem details.
+rolled back to with bit-identical predictions. Realised out-of-sample outcomes of logged
+predictions reweight the members (a softmax over their Sharpe ratios) and, once 100 are new,
+start an online update by itself that is kept only if not more than 5% worse. Errors are
+RFC 9457 problem details.
 """
 
 
@@ -70,12 +74,23 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         runner = JobRunner(db, service=SERVICE, settings=settings)
         await runner.start()
         app.state.jobs = runner
-        app.state.predictor = PredictorService(
+        service = PredictorService(
             db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
         )
+        app.state.predictor = service
+        watcher = None
+        if settings.outcomes_check_s > 0:
+            watcher = asyncio.create_task(
+                watch_outcomes(service, runner, settings.outcomes_check_s),
+                name="predictor-outcome-watcher",
+            )
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             await runner.aclose()
             await log.aclose()
             await market.aclose()

@@ -5,7 +5,8 @@
 under `trading serve`): it trains a small LSTM + XGBoost version of the model `demo` on
 the symbol's last five years or from `start_date` (a job; its progress is printed per
 epoch and member), prints the out-of-sample figures beside the naive baselines and the
-plain verdict, predicts the latest bar, then predicts each of the last `days` bars and
+three-way verdict (`beats | does_not_beat | insufficient_evidence`, with the exact McNemar
+counts), predicts the latest bar, then predicts each of the last `days` bars and
 prints the live record of those calls. It returns the training result, the prediction and
 the performance answers.
 """
@@ -54,9 +55,25 @@ def figures_table(evaluation: dict[str, Any]) -> list[str]:
     if evaluation.get("ensemble"):
         rows.append(("ensemble", evaluation["ensemble"]))
     rows += [(f"baseline: {k}", v) for k, v in evaluation.get("baselines", {}).items()]
+    if evaluation.get("climatology"):
+        rows.append(("baseline: climatology", evaluation["climatology"]))
     for name, figs in rows:
         lines.append(f"  {name:<22}" + "".join(f"{figs[k]:>10.3f}" for k in METRICS))
     return lines
+
+
+def verdict_lines(answer: dict[str, Any]) -> list[str]:
+    """Return the three-way verdict with its test and counts, then the plain sentence."""
+    test = answer["baseline_test"]
+    pairs = "; ".join(
+        f"vs {k}: b={c['model_only']} c={c['baseline_only']} p={c['p_value']:.3g}"
+        for k, c in sorted(test["baselines"].items())
+    )
+    head = (
+        f"verdict: {test['verdict']} (exact McNemar, n={test['n']} realised out-of-sample "
+        f"calls, minimum {test['min_calls']}" + (f"; {pairs})" if pairs else ")")
+    )
+    return [head, f"  {answer['verdict']}"]
 
 
 def run_demo(
@@ -91,7 +108,10 @@ def run_demo(
     echo(f"out of sample (test segment, {trained['test']['rows']} bars):")
     for line in figures_table(trained["test"]):
         echo(line)
-    echo(f"verdict: {trained['verdict']}")
+    for line in verdict_lines(trained):
+        echo(line)
+    for name, reason in trained.get("weight_reasons", {}).items():
+        echo(f"  {name}: weight {trained['weights'].get(name, 0.0):.2f}, {reason}")
 
     call: dict[str, Any] = http.post("/predict", json={"symbol": symbol, "model": "demo"}).json()
     probs = call["probabilities"]
@@ -114,12 +134,14 @@ def run_demo(
     ).json()
     echo(
         f"\nlive record of {performance['predictions']} calls on {symbol}'s last bars "
-        f"({performance['realised']} realised, {performance['pending']} pending):"
+        f"({performance['realised']} realised, {performance['out_of_sample']} of them out of "
+        f"sample, {performance['pending']} pending):"
     )
     if performance.get("ensemble"):
         for line in figures_table(performance):
             echo(line)
-    echo(f"verdict: {performance['verdict']}")
+    for line in verdict_lines(performance):
+        echo(line)
     latency = performance["latency"]
     if latency["p50_ms"] is not None:
         echo(

@@ -28,6 +28,7 @@ def test_demo_prints_prices_indicators_a_backtest_and_a_prediction(
     assert f"{last['close']:.2f}" in out
     assert "sqlite+aiosqlite" in out
     assert "same request again: served from l1" in out
+    assert "stale: " in out and " sessions old" in out  # the CSV data ends 2023-10-27
     assert (tmp_path / "trading.db").exists()
     # it ends with a backtest through the backtest service, beside buy-and-hold, and its chart
     tail = out[out.index("backtest :") :]
@@ -41,5 +42,12 @@ def test_demo_prints_prices_indicators_a_backtest_and_a_prediction(
     # an honest verdict, and a call on the last bar with each member's weight
     ml = out[out.index("predictor:") :]
     assert "baseline: majority" in ml and "baseline: previous" in ml
-    assert "verdict: Out of sample" in ml
+    verdicts = [line for line in ml.splitlines() if line.startswith("verdict: ")]
+    assert len(verdicts) == 2  # the test segment's, then the live record's
+    assert all(
+        v.split()[1] in ("beats", "does_not_beat", "insufficient_evidence") for v in verdicts
+    )
+    assert all("exact McNemar, n=" in v for v in verdicts)
+    # the live record of the last ~20 bars is far below the minimum: no verdict
+    assert verdicts[1].startswith("verdict: insufficient_evidence")
     assert "AAPL at 2023-10-27, next 1 bar:" in ml and "weight" in ml

@@ -24,6 +24,7 @@ from services.predictor.ml.training import EnsembleModel, SeriesData, train_ense
 from services.predictor.repository import PredictionRow
 from services.predictor.service import distinct_predictions
 from services.predictor.tasks import member_sharpes
+from shared.verdicts import judge_calls
 from tests.unit.predictor.conftest import TINY
 
 UP, DOWN = (0.1, 0.2, 0.7), (0.6, 0.3, 0.1)
@@ -58,34 +59,55 @@ def test_realised_labels_are_the_training_labels_of_each_bar(aapl: pd.DataFrame)
     assert figures.baselines["majority"].accuracy == pytest.approx(float(np.mean(y == 1)))
     expected_sharpe = m.sharpe_of_calls(np.full(y.size, 2), out.returns, 1)
     assert figures.ensemble.sharpe == pytest.approx(expected_sharpe)
-    beats = all(figures.ensemble.accuracy > b.accuracy for b in figures.baselines.values())
-    assert figures.beats == beats and ("NOT" in figures.verdict) == (not beats)
+    # 4 realised calls, well under the minimum of 100: no verdict, whatever the accuracies
+    assert figures.test.verdict == "insufficient_evidence" and figures.beats is False
+    assert figures.test.n == 4 and "Insufficient evidence" in figures.verdict
+    assert "fewer than the 100 a verdict needs" in figures.verdict
 
 
 def test_no_realised_outcome_says_so() -> None:
     out = realise([Logged("AAPL", 5, UP, {})], {}, horizon=2, band=0.5, vol_window=21)
     figures = live_figures(out, horizon=2, majority=1)
     assert figures.ensemble is None and figures.beats is None
-    assert "No realised predictions yet (1 pending)" in figures.verdict
+    assert "No realised out-of-sample predictions yet (1 pending)" in figures.verdict
 
 
-def test_the_verdict_reads_the_test_segment_else_validation() -> None:
-    def segment(model: float, majority: float, previous: float) -> dict[str, object]:
-        fig = {"rows": 10, "precision": 0, "recall": 0, "f1": 0, "ece": 0, "brier": 0}
+def test_the_verdict_reads_the_test_segment_paired_test_only() -> None:
+    def segment(n: int, b: int, c: int) -> dict[str, object]:
+        fig = {"rows": n, "precision": 0, "recall": 0, "f1": 0, "ece": 0, "brier": 0}
+        y = np.ones(n, dtype=np.int64)
+        model = y.copy()
+        model[:c] = 0  # wrong where only the baseline is right
+        base = y.copy()
+        base[c : c + b] = 0  # wrong where only the model is right
+        test = judge_calls(model, y, {"majority": base, "previous": base})
         return {
-            "rows": 10,
-            "ensemble": {**fig, "accuracy": model, "sharpe": 0},
+            "rows": n,
+            "ensemble": {**fig, "accuracy": float(np.mean(model == y)), "sharpe": 0},
             "baselines": {
-                "majority": {**fig, "accuracy": majority, "sharpe": 0},
-                "previous": {**fig, "accuracy": previous, "sharpe": 0},
+                "majority": {**fig, "accuracy": float(np.mean(base == y)), "sharpe": 0},
+                "previous": {**fig, "accuracy": float(np.mean(base == y)), "sharpe": 0},
             },
+            "comparisons": {"ensemble": test.model_dump(mode="json")},
         }
 
-    beats, text = verdict({"validation": segment(0.9, 0.1, 0.1), "test": segment(0.4, 0.45, 0.3)})
-    assert not beats and "test segment, 10 bars" in text and "does NOT beat" in text
-    beats, text = verdict({"validation": segment(0.5, 0.45, 0.3), "test": {"rows": 0}})
-    assert beats and "validation segment" in text and "0.500 beats" in text
-    assert verdict({})[0] is False
+    # validation (which picked the epochs) is never judged: a strong one does not count
+    judged = verdict({"validation": segment(300, 60, 0), "test": segment(300, 1, 0)})
+    assert judged.test.verdict == "does_not_beat" and not judged.beats
+    assert "b=1" in judged.sentence and "c=0" in judged.sentence and "p=1" in judged.sentence
+    judged = verdict({"validation": segment(300, 60, 0), "test": {"rows": 0}})
+    assert judged.test.verdict == "insufficient_evidence" and not judged.beats
+    judged = verdict({"test": segment(300, 40, 10)})
+    assert judged.test.verdict == "beats" and judged.beats
+    assert judged.test.baselines["majority"].p_value < 1e-4
+    # the minimum is a setting: the same stored counts at a higher minimum are no verdict
+    assert verdict({"test": segment(300, 40, 10)}, 500).test.verdict == "insufficient_evidence"
+    # a version stored before the paired test is unproven, not "beats"
+    old = segment(300, 40, 10)
+    del old["comparisons"]
+    judged = verdict({"test": old})
+    assert judged.test.verdict == "insufficient_evidence" and "before the paired" in judged.sentence
+    assert verdict({}).beats is False
 
 
 def test_one_prediction_per_symbol_and_bar_the_latest_logged() -> None:
