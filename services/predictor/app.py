@@ -1,8 +1,9 @@
 """Predictor service: `uvicorn --factory services.predictor.app:create_app`.
 
-Building the app and serving its cheap routes imports no TensorFlow: the embedded gateway
-starts every service in one process. TensorFlow is loaded by the first prediction of a
-model with an LSTM member (in this process) and by training (in a job worker process).
+This process never imports TensorFlow: the embedded gateway starts every service in one
+process, and the LSTM predicts through a numba forward pass whose kernels are compiled (once
+per install) or loaded in the background as the service starts. TensorFlow is loaded by
+training and online updates, in a job worker process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 
 from services.predictor.adapt import watch_outcomes
 from services.predictor.market import MarketFeatures
+from services.predictor.ml.lstm_inference import warm_kernels
 from services.predictor.prediction_log import PredictionLog
 from services.predictor.registry import Registry
 from services.predictor.routes import errors, router
@@ -29,6 +31,7 @@ from shared.db import Database
 from shared.health import install_health
 from shared.http import service_client
 from shared.jobs import JobRunner, job_router
+from shared.warmup import start_warming
 
 SERVICE = "predictor"
 
@@ -61,6 +64,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 timeout_s=settings.market_timeout_s,
             )
         )
+        app.state.kernels = start_warming("predictor", warm_kernels)  # the LSTM's forward pass
         await db.start()
         log = PredictionLog(db)
         log.start()

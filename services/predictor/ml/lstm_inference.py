@@ -285,3 +285,24 @@ class LSTMInference:
             h = np.maximum(_affine(h, kernel, bias), 0.0)
         kernel, bias = w["probabilities"]
         return _softmax(_affine(h, kernel, bias))
+
+
+def warm_kernels() -> None:
+    """Compile (once per install: ``cache=True``) or load the forward pass's kernels.
+
+    A one-unit network on one window: the kernels' types are the same for every size.
+    """
+    config = LSTMConfig(
+        seq_len=2, lstm_units=(1,), attention_heads=1, key_dim=1, dense_units=(1,), epochs=1
+    )
+    ones = np.ones
+    weights: Weights = {
+        "lstm_1": [ones((1, 4)), ones((1, 4)), ones(4)],
+        "attention/query": [ones((1, 1, 1)), ones((1, 1))],
+        "attention/key": [ones((1, 1, 1)), ones((1, 1))],
+        "attention/value": [ones((1, 1, 1)), ones((1, 1))],
+        "attention/attention_output": [ones((1, 1, 1)), ones(1)],
+        "dense_1": [ones((1, 1)), ones(1)],
+        "probabilities": [ones((1, N_CLASSES)), ones(N_CLASSES)],
+    }
+    LSTMInference(b"", config, weights=weights).prepare()

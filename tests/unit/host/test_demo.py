@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +17,19 @@ def test_demo_prints_prices_indicators_a_backtest_and_a_prediction(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
     env.update(DATA_DIR=str(tmp_path), MARKET_PROVIDERS="csv")
     trading = Path(sys.executable).with_name("trading")
-    out = subprocess.run(
+    env = {k: v for k, v in env.items() if not k.startswith(("TF_", "ABSL"))}
+    done = subprocess.run(
         [str(trading), "demo", "--symbols", "AAPL,KO"],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
-    ).stdout
+    )
+    out = done.stdout
+    # quiet: none of TensorFlow's C++ start-up lines (the training worker's) on either stream
+    for noise in ("cpu_feature_guard", "oneDNN", "absl::InitializeLog", "rebuild TensorFlow"):
+        assert noise not in out and noise not in done.stderr
     last = pd.read_csv(csv_dir / "KO.csv").iloc[-1]
     assert f"{last['close']:.2f}" in out
     assert "sqlite+aiosqlite" in out
@@ -51,3 +57,7 @@ def test_demo_prints_prices_indicators_a_backtest_and_a_prediction(
     # the live record of the last ~20 bars is far below the minimum: no verdict
     assert verdicts[1].startswith("verdict: insufficient_evidence")
     assert "AAPL at 2023-10-27, next 1 bar:" in ml and "weight" in ml
+    # the first /predict (it loads the version) is reported apart from the later calls' times
+    assert re.search(r"^first /predict: \d+ ms \(loads the version", ml, re.MULTILINE)
+    assert re.search(r"^/predict after it: p50 [\d.]+ ms, p99 [\d.]+ ms over \d+ calls", ml, re.M)
+    assert "server time" not in ml

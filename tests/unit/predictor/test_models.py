@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -37,6 +38,22 @@ def test_importing_the_ml_package_loads_neither_tensorflow_nor_xgboost() -> None
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == ""
+
+
+def test_tensorflow_loads_quietly() -> None:
+    code = (
+        "from services.predictor.ml.lstm import LSTMConfig, build_model\n"
+        "import numpy as np\n"
+        "model = build_model(LSTMConfig(seq_len=4, lstm_units=(2,), dense_units=()), 3)\n"
+        "print(model(np.zeros((1, 4, 3), np.float32)).shape)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "ABSL"))}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    for noise in ("cpu_feature_guard", "oneDNN", "absl::InitializeLog", "rebuild TensorFlow"):
+        assert noise not in out.stderr
 
 
 def test_the_full_size_lstm_is_the_seeds() -> None:

@@ -157,3 +157,46 @@ def test_an_update_reweights_the_candidate_from_the_members_sharpes(
     assert result.model.ensemble.sharpes == sharpes
     assert result.model.ensemble.weights == {"xgboost": 1.0}
     assert model.ensemble.sharpes == {}  # the active model is untouched
+
+
+def test_in_sample_calls_are_reported_apart_and_never_judged() -> None:
+    # a version that saw days 0..299 calls them perfectly (it learnt them); its calls on
+    # days 300..699 are coin flips on a random walk: that is what must be judged
+    from services.predictor.evaluation import Realised, TrainingRange, training_range
+
+    day = 86_400 * 10**9
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 3, 700)
+    guess = rng.integers(0, 3, 700)
+    called = np.where(np.arange(700) < 300, y, guess)
+    probs = [tuple(np.eye(3)[k] * 0.8 + 0.2 / 3) for k in called]
+    items = [Logged("X", i * day, probs[i], {}) for i in range(700)]
+    realised = Realised(items, y, rng.normal(0, 0.01, 700), np.roll(y, 1), 0)
+    trained = TrainingRange(0, 299 * day, ("X",))
+    figures = live_figures(realised, horizon=1, majority=1, trained=trained)
+    assert figures.in_sample is not None and figures.in_sample.rows == 300
+    assert figures.in_sample.ensemble is not None and figures.in_sample.ensemble.accuracy == 1.0
+    assert figures.out_of_sample == 400 and figures.ensemble is not None
+    assert figures.ensemble.rows == 400 and figures.test.n == 400
+    assert figures.test.verdict == "does_not_beat" and figures.beats is False
+    assert "In sample" in figures.verdict and "300 other realised" in figures.verdict
+    # today's rule (no split) would have judged all 700 calls, the perfect 300 among them
+    everything = live_figures(realised, horizon=1, majority=1)
+    assert everything.test.verdict == "beats"
+    # the range comes from the version's stored segments (train first .. validation last)
+    stored = {
+        "info": {
+            "segments": {
+                "X": {
+                    "train": {"first": "2018-01-02T00:00:00", "last": "2021-06-30T00:00:00"},
+                    "validation": {"first": "2021-07-06", "last": "2022-03-31T00:00:00"},
+                    "test": {"first": "2022-04-06", "last": "2022-12-30"},
+                }
+            }
+        }
+    }
+    rng_ = training_range(stored, ["X"], None, None)
+    stamp = pd.Timestamp("2022-03-31", tz="UTC").value
+    assert rng_.contains(stamp) and not rng_.contains(stamp + day * 6)  # test: out of sample
+    online = training_range({**stored, "kind": "online_update"}, ["X"], None, stamp + 100 * day)
+    assert online.contains(stamp + 100 * day)  # an update learnt from its outcomes too
