@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from shared.config import BaseServiceSettings
 from shared.db import Database
-from shared.retention import JOBS, PREDICTIONS, RESULTS, TRADES
+from shared.retention import ANALYSES, JOBS, PREDICTIONS, RESULTS, TRADES
 from shared.tables import utcnow
 from trading.cli import app
 
@@ -48,6 +48,22 @@ def _fill(run_id: uuid.UUID, at: datetime) -> dict[str, Any]:
         "commission": 0.0,
         "slippage_cost": 0.0,
         "total_cost": 100.0,
+    }
+
+
+def _analysis(created: datetime) -> dict[str, Any]:
+    return {
+        "run_id": uuid.uuid4(),
+        "kind": "walk_forward",
+        "strategy_name": "sma_crossover",
+        "symbol": "AAPL",
+        "start_date": created - 400 * DAY,
+        "end_date": created - 40 * DAY,
+        "configuration": {},
+        "bars_hash": "0" * 64,
+        "result": {},
+        "initial_capital": 10_000.0,
+        "created_at": created,
     }
 
 
@@ -109,6 +125,9 @@ async def seed(url: str, now: datetime) -> dict[str, uuid.UUID]:
                 ],
             )
             await session.execute(
+                insert(ANALYSES), [_analysis(now - 400 * DAY), _analysis(now - DAY)]
+            )
+            await session.execute(
                 insert(PREDICTIONS),
                 [_prediction(now - 91 * DAY), _prediction(now - 89 * DAY), _prediction(now)],
             )
@@ -155,6 +174,7 @@ def check_prune(url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> No
     result = CliRunner().invoke(app, ["prune"])
     assert result.exit_code == 0, result.output
     assert "runs: 1 deleted" in result.output
+    assert "analyses: 1 deleted" in result.output  # stored walk-forwards and searches
     assert "jobs: 2 deleted" in result.output
     assert "predictions: 1 deleted" in result.output
 
