@@ -32,6 +32,7 @@ from gateway_mcp.context import (
     TOOL_DOCS_URI,
     compact_schema,
     first_paragraph,
+    optional_nulls,
     strict_schema,
 )
 from gateway_mcp.jobs import CALL_DEADLINE
@@ -52,15 +53,20 @@ from gateway_mcp.results import (
 from shared.errors import parse_problem, unknown_argument_message
 
 PAGING_NOTE = " Lists are paged (`limit`, `offset`; see the answer's `page`)."
-JOB_NOTE = (
-    " Runs as a job: answers its result, or within the call budget the job's handle and the "
-    "`*_get_job` call that continues."
-)
+JOB_NOTE = " Long runs answer a job handle with `continue_with`, the call that goes on."
 JSON_MEDIA = "application/json"
 
 
-def is_job_route(route: HTTPRoute) -> bool:
-    """Return True when the operation declares a `202 Accepted` (job) answer."""
+def is_job_route(route: HTTPRoute, spec: dict[str, Any] | None = None) -> bool:
+    """Return True when the operation declares a `202 Accepted` (job) answer.
+
+    Read from the spec when given: fastmcp's route keeps only the first success answer, so
+    an operation answering 200 (quick) or 202 (a job) looks like a 200-only one there.
+    """
+    if spec is not None:
+        operation = spec.get("paths", {}).get(route.path, {}).get(route.method.lower(), {})
+        if "202" in {str(code) for code in operation.get("responses", {})}:
+            return True
     return "202" in (route.responses or {})
 
 
@@ -102,6 +108,21 @@ def _image_request(route: HTTPRoute, arguments: dict[str, Any]) -> tuple[str, di
         elif where.get("location") == "query":
             query[original] = value
     return path, query
+
+
+def check_path_arguments(route: HTTPRoute, service: str, arguments: dict[str, Any]) -> None:
+    """Refuse a path argument holding `/`: it would reach another route of the service.
+
+    The request encodes every path argument (`/` as `%2F`), but a service decodes the path
+    before routing, so `get_results(run_id="<id>/chart.png")` would be the chart route.
+    """
+    for name, value in arguments.items():
+        where = route.parameter_map.get(name, {})
+        if where.get("location") == "path" and "/" in str(value):
+            original = where.get("openapi_name", name)
+            raise ToolError(
+                f"{service} service: `{original}` is one path segment and may not contain '/'"
+            )
 
 
 def _service_client(service: str) -> httpx2.AsyncClient:
@@ -162,7 +183,7 @@ def gateway_tool(
     An argument the tool does not take is refused by name, with the closest one it does.
     """
     image = image_media_type(spec, route)
-    job = is_job_route(route)
+    job = is_job_route(route, spec)
     body = None if job or image else response_schema(spec, route)
     # fastmcp answers a non-object body as {"result": <body>}; the gateway keeps that shape.
     wrapped = body is not None and not is_object_schema(body, spec)
@@ -173,7 +194,7 @@ def gateway_tool(
         and (job or schema_has_rows(body, spec))
         and not ({"limit", "offset"} & set(props))
     )
-    output_schema = None if job or image else inner.output_schema
+    output_schema = None if job or image else optional_nulls(inner.output_schema)
     full_description = inner.description or ""
     if paged:
         props.update(page_arguments(limits))
@@ -222,6 +243,7 @@ def gateway_tool(
         for name in args:
             if name not in known:
                 raise ToolError(unknown_argument_message(name, known))
+        check_path_arguments(route, service, args)
         for name, value in mcp_defaults.items():
             args.setdefault(name, value)
         if image:
