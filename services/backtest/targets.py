@@ -18,10 +18,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.backtest.config import BacktestConfig
-from services.backtest.routes import RUN_ERRORS, Service
+from services.backtest.routes import CONFIG_RULES, RUN_ERRORS, Service
 from services.backtest.schemas import RunConfig
 from services.backtest.service import BacktestService
 from services.backtest.strategies import allows_short, build_targets
+from shared.rules import documents_rules, rules_extension
 
 router = APIRouter()
 
@@ -113,7 +114,9 @@ async def compute_signals(service: BacktestService, body: BacktestConfig) -> Sig
     response_model=Signals,
     responses=RUN_ERRORS,
     summary="A strategy's target side per bar",
+    openapi_extra=rules_extension(*CONFIG_RULES),
 )
+@documents_rules(*CONFIG_RULES)
 async def get_signals(body: SignalsRequest, service: Service) -> Signals:
     """Return the strategy's wish on every bar of the config's aligned bars, as a backtest
     of the same config reads it: 1 long, -1 short, 0 flat, null no change (`allow_short`

@@ -115,6 +115,26 @@ class Peers:
             raise translate(e, "signals", "strategy") from e
         return Signals.model_validate_json(response.content)
 
+    async def backtest_run(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        """Run `POST /backtest` of body; return its answer and every one of its fills."""
+        try:
+            response = await self.backtest.request("POST", "/backtest", json=body)
+            result: dict[str, Any] = response.json()
+            fills: list[Any] = []
+            offset: int | None = 0
+            while offset is not None:
+                page = await self.backtest.request(
+                    "GET",
+                    f"/trades/{result['run_id']}",
+                    params={"limit": 1000, "offset": offset},
+                )
+                answer = page.json()
+                fills += answer["trades"]
+                offset = answer["page"]["next_offset"]
+        except UpstreamProblemError as e:
+            raise translate(e, "backtest", "deployment_id") from e
+        return result, fills
+
     async def prices(self, symbol: str, start: date, end: date) -> Prices:
         """Return the symbol's daily opens and closes start..end from the market service."""
         params = {"start": start.isoformat(), "end": end.isoformat(), "interval": "1d"}

@@ -183,6 +183,17 @@ async def page(
     return [dict(r) for r in (await session.execute(q)).mappings()], total
 
 
+async def deployment_fills(session: AsyncSession, *, deployment_id: uuid.UUID) -> list[Row]:
+    """Return a deployment's fills, oldest first."""
+    q = (
+        select(fills)
+        .join(orders, orders.c.id == fills.c.order_id)
+        .where(orders.c.deployment_id == deployment_id)
+        .order_by(fills.c.id)
+    )
+    return [dict(r) for r in (await session.execute(q)).mappings()]
+
+
 async def put_equity_rows(
     session: AsyncSession, *, account_id: uuid.UUID, rows: list[tuple[date, float, float]]
 ) -> None:

@@ -16,6 +16,7 @@ from services.portfolio.schemas import (
     AccountCreate,
     Deployment,
     DeploymentCreate,
+    Drift,
     FillList,
     OrderList,
     Risk,
@@ -24,6 +25,7 @@ from services.portfolio.schemas import (
 )
 from services.portfolio.service import PortfolioService
 from shared.api import ProblemDocs
+from shared.rules import CrossFieldRule, documents_rules, rules_extension
 
 router = APIRouter()
 
@@ -44,6 +46,16 @@ WRITE = errors(400, 401, 404, 409, 422, 502, 503)
 DESTRUCTIVE = {"x-mcp-annotations": {"readOnlyHint": False, "destructiveHint": True}}
 WRITES = {"x-mcp-annotations": {"readOnlyHint": False, "destructiveHint": False}}
 READS = {"x-mcp-annotations": {"readOnlyHint": True, "idempotentHint": True}}
+# Rules a JSON schema cannot state (listed in the descriptions and x-cross-field-rules).
+DEPLOY_RULES = (
+    CrossFieldRule(("symbols",), "each of `symbols` once (case-insensitive)"),
+    CrossFieldRule(
+        ("strategy", "start_date", "symbols"),
+        "the backtest service runs `strategy` (`backtest_list_strategies`: names and "
+        "parameter rules) on `symbols`, which the market service knows",
+    ),
+)
+RUN_RULES = (CrossFieldRule(("until",), "`until` is after the deployment's `start_date`"),)
 AccountId = Annotated[uuid.UUID, Path(description="The account's id.")]
 DeploymentId = Annotated[uuid.UUID, Path(description="The deployment's id.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows to return.")]
@@ -169,12 +181,13 @@ async def get_risk(account_id: AccountId, service: Service) -> Risk:
 @router.post(
     "/deployments",
     operation_id="create_deployment",
-    openapi_extra=WRITES,
+    openapi_extra={**WRITES, **rules_extension(*DEPLOY_RULES)},
     response_model=Deployment,
     status_code=201,
     responses=WRITE,
     summary="Deploy a strategy on a paper account",
 )
+@documents_rules(*DEPLOY_RULES)
 async def create_deployment(body: DeploymentCreate, service: Service) -> Deployment:
     """Deploy a strategy (as `POST /backtest` takes it; the backtest service validates it)
     on `symbols` of an account from `start_date`, with the backtest's sizing and cost
@@ -212,11 +225,12 @@ async def stop_deployment(deployment_id: DeploymentId, service: Service) -> Depl
 @router.post(
     "/deployments/{deployment_id}/run",
     operation_id="run_deployment",
-    openapi_extra=DESTRUCTIVE,
+    openapi_extra={**DESTRUCTIVE, **rules_extension(*RUN_RULES)},
     response_model=RunResult,
     responses=WRITE,
     summary="Trade every session up to a date",
 )
+@documents_rules(*RUN_RULES)
 async def run_deployment(
     deployment_id: DeploymentId, body: RunRequest, service: Service
 ) -> RunResult:
@@ -226,3 +240,19 @@ async def run_deployment(
     `get_signals`) is read. A date in the past replays history, the same fills as a
     backtest of the same config (but for the backtest's closing fill at its end)."""
     return await service.run(deployment_id, body.until)
+
+
+@router.get(
+    "/deployments/{deployment_id}/drift",
+    operation_id="get_drift",
+    openapi_extra=READS,
+    response_model=Drift,
+    responses=errors(401, 404, 422, 502, 503),
+    summary="Paper record against the backtest",
+)
+async def get_drift(deployment_id: DeploymentId, service: Service) -> Drift:
+    """Compare the deployment's paper record with `POST /backtest` of the same config over
+    its processed sessions: tracking error of the daily returns (annualised), the largest
+    equity gap, the fills that differ (first 50; the backtest's closing fill at its end is
+    left out) and the costs paid beside the costs modelled. Runs a stored backtest."""
+    return await service.drift(deployment_id)

@@ -35,10 +35,10 @@ class AccountCreate(Request):
     """A new account: `paper` trades on the embedded paper broker."""
 
     name: str = Field(min_length=1, max_length=100, description="A name to recognise it by.")
-    broker: Literal["paper", "alpaca"] = Field(
+    broker: Literal["paper"] = Field(
         default="paper",
-        description="`paper`: the embedded paper broker (no keys, offline). `alpaca`: not "
-        "available in this version (422).",
+        description="`paper`: the embedded paper broker (no keys, offline). `alpaca` comes "
+        "with the Alpaca adapter (not in this version).",
     )
     initial_cash: float = Field(default=100_000.0, gt=0, le=1e12, description="Starting cash.")
 
@@ -153,7 +153,10 @@ class DeploymentCreate(Request):
     account_id: uuid.UUID = Field(description="The account it trades.")
     strategy: StrategySpec
     symbols: list[Annotated[str, Field(pattern=SYMBOL)]] = Field(
-        min_length=1, max_length=20, description="Instruments, each once."
+        min_length=1,
+        max_length=20,
+        json_schema_extra={"uniqueItems": True},
+        description="Instruments, each once (case-insensitive).",
     )
     start_date: date | None = Field(
         default=None,
@@ -315,3 +318,33 @@ class Risk(Answer):
     drawdown: float = Field(description="Equity below its peak, a fraction (0 at the peak).")
     peak_equity: float
     breakers: Breakers
+
+
+class FillDiff(Answer):
+    """One fill the paper record and the backtest do not share (null: that side has none)."""
+
+    session: date
+    symbol: str
+    direction: Literal["buy", "sell"]
+    paper_shares: float | None
+    paper_price: float | None
+    backtest_shares: float | None
+    backtest_price: float | None
+
+
+class Drift(Answer):
+    """A deployment's paper record beside a backtest of the same config on the same sessions."""
+
+    run_id: str = Field(description="The backtest run compared (`backtest_get_results`).")
+    sessions: int = Field(description="Sessions both have an equity for.")
+    tracking_error: float | None = Field(
+        description="Annualised standard deviation of the daily return differences (sqrt 252)."
+    )
+    max_equity_gap: float | None = Field(description="Largest |paper / backtest - 1| equity.")
+    fills_compared: int
+    fills_differing: int = Field(description="Fills on one side only or with other shares/price.")
+    differences: list[FillDiff] = Field(description="The first 50 differing fills.")
+    realised_costs: float = Field(description="Commission plus slippage the paper fills paid.")
+    modelled_costs: float = Field(
+        description="Commission plus slippage of the backtest's fills (its closing fill left out)."
+    )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from services.portfolio import repository as repo
+from services.portfolio.drift import compare
 from services.portfolio.execution import (
     Book,
     CostModel,
@@ -36,6 +37,7 @@ from services.portfolio.schemas import (
     Breakers,
     Deployment,
     DeploymentCreate,
+    Drift,
     Fill,
     FillList,
     Order,
@@ -164,11 +166,6 @@ class PortfolioService:
 
     async def create_account(self, body: AccountCreate) -> Account:
         """Open an account holding only its initial cash."""
-        if body.broker != "paper":
-            raise ValidationProblemError(
-                "The alpaca broker is not available in this version: use `paper`.",
-                field="broker",
-            )
         new_id = uuid.uuid4()
         async with self.db.session() as s, s.begin():
             await repo.insert_account(
@@ -567,6 +564,45 @@ class PortfolioService:
             prices = await self.peers.prices(order["symbol"], day, day + timedelta(days=1))
             sent += await self._send(order, cfg.costs, prices.open[day])
         return sent
+
+    async def drift(self, deployment_id: uuid.UUID) -> Drift:
+        """Compare the deployment's record with `POST /backtest` of its config on its sessions."""
+        async with self.db.session() as s:
+            dep = await self._deployment_row(s, deployment_id)
+            account = await self._account_row(s, dep["account_id"])
+            paper = await repo.deployment_fills(s, deployment_id=deployment_id)
+            history = await repo.equity_history(s, account_id=dep["account_id"])
+        last: date | None = dep["last_session"]
+        c = dep["config"]
+        cfg = Config.parse(c)
+        if last is None or last <= cfg.start_date:
+            raise ValidationProblemError(
+                "The deployment has not processed two sessions yet: run it first.",
+                field="deployment_id",
+            )
+        body = {
+            **cfg.signals_request(last),
+            **c["costs"],
+            "position_size": c["position_size"],
+            "max_positions": c["max_positions"],
+            "fractional_shares": c["fractional_shares"],
+            "initial_capital": account["initial_cash"],
+            "equity_points": 20_000,
+        }
+        result, theirs = await self.peers.backtest_run(body)
+        curve = result["equity"]
+        backtest_equity = {
+            date.fromisoformat(str(t)[:10]): float(v)
+            for t, v in zip(curve["timestamps"], curve["equity"], strict=True)
+        }
+        ours = [{**f, "timestamp": aware(f["timestamp"]).isoformat()} for f in paper]
+        return compare(
+            paper_fills=ours,
+            backtest_fills=theirs,
+            paper_equity={h["session"]: h["equity"] for h in history},
+            backtest_equity=backtest_equity,
+            run_id=str(result["run_id"]),
+        )
 
     # ---- lists and risk ---------------------------------------------------------------
 
