@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +12,7 @@ from fastapi import FastAPI
 
 from services.portfolio.peers import Peers
 from services.portfolio.routes import router
+from services.portfolio.scheduler import run_forever
 from services.portfolio.service import PortfolioService
 from services.portfolio.settings import PortfolioSettings
 from shared.app import service_app
@@ -62,9 +65,18 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
                 log.warning("reconciled %d order(s) decided but never sent", sent)
         except AppError as e:  # a peer or the database is down: the next run sends them
             log.error("order reconciliation postponed: %s", e)
+        ticking = None
+        if settings.portfolio_scheduler_interval_s > 0:
+            ticking = asyncio.create_task(
+                run_forever(service, settings.portfolio_scheduler_interval_s)
+            )
         try:
             yield
         finally:
+            if ticking is not None:
+                ticking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticking
             await service.aclose()
             await db.dispose()
 

@@ -124,6 +124,12 @@ async def deployments_of(session: AsyncSession, *, account_id: uuid.UUID) -> lis
     return [dict(r) for r in (await session.execute(q)).mappings()]
 
 
+async def active_deployments(session: AsyncSession) -> list[Row]:
+    """Return every active deployment."""
+    q = select(deployments).where(deployments.c.status == "active").order_by(deployments.c.id)
+    return [dict(r) for r in (await session.execute(q)).mappings()]
+
+
 async def update_deployment(session: AsyncSession, *, id: uuid.UUID, **values: Any) -> None:
     """Set columns of one deployment."""
     await session.execute(update(deployments).where(deployments.c.id == id).values(**values))

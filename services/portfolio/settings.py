@@ -46,6 +46,12 @@ class PortfolioSettings(BaseServiceSettings):
         validation_alias=AliasChoices("PORTFOLIO_PEER_TIMEOUT_S", "peer_timeout_s"),
         description="Seconds to wait for one market or backtest answer.",
     )
+    portfolio_scheduler_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds between scheduler ticks: each runs every active deployment up to "
+        "the latest closed session (the market's exchange calendar). 0: off.",
+    )
     portfolio_var_window: int = Field(
         default=252,
         ge=20,
