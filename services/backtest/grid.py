@@ -101,6 +101,7 @@ class SearchPlan:
     combos: Combos  # only the searched parameters
     n_combinations: int  # meeting the constraints
     n_invalid: int  # rejected by the strategy's own checks
+    definition: StrategyDef | None = None  # what the trials run (None: the registry's)
 
 
 def _numeric_fields(params: type[BaseModel]) -> dict[str, bool]:
@@ -181,7 +182,7 @@ def _parse_constraints(
 
 def plan_search(
     request: SearchSettings,
-    strategy_name: str,
+    strategy_name: str | StrategyDef,
     fixed_params: BaseModel,
     *,
     method: str = "grid",
@@ -191,6 +192,7 @@ def plan_search(
 ) -> SearchPlan:
     """Return the combinations a search tries (422 naming the field when it cannot)."""
     strategy = get_strategy(strategy_name)
+    strategy_name = strategy.name
     fixed = fixed_params.model_dump()
     searchable = _numeric_fields(strategy.params)
     if require_grid and not request.param_grid:
@@ -247,7 +249,7 @@ def plan_search(
             "(e.g. slow > fast); add a constraint or change the values.",
             field="param_grid",
         )
-    return SearchPlan(strategy_name, fixed, combos, n_combinations, invalid)
+    return SearchPlan(strategy_name, fixed, combos, n_combinations, invalid, strategy)
 
 
 def _combos(columns: dict[str, np.ndarray], searchable: dict[str, bool], size: int) -> Combos:

@@ -41,7 +41,7 @@ from services.backtest.schemas import (
     Trial,
     finite,
 )
-from services.backtest.strategies import build_targets
+from services.backtest.strategies import StrategyDef, build_targets, get_strategy
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -108,7 +108,7 @@ class TrialBatch:
     """Trials of one strategy on one instrument's bars (a task of a search)."""
 
     bars: Bars
-    strategy: str
+    strategy: str | StrategyDef
     fixed: dict[str, Any]
     combos: Sequence[Params]  # a plan's Combos, or dicts
     spec: SimSpec
@@ -121,8 +121,9 @@ class TrialBatch:
 def run_batch(batch: TrialBatch) -> SweepResult:
     """Backtest every combination of the batch; one stats row (and returns) per trial."""
     atr = atr_matrix(batch.bars, batch.atr_period)[:, 0] if batch.atr_period else None
+    strategy = get_strategy(batch.strategy)
     with _SWEEP_LOCK:
-        if batch.strategy == "sma_crossover":
+        if strategy.build_many is None and strategy.name == "sma_crossover":
             fast = _int_column(batch.combos, "fast", batch.fixed)
             slow = _int_column(batch.combos, "slow", batch.fixed)
             pairs = zip(fast, slow, strict=True)
@@ -137,12 +138,15 @@ def run_batch(batch: TrialBatch) -> SweepResult:
                 params=batch.combos,
             )
         else:
-            targets = np.vstack(
-                [
-                    build_targets(batch.strategy, {**batch.fixed, **c}, batch.bars)[:, 0]
-                    for c in batch.combos
-                ]
-            )
+            if strategy.build_many is not None:  # a language strategy: indicators shared
+                targets = strategy.build_many(batch.bars, batch.fixed, batch.combos)
+            else:
+                targets = np.vstack(
+                    [
+                        build_targets(strategy, {**batch.fixed, **c}, batch.bars)[:, 0]
+                        for c in batch.combos
+                    ]
+                )
             res = sweep_targets(
                 batch.bars,
                 targets,
@@ -336,7 +340,7 @@ async def optimize(
     splits = used if used >= 4 and many else 0  # 0: no PBO
     task = TrialBatch(
         bars=bars,
-        strategy=plan.strategy,
+        strategy=plan.definition or plan.strategy,
         fixed=plan.fixed,
         combos=plan.combos,
         spec=spec,

@@ -22,7 +22,6 @@ from services.backtest.schemas import (
     OptimizeResult,
     RunLinks,
     RunList,
-    StrategyList,
     TradeList,
     WalkForwardRequest,
     WalkForwardResult,
@@ -186,21 +185,6 @@ MONTE_CARLO_RULES = (
 )
 
 
-@router.get(
-    "/strategies",
-    operation_id="list_strategies",
-    response_model=StrategyList,
-    responses=errors(401),
-    summary="Strategies and their parameters",
-)
-async def list_strategies(service: Service) -> StrategyList:
-    """List the strategies `strategy.name` accepts, each with the JSON schema of its
-    `strategy.params` (bounds, defaults, cross-field rules such as slow > fast) and the
-    numeric parameters a `param_grid` can search. `ml_ensemble` (the predictor's calls) is
-    available where a predictor service is configured or co-hosted."""
-    return service.strategies()
-
-
 @router.post(
     "/backtest",
     operation_id="run_backtest",
@@ -222,6 +206,18 @@ async def run_backtest(
     unaffordable orders are resized or rejected (counted). Open positions close at the
     last close. `symbols` (instead of `symbol`) trades one portfolio with shared cash and
     `max_positions`.
+
+    `strategy` is a built-in or saved one by name (`{"name": "sma_crossover", "params":
+    {"fast": 10}}`, `GET /strategies`) or inline rules in the strategy language:
+    `{"rules": {"entry_long": ..., "exit_long": ..., "entry_short": ..., "exit_short": ...},
+    "params": {"n": {"default": 14, "min": 2, "max": 50}}}`. A rule is a condition at a
+    bar's close: `and or not`, `< <= > >= == !=`, `+ - * /`, numbers, `$params`, series
+    `open high low close volume`, functions such as `sma(x, n)`, `rsi(x, n)`,
+    `crosses_above(a, b)`, `lag(x, n)` (all: `GET /strategies/language`). Examples:
+    `"entry_long": "rsi(close, $n) < 30 and close > sma(close, 200)", "exit_long":
+    "rsi(close, $n) > 70"`; `"entry_long": "close > highest(lag(high, 1), 20)"`. A bad rule
+    is a 422 naming the rule, line:column and the closest valid name. The run stores the
+    exact rules and saved version it traded.
 
     `ml_ensemble` trades a predictor model version's daily calls (`strategy.params`:
     `model`, `version` (default: the active one), `min_confidence`, `on_uncertain`,
@@ -309,6 +305,8 @@ async def optimize_parameters(
     Sharpe beats the best of n_trials skill-less trials; >= 0.95 is significant) and `pbo`,
     the probability of backtest overfitting by combinatorially symmetric cross-validation
     (> 0.5: likely overfitted), each in [0, 1], with a one-line `reading`.
+
+    `param_grid` may name any `$param` of a language strategy (inline or saved).
 
     Answers 200 directly when trials x bars is at most 20,000,000 (e.g. 1,605 SMA pairs on
     ten years of daily bars); otherwise 202 and runs as a job with progress per batch of

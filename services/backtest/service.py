@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from services.backtest import repository as repo
+from services.backtest.catalog import StrategyCatalog, needs_signals
 from services.backtest.charts import render_chart
+from services.backtest.config import strategy_definition
 from services.backtest.grid import SearchPlan, plan_search
 from services.backtest.market import LoadedBars, MarketBars
 from services.backtest.metrics import calendar_years, drawdowns, returns_from_equity
@@ -52,8 +54,6 @@ from services.backtest.schemas import (
     RunLinks,
     RunList,
     RunSummary,
-    StrategyInfo,
-    StrategyList,
     TradeList,
     TradesSummary,
     WalkForwardRequest,
@@ -61,7 +61,7 @@ from services.backtest.schemas import (
 )
 from services.backtest.settings import BacktestSettings
 from services.backtest.signals import Calls, Predictor, targets_from_calls
-from services.backtest.strategies import STRATEGIES, ArraySignals, MlEnsembleParams
+from services.backtest.strategies import ArraySignals, MlEnsembleParams
 from services.backtest.walkforward import check_windows, walk_forward
 from shared.cache import Cache, LRUCache, ModelCache
 from shared.db import Database
@@ -176,6 +176,7 @@ class BacktestService:
         self.results = ModelCache(cache, BacktestResult)
         self._evaluations = LRUCache(maxsize=64, max_bytes=256 * 2**20)
         self._predictor = predictor
+        self.catalog = StrategyCatalog(db, self.predictor_configured)
 
     @property
     def predictor(self) -> Predictor:
@@ -204,46 +205,9 @@ class BacktestService:
         """Return whether a predictor service is reachable by configuration."""
         return bool(self.settings.predictor_url) or local_app("predictor") is not None
 
-    def strategies(self) -> StrategyList:
-        """Return every strategy with its parameter schema and defaults."""
-        out = []
-        for d in STRATEGIES.values():
-            schema = d.params.model_json_schema()
-            searchable = [
-                n for n, f in d.params.model_fields.items() if f.annotation in (int, float)
-            ]
-            note = None
-            available = True
-            if d.needs_signals:
-                available = self.predictor_configured()
-                note = (
-                    "Trades the calls of a model version trained by the predictor service "
-                    "(POST /predictor/train); POST /walk_forward trains one per window on "
-                    "in-sample bars only (`training`, `retrain_every`). Daily bars only; no "
-                    "param_grid."
-                )
-                if not available:
-                    note += (
-                        " No predictor is configured here (PREDICTOR_URL), so a request "
-                        "naming it is a 422 `strategy_unavailable`."
-                    )
-                searchable = []
-            out.append(
-                StrategyInfo(
-                    name=d.name,
-                    description=d.description.strip(),
-                    available=available,
-                    note=note,
-                    parameters=schema,
-                    defaults=d.params().model_dump(),
-                    searchable=searchable,
-                )
-            )
-        return StrategyList(strategies=out)
-
     def check_strategy(self, config: RunConfig) -> None:
         """Raise the problem of a strategy this deployment cannot run as configured."""
-        if not STRATEGIES[config.strategy.name].needs_signals:
+        if not needs_signals(config.strategy):
             return
         if not self.predictor_configured():
             raise StrategyUnavailableError(
@@ -381,6 +345,7 @@ class BacktestService:
 
     async def run_backtest(self, request: BacktestRequest) -> BacktestResult:
         """Load bars, simulate, store the run and its fills; return the stored answer."""
+        request = await self.catalog.resolve(request)
         loaded = await self.load(request)
         return await self.store_backtest(request, loaded)
 
@@ -419,7 +384,7 @@ class BacktestService:
                     session,
                     run_id=run_id,
                     created_at=created,
-                    strategy=request.strategy.name,
+                    strategy=request.strategy.label,
                     symbols=loaded.bars.symbols,
                     start_date=request.start_date,
                     end_date=request.end_date,
@@ -450,7 +415,7 @@ class BacktestService:
         return self._answer(
             run_id=run_id,
             created=created,
-            strategy=request.strategy.name,
+            strategy=request.strategy.label,
             symbols=list(loaded.bars.symbols),
             bars_hash=loaded.bars_hash,
             config=config,
@@ -619,18 +584,20 @@ class BacktestService:
 
     async def prepare_optimize(self, request: OptimizeRequest) -> Prepared:
         """Check a search request and load its bars."""
-        if STRATEGIES[request.strategy.name].needs_signals:
+        if needs_signals(request.strategy):
             raise ValidationProblemError(
                 "ml_ensemble has no parameters /optimize can sweep: its calls come from a "
                 "trained model. Use POST /walk_forward (it trains a version per window on "
                 "in-sample bars) or POST /backtest.",
                 field="strategy.name",
             )
+        request = await self.catalog.resolve(request)
         loaded = await self.load(request, single=True)
+        definition, params = strategy_definition(request.strategy)
         plan = plan_search(
             request,
-            request.strategy.name,
-            request.strategy.params,
+            definition,
+            params,
             method=request.method,
             n_trials=request.n_trials,
             seed=request.seed,
@@ -649,7 +616,7 @@ class BacktestService:
 
     async def prepare_walk_forward(self, request: WalkForwardRequest) -> Prepared:
         """Check a walk-forward request and load its bars."""
-        ml = STRATEGIES[request.strategy.name].needs_signals
+        ml = needs_signals(request.strategy)
         if ml and request.param_grid:
             raise ValidationProblemError(
                 "ml_ensemble is fitted by training, not by a param_grid: leave param_grid "
@@ -662,15 +629,15 @@ class BacktestService:
                 "param_grid in every window.",
                 field="retrain_every",
             )
+        request = await self.catalog.resolve(request)
         loaded = await self.load(request, single=True)
         windows = check_windows(loaded.bars.n_bars, request)
         if ml:  # training takes seconds to minutes per window: always a job
             return Prepared("walk_forward", request, loaded, None, None, len(windows), True)
         plan = None
         if request.param_grid:
-            plan = plan_search(
-                request, request.strategy.name, request.strategy.params, require_grid=True
-            )
+            definition, params = strategy_definition(request.strategy)
+            plan = plan_search(request, definition, params, require_grid=True)
         trials = len(plan.combos) if plan else 1
         cost = sum(trials * (tr_end - lo) + (te_end - tr_end) for lo, tr_end, _, te_end in windows)
         if cost > self.settings.backtest_max_trial_bars * 10:
@@ -740,7 +707,7 @@ class BacktestService:
             return await optimize(
                 request, prepared.plan, loaded.bars, loaded.bars_hash, spec, years, runner
             )
-        if STRATEGIES[request.strategy.name].needs_signals:
+        if needs_signals(request.strategy):
             return await ml_walk_forward(
                 request, loaded.bars, loaded.bars_hash, spec, runner, self.predictor
             )

@@ -1,0 +1,121 @@
+"""HTTP routes of the strategy registry: list, show, save, retire, validate, the language.
+
+Route docstrings become the MCP tool descriptions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from services.backtest.catalog import check_program, language
+from services.backtest.routes import Service, errors
+from services.backtest.schemas import StrategyInfo, StrategyList
+from services.backtest.strategy_schemas import (
+    LanguageInfo,
+    RetiredStrategy,
+    SaveStrategyRequest,
+    StrategyCheck,
+    ValidateStrategyRequest,
+)
+
+router = APIRouter()
+
+StrategyName = Annotated[
+    str, Path(max_length=63, description="A built-in or saved strategy's name.")
+]
+
+
+@router.get(
+    "/strategies",
+    operation_id="list_strategies",
+    response_model=StrategyList,
+    responses=errors(401, 503),
+    summary="Strategies and their parameters",
+)
+async def list_strategies(service: Service) -> StrategyList:
+    """List every strategy a request's `strategy.name` accepts: the built-ins and the saved
+    strategies (latest version, with their normal `rules`), each with the JSON schema of
+    its `strategy.params` (bounds, defaults), and the numeric parameters a `param_grid`
+    can search. `ml_ensemble` (the predictor's calls) is available where a predictor
+    service is configured or co-hosted."""
+    return await service.catalog.list()
+
+
+@router.get(
+    "/strategies/language",
+    operation_id="get_strategy_language",
+    response_model=LanguageInfo,
+    responses=errors(401),
+    summary="The strategy language",
+)
+async def get_strategy_language() -> LanguageInfo:
+    """Return the strategy language: its grammar, the series, every function with its
+    signature and meaning, what each rule does, the semantics (causal: a rule at a bar's
+    close reads that bar and earlier ones only) and examples to start from."""
+    return language()
+
+
+@router.post(
+    "/strategies/validate",
+    operation_id="validate_strategy",
+    response_model=StrategyCheck,
+    responses=errors(401, 422),
+    summary="Check strategy rules without saving",
+)
+async def validate_strategy(body: ValidateStrategyRequest) -> StrategyCheck:
+    """Parse and check rules without saving or running them. Answer: each rule's normal
+    text, the `$params` found (integer when a window or lag), the warm-up in bars at the
+    defaults, and whether it can go short. A bad rule is a 422 whose `detail` names the
+    rule, line:column, what was expected and the closest valid name, e.g. "entry_long 1:1:
+    unknown function `rsl`; did you mean `rsi`?"."""
+    return check_program(body.rules, body.params)
+
+
+@router.post(
+    "/strategies",
+    operation_id="save_strategy",
+    response_model=StrategyInfo,
+    status_code=201,
+    responses=errors(401, 409, 422, 503),
+    summary="Save a strategy (a new immutable version)",
+)
+async def save_strategy(body: SaveStrategyRequest, service: Service) -> StrategyInfo:
+    """Save rules in the strategy language under `name`; saving a name again makes its
+    next version (versions never change). Use it anywhere a strategy is accepted as
+    `{"name": ..., "params": {...}}` (`version` optional: default the latest). 422 when a
+    rule does not compile (as `validate_strategy`), 409 for a built-in's name."""
+    return await service.catalog.save(body)
+
+
+@router.get(
+    "/strategies/{name}",
+    operation_id="get_strategy",
+    response_model=StrategyInfo,
+    responses=errors(401, 404, 503),
+    summary="One strategy",
+)
+async def get_strategy(
+    name: StrategyName,
+    service: Service,
+    version: Annotated[
+        int | None, Query(ge=1, description="A saved version (default: the latest).")
+    ] = None,
+) -> StrategyInfo:
+    """Return one built-in or saved strategy with its parameters (a saved one's rules and
+    version)."""
+    return await service.catalog.get(name, version)
+
+
+@router.delete(
+    "/strategies/{name}",
+    operation_id="retire_strategy",
+    response_model=RetiredStrategy,
+    responses=errors(401, 404, 409, 503),
+    summary="Retire a saved strategy",
+)
+async def retire_strategy(name: StrategyName, service: Service) -> RetiredStrategy:
+    """Retire every version of a saved strategy: it is no longer listed nor accepted by
+    name. Stored runs keep the rules they traded."""
+    return await service.catalog.retire(name)
