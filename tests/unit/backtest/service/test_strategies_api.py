@@ -196,3 +196,32 @@ def test_language_lists_every_function(api: TestClient) -> None:
             json={"rules": example["rules"], "params": example["params"]},
         )
         assert check.status_code == 200, check.text
+
+
+def test_walk_forward_and_monte_carlo_take_language_strategies(api: TestClient) -> None:
+    api.post("/backtest/strategies", json={"name": "wf_sma", **SMA_RULES})
+    walk = api.post(
+        "/backtest/walk_forward",
+        json={
+            **GOOG_SMA,
+            "strategy": {"name": "wf_sma"},
+            "param_grid": {"fast": [5, 10], "slow": [30, 60]},
+            "train_period": 504,
+            "test_period": 252,
+        },
+    )
+    assert walk.status_code == 200, walk.text
+    got = walk.json()
+    assert got["strategy"] == "wf_sma" and got["n_windows"] >= 3
+    assert all(set(w["params"]) >= {"fast", "slow"} for w in got["windows"])
+    mc = api.post(
+        "/backtest/monte_carlo",
+        json={"config": {**GOOG_SMA, "strategy": {"name": "wf_sma"}}, "n_runs": 200},
+    )
+    assert mc.status_code == 200, mc.text
+    bad = api.post(
+        "/backtest/monte_carlo",
+        json={"config": {**GOOG_SMA, "strategy": {"rules": {"entry_long": "rsl(close, 3) < 3"}}}},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "config.strategy.rules.entry_long"
