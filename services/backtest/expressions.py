@@ -129,17 +129,34 @@ def definition(strategy: InlineStrategy) -> StrategyDef:
 def _definition(program: Program, label: str, version: int | None) -> StrategyDef:
     def build(bars: Bars, p: BaseModel) -> np.ndarray:
         values = p.model_dump()
-        return np.column_stack(
-            [program.decide(Evaluation(_column(bars, j)), values) for j in range(bars.n_symbols)]
-        )
+        with np.errstate(all="ignore"):
+            return np.column_stack(
+                [
+                    program.decide(Evaluation(_column(bars, j)), values)
+                    for j in range(bars.n_symbols)
+                ]
+            )
 
     def build_many(
         bars: Bars, fixed: dict[str, Any], combos: Sequence[Mapping[str, Any]]
     ) -> np.ndarray:
         ev = Evaluation(_column(bars, 0))
         out = np.empty((len(combos), bars.n_bars))
-        for i, c in enumerate(combos):
-            out[i] = program.decide(ev, {**fixed, **c})
+        values = dict(fixed)
+        if hasattr(combos, "column"):  # grid.Combos' columns: no dict per combination
+            columns = [(n, combos.column(n)) for n in combos.names]  # type: ignore[attr-defined]
+            rows: Any = range(len(combos))
+        else:
+            columns = []
+            rows = combos
+        with np.errstate(all="ignore"):
+            for i, row in enumerate(rows):
+                if columns:
+                    for name, column in columns:
+                        values[name] = column[row]
+                else:
+                    values = {**fixed, **row}
+                out[i] = program.decide(ev, values)
         return out
 
     return StrategyDef(

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from services.backtest.engine.signals import rules_target_nb
-from services.backtest.language.functions import FUNCTIONS, REAL, SERIES, SHIFT, WINDOW
+from services.backtest.language.functions import (
+    FUNCTIONS,
+    REAL,
+    SERIES,
+    SHIFT,
+    WINDOW,
+    crosses_nb,
+)
 from services.backtest.language.syntax import (
     SERIES as SERIES_NAMES,
 )
@@ -312,7 +319,20 @@ def _call_closure(node: Node) -> Closure:
     args = [_closure(a) for a in node.args]
     kinds = [kind for _, kind in fn.args]
     compute = fn.compute
-    if fn.returns == "bool" or fn.name in ("abs", "min", "max"):
+    if fn.returns == "bool":  # crosses: cheap, computed each time
+        a, b = args
+        above = fn.name == "crosses_above"
+
+        def cross(ev: Evaluation, vals: Mapping[str, float]) -> np.ndarray:
+            x, y = a(ev, vals), b(ev, vals)
+            if not isinstance(x, np.ndarray):
+                x = np.full(ev.n, float(x))
+            if not isinstance(y, np.ndarray):
+                y = np.full(ev.n, float(y))
+            return crosses_nb(x, y, above)  # type: ignore[no-any-return]
+
+        return cross
+    if fn.name in ("abs", "min", "max"):
         # cheap and elementwise: computed each time, nothing to share or to warm up
         return lambda ev, vals: compute(ev.bars, tuple(f(ev, vals) for f in args))
     text = render(node)
@@ -414,8 +434,7 @@ class Program:
         """Return the target column of the rules on ``ev``'s bars under ``values``."""
         closures, slots = self._closures
         ev.ready = 0
-        with np.errstate(all="ignore"):
-            computed = [f(ev, values) for f in closures]
+        computed = [f(ev, values) for f in closures]  # callers hold np.errstate(all="ignore")
         n = ev.n
         out = []
         for i in slots:
