@@ -27,11 +27,16 @@ from services.backtest.schemas import (
     WalkForwardResult,
 )
 from services.backtest.service import BacktestService, Prepared
+from services.backtest.strategies import STRATEGIES
 from shared.api import ProblemDocs
 from shared.jobs import JobContext, JobRunner, accepted, accepted_responses
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
 
 router = APIRouter()
+ABOVE: dict[tuple[str, str], list[str]] = {}
+for _d in STRATEGIES.values():
+    for _pair in _d.above:
+        ABOVE.setdefault(_pair, []).append(_d.name)
 
 errors = ProblemDocs(
     {
@@ -142,13 +147,12 @@ CONFIG_RULES = (
         "exactly one of `symbol` or `symbols`; each of `symbols` once (case-insensitive)",
     ),
     CrossFieldRule(("end_date", "start_date"), "`end_date` is after `start_date`"),
-    CrossFieldRule(
-        ("strategy.params.slow", "strategy.params.fast"),
-        "`strategy.params.slow` > `fast` (sma_crossover, macd_trend)",
-    ),
-    CrossFieldRule(
-        ("strategy.params.overbought", "strategy.params.oversold"),
-        "`strategy.params.overbought` > `oversold` (mean_reversion)",
+    *(  # the registry's cross-field parameter rules (slow > fast, ...)
+        CrossFieldRule(
+            (f"strategy.params.{high}", f"strategy.params.{low}"),
+            f"`strategy.params.{high}` > `{low}` ({', '.join(names)})",
+        )
+        for (high, low), names in ABOVE.items()
     ),
     CrossFieldRule(
         ("data_frequency", "strategy.name"), "`ml_ensemble` trades daily bars: `data_frequency` 1d"
