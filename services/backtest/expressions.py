@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from services.backtest.engine.runner import Bars
+from services.backtest.engine.signals import rules_targets_nb
 from services.backtest.language.program import (
     Evaluation,
     ParamDecl,
@@ -121,8 +122,20 @@ def _params_model(program: Program) -> type[BaseModel]:
 
 def definition(strategy: InlineStrategy) -> StrategyDef:
     """Return the engine's definition of an inline strategy (compiled once per text)."""
-    program = compile_inline(strategy)
-    return _definition(program, strategy.label, strategy.version)
+    return _definition_of(
+        tuple(strategy.rules.given()), decls(strategy.params), strategy.label, strategy.version
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _definition_of(
+    rules: tuple[tuple[str, str], ...],
+    params: tuple[ParamDecl, ...],
+    label: str,
+    version: int | None,
+) -> StrategyDef:
+    """Return the definition of rules as written (the program is cached by normal text)."""
+    return _definition(compile_program(rules, params), label, version)
 
 
 @functools.lru_cache(maxsize=256)
@@ -141,7 +154,9 @@ def _definition(program: Program, label: str, version: int | None) -> StrategyDe
         bars: Bars, fixed: dict[str, Any], combos: Sequence[Mapping[str, Any]]
     ) -> np.ndarray:
         ev = Evaluation(_column(bars, 0))
-        out = np.empty((len(combos), bars.n_bars))
+        k = len(combos)
+        rules = np.empty((k, 4, bars.n_bars), dtype=np.bool_)
+        ready = np.empty(k, dtype=np.int64)
         values = dict(fixed)
         if hasattr(combos, "column"):  # grid.Combos' columns: no dict per combination
             columns = [(n, combos.column(n)) for n in combos.names]  # type: ignore[attr-defined]
@@ -156,7 +171,11 @@ def _definition(program: Program, label: str, version: int | None) -> StrategyDe
                         values[name] = column[row]
                 else:
                     values = {**fixed, **row}
-                out[i] = program.decide(ev, values)
+                four, ready[i] = program.rules_of(ev, values)
+                for j in range(4):
+                    rules[i, j] = four[j]
+        out = np.empty((k, bars.n_bars))
+        rules_targets_nb(rules, ready, out)
         return out
 
     return StrategyDef(

@@ -69,8 +69,8 @@ def mean_reversion_target_nb(close, rsi, upper, middle, lower, oversold, overbou
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def rules_target_nb(entry_long, exit_long, entry_short, exit_short, ready):
-    """Return targets from four boolean rules decided at each bar's close (bars >= ``ready``).
+def rules_target_into_nb(entry_long, exit_long, entry_short, exit_short, ready, out):
+    """Write targets from four boolean rules decided at each bar's close (bars >= ``ready``).
 
     The strategy's side moves as ``mean_reversion_target_nb``'s: long -> flat on
     ``exit_long``, short -> flat on ``exit_short``; then flat (or short) -> long on
@@ -78,9 +78,10 @@ def rules_target_nb(entry_long, exit_long, entry_short, exit_short, ready):
     the bar it happens; an entry rule that holds while already on its side emits that side
     again, so the engine (which ignores a wish equal to its side) re-enters after a
     stop-loss or a warm-up, as backtesting.py's ``if not self.position and entry: buy()``.
+    NaN elsewhere.
     """
     n = entry_long.shape[0]
-    out = np.full(n, np.nan)
+    out[:] = np.nan
     state = 0
     for t in range(ready, n):
         el = entry_long[t]
@@ -99,4 +100,20 @@ def rules_target_nb(entry_long, exit_long, entry_short, exit_short, ready):
         if new != state or (new == 1 and el) or (new == -1 and es):
             out[t] = new
         state = new
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def rules_target_nb(entry_long, exit_long, entry_short, exit_short, ready):
+    """Return the targets of four boolean rules (see ``rules_target_into_nb``)."""
+    out = np.empty(entry_long.shape[0])
+    rules_target_into_nb(entry_long, exit_long, entry_short, exit_short, ready, out)
     return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def rules_targets_nb(rules, ready, out):
+    """Write row ``i`` of ``out`` (k, n) from the rules ``rules[i]`` (k, 4, n), ready at
+    ``ready[i]`` (a sweep's combinations in one call)."""
+    for i in range(rules.shape[0]):
+        r = rules[i]
+        rules_target_into_nb(r[0], r[1], r[2], r[3], ready[i], out[i])

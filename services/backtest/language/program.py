@@ -432,6 +432,12 @@ class Program:
 
     def decide(self, ev: Evaluation, values: Mapping[str, float]) -> np.ndarray:
         """Return the target column of the rules on ``ev``'s bars under ``values``."""
+        rules, ready = self.rules_of(ev, values)
+        return rules_target_nb(rules[0], rules[1], rules[2], rules[3], ready)  # type: ignore[no-any-return]
+
+    def rules_of(self, ev: Evaluation, values: Mapping[str, float]) -> tuple[list[np.ndarray], int]:
+        """Return the four rules' boolean arrays (all false where not given) and the bar
+        they are ready from."""
         closures, slots = self._closures
         ev.ready = 0
         computed = [f(ev, values) for f in closures]  # callers hold np.errstate(all="ignore")
@@ -446,7 +452,7 @@ class Program:
                 out.append(v if v.dtype == np.bool_ else v.astype(np.bool_))
             else:
                 out.append(np.full(n, bool(v)))
-        return rules_target_nb(out[0], out[1], out[2], out[3], min(ev.ready, n))  # type: ignore[no-any-return]
+        return out, min(ev.ready, n)
 
 
 def bars_of(
