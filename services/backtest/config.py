@@ -20,7 +20,7 @@ from pydantic import (
 
 from services.backtest.engine.core import SimSpec
 from services.backtest.engine.runner import Bars, SimulationResult, make_spec, simulate
-from services.backtest.expressions import InlineStrategy, SavedStrategy, definition
+from services.backtest.expressions import InlineStrategy, SavedStrategy
 from services.backtest.strategies import (
     STRATEGIES,
     SignalProvider,
@@ -112,8 +112,7 @@ def strategy_definition(strategy: AnyStrategy) -> tuple[StrategyDef, BaseModel]:
     LanguageError for rules that do not compile.
     """
     if isinstance(strategy, InlineStrategy):
-        d = definition(strategy)
-        return d, d.parse({k: v.default for k, v in strategy.params.items()})
+        return strategy.compiled()
     if isinstance(strategy, SavedStrategy):
         raise ValueError(f"strategy {strategy.name!r} is not resolved")
     return STRATEGIES[strategy.name], strategy.params

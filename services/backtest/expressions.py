@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model
 
 from services.backtest.engine.runner import Bars
 from services.backtest.engine.signals import rules_targets_nb
@@ -67,11 +67,19 @@ class InlineStrategy(_Model):
         default=None, description="Set by the service: the saved strategy this came from."
     )
     version: int | None = Field(default=None, description="Set by the service: its version.")
+    _compiled: tuple[StrategyDef, BaseModel] | None = PrivateAttr(default=None)
 
     @property
     def label(self) -> str:
         """Return the name runs are stored and listed under."""
         return self.name or "expression"
+
+    def compiled(self) -> tuple[StrategyDef, BaseModel]:
+        """Return the engine's definition and the parameter values (kept on this object)."""
+        if self._compiled is None:
+            d = definition(self)
+            self._compiled = (d, d.parse({k: v.default for k, v in self.params.items()}))
+        return self._compiled
 
 
 class SavedStrategy(_Model):
