@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    JsonValue,
+    StringConstraints,
+    create_model,
+)
 
 from services.backtest.engine.runner import Bars
 from services.backtest.engine.signals import rules_targets_nb
@@ -26,11 +34,13 @@ from services.backtest.language.program import (
     bars_of,
     compile_program,
 )
-from services.backtest.strategies import StrategyDef
+from services.backtest.strategies import STRATEGIES, StrategyDef
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+BUILTIN_NAMES = frozenset(STRATEGIES)  # a name among them is the built-in, never a saved one
 RULE_DOC = "A condition in the strategy language, decided at each bar's close."
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,40}$"
+ParamName = Annotated[str, StringConstraints(pattern=PARAM_NAME)]  # `$name` without the $
 
 
 class _Model(BaseModel):
@@ -62,7 +72,7 @@ class InlineStrategy(_Model):
     """A strategy written in the language: rules over `$params` declared here."""
 
     rules: Rules
-    params: dict[str, ParamSpec] = Field(default_factory=dict, max_length=16)
+    params: dict[ParamName, ParamSpec] = Field(default_factory=dict, max_length=16)
     name: str | None = Field(
         default=None, description="Set by the service: the saved strategy this came from."
     )
@@ -85,9 +95,13 @@ class InlineStrategy(_Model):
 class SavedStrategy(_Model):
     """A saved strategy by name (`GET /strategies`), with parameter values to use."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="A saved strategy's name.")
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="A saved strategy's name.",
+        json_schema_extra={"not": {"enum": list[JsonValue](sorted(BUILTIN_NAMES))}},
+    )
     version: int | None = Field(default=None, ge=1, description="Default: the latest.")
-    params: dict[str, float] = Field(
+    params: dict[ParamName, float] = Field(
         default_factory=dict, max_length=16, description="`$param` values (default: saved)."
     )
 

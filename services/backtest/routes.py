@@ -157,6 +157,12 @@ CONFIG_RULES = (
     CrossFieldRule(
         ("data_frequency", "strategy.name"), "`ml_ensemble` trades daily bars: `data_frequency` 1d"
     ),
+    CrossFieldRule(
+        ("strategy.rules", "strategy.params", "strategy.name", "strategy.version"),
+        "inline `strategy.rules` compile in the strategy language (`GET /strategies/language`) "
+        "over the `$params` declared; a saved `strategy.name` (and `version`) exists and its "
+        "`strategy.params` name its `$params`",
+    ),
 )
 SEARCH_RULES = (
     CrossFieldRule(

@@ -19,8 +19,17 @@ from services.backtest.strategy_schemas import (
     StrategyCheck,
     ValidateStrategyRequest,
 )
+from shared.rules import CrossFieldRule, documents_rules, rules_extension
 
 router = APIRouter()
+LANGUAGE_RULES = (
+    CrossFieldRule(
+        ("rules", "params"),
+        "the rules compile in the strategy language (`GET /strategies/language`): at least "
+        "one entry rule, every `$param` used declared in `params` and every declared one "
+        "used, windows and lags whole numbers of bars",
+    ),
+)
 
 StrategyName = Annotated[
     str, Path(max_length=63, description="A built-in or saved strategy's name.")
@@ -63,7 +72,9 @@ async def get_strategy_language() -> LanguageInfo:
     response_model=StrategyCheck,
     responses=errors(401, 422),
     summary="Check strategy rules without saving",
+    openapi_extra=rules_extension(*LANGUAGE_RULES),
 )
+@documents_rules(*LANGUAGE_RULES)
 async def validate_strategy(body: ValidateStrategyRequest) -> StrategyCheck:
     """Parse and check rules without saving or running them. Answer: each rule's normal
     text, the `$params` found (integer when a window or lag), the warm-up in bars at the
@@ -80,7 +91,9 @@ async def validate_strategy(body: ValidateStrategyRequest) -> StrategyCheck:
     status_code=201,
     responses=errors(401, 409, 422, 503),
     summary="Save a strategy (a new immutable version)",
+    openapi_extra=rules_extension(*LANGUAGE_RULES),
 )
+@documents_rules(*LANGUAGE_RULES)
 async def save_strategy(body: SaveStrategyRequest, service: Service) -> StrategyInfo:
     """Save rules in the strategy language under `name`; saving a name again makes its
     next version (versions never change). Use it anywhere a strategy is accepted as
@@ -93,7 +106,7 @@ async def save_strategy(body: SaveStrategyRequest, service: Service) -> Strategy
     "/strategies/{name}",
     operation_id="get_strategy",
     response_model=StrategyInfo,
-    responses=errors(401, 404, 503),
+    responses=errors(401, 404, 422, 503),
     summary="One strategy",
 )
 async def get_strategy(
@@ -112,7 +125,7 @@ async def get_strategy(
     "/strategies/{name}",
     operation_id="retire_strategy",
     response_model=RetiredStrategy,
-    responses=errors(401, 404, 409, 503),
+    responses=errors(401, 404, 409, 422, 503),
     summary="Retire a saved strategy",
 )
 async def retire_strategy(name: StrategyName, service: Service) -> RetiredStrategy:

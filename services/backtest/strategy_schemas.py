@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.backtest.expressions import NAME_PATTERN, ParamSpec, Rules
+from services.backtest.expressions import NAME_PATTERN, ParamName, ParamSpec, Rules
 
 
 class _Request(BaseModel):
@@ -30,7 +30,7 @@ class ValidateStrategyRequest(_Request):
     )
 
     rules: Rules
-    params: dict[str, ParamSpec] = Field(default_factory=dict, max_length=16)
+    params: dict[ParamName, ParamSpec] = Field(default_factory=dict, max_length=16)
 
 
 class SaveStrategyRequest(ValidateStrategyRequest):
