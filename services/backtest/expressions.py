@@ -19,8 +19,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     JsonValue,
+    PrivateAttr,
     StringConstraints,
     create_model,
 )
