@@ -41,6 +41,7 @@ BUILTIN_NAMES = frozenset(STRATEGIES)  # a name among them is the built-in, neve
 RULE_DOC = "A condition in the strategy language, decided at each bar's close."
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,40}$"
 ParamName = Annotated[str, StringConstraints(pattern=PARAM_NAME)]  # `$name` without the $
+ONLY_PATTERN: dict[str, JsonValue] = {"additionalProperties": False}  # keys: ParamName only
 
 
 class _Model(BaseModel):
@@ -72,7 +73,9 @@ class InlineStrategy(_Model):
     """A strategy written in the language: rules over `$params` declared here."""
 
     rules: Rules
-    params: dict[ParamName, ParamSpec] = Field(default_factory=dict, max_length=16)
+    params: dict[ParamName, ParamSpec] = Field(
+        default_factory=dict, max_length=16, json_schema_extra=ONLY_PATTERN
+    )
     name: str | None = Field(
         default=None, description="Set by the service: the saved strategy this came from."
     )
@@ -102,7 +105,10 @@ class SavedStrategy(_Model):
     )
     version: int | None = Field(default=None, ge=1, description="Default: the latest.")
     params: dict[ParamName, float] = Field(
-        default_factory=dict, max_length=16, description="`$param` values (default: saved)."
+        default_factory=dict,
+        max_length=16,
+        description="`$param` values (default: saved).",
+        json_schema_extra=ONLY_PATTERN,
     )
 
     @property

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.backtest.expressions import NAME_PATTERN, ParamName, ParamSpec, Rules
+from services.backtest.expressions import (
+    NAME_PATTERN,
+    ONLY_PATTERN,
+    ParamName,
+    ParamSpec,
+    Rules,
+)
 
 
 class _Request(BaseModel):
@@ -30,7 +36,9 @@ class ValidateStrategyRequest(_Request):
     )
 
     rules: Rules
-    params: dict[ParamName, ParamSpec] = Field(default_factory=dict, max_length=16)
+    params: dict[ParamName, ParamSpec] = Field(
+        default_factory=dict, max_length=16, json_schema_extra=ONLY_PATTERN
+    )
 
 
 class SaveStrategyRequest(ValidateStrategyRequest):
