@@ -15,8 +15,11 @@ Run: `.venv/bin/python bench/predictor.py [--symbol AAPL] [--years 5]`. Prints, 
   year's features and sends them first), p50/p99; targets under 10 ms p50 and 30 ms p99
   (the seed's 100 ms);
 - the gateway's cold start (`trading mcp` over stdio, every service embedded): to its first
-  tool answer with and without a predictor request, and its memory after each: the first
-  must not pay for TensorFlow until a prediction needs it;
+  tool answer with and without a predictor request, and its memory after each: the serving
+  process never imports TensorFlow (targets: first prediction < 2 s, RSS < 700 MB);
+- a light process (`--only process`): a training through `trading serve` (TensorFlow in the
+  job worker only), the server's first prediction and RSS, and the process tree once the
+  worker has been idle for `--idle-s` (`JOB_PROCESS_IDLE_S`; target < 900 MB);
 - an ML walk-forward over the last 5 years of one symbol (`bench/predictor_walkforward.py`):
   rolling windows, the ensemble trained in sample only (every `--wf-retrain-every` windows),
   out-of-sample hit rate per window and overall beside the baselines, and its wall time;
@@ -140,6 +143,7 @@ def main() -> None:
     from bench.predictor_service import (
         cold_start_bench,
         http_bench,
+        process_bench,
         service_walk_forward_bench,
         store_model,
     )
@@ -156,12 +160,18 @@ def main() -> None:
     parser.add_argument("--wf-retrain-every", type=int, default=3)
     parser.add_argument("--wf-lstm", choices=("seed", "small"), default="seed")
     parser.add_argument(
+        "--idle-s", type=float, default=20.0, help="JOB_PROCESS_IDLE_S of 'process'"
+    )
+    parser.add_argument("--process-lstm", choices=("seed", "small"), default="small")
+    parser.add_argument("--process-epochs", type=int, default=5)
+    parser.add_argument(
         "--only",
-        choices=("training", "http", "cold", "walkforward", "service-walkforward"),
+        choices=("training", "http", "cold", "walkforward", "service-walkforward", "process"),
         action="append",
     )
     args = parser.parse_args()
-    sections = set(args.only or ("training", "http", "cold", "walkforward", "service-walkforward"))
+    every = ("training", "http", "cold", "walkforward", "service-walkforward", "process")
+    sections = set(args.only or every)
 
     def show(lines: list[str]) -> None:
         for line in lines:
@@ -182,6 +192,20 @@ def main() -> None:
         if "cold" in sections and model is not None:
             print("\n== gateway cold start (trading mcp over stdio) ==", flush=True)
             show(cold_start_bench(data_dir, args.symbol))
+    if "process" in sections:
+        print("\n== a light process: training in a worker, predicting without TF ==", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            show(
+                process_bench(
+                    Path(tmp),
+                    args.symbol,
+                    idle_s=args.idle_s,
+                    lstm=args.process_lstm,
+                    epochs=args.process_epochs,
+                )
+            )
+            print("\n== gateway cold start on that version (trading mcp over stdio) ==")
+            show(cold_start_bench(Path(tmp), args.symbol))
     if "walkforward" in sections:
         print("\n== ML walk-forward ==", flush=True)
         show(

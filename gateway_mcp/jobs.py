@@ -9,7 +9,9 @@ here knows which routes are jobs: any 202 with a `Location` is followed.
 
 from __future__ import annotations
 
+import contextvars
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,8 +23,15 @@ from pydantic import ValidationError
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem, UpstreamUnavailableError
 from shared.jobs import JobFailedError, JobStatus, JobTimeoutError
 
+log = logging.getLogger(__name__)
+
 Send = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
 Report = Callable[[float, float | None, str | None], Awaitable[None]]
+Handle = Callable[[JobStatus, httpx2.URL], dict[str, Any]]
+# When the tool call being served must have answered (time.monotonic()), set per call.
+CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "call_deadline", default=None
+)
 
 
 def status_url(request: httpx2.Request, response: httpx2.Response) -> httpx2.URL | None:
@@ -62,11 +71,47 @@ async def follow_job(
     poll_interval_s: float,
     timeout_s: float,
     service: str,
+    handle: Handle | None = None,
 ) -> httpx2.Response:
     """Poll a job until it ends; return its result (or its problem) as an HTTP response.
 
     Progress goes to report whenever `progress.done` grows (MCP progress must increase).
+    When the call's deadline (CALL_DEADLINE) comes first, the answer is handle(job): the
+    job's handle and the call that continues, and the job runs on. When the caller goes
+    away (a client's `notifications/cancelled` cancels this task), the job is cancelled.
     """
+    try:
+        return await _follow(
+            send,
+            original,
+            url,
+            report=report,
+            poll_interval_s=poll_interval_s,
+            timeout_s=timeout_s,
+            service=service,
+            handle=handle,
+        )
+    except BaseException:  # cancelled (or failed) while following: the job must not run on
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            headers = {k: v for k, v in original.headers.items() if k.lower() == "authorization"}
+            try:
+                await send(httpx2.Request("DELETE", url, headers=headers))
+            except Exception as e:  # the service is away: its sweep ends the job later
+                log.warning("%s job at %s not cancelled: %s", service, url, e)
+        raise
+
+
+async def _follow(
+    send: Send,
+    original: httpx2.Request,
+    url: httpx2.URL,
+    *,
+    report: Report,
+    poll_interval_s: float,
+    timeout_s: float,
+    service: str,
+    handle: Handle | None,
+) -> httpx2.Response:
     headers = {k: v for k, v in original.headers.items() if k.lower() == "authorization"}
 
     async def get(target: httpx2.URL) -> httpx2.Response:
@@ -114,6 +159,10 @@ async def follow_job(
                 ).to_problem()
             )
             return problem_answer(original, problem)
+        call_deadline = CALL_DEADLINE.get()
+        soon = time.monotonic() + min(wait, poll_interval_s)
+        if handle is not None and call_deadline is not None and soon >= call_deadline:
+            return _json(original, 200, handle(job, url))
         if time.monotonic() >= deadline:
             return problem_answer(
                 original,

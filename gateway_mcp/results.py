@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +23,8 @@ from shared.errors import Problem
 
 PAGE_KEY = "page"
 
-LIMIT_DOC = (
-    "Most rows to return from each list in the answer (bars, trades, results, ...); "
-    "default {default}, at most {max}. The answer's `page` says how many rows were left out."
-)
-OFFSET_DOC = (
-    "Rows to skip before the first one returned; negative counts from the end "
-    "(-{default} = the last {default} rows). Default 0 (oldest/first rows)."
-)
+LIMIT_DOC = "Most rows per list in the answer."
+OFFSET_DOC = "Rows to skip; negative counts from the end (-{default} = the last {default})."
 
 
 @dataclass(frozen=True)
@@ -39,6 +34,7 @@ class Limits:
     default_limit: int = 100
     max_limit: int = 1000
     max_bytes: int = 50_000
+    call_budget_s: float = 40.0
 
 
 # --------------------------------------------------------------------------------------
@@ -265,12 +261,19 @@ def fit_rows(
     return out, page.info(byte_limit=max_bytes if shrunk else None)
 
 
-def oversize_error(tool: str, size: int, max_bytes: int) -> ToolError:
-    """Return the error for an answer that cannot be cut below the byte limit."""
+def oversize_error(
+    tool: str, size: int, max_bytes: int, arguments: Sequence[str] = ()
+) -> ToolError:
+    """Return the error for an answer that cannot be cut below the byte limit.
+
+    arguments are the tool's own; those that bound an answer's size are named.
+    """
+    sizing = [a for a in sorted(arguments) if a == "limit" or a.endswith("_points")]
+    smaller = " or ".join(f"a smaller `{a}`" for a in sizing) or "a smaller `limit`"
     return ToolError(
         f"The answer of {tool} is {size:,} bytes, over the gateway's {max_bytes:,}-byte limit "
         "(GATEWAY_MAX_ANSWER_BYTES). Ask for less: a shorter date range, fewer symbols or "
-        "indicators, or a smaller `limit`."
+        f"indicators, or {smaller}."
     )
 
 

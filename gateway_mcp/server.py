@@ -10,6 +10,7 @@ under `namespace=<name>`: `market_get_price`, `backtest_run_backtest`, ...
 from __future__ import annotations
 
 import hmac
+import importlib.metadata
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -32,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway_mcp.context import share_descriptions
+from gateway_mcp.guide import INSTRUCTIONS, install_guide
 from gateway_mcp.results import Limits
 from gateway_mcp.services import AppFactory, Service, gateway_health, open_services
 from gateway_mcp.settings import GatewaySettings
@@ -61,13 +64,15 @@ TOOL_SECONDS = Histogram(
     buckets=(*LATENCY_BUCKETS, 60, 300, 900),
 )
 
-INSTRUCTIONS = """Tools of an AI trading research platform, one group per service:
-{groups}
-Errors name the service, the HTTP status and a stable code. `rate_limited` (429: too many
-calls of one tool per minute) and `overloaded` (503) say after how many seconds to retry;
-wait that long rather than retrying at once. Answers with long lists are paged with
-`limit`/`offset`; their `page` says how many rows were left out.
-"""
+PLATFORM_NAME = "trading-platform"
+
+
+def platform_version() -> str:
+    """Return the installed platform's version (the distribution's, else the source tree's)."""
+    try:
+        return importlib.metadata.version(PLATFORM_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0+source"
 
 
 def instructions(services: list[Service]) -> str:
@@ -78,7 +83,9 @@ def instructions(services: list[Service]) -> str:
     return INSTRUCTIONS.format(groups=groups or "- (no service specs found)")
 
 
-def build_service_provider(service: Service, limits: Limits) -> Provider:
+def build_service_provider(
+    service: Service, limits: Limits, docs: dict[str, dict[str, Any]] | None = None
+) -> Provider:
     """Return one service's tools: its spec through FastMCP's OpenAPI provider, gateway-wrapped.
 
     This is what `FastMCP.from_openapi` builds, minus the server around it: the gateway adds
@@ -93,11 +100,28 @@ def build_service_provider(service: Service, limits: Limits) -> Provider:
         mcp_component_fn=lambda route, component: made.append((route, component)),
     )
     tools = {
-        component.name: gateway_tool(component, route, service.name, limits, service.spec)
+        component.name: gateway_tool(
+            component, route, service.name, limits, service.spec, docs=docs, table=service.tools
+        )
         for route, component in made
         if isinstance(component, Tool)
     }
-    return provider.wrap_transform(GatewayTools(tools))
+    return provider.wrap_transform(GatewayTools(shared_arguments_once(tools, service.name)))
+
+
+def shared_arguments_once(tools: dict[str, Tool], service: str) -> dict[str, Tool]:
+    """Return tools with each argument they share described once, in the first that takes it."""
+    schemas, described_in = share_descriptions({n: t.parameters for n, t in tools.items()})
+    out = {}
+    for name, tool in tools.items():
+        update: dict[str, Any] = {"parameters": schemas[name]}
+        if name in described_in:
+            owner = f"{service}_{described_in[name]}"
+            update["description"] = (
+                f"{tool.description} Arguments it shares with `{owner}` are described there."
+            )
+        out[name] = tool.model_copy(update=update)
+    return out
 
 
 class ToolMetrics(McpMiddleware):
@@ -147,6 +171,7 @@ def build_gateway(
         default_limit=settings.default_limit,
         max_limit=max(settings.max_limit, settings.default_limit),
         max_bytes=settings.max_answer_bytes,
+        call_budget_s=settings.call_budget_s,
     )
     services = open_services(settings, app_factories)
 
@@ -160,14 +185,20 @@ def build_gateway(
             yield {"services": {s.name: s for s in services}}
 
     token = settings.http_token()
+    served = settings.toolset_names()
+    shown = [s for s in services if served is None or s.name in served]
     gateway: FastMCP = FastMCP(
-        name="trading-platform",
-        instructions=instructions(services),
+        name=PLATFORM_NAME,
+        version=platform_version(),
+        instructions=instructions(shown),
         lifespan=lifespan,
         auth=StaticBearerVerifier(token) if token is not None else None,
     )
-    for service in services:  # each service under its namespace: market_get_price, ...
-        gateway.add_provider(build_service_provider(service, limits), namespace=service.name)
+    docs: dict[str, dict[str, Any]] = {}
+    for service in shown:  # each service under its namespace: market_get_price, ...
+        provider = build_service_provider(service, limits, docs)
+        gateway.add_provider(provider, namespace=service.name)
+    install_guide(gateway, docs, {s.name for s in shown})
     gateway.services = {s.name: s for s in services}  # type: ignore[attr-defined]
     gateway.add_middleware(ToolMetrics())
     install_ops_routes(gateway, services, timeout_s=settings.health_timeout_s)

@@ -23,7 +23,8 @@ from typing import Any
 import httpx2
 from prometheus_client import Counter, Histogram
 
-from gateway_mcp.jobs import follow_job, status_url
+from gateway_mcp.jobs import CALL_DEADLINE, follow_job, status_url
+from gateway_mcp.links import ToolTable
 from gateway_mcp.settings import GatewaySettings
 from shared.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -32,12 +33,16 @@ from shared.errors import (
     ServiceUnavailableError,
 )
 from shared.http import app_lifespan, register_local_app
+from shared.jobs import JobStatus
 from shared.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
 
 AppFactory = Callable[[], Any]
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+WAIT_PARAM = "wait_s"
+# The most a continuing `get_job` call is asked to wait (the services cap it at 30 s).
+MAX_WAIT_S = 30.0
 
 UPSTREAM_REQUESTS = Counter(
     "gateway_upstream_requests",
@@ -118,8 +123,10 @@ class Service:
     down_reason: str | None = None
     client: httpx2.AsyncClient = field(init=False)
     transport: ServiceTransport = field(init=False)
+    tools: ToolTable = field(init=False)
 
     def __post_init__(self) -> None:
+        self.tools = ToolTable(self.name, self.spec)
         self.transport = ServiceTransport(self)
         headers = {}
         token = self.settings.service_token
@@ -215,9 +222,50 @@ class ServiceTransport(httpx2.AsyncBaseTransport):
             return _problem(request, error), "unreachable"
         return response, str(response.status_code)
 
+    def wait_s(self) -> float:
+        """Return how long a continuing `get_job` call should wait: within the call budget."""
+        budget = self.service.settings.call_budget_s
+        return round(max(0.5, min(MAX_WAIT_S, budget * 0.75)), 1)
+
+    def job_handle(self, job: JobStatus, url: httpx2.URL) -> dict[str, Any]:
+        """Return the answer for a job still running when the call budget ran out."""
+        budget = self.service.settings.call_budget_s
+        path = url.raw_path.decode().split("?")[0]
+        get_call = self.service.tools.call("GET", path, wait_s=self.wait_s())
+        cancel_call = self.service.tools.call("DELETE", path)
+        return {
+            "job": {
+                "id": str(job.id),
+                "status": job.status,
+                "progress": job.progress.model_dump(mode="json"),
+            },
+            "continue_with": get_call,
+            "cancel_with": cancel_call,
+            "note": f"The job is still {job.status} after the {budget:g} s call budget and runs "
+            f"on. Call `{get_call}` to wait for it: it answers the result once the job "
+            "succeeded (call it again while it runs). The same call with the same arguments "
+            "answers this job too; it does not start another.",
+        }
+
+    def _bounded_wait(self, request: httpx2.Request) -> httpx2.Request:
+        """Cap a `wait_s` query argument to what is left of the call budget."""
+        raw = request.url.params.get(WAIT_PARAM)
+        deadline = CALL_DEADLINE.get()
+        if raw is None or deadline is None:
+            return request
+        try:
+            asked = float(raw)
+        except ValueError:
+            return request  # the service names the bad value
+        left = max(0.0, deadline - time.monotonic() - 0.5)
+        if asked <= left:
+            return request
+        request.url = request.url.copy_set_param(WAIT_PARAM, f"{left:.1f}")
+        return request
+
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send a request; follow a 202 job answer to its end, reporting progress."""
-        response = await self._send(request)
+        response = await self._send(self._bounded_wait(request))
         if response.status_code != 202:
             return response
         await response.aread()
@@ -233,6 +281,7 @@ class ServiceTransport(httpx2.AsyncBaseTransport):
             poll_interval_s=settings.job_poll_interval_s,
             timeout_s=settings.job_timeout_s,
             service=self.service.name,
+            handle=self.job_handle,
         )
 
 

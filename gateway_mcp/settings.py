@@ -113,6 +113,23 @@ class GatewaySettings(BaseServiceSettings):
     job_timeout_s: float = Field(
         default=900.0, gt=0, description="Give up following a job after this long."
     )
+    call_budget_s: float = Field(
+        default=40.0,
+        gt=0,
+        description="Longest a tool call may take (GATEWAY_CALL_BUDGET_S): a job still running "
+        "then is answered with its handle and the `<service>_get_job` call that continues. "
+        "Keep it under the client's request timeout (Claude Desktop: 60 s).",
+    )
+    toolsets: str = Field(
+        default="",
+        description="Comma-separated tool groups to serve (GATEWAY_TOOLSETS, e.g. "
+        "`market,backtest`); empty = every service.",
+    )
+
+    def toolset_names(self) -> set[str] | None:
+        """Return the tool groups to serve, or None for all of them."""
+        names = {n.strip().lower() for n in self.toolsets.split(",") if n.strip()}
+        return names or None
 
     @classmethod
     def settings_customise_sources(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +28,15 @@ from fastmcp.utilities.openapi import HTTPRoute
 from fastmcp.utilities.versions import VersionSpec
 from mcp_types import ImageContent, ToolAnnotations
 
+from gateway_mcp.context import (
+    TOOL_DOCS_URI,
+    compact_schema,
+    first_paragraph,
+    strict_schema,
+)
+from gateway_mcp.jobs import CALL_DEADLINE
+from gateway_mcp.links import ToolTable, speak_tools
+from gateway_mcp.numbers import round_numbers
 from gateway_mcp.results import (
     PAGE_KEY,
     Limits,
@@ -39,13 +49,13 @@ from gateway_mcp.results import (
     problem_error,
     schema_has_rows,
 )
-from shared.errors import parse_problem
+from shared.errors import parse_problem, unknown_argument_message
 
-PAGING_NOTE = (
-    "\n\nLong lists in the answer are cut to `limit` rows (default {default}); the answer's "
-    "`page` then gives the totals and the `offset` of the next page."
+PAGING_NOTE = " Lists are paged (`limit`, `offset`; see the answer's `page`)."
+JOB_NOTE = (
+    " Runs as a job: answers its result, or within the call budget the job's handle and the "
+    "`*_get_job` call that continues."
 )
-JOB_NOTE = "\n\nRuns as a job: the gateway waits for it to finish and reports progress meanwhile."
 JSON_MEDIA = "application/json"
 
 
@@ -138,12 +148,18 @@ def gateway_tool(
     limits: Limits,
     spec: dict[str, Any],
     client: httpx2.AsyncClient | None = None,
+    docs: dict[str, dict[str, Any]] | None = None,
+    table: ToolTable | None = None,
 ) -> Tool:
     """Return inner with paging arguments (when useful), mapped errors and sized answers.
 
     An operation whose success answer is an image (e.g. `image/png`) is called through
     client (default: the service's client in the gateway's lifespan context) and answered
     as MCP image content, which a model sees as a picture.
+
+    The model sees a compact description and argument schema (`gateway_mcp.context`); the
+    full ones go to docs under the tool's public name, for the `docs://tools/{name}` resource.
+    An argument the tool does not take is refused by name, with the closest one it does.
     """
     image = image_media_type(spec, route)
     job = is_job_route(route)
@@ -158,20 +174,53 @@ def gateway_tool(
         and not ({"limit", "offset"} & set(props))
     )
     output_schema = None if job or image else inner.output_schema
-    description = inner.description or ""
+    full_description = inner.description or ""
     if paged:
         props.update(page_arguments(limits))
         output_schema = paged_output_schema(output_schema)
-        description += PAGING_NOTE.format(default=limits.default_limit)
+    public_name = f"{service}_{inner.name}"
+    where = TOOL_DOCS_URI.format(name=public_name)
+    description = first_paragraph(full_description)
+    if paged:
+        description += PAGING_NOTE
     if job:
         description += JOB_NOTE
+    if docs is not None:
+        docs[public_name] = {
+            "name": public_name,
+            "description": full_description,
+            "input_schema": strict_schema(parameters),
+        }
+    known = set(props)
+    # A service may default an argument differently for a model (`x-mcp-default`): e.g. no
+    # equity curve in a backtest answer unless asked.
+    mcp_defaults = {}
+    for name, prop in props.items():
+        if isinstance(prop, dict) and "x-mcp-default" in prop:
+            mcp_defaults[name] = prop["x-mcp-default"]
+            prop["default"] = prop.pop("x-mcp-default")
+    parameters = strict_schema(compact_schema(parameters, where))
+    table = table or ToolTable(service, spec)
+    wait_s = round(max(0.5, min(30.0, limits.call_budget_s * 0.75)), 1)
     annotations = inner.annotations
     if annotations is None and route.method.upper() == "GET":
         annotations = ToolAnnotations(read_only_hint=True, idempotent_hint=True)
 
     async def call(**arguments: Any) -> ToolResult:
+        """Call the service within the call budget; answer compactly, in tools' terms."""
+        token = CALL_DEADLINE.set(time.monotonic() + limits.call_budget_s)
+        try:
+            return await answer(dict(arguments))
+        finally:
+            CALL_DEADLINE.reset(token)
+
+    async def answer(args: dict[str, Any]) -> ToolResult:
         """Call the service; map its errors; cut rows and size to the gateway's limits."""
-        args = dict(arguments)
+        for name in args:
+            if name not in known:
+                raise ToolError(unknown_argument_message(name, known))
+        for name, value in mcp_defaults.items():
+            args.setdefault(name, value)
         if image:
             return await _image_result(client or _service_client(service), route, service, args)
         limit, offset = _page_args(args, limits) if paged else (0, 0)
@@ -180,6 +229,7 @@ def gateway_tool(
         except httpx2.HTTPStatusError as e:
             response = e.response
             problem = parse_problem(response.status_code, response.content, response.reason_phrase)
+            problem.detail = table.rewrite_text(problem.detail)
             raise problem_error(service, problem) from e
         except ValueError as e:  # the request could not be built from the arguments
             raise ToolError(f"{service} service: {e}") from e
@@ -187,23 +237,24 @@ def gateway_tool(
         if data is None:  # not JSON: pass text through, within the size limit
             size = sum(len(getattr(c, "text", "") or "") for c in result.content)
             if size > limits.max_bytes:
-                raise oversize_error(inner.name, size, limits.max_bytes)
+                raise oversize_error(inner.name, size, limits.max_bytes, sorted(known))
             return result
         answer_data: Any = data.get("result") if wrapped else data
+        answer_data = round_numbers(speak_tools(answer_data, table, wait_s=wait_s))
         page = None
         if paged:
             answer_data, page = fit_rows(
                 answer_data, limit=limit, offset=offset, max_bytes=limits.max_bytes
             )
-        answer = (
+        body = (
             {"result": answer_data} if wrapped or not isinstance(answer_data, dict) else answer_data
         )
         if page is not None:
-            answer = {**answer, PAGE_KEY: page}
-        size = answer_size(answer)
+            body = {**body, PAGE_KEY: page}
+        size = answer_size(body)
         if size > limits.max_bytes:
-            raise oversize_error(inner.name, size, limits.max_bytes)
-        return ToolResult(structured_content=answer)
+            raise oversize_error(inner.name, size, limits.max_bytes, sorted(known))
+        return ToolResult(structured_content=body)
 
     tool = Tool.from_tool(
         inner,

@@ -26,6 +26,7 @@ from shared.errors import (
     ValidationProblemError,
     new_error_id,
 )
+from shared.strict import unknown_field_message
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             bad = BadRequestError(f"The request body is not valid JSON{where}.", field="body")
             return problem_response(bad.to_problem(instance=request.url.path))
         msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "extra_forbidden":  # name the field meant, not just "extra"
+            msg = unknown_field_message(request.scope, loc, getattr(exc, "body", None)) or msg
         if err.get("type") == "value_error":  # a validator's own words: drop pydantic's prefix
             msg = msg.removeprefix("Value error, ")
         issues.append(FieldIssue(field=_field_name(loc, getattr(exc, "body", None)), message=msg))

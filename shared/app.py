@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request, Response
 from shared.api import declare_limit_responses, install_bearer_auth, install_error_handlers
 from shared.config import BaseServiceSettings
 from shared.health import HEALTH_PATH
+from shared.jobs.routes import IdempotencyKey
 from shared.limits import BodyLimit, ConcurrencyLimit, Slots
 from shared.logging import configure_logging
 from shared.metrics import (
@@ -37,6 +38,7 @@ from shared.metrics import (
     scrape_stores,
 )
 from shared.ratelimit import RateLimit, RateLimiter
+from shared.strict import StrictQuery
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ def service_app(
     )
     install_error_handlers(app)
     # add_middleware puts each one outside those added before: innermost first.
+    app.add_middleware(StrictQuery)
     app.add_middleware(
         ConcurrencyLimit,
         slots=app.state.slots,
@@ -105,6 +108,7 @@ def service_app(
     app.add_middleware(RateLimit, limiter=limiter, trust_token=token_set, service=name)
     install_bearer_auth(app, settings.api_token, open_paths=set(OPEN_PATHS))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, service=name)
+    app.add_middleware(IdempotencyKey)
     app.add_middleware(RequestMetrics, service=name)
     install_metrics(app, timeout_s=settings.health_timeout_s)
     _declare_limits_in_spec(app)

@@ -98,6 +98,13 @@ class BaseServiceSettings(BaseSettings):
         description="Worker processes for job tasks run with where='process' (started on "
         "first use).",
     )
+    job_process_idle_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Job worker processes exit after this many seconds without a task (a "
+        "training worker holds ~1 GB of TensorFlow); the next task starts new ones. 0 keeps "
+        "them.",
+    )
     job_progress_interval_s: float = Field(
         default=0.5, ge=0, description="At most one progress write per job per this interval."
     )
@@ -112,6 +119,13 @@ class BaseServiceSettings(BaseSettings):
     )
     job_shutdown_grace_s: float = Field(
         default=5.0, ge=0, description="On shutdown, wait this long for running tasks to stop."
+    )
+    job_dedupe_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="A job submitted again (same kind and request, or same `Idempotency-Key`) "
+        "within this many seconds of the first, while that one is unfinished, answers that "
+        "job instead of starting another. 0 turns this off.",
     )
     # Server limits (shared.limits): every wait and every request is bounded.
     http_header_timeout_s: float = Field(

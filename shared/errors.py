@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import uuid
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, ValidationError
@@ -160,6 +162,31 @@ class ServiceTimeoutError(AppError):
     status = 504
     code = "service_timeout"
     title = "Service timeout"
+
+
+def closest_name(name: str, valid: Iterable[str]) -> str | None:
+    """Return the valid name closest to name (a typo's intended name), or None if none is."""
+    options = sorted({str(v) for v in valid})
+    lowered = {v.lower(): v for v in options}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    if match:
+        return lowered[match[0]]
+    prefixed = [v for v in options if v.startswith(name) or name.startswith(v)]
+    return prefixed[0] if len(prefixed) == 1 else None
+
+
+def unknown_argument_message(name: str, valid: Iterable[str]) -> str:
+    """Return "unknown argument `perid`; did you mean `period`?" (or the valid names)."""
+    options = sorted({str(v) for v in valid})
+    close = closest_name(name, options)
+    if close is not None:
+        return f"unknown argument `{name}`; did you mean `{close}`?"
+    if not options:
+        return f"unknown argument `{name}`; this takes no arguments"
+    shown = ", ".join(f"`{o}`" for o in options[:12]) + (", ..." if len(options) > 12 else "")
+    return f"unknown argument `{name}`; valid arguments: {shown}"
 
 
 def parse_problem(status: int, body: bytes | str, reason: str = "") -> Problem:

@@ -253,6 +253,42 @@ class Job(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
+class AnalysisRun(SQLModel, table=True):
+    """One stored walk-forward or parameter search of the backtest service (migration 0004).
+
+    `result` is the answer as given (its equity curve at the request's `equity_points`);
+    `series` a walk-forward's stitched out-of-sample dates, equity and buy-and-hold equity
+    (a NumPy .npy array, as `backtest_results.series`), for its chart and Monte Carlo.
+    """
+
+    __tablename__ = "analysis_runs"
+    __table_args__ = (
+        CheckConstraint("kind IN ('walk_forward', 'optimization')", name="ck_analysis_runs_kind"),
+        UniqueConstraint("run_id", name="uq_analysis_runs_run_id"),
+        Index("idx_analysis_runs_kind", "kind", text("created_at DESC")),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: uuid.UUID = Field(sa_column=Column(Uuid, nullable=False))
+    kind: str = Field(sa_column=Column(String(20), nullable=False))
+    strategy_name: str = Field(sa_column=Column(String(100), nullable=False))
+    symbol: str = Field(sa_column=Column(String(20), nullable=False))
+    start_date: datetime = _ts()
+    end_date: datetime = _ts()
+    configuration: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    bars_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    result: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    series: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    initial_capital: float = _float()
+    final_capital: float | None = _float(nullable=True)
+    total_return: float | None = _float(nullable=True)
+    sharpe_ratio: float | None = _float(nullable=True)
+    max_drawdown: float | None = _float(nullable=True)
+    win_rate: float | None = _float(nullable=True)
+    total_trades: int | None = None
+    created_at: datetime = _created()
+
+
 class StrategyVersion(SQLModel, table=True):
     """One immutable version of a saved strategy written in the backtest's language."""
 

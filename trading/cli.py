@@ -171,6 +171,7 @@ def demo(
                 f"{p['symbol']:<8}{p['timestamp'][:10]:<12}{p['price']:>11.2f}"
                 f"{p['change_percent'] or 0:>8.2f}{rsi:>8.2f}{macd['macd']:>10.3f}"
                 f"{macd['macd_signal']:>10.3f}{wr:>8.1f}  {p['cache_level']} ({ms:.0f} ms)"
+                + (f"  stale: {p['age_sessions']} sessions old" if p.get("stale") else "")
             )
         first = symbols.split(",")[0].strip()
         hist = http.get(f"/historical/{first}", params={"start": "2020-01-01"}).json()
@@ -181,6 +182,8 @@ def demo(
             f"{q['outlier_count']} return outliers "
             f"(>3 sd), {q['missing_sessions']} missing sessions"
         )
+        for note in hist.get("notes", []):
+            typer.echo(f"  note: {note}")
         again = http.get(f"/historical/{first}", params={"start": "2020-01-01"}).json()
         typer.echo(f"same request again: served from {again['metadata']['cache_level']}")
         _demo_backtest(backtests, first, hist["end"], settings.data_dir)

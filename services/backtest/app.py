@@ -12,12 +12,14 @@ from services.backtest.routes import errors, router
 from services.backtest.service import BacktestService
 from services.backtest.settings import BacktestSettings
 from services.backtest.strategy_routes import router as strategy_router
+from services.backtest.warm import warm_kernels
 from shared.app import service_app
 from shared.cache import Cache
 from shared.db import Database
 from shared.health import install_health
 from shared.http import service_client
 from shared.jobs import JobRunner, job_router
+from shared.warmup import start_warming
 
 DESCRIPTION = """Backtests with realistic costs on the market service's bars, and the statistics
 to tell an edge from luck.
@@ -56,6 +58,7 @@ def create_app(settings: BacktestSettings | None = None) -> FastAPI:
             ttl_s=settings.backtest_bars_ttl_s,
             cache_size=settings.backtest_bars_cache_size,
         )
+        app.state.kernels = start_warming("backtest", warm_kernels)  # while the rest starts
         await db.start()
         runner = JobRunner(db, service="backtest", settings=settings)
         await runner.start()

@@ -54,6 +54,7 @@ class _History(BaseModel):
 
     symbol: str
     bars: list[_Bar]
+    notes: list[str] = []  # the market's coverage notes (an end of the range not reached)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class LoadedBars:
 
     bars: Bars
     bars_hash: str
+    notes: tuple[str, ...] = ()  # the market's coverage notes, per instrument
 
     @property
     def dates(self) -> list[date]:
@@ -85,6 +87,13 @@ class SymbolNotFoundError(NotFoundError):
     code = "symbol_not_found"
 
 
+class NoDataError(NotFoundError):
+    """The market service has no bar of the symbol in the asked range."""
+
+    code = "no_data"
+    title = "No data in range"
+
+
 def _field(symbol_field: str, market_field: str | None) -> str:
     """Return this service's name for the field a market problem blames."""
     if market_field in (None, "symbol"):
@@ -95,6 +104,8 @@ def _field(symbol_field: str, market_field: str | None) -> str:
 def _translate(e: UpstreamProblemError, symbol: str, symbol_field: str) -> AppError:
     """Return the problem a market error means for a backtest request."""
     detail = f"market service: {e.detail}"
+    if e.status == 404 and e.code == "no_data":  # the detail names the range there is
+        return NoDataError(detail, field="start_date")
     if e.status == 404:
         return SymbolNotFoundError(
             f"Unknown symbol {symbol!r}: the market service has no data for it.",
@@ -112,11 +123,12 @@ def _translate(e: UpstreamProblemError, symbol: str, symbol_field: str) -> AppEr
 
 
 def _frame(history: _History) -> pd.DataFrame:
-    """Return the bars as an OHLC frame indexed by naive UTC timestamps."""
+    """Return the bars as an OHLC frame indexed by naive UTC timestamps (the market's coverage
+    notes in its `attrs["notes"]`)."""
     index = pd.DatetimeIndex([b.timestamp for b in history.bars])
     if index.tz is not None:
         index = index.tz_convert("UTC").tz_localize(None)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "open": [b.open for b in history.bars],
             "high": [b.high for b in history.bars],
@@ -126,6 +138,8 @@ def _frame(history: _History) -> pd.DataFrame:
         },
         index=index,
     )
+    frame.attrs["notes"] = list(history.notes)
+    return frame
 
 
 class MarketBars:
@@ -229,7 +243,8 @@ class MarketBars:
                 field=symbols_field or "symbol",
             ) from e
         digest = await asyncio.to_thread(bars_digest, bars, interval=interval, adjusted=adjusted)
-        loaded = LoadedBars(bars=bars, bars_hash=digest)
+        notes = tuple(n for frame in frames for n in frame.attrs.get("notes", ()))
+        loaded = LoadedBars(bars=bars, bars_hash=digest, notes=notes)
         if self.ttl_s > 0:
             self._cache.set(key, loaded, self.ttl_s, size=bars.close.nbytes * 5)
         return loaded

@@ -13,6 +13,8 @@ Conventions (fractions, never percents):
   drawdown is the worst (most negative) fraction; durations are in bars from the peak to the
   recovery (or to the end).
 * Alpha and beta regress excess returns on the benchmark's excess returns (empyrical's).
+* The t-test, the bootstrap interval of the mean, Sharpe, Sortino and PSR all use excess
+  returns (the bar return less the per-bar risk-free rate): their signs agree.
 * PSR / DSR use per-bar (not annualised) Sharpe ratios, population skewness and (non-excess)
   kurtosis, as Bailey & Lopez de Prado write them. PBO is estimated by combinatorially
   symmetric cross-validation (Bailey, Borwein, Lopez de Prado & Zhu).
@@ -375,8 +377,8 @@ def compute_metrics(
         alpha, beta = alpha_beta(r, bench, risk_free_rate, periods_per_year)
     else:
         alpha = beta = float("nan")
-    t, p = t_test(r)
     excess = r - risk_free_rate / periods_per_year
+    t, p = t_test(excess)  # like Sharpe and PSR: the mean EXCESS return against zero
     return PerformanceMetrics(
         final_capital=float(eq[-1]),
         total_return=total_return(eq, initial_capital),
@@ -400,7 +402,7 @@ def compute_metrics(
         t_statistic=t,
         p_value=p,
         mean_return_ci=(
-            bootstrap_mean_ci(r, n_boot=n_bootstrap, confidence=confidence, seed=seed)
+            bootstrap_mean_ci(excess, n_boot=n_bootstrap, confidence=confidence, seed=seed)
             if n_bootstrap > 0
             else (float("nan"), float("nan"))
         ),

@@ -8,7 +8,10 @@ the windows between trade the last one trained (on bars that all precede their t
 windows). The version's calls on its training bars are its in-sample run; its calls on the
 test bars (`POST /predict_range`, made at each bar's close from data up to it) are traded
 out of sample and scored against their realised outcomes beside the naive baselines
-(the majority class, yesterday's direction), per window and over all windows.
+(the majority class, yesterday's direction), per window and over all windows: per-bar
+correctness is pooled over the windows and judged once by the shared paired rule
+(:func:`shared.verdicts.judge`: exact McNemar test against each baseline, `insufficient_evidence`
+below 100 realised out-of-sample calls).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from services.backtest.walkforward import (
     trade_test_window,
 )
 from shared.jobs import JobProgress
+from shared.verdicts import PairedVerdict, describe, judge
 
 BASELINES = ("majority", "previous")
 # The predictor's training fields -> this request's (a window too short to train on).
@@ -104,24 +108,64 @@ def in_sample(
     )
 
 
-def _hits(calls: Calls) -> tuple[dict[str, float], int]:
-    """Return the correct calls of the model and the baselines (counts) and the realised."""
-    n = calls.realised
-    return {k: (calls.hit_rate.get(k) or 0.0) * n for k in ("model", *BASELINES)}, n
+@dataclass
+class _Correct:
+    """Per realised out-of-sample bar: whether the model and each baseline called it right."""
+
+    model: list[np.ndarray]
+    baselines: dict[str, list[np.ndarray]]
+
+    @classmethod
+    def empty(cls) -> _Correct:
+        return cls([], {k: [] for k in BASELINES})
+
+    def add(self, calls: Calls) -> _Correct:
+        """Add one window's calls; return that window's own correctness."""
+        one = _correct(calls)
+        self.model.extend(one.model)
+        for k in BASELINES:
+            self.baselines[k].extend(one.baselines[k])
+        return one
+
+    def arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        def cat(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+        return cat(self.model), {k: cat(v) for k, v in self.baselines.items()}
+
+    def rates(self) -> HitRates:
+        model, base = self.arrays()
+        if model.size == 0:
+            return HitRates(model=None, majority=None, previous=None)
+        return HitRates(
+            model=float(model.mean()),
+            majority=float(base["majority"].mean()),
+            previous=float(base["previous"].mean()),
+        )
+
+    def test(self) -> PairedVerdict:
+        model, base = self.arrays()
+        return judge(model, base)
 
 
-def _rates(hits: dict[str, float], n: int) -> HitRates:
-    if n == 0:
-        return HitRates(model=None, majority=None, previous=None)
-    return HitRates(
-        model=hits["model"] / n, majority=hits["majority"] / n, previous=hits["previous"] / n
+def _correct(calls: Calls) -> _Correct:
+    """Return one window's per-bar correctness on its realised out-of-sample bars.
+
+    The baselines' calls come with the predictor's answer; without them (an older
+    predictor) only the hit rates are known and the window is judged on none of its bars.
+    """
+    known = np.isfinite(calls.outcome)
+    if calls.in_sample.size == known.size:
+        known &= ~calls.in_sample
+    if not all(calls.baselines.get(k, np.zeros(0)).size == known.size for k in BASELINES):
+        return _Correct(
+            [np.zeros(0, dtype=bool)], {k: [np.zeros(0, dtype=bool)] for k in BASELINES}
+        )
+    y = calls.outcome[known]
+    return _Correct(
+        [calls.direction[known] == y],
+        {k: [calls.baselines[k][known] == y] for k in BASELINES},
     )
-
-
-def _beats(rates: HitRates) -> bool:
-    if rates.model is None:
-        return False
-    return all(rates.model > (getattr(rates, b) or 0.0) for b in BASELINES)
 
 
 def _reading(summary: MlWalkForward, wf: WalkForwardResult) -> str:
@@ -130,17 +174,14 @@ def _reading(summary: MlWalkForward, wf: WalkForwardResult) -> str:
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.1%}"
 
-    verdict = (
-        "beats both naive baselines"
-        if summary.beats_baselines
-        else "does NOT beat the naive baselines: treat its calls as noise"
-    )
     return (
         f"Out of sample over {summary.realised} realised bars in {wf.n_windows} windows the "
         f"model called the direction right {pct(r.model)} of the time against "
         f"{pct(r.majority)} for always the majority class and {pct(r.previous)} for "
-        f"yesterday's direction: it {verdict} ({summary.windows_beating_baselines} of "
-        f"{wf.n_windows} windows beat both)."
+        f"yesterday's direction. "
+        + describe(summary.baseline_test, where="over all windows' out-of-sample bars")
+        + f" ({summary.windows_beating_baselines} of {wf.n_windows} windows beat both on "
+        "their own, each judged by the same rule.)"
     )
 
 
@@ -170,8 +211,8 @@ async def ml_walk_forward(
     outcomes: list[WindowOutcome] = []
     window_calls: list[WindowCalls] = []
     versions: list[str] = []
-    hits_all = {k: 0.0 for k in ("model", *BASELINES)}
-    realised_all = calls_all = 0
+    correct = _Correct.empty()
+    calls_all = 0
     for i, (lo, train_end, test_start, test_end) in enumerate(windows):
         trained_here = i % every == 0
         if trained_here:
@@ -219,38 +260,39 @@ async def ml_walk_forward(
             current.in_sample,
         )
         outcomes.append(outcome)
-        hits, realised = _hits(oos_calls)
-        for k, v in hits.items():
-            hits_all[k] += v
-        realised_all += realised
+        here = correct.add(oos_calls)
         calls_all += int(oos_calls.days.size)
-        rates = _rates(hits, realised)
+        rates = here.rates()
+        window_test = here.test()
         window_calls.append(
             WindowCalls(
                 version=current.version,
                 trained=trained_here,
                 training_seconds=current.seconds if trained_here else None,
                 calls=int(oos_calls.days.size),
-                realised=realised,
+                realised=window_test.n,
                 hit_rate=rates,
-                beats_baselines=_beats(rates),
+                baseline_test=window_test,
+                beats_baselines=window_test.verdict == "beats",
             )
         )
         done += 1.0
     runner.report(total, total, "stitching the out-of-sample windows")
     fixed: dict[str, Any] = params.model_dump()
     result = await runner.run(assemble, request, bars, bars_hash, spec, windows, outcomes, fixed)
-    overall = _rates(hits_all, realised_all)
+    overall = correct.rates()
+    test = correct.test()
     summary = MlWalkForward(
         model=training.model,
         versions=versions,
         retrain_every=every,
         training_seconds=round(sum(c.training_seconds or 0.0 for c in window_calls), 3),
         calls=calls_all,
-        realised=realised_all,
+        realised=test.n,
         hit_rate=overall,
         windows_beating_baselines=sum(c.beats_baselines for c in window_calls),
-        beats_baselines=_beats(overall),
+        baseline_test=test,
+        beats_baselines=test.verdict == "beats",
         reading="",
     )
     summary = summary.model_copy(update={"reading": _reading(summary, result)})

@@ -25,17 +25,26 @@ import pandas as pd
 from pydantic import BaseModel
 
 from services.backtest.config import VolatilityTarget, atr_matrix
-from services.backtest.engine.analysis import SweepResult, sweep_crossover, sweep_targets
+from services.backtest.engine.analysis import (
+    SweepResult,
+    per_period_rate,
+    sweep_crossover,
+    sweep_targets,
+)
 from services.backtest.engine.core import SimSpec
 from services.backtest.engine.fast import STAT_NAMES
 from services.backtest.engine.runner import Bars
 from services.backtest.grid import Combos, Params, SearchPlan
-from services.backtest.metrics import (
-    deflated_sharpe_ratio_of_trials,
-    pbo_from_blocks,
-    sharpe_from_sums,
+from services.backtest.overfit import (
+    Deflation,
+    deflate,
+    pbo_excess,
+    reading,
+    sample_indices,
+    trial_sharpes,
 )
 from services.backtest.schemas import (
+    DeflatedSharpe,
     OptimizeRequest,
     OptimizeResult,
     Trial,
@@ -232,11 +241,6 @@ def trial_metrics(stats_row: np.ndarray, years: float) -> dict[str, int | float 
 # ---- overfitting ------------------------------------------------------------------------
 
 
-def pbo_split_count(splits: int) -> int:
-    """Return how many CSCV splits S blocks give: C(S, S/2)."""
-    return math.comb(splits, splits // 2)
-
-
 def cscv_blocks(n_bars: int, splits: int) -> int:
     """Return the CSCV blocks for ``n_bars``: ``splits``, fewer while a block has < 2 bars.
 
@@ -249,40 +253,23 @@ def cscv_blocks(n_bars: int, splits: int) -> int:
 
 
 def overfitting(
-    blocks: np.ndarray, best_returns: np.ndarray, splits: int
-) -> tuple[float | None, float | None]:
-    """Return (DSR of the best trial, PBO) from the sweep's block sums; None where unknown.
+    blocks: np.ndarray, sample_returns: np.ndarray, winner: int, splits: int, rf: float
+) -> tuple[Deflation | None, float | None, int]:
+    """Return (the winner's DSR and its inputs, PBO, trials with a positive excess Sharpe).
 
     ``blocks`` (k, 2, S + 1) as ``SweepResult.blocks`` (S = ``splits``, 0 for no PBO);
-    ``best_returns`` are the best trial's bar returns (its skewness and kurtosis).
+    ``sample_returns`` the bar returns of the trials ``overfit.sample_indices`` picked, the
+    winner's at row ``winner``; ``rf`` the per-bar risk-free return. Every Sharpe here is
+    of excess returns, as the one that ranks the trials.
     """
-    n = int(best_returns.shape[0])
-    totals = blocks.sum(axis=2)  # (k, 2): sums of returns and of squares over every bar
-    sharpes = sharpe_from_sums(totals[:, 0], totals[:, 1], n)
-    dsr = finite(deflated_sharpe_ratio_of_trials(sharpes, best_returns))
-    pbo: float | None = None
-    if splits:
-        size = n // splits
-        pbo = finite(pbo_from_blocks(blocks[:, 0, 1:], blocks[:, 1, 1:], size)[0])
-    return dsr, pbo
-
-
-def reading(dsr: float | None, pbo: float | None, n_trials: int, splits: int) -> str:
-    """Return one line on whether the winner looks overfitted."""
-    d = "n/a" if dsr is None else f"{dsr:.2f}"
-    p = "n/a" if pbo is None else f"{pbo:.2f}"
-    if pbo is not None and pbo > 0.5:
-        return (
-            f"Likely overfitted: PBO {p} > 0.5 (the in-sample best ranks at or below the "
-            f"out-of-sample median in {pbo:.0%} of {pbo_split_count(splits):,} splits); "
-            f"DSR {d}."
-        )
-    if dsr is None or dsr < 0.95:
-        return (
-            f"Not significant after {n_trials:,} trials: DSR {d} < 0.95 (the best Sharpe is "
-            f"within what luck gives the best of {n_trials:,}); PBO {p}."
-        )
-    return f"No sign of overfitting: DSR {d} >= 0.95 and PBO {p} <= 0.5."
+    n = int(sample_returns.shape[1])
+    sharpes = trial_sharpes(blocks, n, rf)
+    profitable = int(np.sum(sharpes > 0))
+    dsr: Deflation | None = None
+    if n >= 2:
+        dsr = deflate(sharpes, sample_returns[winner] - rf, sample_returns)
+    pbo = finite(pbo_excess(blocks, n, splits, rf)) if splits else None
+    return dsr, pbo, profitable
 
 
 # ---- the search -------------------------------------------------------------------------
@@ -294,8 +281,9 @@ class Verdict:
 
     stats: np.ndarray  # (k, N_STATS)
     order: np.ndarray  # trial indices, best first
-    dsr: float | None
+    dsr: Deflation | None
     pbo: float | None
+    profitable: int  # trials with a positive excess Sharpe
 
 
 def judge(
@@ -306,11 +294,21 @@ def judge(
     maximize: bool,
     years: float,
 ) -> Verdict:
-    """Rank the trials of ``task.combos`` and judge the winner (rerun alone for its returns)."""
+    """Rank the trials of ``task.combos`` and judge the winner.
+
+    The winner and an evenly spaced sample of the trials are rerun for their bar returns
+    (the winner's moments, the trials' correlation: ``overfit.deflate``).
+    """
     order = rank(metric_column(stats, objective, years), maximize)
-    winner = replace(task, combos=[task.combos[int(order[0])]], keep_returns=True, n_blocks=0)
-    dsr, pbo = overfitting(blocks, run_batch(winner).returns[0], task.n_blocks)
-    return Verdict(stats, order, dsr, pbo)
+    best = int(order[0])
+    sample = sample_indices(len(task.combos), task.bars.n_bars, best)
+    combos = [task.combos[int(i)] for i in sample]
+    rerun = replace(task, combos=combos, keep_returns=True, n_blocks=0)
+    returns = run_batch(rerun).returns
+    rf = per_period_rate(task.risk_free_rate, task.spec.periods_per_year)
+    winner = int(np.searchsorted(sample, best))
+    dsr, pbo, profitable = overfitting(blocks, returns, winner, task.n_blocks, rf)
+    return Verdict(stats, order, dsr, pbo, profitable)
 
 
 def search(task: TrialBatch, objective: str, maximize: bool, years: float) -> Verdict:
@@ -390,12 +388,36 @@ async def optimize(
         n_invalid=plan.n_invalid,
         best_params={**_searched(plan.fixed), **combos[best]},
         top=top,
-        deflated_sharpe_ratio=dsr,
+        deflated_sharpe_ratio=None if dsr is None else finite(dsr.deflated_sharpe_ratio),
+        deflated_sharpe=dsr_inputs(dsr, spec.periods_per_year),
         pbo=pbo,
         pbo_splits=used,
-        reading=reading(dsr, pbo, len(combos), used),
+        reading=reading(dsr, pbo, used, verdict.profitable, len(combos)),
         elapsed_s=elapsed,
         backtests_per_second=len(combos) / elapsed if elapsed > 0 else 0.0,
+    )
+
+
+def dsr_inputs(dsr: Deflation | None, periods_per_year: float) -> DeflatedSharpe | None:
+    """Return the DSR's inputs as answered (Sharpe ratios per bar and annualised)."""
+    if dsr is None:
+        return None
+    ann = math.sqrt(periods_per_year)
+    return DeflatedSharpe(
+        n_trials=dsr.n_trials,
+        effective_trials=finite(dsr.effective_trials),
+        sampled_trials=dsr.sampled_trials,
+        sharpe=finite(dsr.sharpe),
+        sharpe_annualized=finite(dsr.sharpe * ann),
+        threshold_sharpe=finite(dsr.threshold_sharpe),
+        threshold_sharpe_annualized=finite(dsr.threshold_sharpe * ann),
+        sharpe_variance=finite(dsr.sharpe_variance),
+        bars=dsr.bars,
+        skewness=finite(dsr.skewness),
+        kurtosis=finite(dsr.kurtosis),
+        cross_trial_dsr=finite(dsr.cross_trial_dsr),
+        cross_trial_threshold_sharpe=finite(dsr.cross_trial_threshold_sharpe),
+        cross_trial_variance=finite(dsr.cross_trial_variance),
     )
 
 

@@ -41,6 +41,8 @@ from services.backtest.strategies import SignalProvider
 
 # Seed's success criteria: hypotheses to test, stated beside the result (never targets).
 SEED_SHARPE, SEED_WIN_RATE, SEED_P = 1.5, 0.6, 0.05
+SEED_MAX_DRAWDOWN = 0.20  # the seed's hypotheses: max drawdown < 20% ...
+SEED_YEARS = 5.0  # ... over at least five years of bars
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,11 @@ def _num(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def reading_notes(metrics: Metrics, benchmark: Benchmark) -> list[str]:
-    """Return the plain-language caveats of a result (what a careful reader checks first)."""
+def reading_notes(metrics: Metrics, benchmark: Benchmark, years: float) -> list[str]:
+    """Return the plain-language caveats of a result (what a careful reader checks first).
+
+    ``years``: the calendar length of the run (the seed's hypotheses ask for five).
+    """
     notes = [
         f"Total return {_pct(metrics.total_return)} (Sharpe {_num(metrics.sharpe_ratio)}, "
         f"max drawdown {_pct(metrics.max_drawdown)}) against buy-and-hold's "
@@ -247,12 +252,15 @@ def reading_notes(metrics: Metrics, benchmark: Benchmark) -> list[str]:
     ]
     p = metrics.p_value
     if p is None:
-        notes.append("The mean bar return has no variance to test.")
+        notes.append("The mean excess bar return has no variance to test.")
     elif p >= SEED_P:
-        notes.append(f"The mean bar return is not distinguishable from zero (t-test p = {p:.2f}).")
+        notes.append(
+            "The mean excess bar return (over the risk-free rate) is not distinguishable from "
+            f"zero (t-test p = {p:.2f})."
+        )
     else:
         notes.append(
-            f"The mean bar return differs from zero (t-test p = {p:.3f}) for this one "
+            f"The mean excess bar return differs from zero (t-test p = {p:.3f}) for this one "
             "configuration; a search over many configurations needs /optimize's deflated "
             "Sharpe ratio instead."
         )
@@ -263,15 +271,37 @@ def reading_notes(metrics: Metrics, benchmark: Benchmark) -> list[str]:
         )
     if metrics.rejected_orders:
         notes.append(f"{metrics.rejected_orders} order(s) were rejected (cash or max_positions).")
-    sharpe_ok = (metrics.sharpe_ratio or 0.0) > SEED_SHARPE
-    win_ok = (metrics.win_rate or 0.0) > SEED_WIN_RATE
-    p_ok = p is not None and p < SEED_P
-    met = sum((sharpe_ok, win_ok, p_ok))
-    notes.append(
-        f"Seed hypotheses (Sharpe > {SEED_SHARPE}, win rate > {SEED_WIN_RATE:.0%}, "
-        f"p < {SEED_P}): {met} of 3 hold here."
-    )
+    notes.append(seed_hypotheses_note(metrics, years))
     return notes
+
+
+def seed_hypotheses_note(metrics: Metrics, years: float) -> str:
+    """Return which of the seed's four hypotheses a run meets, and whether it is long enough.
+
+    Sharpe > 1.5, win rate > 60%, max drawdown < 20% (shallower than -20%), t-test p < 0.05;
+    a run shorter than five calendar years is said to be too short to test them.
+    """
+    p = metrics.p_value
+    dd = metrics.max_drawdown
+    checks = [
+        (f"Sharpe > {SEED_SHARPE}", (metrics.sharpe_ratio or 0.0) > SEED_SHARPE),
+        (f"win rate > {SEED_WIN_RATE:.0%}", (metrics.win_rate or 0.0) > SEED_WIN_RATE),
+        (f"max drawdown < {SEED_MAX_DRAWDOWN:.0%}", dd is not None and -dd < SEED_MAX_DRAWDOWN),
+        (f"p < {SEED_P}", p is not None and p < SEED_P),
+    ]
+    held = [name for name, ok in checks if ok]
+    failed = [name for name, ok in checks if not ok]
+    text = (
+        f"Seed hypotheses (Sharpe > {SEED_SHARPE}, win rate > {SEED_WIN_RATE:.0%}, max drawdown "
+        f"< {SEED_MAX_DRAWDOWN:.0%}, p < {SEED_P}): {len(held)} of {len(checks)} hold here"
+        + (f" (not: {', '.join(failed)})." if failed else ".")
+    )
+    if years < SEED_YEARS:
+        text += (
+            f" The run covers {years:.1f} years, shorter than the {SEED_YEARS:.0f} years the "
+            "hypotheses are to be tested on."
+        )
+    return text
 
 
 @dataclass(frozen=True)
@@ -299,10 +329,10 @@ def run_benchmark(config: BacktestConfig, bars: Bars) -> BenchmarkRun:
 N_BOOTSTRAP = 1000  # resamples of the mean's confidence interval
 
 
-def mean_ci(ev: Evaluation) -> tuple[float, float]:
-    """Return the bootstrap confidence interval of an evaluation's mean bar return."""
+def mean_ci(ev: Evaluation, risk_free_rate: float, periods_per_year: float) -> tuple[float, float]:
+    """Return the bootstrap confidence interval of an evaluation's mean excess bar return."""
     r = returns_from_equity(ev.sim.equity, ev.sim.initial_capital)
-    return bootstrap_mean_ci(r, n_boot=N_BOOTSTRAP)
+    return bootstrap_mean_ci(r - risk_free_rate / periods_per_year, n_boot=N_BOOTSTRAP)
 
 
 def with_mean_ci(ev: Evaluation, ci: tuple[float, float]) -> Evaluation:
@@ -323,7 +353,7 @@ def evaluate(
 
     ``benchmark``: the buy-and-hold run when the caller has it already (it depends on the
     bars and the costs, not on the strategy). ``bootstrap`` False leaves the mean's
-    confidence interval null, for ``with_mean_ci(ev, mean_ci(ev))`` later (the service
+    confidence interval null, for ``with_mean_ci(ev, mean_ci(ev, rf, ppy))`` later (the service
     draws it while it stores the run).
     """
     sim = simulate_config(config, bars, signals)
@@ -350,6 +380,6 @@ def evaluate(
         metrics=metrics,
         benchmark=bench.summary,
         trades=trades_summary(sim),
-        notes=reading_notes(metrics, bench.summary),
+        notes=reading_notes(metrics, bench.summary, years),
         fills=fill_columns(sim, bars),
     )

@@ -1,5 +1,6 @@
 """The only code that touches SQL for backtests: runs in `backtest_results`, fills in
-`backtest_trades`. Keyword-only arguments; the caller owns the transaction."""
+`backtest_trades`, walk-forwards and searches in `analysis_runs`. Keyword-only arguments;
+the caller owns the transaction."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table, and_, func, insert, or_, select, update
+from sqlalchemy import Table, and_, func, insert, literal, null, or_, select, union_all, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.tables import BacktestResult, BacktestTrade, StrategyVersion
+from shared.tables import AnalysisRun, BacktestResult, BacktestTrade, StrategyVersion
 
 RESULTS: Table = BacktestResult.__table__  # type: ignore[attr-defined]
 TRADES: Table = BacktestTrade.__table__  # type: ignore[attr-defined]
+ANALYSES: Table = AnalysisRun.__table__  # type: ignore[attr-defined]
 STRATEGIES: Table = StrategyVersion.__table__  # type: ignore[attr-defined]
 
 
@@ -189,26 +191,121 @@ def _run_filter(strategy: str | None, symbol: str | None) -> list[Any]:
     return conditions
 
 
+def _analysis_filter(kind: str | None, strategy: str | None, symbol: str | None) -> list[Any]:
+    c = ANALYSES.c
+    conditions: list[Any] = []
+    if kind:
+        conditions.append(c.kind == kind)
+    if strategy:
+        conditions.append(c.strategy_name == strategy)
+    if symbol:
+        conditions.append(c.symbol == symbol)
+    return conditions
+
+
+# A listed run's figures (a search's are its winner's), then every column a listed run has.
+HEADLINE = (
+    "final_capital",
+    "total_return",
+    "sharpe_ratio",
+    "max_drawdown",
+    "win_rate",
+    "total_trades",
+)
+LISTED = (
+    "run_id",
+    "kind",
+    "created_at",
+    "strategy_name",
+    "symbol",
+    "symbols",
+    "start_date",
+    "end_date",
+    "initial_capital",
+    *HEADLINE,
+)
+
+
 async def list_runs(
     session: AsyncSession,
     *,
+    kind: str | None,
     strategy: str | None,
     symbol: str | None,
     limit: int,
     offset: int,
 ) -> tuple[list[Any], int]:
-    """Return (a page of runs newest first, the number of runs matching)."""
-    t = RESULTS
-    conditions = _run_filter(strategy, symbol)
-    total = await session.scalar(select(func.count()).select_from(t).where(*conditions))
+    """Return (a page of stored runs of every kind, or of one, newest first; the number
+    matching): the `LISTED` columns only (never a run's series)."""
+    parts = []
+    if kind in (None, "backtest"):
+        b = RESULTS.c
+        columns: dict[str, Any] = {n: b[n] for n in LISTED if n in b}
+        columns["kind"] = literal("backtest")
+        parts.append(
+            select(*(columns[n].label(n) for n in LISTED)).where(*_run_filter(strategy, symbol))
+        )
+    if kind != "backtest":
+        a = ANALYSES.c
+        columns_a: dict[str, Any] = {n: a[n] for n in LISTED if n in a}
+        columns_a["symbols"] = null()
+        parts.append(
+            select(*(columns_a[n].label(n) for n in LISTED)).where(
+                *_analysis_filter(kind, strategy, symbol)
+            )
+        )
+    runs = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    total = await session.scalar(select(func.count()).select_from(runs))
     rows = await session.execute(
-        select(t)
-        .where(*conditions)
-        .order_by(t.c.created_at.desc(), t.c.id.desc())
+        select(runs)
+        .order_by(runs.c.created_at.desc(), runs.c.run_id.desc())
         .limit(limit)
         .offset(offset)
     )
     return list(rows.all()), int(total or 0)
+
+
+async def insert_analysis(
+    session: AsyncSession,
+    *,
+    run_id: uuid.UUID,
+    kind: str,
+    created_at: datetime,
+    strategy: str,
+    symbol: str,
+    start_date: date,
+    end_date: date,
+    configuration: dict[str, Any],
+    bars_hash: str,
+    result: dict[str, Any],
+    series: Series | None,
+    initial_capital: float,
+    headline: dict[str, float | int | None],
+) -> None:
+    """Add one walk-forward or search (a walk-forward with its stitched series)."""
+    await session.execute(
+        insert(ANALYSES).values(
+            run_id=run_id,
+            kind=kind,
+            created_at=created_at,
+            strategy_name=strategy,
+            symbol=symbol,
+            start_date=_day(start_date),
+            end_date=_day(end_date),
+            configuration=configuration,
+            bars_hash=bars_hash,
+            result=result,
+            series=encode_series(series) if series is not None else None,
+            initial_capital=initial_capital,
+            **{k: headline.get(k) for k in HEADLINE},
+        )
+    )
+
+
+async def load_analysis(session: AsyncSession, *, run_id: uuid.UUID) -> Any | None:
+    """Return one stored walk-forward or search (a row with the table's columns), or None."""
+    t = ANALYSES
+    return (await session.execute(select(t).where(t.c.run_id == run_id))).first()
 
 
 async def load_fills(

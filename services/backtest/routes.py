@@ -14,6 +14,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from services.backtest.schemas import (
+    AnalysisKind,
+    AnalysisLinks,
     BacktestRequest,
     BacktestResult,
     MonteCarloRequest,
@@ -22,6 +24,7 @@ from services.backtest.schemas import (
     OptimizeResult,
     RunLinks,
     RunList,
+    StoredResult,
     TradeList,
     WalkForwardRequest,
     WalkForwardResult,
@@ -51,7 +54,10 @@ errors = ProblemDocs(
 )
 RUN_ERRORS = errors(400, 401, 404, 422, 502, 503)
 READ_ERRORS = errors(401, 404, 422, 503)
-RunId = Annotated[uuid.UUID, Path(description="The run's id (`run_id` of a backtest answer).")]
+RunId = Annotated[
+    uuid.UUID,
+    Path(description="The run's id (`run_id` of a backtest, walk-forward or optimize answer)."),
+]
 EquityPoints = Annotated[
     int,
     Query(
@@ -71,6 +77,10 @@ SymbolQuery = Annotated[
 ]
 StrategyQuery = Annotated[
     str | None, Query(max_length=100, description="Only runs of this strategy name.")
+]
+KindQuery = Annotated[
+    AnalysisKind | None,
+    Query(description="Only runs of this kind: `backtest`, `walk_forward` or `optimization`."),
 ]
 
 
@@ -113,6 +123,19 @@ def with_links(result: BacktestResult, prefix: str) -> BacktestResult:
     )
 
 
+def with_prefix(result: Any, prefix: str) -> Any:
+    """Return any stored answer with its links under the app's mount point."""
+    if isinstance(result, BacktestResult):
+        return with_links(result, prefix)
+    links = getattr(result, "links", None)
+    if not prefix or not isinstance(links, AnalysisLinks):
+        return result
+    chart = prefix + links.chart if links.chart else None
+    return result.model_copy(
+        update={"links": AnalysisLinks(result=prefix + links.result, chart=chart)}
+    )
+
+
 async def _backtest_job(
     service: BacktestService, body: BacktestRequest, prefix: str, ctx: JobContext
 ) -> dict[str, Any]:
@@ -122,19 +145,22 @@ async def _backtest_job(
     return with_links(result, prefix).model_dump(mode="json")
 
 
-async def _prepared_job(service: BacktestService, prepared: Prepared, ctx: JobContext) -> Any:
+async def _prepared_job(
+    service: BacktestService, prepared: Prepared, prefix: str, ctx: JobContext
+) -> Any:
     result = await service.run_prepared(prepared, ctx)
-    return result.model_dump(mode="json")
+    return with_prefix(result, prefix).model_dump(mode="json")
 
 
 async def _start(
     request: Request, service: BacktestService, jobs: JobRunner, prepared: Prepared
 ) -> Any:
     """Answer prepared work directly, or start it as a job (202)."""
+    prefix = _prefix(request)
     if not prepared.needs_job:
-        return await service.run_prepared(prepared)
+        return with_prefix(await service.run_prepared(prepared), prefix)
     job = await jobs.submit(
-        prepared.work, prepared.request, partial(_prepared_job, service, prepared)
+        prepared.work, prepared.request, partial(_prepared_job, service, prepared, prefix)
     )
     return accepted(request, job)
 
@@ -271,7 +297,9 @@ async def run_walk_forward(
 
     In each window the `param_grid` combination best on `objective` over the train bars is
     traded on the test bars (no `param_grid`: the `strategy.params` as given). The strategy
-    sees the train bars as history; positions are closed at each window's end.
+    sees the train bars as history; the test windows trade as one run, a position staying
+    open across a boundary while the next window holds the same side (`flat_at_boundary`:
+    every window starts flat and closes what is open at its end).
 
     Answer: `n_windows`, per-window dates, fitted `params`, in-sample and out-of-sample
     metrics; the stitched out-of-sample `equity`, its `metrics` and `benchmark`
@@ -285,6 +313,11 @@ async def run_walk_forward(
     each window's `ml` give the out-of-sample hit rate of the calls against the naive
     baselines (the majority class, yesterday's direction). Always a job (202), with
     progress per training and window.
+
+    Every walk-forward is stored (config, input-bar hash, answer, the stitched out-of-sample
+    equity), inline or as a job: `run_id` names it for `GET /results/{run_id}`, its
+    `chart.png` and `POST /monte_carlo`. `notes` say when the bars do not reach an end of
+    the dates asked.
 
     Answers 200 directly when windows x combinations x bars is at most 20,000,000
     trial-bars (about a second); otherwise 202 and runs as a job with progress per window.
@@ -311,16 +344,20 @@ async def optimize_parameters(
     sharpe_ratio, total_return, cagr, calmar_ratio, max_drawdown, ...).
 
     Answer: `n_trials`, the `top_n` combinations with their metrics, `best_params`, and,
-    because many trials were tried, the winner's `deflated_sharpe_ratio` (probability its
-    Sharpe beats the best of n_trials skill-less trials; >= 0.95 is significant) and `pbo`,
-    the probability of backtest overfitting by combinatorially symmetric cross-validation
-    (> 0.5: likely overfitted), each in [0, 1], with a one-line `reading`.
+    because many trials were tried, two questions on the excess-return Sharpe that ranks
+    them, each in [0, 1]: is the best more than luck? the winner's `deflated_sharpe_ratio`
+    (probability its Sharpe beats the best of `effective_trials` skill-less trials; >= 0.95
+    is significant; its inputs in `deflated_sharpe`), and does picking the in-sample best
+    help? `pbo`, the probability of backtest overfitting by combinatorially symmetric
+    cross-validation (> 0.5: the parameter choice does not carry over), with a `reading`.
 
     `param_grid` may name any `$param` of a language strategy (inline or saved).
 
     Answers 200 directly when trials x bars is at most 20,000,000 (e.g. 1,605 SMA pairs on
     ten years of daily bars); otherwise 202 and runs as a job with progress per batch of
-    trials. At most 60,000,000 trial-bars per search.
+    trials. At most 60,000,000 trial-bars per search. Every search is stored: `run_id` names
+    it for `GET /results/{run_id}`; `notes` say when the bars do not reach an end of the
+    dates asked.
     """
     prepared = await service.prepare_optimize(body)
     return await _start(request, service, jobs, prepared)
@@ -338,7 +375,9 @@ async def optimize_parameters(
 async def run_monte_carlo(
     body: MonteCarloRequest, request: Request, service: Service, jobs: Jobs
 ) -> Any:
-    """Resample a stored run (`run_id`) or a new backtest (`config`, run and stored first)
+    """Resample a stored run (`run_id` of a backtest, or of a walk-forward: its stitched
+    out-of-sample bar returns, block bootstrap only) or a new backtest (`config`, run and
+    stored first)
     `n_runs` times (default 1,000) two ways, with `seed`: the trade-order bootstrap (its
     closed trades drawn with replacement) and the circular block bootstrap of its bar
     returns (`block` bars, default n^(1/3)).
@@ -359,35 +398,42 @@ async def run_monte_carlo(
     operation_id="list_results",
     response_model=RunList,
     responses=errors(401, 422, 503),
-    summary="Stored backtest runs",
+    summary="Stored backtests, walk-forwards and searches",
 )
 async def list_results(
     service: Service,
+    kind: KindQuery = None,
     strategy: StrategyQuery = None,
     symbol: SymbolQuery = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> RunList:
-    """List stored runs, newest first, optionally only one `strategy` or runs that traded
-    `symbol`: run_id, dates, capital, total_return, sharpe_ratio, max_drawdown, win_rate,
-    total_trades. `page` gives the total and the next `offset`."""
-    return await service.list_results(strategy=strategy, symbol=symbol, limit=limit, offset=offset)
+    """List stored runs of every kind, newest first, optionally only one `kind`
+    (backtest, walk_forward, optimization), one `strategy` or runs that traded `symbol`:
+    run_id, kind, dates, capital, total_return, sharpe_ratio, max_drawdown, win_rate,
+    total_trades (a search's are its winner's). `page` gives the total and the next
+    `offset`."""
+    return await service.list_results(
+        kind=kind, strategy=strategy, symbol=symbol, limit=limit, offset=offset
+    )
 
 
 @router.get(
     "/results/{run_id}",
     operation_id="get_results",
-    response_model=BacktestResult,
+    response_model=StoredResult,
     responses=READ_ERRORS,
-    summary="One stored backtest",
+    summary="One stored backtest, walk-forward or search",
 )
 async def get_results(
     run_id: RunId, request: Request, service: Service, equity_points: EquityPoints = 250
-) -> BacktestResult:
-    """Return a stored run exactly as `run_backtest` answered it (config, metrics,
-    benchmark, trades summary, equity at most `equity_points` points, notes)."""
-    result = await service.get_result(run_id, equity_points=equity_points)
-    return with_links(result, _prefix(request))
+) -> Any:
+    """Return a stored run exactly as it was answered; `kind` says which: `backtest` (as
+    `run_backtest`: config, metrics, benchmark, trades summary, notes), `walk_forward` (as
+    `walk_forward`, its stitched out-of-sample equity) or `optimization` (as
+    `optimize_parameters`). Equity curves at most `equity_points` points."""
+    result = await service.get_any(run_id, equity_points=equity_points)
+    return with_prefix(result, _prefix(request))
 
 
 @router.get(
@@ -401,7 +447,7 @@ async def get_results(
         },
         **READ_ERRORS,
     },
-    summary="Chart of a stored backtest (PNG)",
+    summary="Chart of a stored backtest or walk-forward (PNG)",
 )
 async def get_chart(
     run_id: RunId,
@@ -410,7 +456,9 @@ async def get_chart(
     height: Annotated[int, Query(ge=200, le=1600, description="Pixels.")] = 600,
 ) -> Response:
     """Draw a stored run: its equity against buy-and-hold on top with buys (^) and sells (v)
-    marked, both drawdowns below. Returns a PNG image."""
+    marked, both drawdowns below; a walk-forward's stitched out-of-sample equity against
+    buy-and-hold on the same bars (a search has no chart: 404 `no_chart`). Returns a PNG
+    image."""
     png = await service.chart(run_id, width=width, height=height)
     return Response(content=png, media_type="image/png")
 

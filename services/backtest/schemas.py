@@ -14,8 +14,10 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from services.backtest.config import BacktestConfig
+from shared.verdicts import PairedVerdict
 
 
 def finite(x: float | None) -> float | None:
@@ -47,8 +49,11 @@ class RunConfig(BacktestConfig):
 
 EQUITY_POINTS_DOC = (
     "Most points of the equity curve in the answer (evenly spaced; first and last bar always "
-    "kept). Metrics always use every bar."
+    "kept); 0 leaves the curve out (the default through MCP: ask 20 for a sketch, "
+    "`get_results` for the full curve). Metrics always use every bar."
 )
+# Through the MCP gateway a run answers without its curve unless asked (answers stay small).
+EQUITY_POINTS_MCP: JsonDict = {"x-mcp-default": 0}
 
 
 EXAMPLE: dict[str, Any] = {
@@ -68,7 +73,13 @@ class BacktestRequest(RunConfig):
 
     model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
 
-    equity_points: int = Field(default=250, ge=2, le=20_000, description=EQUITY_POINTS_DOC)
+    equity_points: int = Field(
+        default=250,
+        ge=0,
+        le=20_000,
+        description=EQUITY_POINTS_DOC,
+        json_schema_extra=EQUITY_POINTS_MCP,
+    )
 
 
 class Range(BaseModel):
@@ -189,7 +200,19 @@ class WalkForwardRequest(SearchSettings, RunConfig):
         default=False,
         description="In-sample windows all start at the first bar (expanding) instead of rolling.",
     )
-    equity_points: int = Field(default=250, ge=2, le=20_000, description=EQUITY_POINTS_DOC)
+    equity_points: int = Field(
+        default=250,
+        ge=0,
+        le=20_000,
+        description=EQUITY_POINTS_DOC,
+        json_schema_extra=EQUITY_POINTS_MCP,
+    )
+    flat_at_boundary: bool = Field(
+        default=False,
+        description="true: every test window starts flat and closes what is open at its end "
+        "(a round trip of costs at each boundary). false: the windows trade as one run, and "
+        "a position stays open across a boundary while the next window holds the same side.",
+    )
     retrain_every: int = Field(
         default=1,
         ge=1,
@@ -208,7 +231,11 @@ class MonteCarloRequest(BaseModel):
         json_schema_extra={"examples": [{"config": EXAMPLE, "n_runs": 1000, "seed": 0}]},
     )
 
-    run_id: uuid.UUID | None = Field(default=None, description="A stored run to resample.")
+    run_id: uuid.UUID | None = Field(
+        default=None,
+        description="A stored backtest or walk-forward to resample (a walk-forward's "
+        "stitched out-of-sample bar returns).",
+    )
     config: BacktestRequest | None = Field(
         default=None, description="A backtest to run (and store) and then resample."
     )
@@ -252,10 +279,12 @@ class Metrics(Answer):
     expectancy: Num = Field(description="Mean pnl per round trip, in cash.")
     alpha: Num = Field(description="Annualised alpha against buy-and-hold on the same bars.")
     beta: Num = Field(description="Beta against buy-and-hold on the same bars.")
-    t_statistic: Num = Field(description="t statistic of the mean bar return being zero.")
+    t_statistic: Num = Field(
+        description="t statistic of the mean excess bar return (less the risk-free rate) being 0."
+    )
     p_value: Num = Field(description="Two-sided p-value of that t-test (small: mean != 0).")
     mean_return_ci: list[Num] = Field(
-        description="95% bootstrap confidence interval of the mean bar return: [low, high]."
+        description="95% bootstrap confidence interval of the mean excess bar return: [low, high]."
     )
     probabilistic_sharpe_ratio: Num = Field(
         description="Probability that the true Sharpe ratio is above zero (PSR), in [0, 1]."
@@ -310,6 +339,19 @@ class EquityCurve(Answer):
     total_points: int = Field(description="Bars in the run (every one is in the metrics).")
 
 
+KIND_DOC = "What was stored: `backtest`, `walk_forward` or `optimization`."
+AnalysisKind = Literal["backtest", "walk_forward", "optimization"]
+
+
+class AnalysisLinks(Answer):
+    """Where to read a stored walk-forward or search again."""
+
+    result: str = Field(description="`GET` it: the stored answer.")
+    chart: str | None = Field(
+        default=None, description="A walk-forward's stitched equity chart (PNG); null otherwise."
+    )
+
+
 class RunLinks(Answer):
     """Where to read more of a stored run."""
 
@@ -321,6 +363,7 @@ class RunLinks(Answer):
 class BacktestResult(Answer):
     """A stored backtest: config, metrics beside buy-and-hold, equity, trades summary."""
 
+    kind: Literal["backtest"] = Field(default="backtest", description=KIND_DOC)
     run_id: uuid.UUID
     created_at: datetime
     strategy: str
@@ -349,16 +392,17 @@ class Page(Answer):
 
 
 class RunSummary(Answer):
-    """One stored run, as listed."""
+    """One stored run, as listed (a search's figures are its winner's)."""
 
     run_id: uuid.UUID
+    kind: AnalysisKind = Field(description=KIND_DOC)
     created_at: datetime
     strategy: str
     symbols: list[str]
     start_date: date
     end_date: date
     initial_capital: float
-    final_capital: float
+    final_capital: Num
     total_return: Num
     sharpe_ratio: Num
     max_drawdown: Num
@@ -428,9 +472,44 @@ class Trial(Answer):
     metrics: dict[str, int | float | None]
 
 
+class DeflatedSharpe(Answer):
+    """The Deflated Sharpe Ratio's inputs: Sharpe ratios of excess returns, per bar unless
+    annualised (the README's "Reading DSR and PBO")."""
+
+    n_trials: int
+    effective_trials: Num = Field(
+        description="Independent trials with the same expected best Sharpe as the search's "
+        "correlated ones (from the correlation of the sampled trials' bar returns)."
+    )
+    sampled_trials: int = Field(description="Trials rerun for that correlation.")
+    sharpe: Num = Field(description="The winner's per-bar excess-return Sharpe.")
+    sharpe_annualized: Num
+    threshold_sharpe: Num = Field(
+        description="SR0: the expected best per-bar Sharpe of effective_trials skill-less trials."
+    )
+    threshold_sharpe_annualized: Num
+    sharpe_variance: Num = Field(
+        description="Null variance of the per-bar Sharpe estimator (with skew and kurtosis)."
+    )
+    bars: int
+    skewness: Num
+    kurtosis: Num = Field(description="The winner's kurtosis (3 for normal returns).")
+    cross_trial_dsr: Num = Field(
+        description="The paper's variant: SR0 from the variance of the trials' Sharpe ratios "
+        "and n_trials; blind to a grid where some parameters truly work."
+    )
+    cross_trial_threshold_sharpe: Num
+    cross_trial_variance: Num
+
+
 class OptimizeResult(Answer):
     """The best combinations, and whether the winner's edge survives the search."""
 
+    kind: Literal["optimization"] = Field(default="optimization", description=KIND_DOC)
+    run_id: uuid.UUID | None = Field(
+        default=None, description="Its id: `GET /results/{run_id}` answers it again."
+    )
+    created_at: datetime | None = Field(default=None, description="When it was stored.")
     strategy: str
     symbol: str
     start: date
@@ -446,17 +525,29 @@ class OptimizeResult(Answer):
     best_params: dict[str, float | int | bool]
     top: list[Trial]
     deflated_sharpe_ratio: Num = Field(
-        description="P(the winner's Sharpe beats the best of n_trials skill-less trials), "
+        description="P(the winner's excess-return Sharpe beats the best of effective_trials "
+        "skill-less trials), "
         "[0, 1]; above 0.95 is significant."
+    )
+    deflated_sharpe: DeflatedSharpe | None = Field(
+        default=None, description="The DSR's inputs (null without a Sharpe to deflate)."
     )
     pbo: Num = Field(
         description="Probability of backtest overfitting by CSCV, [0, 1]: the share of splits "
         "where the in-sample winner ranks at or below the median out of sample."
     )
     pbo_splits: int
-    reading: str = Field(description="One line: what DSR and PBO say about the winner.")
+    reading: str = Field(
+        description="One line: whether the best is more than luck (DSR) and whether picking "
+        "the in-sample best helps (PBO)."
+    )
     elapsed_s: float
     backtests_per_second: float
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What to keep in mind: e.g. the bars not reaching an end of the dates asked.",
+    )
+    links: AnalysisLinks | None = Field(default=None, description="Where to read it again.")
 
 
 class InSample(Answer):
@@ -477,6 +568,14 @@ class OutOfSample(Answer):
     total_trades: int
 
 
+TEST_DOC = (
+    "The paired test of the realised out-of-sample calls against the naive baselines: the "
+    "three-way verdict (`beats`, `does_not_beat`, `insufficient_evidence` below `min_calls`), "
+    "`n`, and per baseline the counts b (`model_only`), c (`baseline_only`) and the exact "
+    "McNemar p-value."
+)
+
+
 class HitRates(Answer):
     """Share of correct direction calls on the bars whose outcome is known."""
 
@@ -494,7 +593,8 @@ class WindowCalls(Answer):
     calls: int = Field(description="Bars called in the test window.")
     realised: int = Field(description="Of them, bars whose outcome is known in the window.")
     hit_rate: HitRates
-    beats_baselines: bool = Field(description="Model hit rate above both baselines here.")
+    baseline_test: PairedVerdict = Field(description=TEST_DOC + " This window's bars only.")
+    beats_baselines: bool = Field(description="`baseline_test.verdict` is `beats`.")
 
 
 class WindowResult(Answer):
@@ -521,9 +621,14 @@ class MlWalkForward(Answer):
     calls: int
     realised: int = Field(description="Out-of-sample bars whose outcome is known.")
     hit_rate: HitRates = Field(description="Over the realised out-of-sample bars of all windows.")
-    windows_beating_baselines: int
+    windows_beating_baselines: int = Field(
+        description="Windows whose own `baseline_test` verdict is `beats`."
+    )
+    baseline_test: PairedVerdict = Field(
+        description=TEST_DOC + " Per-bar correctness pooled over all windows."
+    )
     beats_baselines: bool = Field(
-        description="Whether the model's overall out-of-sample hit rate is above both baselines'."
+        description="`baseline_test.verdict` is `beats` (derived from the three-way verdict)."
     )
     reading: str
 
@@ -531,6 +636,11 @@ class MlWalkForward(Answer):
 class WalkForwardResult(Answer):
     """Windows fitted in sample and tested out of sample, stitched into one OOS equity."""
 
+    kind: Literal["walk_forward"] = Field(default="walk_forward", description=KIND_DOC)
+    run_id: uuid.UUID | None = Field(
+        default=None, description="Its id: `GET /results/{run_id}` answers it again."
+    )
+    created_at: datetime | None = Field(default=None, description="When it was stored.")
     strategy: str
     symbol: str
     bars: int
@@ -553,6 +663,16 @@ class WalkForwardResult(Answer):
     ml: MlWalkForward | None = Field(
         default=None, description="`ml_ensemble` only: out-of-sample hit rates vs baselines."
     )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What to keep in mind: e.g. the bars not reaching an end of the dates asked.",
+    )
+    links: AnalysisLinks | None = Field(default=None, description="Where to read it again.")
+
+
+StoredResult = Annotated[
+    BacktestResult | WalkForwardResult | OptimizeResult, Field(discriminator="kind")
+]
 
 
 class Percentiles(Answer):
@@ -569,7 +689,14 @@ class Distribution(Answer):
     """The outcome of one resampling method over n_runs paths."""
 
     final_return: Percentiles
-    max_drawdown: Percentiles
+    max_drawdown: Percentiles = Field(
+        description="Worst drawdown of each path, measured at drawdown_resolution."
+    )
+    drawdown_resolution: Literal["trade", "bar"] = Field(
+        description="`trade`: equity marked only when a trade closes (trade to trade), "
+        "compare with actual_trade_max_drawdown; `bar`: marked every bar, compare with "
+        "actual_max_drawdown."
+    )
     probability_of_loss: float
     var: float = Field(
         description="Value at risk: the loss (a positive fraction) that the worst "
@@ -588,7 +715,13 @@ class MonteCarloResult(Answer):
     confidence: float
     n_trades: int
     actual_total_return: Num
-    actual_max_drawdown: Num
+    actual_max_drawdown: Num = Field(
+        description="The run's worst drawdown bar to bar (the block bootstrap's resolution)."
+    )
+    actual_trade_max_drawdown: Num = Field(
+        description="The run's worst drawdown trade to trade: its closed trades compounded in "
+        "their order (the trade bootstrap's resolution; null without trades)."
+    )
     trade_bootstrap: Distribution | None = Field(
         description="Trades resampled with replacement (null without closed trades)."
     )

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from services.backtest import repository as repo
+from services.backtest.analyses import Analyses, full_request
 from services.backtest.catalog import StrategyCatalog, needs_signals
 from services.backtest.charts import render_chart
 from services.backtest.config import strategy_definition
@@ -54,6 +55,7 @@ from services.backtest.schemas import (
     RunLinks,
     RunList,
     RunSummary,
+    StoredResult,
     TradeList,
     TradesSummary,
     WalkForwardRequest,
@@ -130,10 +132,13 @@ def ml_notes(
         h = c.hit_rate
         weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.weights.items()))
         confident = int((c.confidence >= params.min_confidence).sum())
+        known = np.isfinite(c.outcome)
+        oos = int((known & ~c.in_sample).sum()) if c.in_sample.size == known.size else c.realised
         out.append(
             f"ml_ensemble: {c.symbol} traded {c.model} {c.version} (weights {weights}); "
             f"{c.days.size} calls, {confident} at or above min_confidence "
-            f"{params.min_confidence:g}; over {c.realised} realised bars the calls were "
+            f"{params.min_confidence:g}; over {oos} realised out-of-sample bars (of "
+            f"{c.realised} realised) the calls were "
             f"right {_pct(h.get('model'))} vs {_pct(h.get('majority'))} for the majority class "
             f"and {_pct(h.get('previous'))} for yesterday's direction. "
             + (
@@ -177,6 +182,7 @@ class BacktestService:
         self._evaluations = LRUCache(maxsize=64, max_bytes=256 * 2**20)
         self._predictor = predictor
         self.catalog = StrategyCatalog(db, self.predictor_configured)
+        self.analyses = Analyses(db)
 
     @property
     def predictor(self) -> Predictor:
@@ -326,7 +332,10 @@ class BacktestService:
             raise ValidationProblemError(f"The backtest cannot run: {e}", field="body") from e
         if self.settings.backtest_bars_ttl_s > 0:
             self._evaluations.set(bench_key, bench, self.settings.backtest_bars_ttl_s)
-        draw = asyncio.create_task(asyncio.to_thread(lambda: with_mean_ci(ev, mean_ci(ev))))
+        rf, ppy = request.risk_free_rate, request.periods_per_year
+        draw = asyncio.create_task(
+            asyncio.to_thread(lambda: with_mean_ci(ev, mean_ci(ev, rf, ppy)))
+        )
         return ev, draw
 
     async def _finish_evaluation(
@@ -374,7 +383,11 @@ class BacktestService:
                 "metrics": ev.metrics.model_dump(mode="json"),
                 "benchmark": ev.benchmark.model_dump(mode="json"),
                 "trades": ev.trades.model_dump(mode="json"),
-                "notes": [*ev.notes, *(signals.notes if signals is not None else [])],
+                "notes": [
+                    *loaded.notes,
+                    *ev.notes,
+                    *(signals.notes if signals is not None else []),
+                ],
             }
             series = repo.Series(ev.dates, ev.sim.equity, ev.benchmark_equity)
             config = stored_config(request)
@@ -466,6 +479,17 @@ class BacktestService:
             raise RunNotFoundError(f"No stored backtest run {run_id}.", field="run_id")
         return row
 
+    async def get_any(self, run_id: uuid.UUID, *, equity_points: int = 250) -> StoredResult:
+        """Return a stored backtest, walk-forward or search as it was answered (a backtest
+        first: its answers are cached)."""
+        try:
+            return await self.get_result(run_id, equity_points=equity_points)
+        except RunNotFoundError:
+            analysis = await self.analyses.row(run_id)
+            if analysis is None:
+                raise
+        return self.analyses.answer(analysis, equity_points=equity_points)
+
     async def get_result(self, run_id: uuid.UUID, *, equity_points: int = 250) -> BacktestResult:
         """Return a stored run as `POST /backtest` answered it."""
         key = f"backtest:result:{run_id}:{equity_points}"
@@ -488,12 +512,20 @@ class BacktestService:
         return answer
 
     async def list_results(
-        self, *, strategy: str | None, symbol: str | None, limit: int, offset: int
+        self,
+        *,
+        strategy: str | None,
+        symbol: str | None,
+        limit: int,
+        offset: int,
+        kind: str | None = None,
     ) -> RunList:
-        """Return stored runs newest first, filtered by strategy and instrument."""
+        """Return stored runs of every kind (or one) newest first, filtered by strategy and
+        instrument."""
         async with self.db.session() as session:
             rows, total = await repo.list_runs(
                 session,
+                kind=kind,
                 strategy=strategy,
                 symbol=symbol.upper() if symbol else None,
                 limit=limit,
@@ -502,6 +534,7 @@ class BacktestService:
         runs = [
             RunSummary(
                 run_id=r.run_id,
+                kind=r.kind,
                 created_at=repo.aware(r.created_at),
                 strategy=r.strategy_name,
                 symbols=repo.split_symbols(r),
@@ -544,11 +577,18 @@ class BacktestService:
         return TradeList(run_id=run_id, trades=fills, page=_page(total, limit, offset, len(fills)))
 
     async def chart(self, run_id: uuid.UUID, *, width: int, height: int) -> bytes:
-        """Return the PNG chart of a stored run (drawn once, then cached)."""
+        """Return the PNG chart of a stored run or walk-forward (drawn once, then cached)."""
         key = f"backtest:chart:{run_id}:{width}x{height}:v1"
         cached, _ = await self.cache.get(key)
         if isinstance(cached, str):
             return base64.b64decode(cached)
+        analysis = await self.analyses.row(run_id)
+        if analysis is not None:
+            png = await asyncio.to_thread(self.analyses.chart, analysis, width=width, height=height)
+            await self.cache.set(
+                key, base64.b64encode(png).decode(), self.settings.backtest_result_ttl_s
+            )
+            return png
         row = await self._row(run_id)
         async with self.db.session() as session:
             fills, _ = await repo.load_fills(session, run_id=run_id)
@@ -672,7 +712,11 @@ class BacktestService:
         return Prepared("monte_carlo", request, None, None, source, cost, needs)
 
     async def source(self, run_id: uuid.UUID) -> Source:
-        """Return a stored run's bar returns and trade returns."""
+        """Return a stored run's bar returns and trade returns (a walk-forward's stitched
+        out-of-sample returns)."""
+        analysis = await self.analyses.row(run_id)
+        if analysis is not None:
+            return self.analyses.source(analysis)
         row = await self._row(run_id)
         async with self.db.session() as session:
             fills, _ = await repo.load_fills(session, run_id=run_id)
@@ -704,16 +748,20 @@ class BacktestService:
         if prepared.work == "optimize":
             assert prepared.plan is not None
             years = calendar_years(loaded.bars.index)
-            return await optimize(
+            searched = await optimize(
                 request, prepared.plan, loaded.bars, loaded.bars_hash, spec, years, runner
             )
+            return await self.analyses.store_optimization(request, loaded, searched)
+        full = full_request(request)  # the whole stitched equity, stored for chart and MC
         if needs_signals(request.strategy):
-            return await ml_walk_forward(
-                request, loaded.bars, loaded.bars_hash, spec, runner, self.predictor
+            walked = await ml_walk_forward(
+                full, loaded.bars, loaded.bars_hash, spec, runner, self.predictor
             )
-        return await walk_forward(
-            request, prepared.plan, loaded.bars, loaded.bars_hash, spec, runner
-        )
+        else:
+            walked = await walk_forward(
+                full, prepared.plan, loaded.bars, loaded.bars_hash, spec, runner
+            )
+        return await self.analyses.store_walk_forward(request, loaded, walked)
 
 
 def _page(total: int, limit: int, offset: int, returned: int) -> Page:

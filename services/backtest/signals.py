@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -63,6 +63,8 @@ class _Series(BaseModel):
     outcome: list[str | None]
     realised: int
     hit_rate: dict[str, float | None]
+    in_sample: list[bool] = []
+    baseline_calls: dict[str, list[str]] = {}
     beats_baselines: bool
     verdict: str
 
@@ -113,6 +115,9 @@ class Calls:
     skipped: int
     beats_baselines: bool
     verdict: str
+    # per bar: the naive baselines' calls (int8 codes) and whether the bar is in sample
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)
+    in_sample: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def digest(self) -> str:
         """Return a SHA-256 naming exactly these calls."""
@@ -156,6 +161,11 @@ def to_calls(series: _Series) -> Calls:
         skipped=series.skipped,
         beats_baselines=series.beats_baselines,
         verdict=series.verdict,
+        baselines={
+            k: np.array([CODES[d] for d in v], dtype=np.int8)
+            for k, v in series.baseline_calls.items()
+        },
+        in_sample=np.asarray(series.in_sample or [False] * len(series.timestamps), dtype=bool),
     )
 
 

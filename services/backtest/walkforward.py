@@ -8,14 +8,20 @@ overlap. `anchored` keeps every train window starting at bar 0 (expanding).
 In each window the strategy is fitted on the train bars (the `param_grid` combination best on
 the objective, via the sweep kernels) and run on the test bars. The strategy sees the train
 bars as history, so its indicators are warm and it starts the test window in the position
-it holds then (decided from past bars only); whatever is open at the window's end is closed.
-The test windows' returns are chained into one out-of-sample equity curve.
+it holds then (decided from past bars only).
+
+By default the test windows are traded as ONE continuous run over the out-of-sample bars, on
+each window's targets in turn (``trade_continuously``): a position held at a window's end
+stays open when the next window's parameters hold the same side (no forced exit, no round
+trip of costs at the boundary); the per-window figures are that run's slices. With
+``flat_at_boundary`` every test window is its own run: it starts flat, closes what is open
+at its end, and the windows' returns are chained into one out-of-sample equity curve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -133,6 +139,7 @@ class WindowOutcome:
     trade_pnls: np.ndarray
     trade_returns: np.ndarray
     exposed_bars: int
+    test_targets: np.ndarray  # the targets it traded, one per test bar
 
 
 def run_window(task: WindowTask) -> WindowOutcome:
@@ -196,17 +203,7 @@ def trade_test_window(
     atr = atr_matrix(bars, atr_period)[train:] if atr_period else None
     sim = simulate(test_bars, test_targets[:, None], spec_out, atr)
     r = sim.returns
-    out = OutOfSample(
-        total_return=finite(sim.final_capital / sim.initial_capital - 1.0),
-        annualized_return=finite(annualized_return(r, spec_out.periods_per_year)),
-        sharpe_ratio=finite(
-            sharpe_ratio(r, risk_free_rate, spec_out.periods_per_year)
-            if r.size > 1
-            else float("nan")
-        ),
-        max_drawdown=finite(drawdowns(sim.equity, sim.initial_capital).max_drawdown),
-        total_trades=sim.n_trades,
-    )
+    out = _out_of_sample(r, sim.equity, sim.initial_capital, sim.n_trades, risk_free_rate, spec_out)
     return WindowOutcome(
         index=index,
         params=params,
@@ -216,7 +213,78 @@ def trade_test_window(
         trade_pnls=sim.trade_pnls,
         trade_returns=sim.trade_returns,
         exposed_bars=int(sim.counters[core.CNT_EXPOSED]),
+        test_targets=np.asarray(test_targets, dtype=np.float64),
     )
+
+
+def _out_of_sample(
+    r: np.ndarray, equity: np.ndarray, start: float, trades: int, rf: float, spec: SimSpec
+) -> OutOfSample:
+    """Return a test window's figures from its bar returns and equity (``start`` before)."""
+    return OutOfSample(
+        total_return=finite(equity[-1] / start - 1.0),
+        annualized_return=finite(annualized_return(r, spec.periods_per_year)),
+        sharpe_ratio=finite(
+            sharpe_ratio(r, rf, spec.periods_per_year) if r.size > 1 else float("nan")
+        ),
+        max_drawdown=finite(drawdowns(equity, start).max_drawdown),
+        total_trades=trades,
+    )
+
+
+def trade_continuously(
+    request: WalkForwardRequest,
+    bars: Bars,
+    spec: SimSpec,
+    windows: list[tuple[int, int, int, int]],
+    outcomes: list[WindowOutcome],
+) -> list[WindowOutcome]:
+    """Trade every window's targets as one run over the out-of-sample bars; return the
+    outcomes with that run's slices (returns, trades closed in the window, figures).
+
+    A window whose first target is NaN (its parameters held nothing in the train bars)
+    starts with a flat wish, as it would alone.
+    """
+    spec_out = spec._replace(warmup=0)
+    first, last = windows[0][2], windows[-1][3]
+    parts = [o.test_targets.copy() for o in outcomes]
+    for t in parts:
+        if np.isnan(t[0]):
+            t[0] = 0.0
+    period = atr_period_of(request)
+    atr = atr_matrix(bars, period)[first:last] if period else None
+    sim = simulate(_slice(bars, first, last), np.concatenate(parts)[:, None], spec_out, atr)
+    r = sim.returns
+    before = np.concatenate(([sim.initial_capital], sim.equity))
+    closing = ~np.isnan(sim.fills[:, core.LOG_PNL])
+    close_bar = sim.fills[closing, core.LOG_BAR]
+    pnls, trade_returns = sim.trade_pnls, sim.trade_returns
+    exposed = np.any(sim.positions != 0, axis=1)
+    out = []
+    lo = 0
+    for o in outcomes:
+        hi = lo + o.test_targets.shape[0]
+        here = (close_bar >= lo) & (close_bar < hi)
+        figures = _out_of_sample(
+            r[lo:hi],
+            sim.equity[lo:hi],
+            float(before[lo]),
+            int(here.sum()),
+            request.risk_free_rate,
+            spec_out,
+        )
+        out.append(
+            replace(
+                o,
+                out_of_sample=figures,
+                returns=r[lo:hi],
+                trade_pnls=pnls[here],
+                trade_returns=trade_returns[here],
+                exposed_bars=int(exposed[lo:hi].sum()),
+            )
+        )
+        lo = hi
+    return out
 
 
 def _day(ts: np.datetime64) -> Any:
@@ -285,15 +353,20 @@ def assemble(
     spec_out = spec._replace(warmup=0)
     first_test, last_test = windows[0][2], windows[-1][3]
     oos_bars = _slice(bars, first_test, last_test)
+    if not request.flat_at_boundary:
+        outcomes = trade_continuously(request, bars, spec, windows, outcomes)
     returns = np.concatenate([o.returns for o in outcomes])
     initial = spec.initial_capital
     equity = initial * np.cumprod(1.0 + returns)
-    starts = np.concatenate(([initial], equity))[
-        np.cumsum([0] + [len(o.returns) for o in outcomes[:-1]])
-    ]
-    pnls = np.concatenate(
-        [o.trade_pnls * (s / initial) for o, s in zip(outcomes, starts, strict=True)]
-    )
+    if request.flat_at_boundary:  # each window's pnl in cash of its own start
+        starts = np.concatenate(([initial], equity))[
+            np.cumsum([0] + [len(o.returns) for o in outcomes[:-1]])
+        ]
+        pnls = np.concatenate(
+            [o.trade_pnls * (s / initial) for o, s in zip(outcomes, starts, strict=True)]
+        )
+    else:  # one run: its pnl is already in cash of the chained equity
+        pnls = np.concatenate([o.trade_pnls for o in outcomes])
     bench = simulate_benchmark(request, oos_bars, spec_out)
     years = calendar_years(oos_bars.index)
     ppy = spec.periods_per_year

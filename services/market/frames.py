@@ -7,13 +7,14 @@ resampling, indicators) and runs in a worker thread, off the event loop.
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from services.market.bars import Loaded
+from services.market.coverage import coverage_of, freshness
 from services.market.schemas import HistoricalData, IndicatorSeries, LatestIndicator
 from services.market.validation import fill_short_gaps, quality_of
 from shared import quant
@@ -99,10 +100,13 @@ def shape_history(
     interval: str,
     adjusted: bool,
     fill_gaps: bool,
+    now: datetime,
 ) -> HistoricalData:
-    """Check quality, optionally fill short gaps, adjust and resample; return the answer."""
+    """Check quality and coverage, optionally fill short gaps, adjust and resample; return
+    the answer (loaded has at least one bar)."""
     report, missing = quality_of(symbol, loaded.frame, loaded.rejected)
     frame = loaded.frame
+    coverage = coverage_of(symbol, _day(frame.index[0]), _day(frame.index[-1]), start, end, now)
     if fill_gaps:
         frame = fill_short_gaps(frame, missing, report.gaps)
         report.filled_rows = int(frame["filled"].sum())
@@ -125,8 +129,14 @@ def shape_history(
                 "rows": len(bars),
                 "quality": report.as_dict(),
             },
+            "coverage": coverage.fields(),
+            "notes": coverage.notes(symbol),
         }
     )
+
+
+def _day(ts: pd.Timestamp) -> date:
+    return pd.Timestamp(ts).date()
 
 
 def compute_all(frame: pd.DataFrame, checked: Checked) -> dict[str, np.ndarray]:
@@ -142,12 +152,15 @@ def compute_all(frame: pd.DataFrame, checked: Checked) -> dict[str, np.ndarray]:
 
 
 def indicator_series(
-    symbol: str, loaded: Loaded, checked: Checked, *, start: date, end: date
+    symbol: str, loaded: Loaded, checked: Checked, *, start: date, end: date, now: datetime
 ) -> IndicatorSeries:
-    """Compute indicators on every loaded bar; answer the window from start on."""
+    """Compute indicators on every loaded bar; answer the window from start on (it has at
+    least one bar)."""
     frame = loaded.frame
     values = compute_all(frame, checked)
     in_window = frame.index >= pd.Timestamp(start, tz="UTC")
+    shown = frame.index[in_window]
+    coverage = coverage_of(symbol, _day(shown[0]), _day(shown[-1]), start, end, now)
     return IndicatorSeries.model_validate(
         {
             "symbol": symbol,
@@ -160,12 +173,15 @@ def indicator_series(
             "source": ",".join(loaded.sources) or None,
             "cached": False,
             "cache_level": loaded.served_from,
+            "coverage": coverage.fields(),
+            "notes": coverage.notes(symbol),
+            **freshness(symbol, coverage.last_bar, now, until=end).fields(),
         }
     )
 
 
 def latest_indicator(
-    symbol: str, loaded: Loaded, name: str, params: dict[str, Any]
+    symbol: str, loaded: Loaded, name: str, params: dict[str, Any], now: datetime
 ) -> LatestIndicator:
     """Compute one indicator on the loaded bars; answer its value(s) on the last bar."""
     frame = loaded.frame
@@ -180,5 +196,6 @@ def latest_indicator(
             "source": ",".join(loaded.sources) or None,
             "cached": False,
             "cache_level": loaded.served_from,
+            **freshness(symbol, _day(frame.index[-1]), now).fields(),
         }
     )

@@ -181,6 +181,23 @@ class CsvProvider:
         """Return the file's last five rows."""
         return (await self._frame(symbol)).iloc[-5:].copy()
 
+    async def span(self, symbol: str) -> tuple[date, date] | None:
+        """Return the dates of the file's first and last rows (None: an empty file)."""
+        frame = await self._frame(symbol)
+        if frame.empty:
+            return None
+        return frame.index[0].date(), frame.index[-1].date()
+
+    async def listing(self) -> list[tuple[str, date, date]]:
+        """Return (symbol, first date, last date) of every file with rows, by file name."""
+        out = []
+        for stem, path in sorted(self._index().items()):
+            async with self._lock:
+                frame = await asyncio.to_thread(self._read, path)
+            if not frame.empty:
+                out.append((stem, frame.index[0].date(), frame.index[-1].date()))
+        return out
+
     async def aclose(self) -> None:
         """Drop the parsed-file memo."""
         self._frames.clear()
@@ -302,6 +319,30 @@ class ProviderChain:
     async def fetch_latest(self, symbol: str) -> Fetched:
         """Return the latest bars from the first provider that knows the symbol."""
         return await self._first(symbol, "fetch_latest")
+
+    async def span(self, symbol: str) -> tuple[date, date] | None:
+        """Return the first and last bar dates from the first provider that knows them
+        cheaply (a local file; a remote vendor is not asked), or None."""
+        for provider in self.providers:
+            span = getattr(provider, "span", None)
+            if span is None:
+                continue
+            try:
+                got: tuple[date, date] | None = await span(symbol)
+            except AppError:
+                continue
+            if got is not None:
+                return got
+        return None
+
+    async def listing(self) -> list[tuple[str, date, date]]:
+        """Return (symbol, first date, last date) of every local file the providers hold."""
+        out: list[tuple[str, date, date]] = []
+        for provider in self.providers:
+            listing = getattr(provider, "listing", None)
+            if listing is not None:
+                out.extend(await listing())
+        return out
 
     async def aclose(self) -> None:
         """Close every provider."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Table, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +52,30 @@ async def latest_bars(session: AsyncSession, *, symbol: str, n: int = 2) -> pd.D
     stmt = _select_bars().where(t.c.symbol == symbol).order_by(t.c.timestamp.desc()).limit(n)
     rows = (await session.execute(stmt)).all()
     return _frame(list(reversed(rows)))
+
+
+def _date(moment: datetime) -> date:
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).date()
+
+
+async def stored_span(session: AsyncSession, *, symbol: str) -> tuple[date, date] | None:
+    """Return the first and last stored bar dates of symbol, or None when none is stored."""
+    t = BARS
+    stmt = select(func.min(t.c.timestamp), func.max(t.c.timestamp)).where(t.c.symbol == symbol)
+    lo, hi = (await session.execute(stmt)).one()
+    return None if lo is None else (_date(lo), _date(hi))
+
+
+async def stored_spans(session: AsyncSession) -> list[tuple[str, str, date, date]]:
+    """Return (symbol, source, first date, last date) of the stored bars, by symbol, source."""
+    t = BARS
+    stmt = (
+        select(t.c.symbol, t.c.source, func.min(t.c.timestamp), func.max(t.c.timestamp))
+        .group_by(t.c.symbol, t.c.source)
+        .order_by(t.c.symbol, t.c.source)
+    )
+    rows = (await session.execute(stmt)).all()
+    return [(r[0], str(r[1] or "unknown"), _date(r[2]), _date(r[3])) for r in rows]
 
 
 def _frame(rows: list[Any]) -> pd.DataFrame:

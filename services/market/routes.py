@@ -17,6 +17,7 @@ from services.market.schemas import (
     LatestIndicator,
     MarketStatus,
     PriceQuote,
+    SymbolList,
 )
 from services.market.service import MarketService
 from shared.api import ProblemDocs
@@ -102,6 +103,8 @@ async def get_price(symbol: Symbol, service: Service) -> PriceQuote:
 
     Served from cache (5-minute TTL) when possible, else from stored bars if they include
     the last completed NYSE session, else from the data vendor. `cache_level` says which.
+    `as_of` is the bar's date; `stale` is true, with `age_sessions` the completed sessions
+    since, when the data has no bar of the last completed session.
     """
     return await service.get_price(symbol)
 
@@ -111,7 +114,10 @@ HISTORICAL_DOC = """Return OHLCV bars between `start` and `end` (inclusive), old
 Each bar has timestamp (UTC date), open, high, low, close, volume and adj_close.
 `metadata` tells the vendor, whether the answer was cached, and a data-quality report:
 rejected vendor rows, return outliers beyond 3 standard deviations, missing sessions.
-Only missing date ranges are fetched from the vendor; stored bars are reused."""
+Only missing date ranges are fetched from the vendor; stored bars are reused.
+`coverage` compares the asked range with the bars answered (sessions missing before the
+first and after the last bar) and `notes` says when either end falls short. A range with no
+bar is a 404 `no_data` naming the range the data covers (`GET /symbols` lists them)."""
 
 
 @router.get(
@@ -182,7 +188,9 @@ INDICATORS_DOC = (
         "Values equal those computed on the full history (earlier bars are used for warm-up); "
         "bars before an indicator has a value are `null`. Definitions follow TA-Lib: "
         + ", ".join(spec.definition for spec in INDICATORS.values())
-        + ". Prices are unadjusted (split-adjusted vendor closes).",
+        + ". Prices are unadjusted (split-adjusted vendor closes). `coverage` and `notes` say "
+        "when the bars do not reach an end of the asked range; `as_of`, `stale` and "
+        "`age_sessions` how old the last bar is. A window with no bar is a 404 `no_data`.",
         width=88,
     )
 )
@@ -283,6 +291,22 @@ def _add_latest_route(spec: IndicatorSpec, route: LatestRoute) -> None:
 for _spec in INDICATORS.values():
     if _spec.route is not None:
         _add_latest_route(_spec, _spec.route)
+
+
+@router.get(
+    "/symbols",
+    operation_id="list_symbols",
+    response_model=SymbolList,
+    responses=errors(401, 503),
+    summary="Symbols with data, and their first and last bar",
+)
+async def list_symbols(service: Service) -> SymbolList:
+    """List every symbol the service has bars of: each data file's symbol (source `csv`,
+    its whole range) and each stored symbol of another vendor, with the first and last bar
+    date, whether the last bar is `stale` (older than the last completed NYSE session) and
+    by how many sessions. Ask `GET /historical/{symbol}` for dates inside that range: a
+    range without bars is a 404 `no_data` naming the range there is."""
+    return await service.list_symbols()
 
 
 @router.get(

@@ -54,6 +54,14 @@ class PriceQuote(Answer):
     )
     cached: bool = Field(description="True when served from L1 or L2 cache.")
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
+    as_of: date = Field(description="Date of the latest bar this answer is from.")
+    stale: bool = Field(
+        description="True when `as_of` is before the last completed session of the symbol's "
+        "exchange (the data has not caught up)."
+    )
+    age_sessions: int = Field(
+        description="Completed exchange sessions after `as_of` (0 when up to date)."
+    )
 
 
 class Bar(Answer):
@@ -125,6 +133,28 @@ class HistoricalMetadata(Answer):
     quality: QualityReport
 
 
+class CoverageReport(Answer):
+    """The asked range against the bars answered: sessions short at each end."""
+
+    asked_start: date
+    asked_end: date
+    first_bar: date = Field(description="Date of the first bar answered.")
+    last_bar: date = Field(description="Date of the last bar answered.")
+    sessions_missing_before: int = Field(
+        description="Sessions of the exchange from `asked_start` to before `first_bar`."
+    )
+    sessions_missing_after: int = Field(
+        description="Completed sessions after `last_bar` up to `asked_end`."
+    )
+    complete: bool = Field(description="True when both counts are 0.")
+
+
+NOTES_DOC = (
+    "Plain-language notes; one per end of the asked range the answer does not reach "
+    "(coverage is never silently short)."
+)
+
+
 class HistoricalData(Answer):
     """OHLCV bars of one symbol between two dates (inclusive), oldest first."""
 
@@ -135,6 +165,8 @@ class HistoricalData(Answer):
     end: date
     bars: list[Bar]
     metadata: HistoricalMetadata
+    coverage: CoverageReport
+    notes: list[str] = Field(default_factory=list, description=NOTES_DOC)
 
 
 class IndicatorSeries(Answer):
@@ -158,6 +190,16 @@ class IndicatorSeries(Answer):
     source: str | None = None
     cached: bool
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
+    coverage: CoverageReport
+    notes: list[str] = Field(default_factory=list, description=NOTES_DOC)
+    as_of: date = Field(description="Date of the last bar of the window.")
+    stale: bool = Field(
+        description="True when `as_of` is before the last completed session of the symbol's "
+        "exchange, or before `end` when that is earlier (the data has not caught up)."
+    )
+    age_sessions: int = Field(
+        description="Completed exchange sessions after `as_of` (0 when up to date)."
+    )
 
 
 class LatestIndicator(Answer):
@@ -171,6 +213,14 @@ class LatestIndicator(Answer):
     source: str | None = None
     cached: bool
     cache_level: CacheLevel = Field(description=CACHE_LEVEL_DOC)
+    as_of: date = Field(description="Date of the latest bar this answer is from.")
+    stale: bool = Field(
+        description="True when `as_of` is before the last completed session of the symbol's "
+        "exchange (the data has not caught up)."
+    )
+    age_sessions: int = Field(
+        description="Completed exchange sessions after `as_of` (0 when up to date)."
+    )
 
 
 class EarlyClose(Answer):
@@ -244,6 +294,27 @@ class BulkFetchResult(BaseModel):
     results: list[BulkFetchItem]
     succeeded: int
     failed: int
+
+
+class SymbolInfo(Answer):
+    """One symbol the service can answer, and the bars it has of it."""
+
+    symbol: str
+    first_bar: date = Field(description="Date of the first bar.")
+    last_bar: date = Field(description="Date of the last bar.")
+    source: str = Field(
+        description="Where the bars come from: `csv` (the data folder, its whole file) or "
+        "the vendor that supplied the stored bars (`yfinance`)."
+    )
+    stale: bool = Field(description="True when `last_bar` is before the last completed session.")
+    age_sessions: int = Field(description="Completed exchange sessions after `last_bar`.")
+
+
+class SymbolList(Answer):
+    """Every symbol with a data file or stored bars, by symbol then source."""
+
+    symbols: list[SymbolInfo]
+    last_completed_session: date = Field(description="Of the NYSE calendar, at answer time.")
 
 
 class Health(BaseHealth):

@@ -34,6 +34,7 @@ from services.market import frames
 from services.market import repository as repo
 from services.market.bars import Loaded
 from services.market.calendar import is_trading, last_final_day, market_status
+from services.market.coverage import freshness, no_data
 from services.market.frames import Checked
 from services.market.providers import ProviderChain, deadline
 from services.market.schemas import (
@@ -46,6 +47,8 @@ from services.market.schemas import (
     LatestIndicator,
     MarketStatus,
     PriceQuote,
+    SymbolInfo,
+    SymbolList,
 )
 from services.market.validation import check_date_range, normalize_symbol, reject_bad_rows
 from shared import quant
@@ -233,7 +236,8 @@ class MarketService:
                 final_day = last_final_day(symbol, now)
                 if bars is not None and not bars.empty and bars.index[-1].date() >= final_day:
                     self._unfinished.discard(symbol)
-                    return self._quote(symbol, bars, "database", str(bars["source"].iloc[-1]))
+                    source = str(bars["source"].iloc[-1])
+                    return self._quote(symbol, bars, "database", source, now)
             fetched = await self.providers.fetch_latest(symbol)
             clean, rejected = reject_bad_rows(fetched.frame)
             if clean.empty:
@@ -247,7 +251,7 @@ class MarketService:
                 self._unfinished.add(symbol)
             else:
                 self._unfinished.discard(symbol)
-            return self._quote(symbol, clean, "provider", fetched.label)
+            return self._quote(symbol, clean, "provider", fetched.label, now)
 
     async def _store_final(self, symbol: str, bars: pd.DataFrame, source: str) -> None:
         """Store final bars that came with a quote; the quote stands if the database is down."""
@@ -261,7 +265,9 @@ class MarketService:
             log.warning("bars of %s not stored (answered from the provider): %s", symbol, e)
 
     @staticmethod
-    def _quote(symbol: str, bars: pd.DataFrame, served_from: str, source: str) -> PriceQuote:
+    def _quote(
+        symbol: str, bars: pd.DataFrame, served_from: str, source: str, now: datetime
+    ) -> PriceQuote:
         last = bars.iloc[-1]
         prev = float(bars["close"].iloc[-2]) if len(bars) > 1 else None
         close = float(last["close"])
@@ -282,6 +288,7 @@ class MarketService:
                 "source": source,
                 "cached": False,
                 "cache_level": served_from,
+                **freshness(symbol, bars.index[-1].date(), now).fields(),
             }
         )
 
@@ -387,8 +394,9 @@ class MarketService:
         self, symbol: str, start: date, end: date, interval: str, adjusted: bool, fill_gaps: bool
     ) -> HistoricalData:
         loaded = await self.load(symbol, start, end)
-        if loaded.frame.empty and not await self._known(symbol):
-            raise NotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
+        if loaded.frame.empty:
+            await self._known(symbol)  # an unknown symbol is a 404 symbol_not_found
+            raise no_data(symbol, start, end, await self.span(symbol))
         return await asyncio.to_thread(
             frames.shape_history,
             symbol,
@@ -398,7 +406,48 @@ class MarketService:
             interval=interval,
             adjusted=adjusted,
             fill_gaps=fill_gaps,
+            now=self.clock(),
         )
+
+    async def span(self, symbol: str) -> tuple[date, date] | None:
+        """Return the first and last bar dates of symbol the data sources have (a data file's
+        whole range, else the stored bars'), or None when none is known."""
+        span = await self.providers.span(symbol)
+        if span is not None:
+            return span
+        try:
+            async with self.db.session() as session:
+                return await repo.stored_span(session, symbol=symbol)
+        except DatabaseUnavailableError:
+            return None
+
+    async def list_symbols(self) -> SymbolList:
+        """Return every symbol of the data files and the stored bars with its first and last
+        bar and source (a data file's whole range; stored bars of other vendors)."""
+        now = self.clock()
+        listed = {(s, "csv"): (lo, hi) for s, lo, hi in await self.providers.listing()}
+        async with self.db.session() as session:
+            stored = await repo.stored_spans(session)
+        for symbol, source, lo, hi in stored:
+            listed.setdefault((symbol, source), (lo, hi))
+        out = []
+        for (symbol, source), (lo, hi) in sorted(listed.items()):
+            try:
+                normalize_symbol(symbol)
+            except ValidationProblemError:  # a file named unlike any ticker (GOOG_btpy.csv)
+                continue
+            fresh = freshness(symbol, hi, now)
+            out.append(
+                SymbolInfo(
+                    symbol=symbol,
+                    first_bar=lo,
+                    last_bar=hi,
+                    source=source,
+                    stale=fresh.stale,
+                    age_sessions=fresh.age_sessions,
+                )
+            )
+        return SymbolList(symbols=out, last_completed_session=last_final_day("SPY", now))
 
     async def _known(self, symbol: str) -> bool:
         """Tell whether any provider knows the symbol (raises 404 through the chain if none)."""
@@ -434,10 +483,11 @@ class MarketService:
     ) -> IndicatorSeries:
         warmup = max(quant.warmup_bars(n, p) for n, p in checked.items())
         loaded = await self.load(symbol, _bars_before(start, warmup), end)
-        if loaded.frame.empty and not await self._known(symbol):
-            raise NotFoundError(f"Unknown symbol {symbol!r}", field="symbol")
+        if loaded.frame.empty or loaded.frame.index[-1] < pd.Timestamp(start, tz="UTC"):
+            await self._known(symbol)  # an unknown symbol is a 404 symbol_not_found
+            raise no_data(symbol, start, end, await self.span(symbol))
         return await asyncio.to_thread(
-            frames.indicator_series, symbol, loaded, checked, start=start, end=end
+            frames.indicator_series, symbol, loaded, checked, start=start, end=end, now=self.clock()
         )
 
     async def latest_indicator(
@@ -461,7 +511,9 @@ class MarketService:
         end = await self._latest_day(symbol)
         start = _bars_before(end, quant.warmup_bars(name, checked) + 1)
         loaded = await self.load(symbol, start, end)
-        result = await asyncio.to_thread(frames.latest_indicator, symbol, loaded, name, checked)
+        result = await asyncio.to_thread(
+            frames.latest_indicator, symbol, loaded, name, checked, self.clock()
+        )
         try:
             async with self.db.session() as session:
                 await repo.store_indicator_values(

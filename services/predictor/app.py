@@ -1,19 +1,24 @@
 """Predictor service: `uvicorn --factory services.predictor.app:create_app`.
 
-Building the app and serving its cheap routes imports no TensorFlow: the embedded gateway
-starts every service in one process. TensorFlow is loaded by the first prediction of a
-model with an LSTM member (in this process) and by training (in a job worker process).
+This process never imports TensorFlow: the embedded gateway starts every service in one
+process, and the LSTM predicts through a numba forward pass whose kernels are compiled (once
+per install) or loaded in the background as the service starts. TensorFlow is loaded by
+training and online updates, in a job worker process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.predictor.adapt import watch_outcomes
 from services.predictor.market import MarketFeatures
+from services.predictor.ml.lstm_inference import warm_kernels
 from services.predictor.prediction_log import PredictionLog
 from services.predictor.registry import Registry
 from services.predictor.routes import errors, router
@@ -26,6 +31,7 @@ from shared.db import Database
 from shared.health import install_health
 from shared.http import service_client
 from shared.jobs import JobRunner, job_router
+from shared.warmup import start_warming
 
 SERVICE = "predictor"
 
@@ -35,9 +41,10 @@ Models train as jobs on the market service's 50 features per bar (past data only
 purged time split, and are judged out of sample beside naive baselines (majority class,
 yesterday's direction): a model that does not beat them says so in every answer. Each
 training makes a new semantic version of a named model; the last 5 are kept and any can be
-rolled back to with bit-identical predictions. Realised outcomes of logged predictions
-feed online updates that are kept only if not more than 5% worse. Errors are RFC 9457
-problem details.
+rolled back to with bit-identical predictions. Realised out-of-sample outcomes of logged
+predictions reweight the members (a softmax over their Sharpe ratios) and, once 100 are new,
+start an online update by itself that is kept only if not more than 5% worse. Errors are
+RFC 9457 problem details.
 """
 
 
@@ -57,6 +64,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 timeout_s=settings.market_timeout_s,
             )
         )
+        app.state.kernels = start_warming("predictor", warm_kernels)  # the LSTM's forward pass
         await db.start()
         log = PredictionLog(db)
         log.start()
@@ -70,12 +78,23 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         runner = JobRunner(db, service=SERVICE, settings=settings)
         await runner.start()
         app.state.jobs = runner
-        app.state.predictor = PredictorService(
+        service = PredictorService(
             db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
         )
+        app.state.predictor = service
+        watcher = None
+        if settings.outcomes_check_s > 0:
+            watcher = asyncio.create_task(
+                watch_outcomes(service, runner, settings.outcomes_check_s),
+                name="predictor-outcome-watcher",
+            )
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             await runner.aclose()
             await log.aclose()
             await market.aclose()

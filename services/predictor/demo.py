@@ -5,8 +5,10 @@
 under `trading serve`): it trains a small LSTM + XGBoost version of the model `demo` on
 the symbol's last five years or from `start_date` (a job; its progress is printed per
 epoch and member), prints the out-of-sample figures beside the naive baselines and the
-plain verdict, predicts the latest bar, then predicts each of the last `days` bars and
-prints the live record of those calls. It returns the training result, the prediction and
+three-way verdict (`beats | does_not_beat | insufficient_evidence`, with the exact McNemar
+counts), predicts the latest bar, then predicts each of the last `days` bars and
+prints the live record of those calls, and the first call's time (the version's load) apart
+from the percentiles of the later ones. It returns the training result, the prediction and
 the performance answers.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import numpy as np
 
 METRICS = ("accuracy", "f1", "brier", "sharpe")
 
@@ -54,9 +57,25 @@ def figures_table(evaluation: dict[str, Any]) -> list[str]:
     if evaluation.get("ensemble"):
         rows.append(("ensemble", evaluation["ensemble"]))
     rows += [(f"baseline: {k}", v) for k, v in evaluation.get("baselines", {}).items()]
+    if evaluation.get("climatology"):
+        rows.append(("baseline: climatology", evaluation["climatology"]))
     for name, figs in rows:
         lines.append(f"  {name:<22}" + "".join(f"{figs[k]:>10.3f}" for k in METRICS))
     return lines
+
+
+def verdict_lines(answer: dict[str, Any]) -> list[str]:
+    """Return the three-way verdict with its test and counts, then the plain sentence."""
+    test = answer["baseline_test"]
+    pairs = "; ".join(
+        f"vs {k}: b={c['model_only']} c={c['baseline_only']} p={c['p_value']:.3g}"
+        for k, c in sorted(test["baselines"].items())
+    )
+    head = (
+        f"verdict: {test['verdict']} (exact McNemar, n={test['n']} realised out-of-sample "
+        f"calls, minimum {test['min_calls']}" + (f"; {pairs})" if pairs else ")")
+    )
+    return [head, f"  {answer['verdict']}"]
 
 
 def run_demo(
@@ -91,9 +110,14 @@ def run_demo(
     echo(f"out of sample (test segment, {trained['test']['rows']} bars):")
     for line in figures_table(trained["test"]):
         echo(line)
-    echo(f"verdict: {trained['verdict']}")
+    for line in verdict_lines(trained):
+        echo(line)
+    for name, reason in trained.get("weight_reasons", {}).items():
+        echo(f"  {name}: weight {trained['weights'].get(name, 0.0):.2f}, {reason}")
 
+    start = time.perf_counter()
     call: dict[str, Any] = http.post("/predict", json={"symbol": symbol, "model": "demo"}).json()
+    first_ms = (time.perf_counter() - start) * 1000.0
     probs = call["probabilities"]
     head = f"\n{symbol} at {call['as_of'][:10]}, next {call['horizon']} bar"
     echo(
@@ -107,25 +131,42 @@ def run_demo(
     )
 
     history = _recent_days(call["as_of"][:10], days)
+    round_trips = []
     for day in history:
+        start = time.perf_counter()
         http.post("/predict", json={"symbol": symbol, "model": "demo", "as_of": day})
+        round_trips.append((time.perf_counter() - start) * 1000.0)
     performance: dict[str, Any] = http.get(
         "/performance", params={"model": "demo", "symbol": symbol}
     ).json()
     echo(
         f"\nlive record of {performance['predictions']} calls on {symbol}'s last bars "
-        f"({performance['realised']} realised, {performance['pending']} pending):"
+        f"({performance['realised']} realised, {performance['out_of_sample']} of them out of "
+        f"sample, {performance['pending']} pending):"
     )
     if performance.get("ensemble"):
         for line in figures_table(performance):
             echo(line)
-    echo(f"verdict: {performance['verdict']}")
-    latency = performance["latency"]
-    if latency["p50_ms"] is not None:
-        echo(
-            f"/predict server time: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms"
-        )
+    for line in verdict_lines(performance):
+        echo(line)
+    for line in latency_lines(first_ms, round_trips):
+        echo(line)
     return {"trained": trained, "prediction": call, "performance": performance}
+
+
+def latency_lines(first_ms: float, later_ms: list[float]) -> list[str]:
+    """Return the first /predict's time (it loads the version) apart from the later calls'.
+
+    A percentile over all calls would mix the one-off model load into the steady state.
+    """
+    lines = [f"first /predict: {first_ms:.0f} ms (loads the version into this process)"]
+    if later_ms:
+        p50, p99 = np.percentile(np.asarray(later_ms), [50, 99])
+        lines.append(
+            f"/predict after it: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(later_ms)} calls "
+            "(round trip)"
+        )
+    return lines
 
 
 def _recent_days(last: str, days: int) -> list[str]:

@@ -164,7 +164,8 @@ async def train(service: PredictorService, body: TrainRequest, ctx: JobContext) 
         kind="trained",
         activate=body.activate,
     )
-    beats, sentence = verdict(metrics)
+    min_calls = settings.verdict_min_calls
+    judged = verdict(metrics, min_calls)
     lstm_info = out["info"].get("lstm", {})
     return TrainResult(
         model=body.model,
@@ -179,10 +180,14 @@ async def train(service: PredictorService, body: TrainRequest, ctx: JobContext) 
         seed=config.seed,
         rows={k: int(v) for k, v in out["info"].get("rows", {}).items()},
         epochs_run=lstm_info.get("epochs_run"),
-        validation=evaluation(metrics["validation"]),
-        test=evaluation(metrics["test"]),
-        beats_baselines=beats,
-        verdict=sentence,
+        validation=evaluation(metrics["validation"], min_calls),
+        test=evaluation(metrics["test"], min_calls),
+        baseline_test=judged.test,
+        beats_baselines=judged.beats,
+        verdict=judged.sentence,
+        degenerate=dict(out["info"].get("degenerate") or {}),
+        weights={k: float(v) for k, v in out["ensemble"].get("weights", {}).items()},
+        weight_reasons=dict(out["ensemble"].get("reasons") or {}),
         training_seconds=round(float(out["seconds"]), 3),
     )
 

@@ -349,10 +349,9 @@ class Registry:
 
 
 def _load(blob: bytes) -> EnsembleModel:
-    """Rebuild a model from its stored zip (imports TensorFlow if it has an LSTM).
+    """Rebuild a model from its stored zip (the LSTM predicts in numpy: no TensorFlow).
 
-    Its faster inference is prepared in the background: the first answers come from the
-    looped LSTM function, the same bits, until the unrolled one is traced.
+    prepare() loads the LSTM's numba kernels (compiled once per install, cached on disk).
     """
     model = EnsembleModel.from_artifacts(unpack(blob))
     model.prepare(wait=False)

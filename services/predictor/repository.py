@@ -107,6 +107,13 @@ async def active_version(session: AsyncSession, *, model_name: str) -> str | Non
     return (await session.execute(stmt.limit(1))).scalar_one_or_none()
 
 
+async def active_models(session: AsyncSession) -> list[str]:
+    """Return the names of the models that have an active version."""
+    c = STATES.c
+    stmt = select(c.model_name).where(c.is_active.is_(True)).distinct()
+    return sorted(str(r[0]) for r in (await session.execute(stmt)).all())
+
+
 async def model_data(session: AsyncSession, *, model_name: str, version: str) -> bytes | None:
     """Return a version's bytes (None if unknown or archived)."""
     stmt = select(STATES.c.model_data).where(

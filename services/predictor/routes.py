@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.predictor import jobs
+from services.predictor import adapt, jobs
 from services.predictor.schemas import (
     MODEL_PATTERN,
     SYMBOL_RULE,
@@ -39,7 +39,7 @@ errors = ProblemDocs(
         404: "No such model (`model_not_found`: train one first), version (`version_not_found`: "
         "GET /model_info lists the kept ones) or symbol.",
         409: "The symbol has too few bars with complete features before `as_of` for this model "
-        "(`insufficient_data`): choose a later date.",
+        "(`insufficient_data`): a later date, or an earlier one when `as_of` is past the data.",
         422: "An input breaks a rule of the spec; `field` names it and `errors` lists every one.",
         502: "The market service failed or answered something unexpected.",
         503: "The database or the market service is unavailable.",
@@ -115,10 +115,13 @@ async def predict(body: PredictRequest, service: Service) -> Prediction:
 
     `direction` is `down`, `neutral` or `up` with class `probabilities` and `confidence`;
     `members` shows what the LSTM and XGBoost each said and their ensemble weights. Made at
-    the last bar on or before `as_of` (default: the latest bar). `beats_baselines` and
-    `verdict` say whether this version beat the naive baselines out of sample: when it did
-    not, its calls are no better than naive. Cached 30 s per symbol, model and version;
-    every call is logged for `/performance`.
+    the last bar on or before `as_of` (default: the latest bar). `baseline_test` is the
+    version's three-way verdict on its test segment (`beats | does_not_beat |
+    insufficient_evidence`, exact McNemar counts and p-values against the majority class and
+    yesterday's direction, at least 100 calls); `verdict` says it in words: unless it is
+    `beats`, the calls are no better than naive. `in_sample` and `notes` say when `as_of`
+    lies inside the version's training range or the symbol was not trained on. Cached 30 s
+    per symbol, model and version; every call is logged for `/performance`.
     """
     return await service.predict(body)
 
@@ -139,8 +142,10 @@ RANGE_ORDER = CrossFieldRule(("end", "start"), "`end` is on or after `start` whe
         get `direction`, `confidence` and class `probabilities` per bar, each from the
         features up to that bar only. Bars without a complete feature window are `skipped`.
         These calls are neither cached nor logged (they are not live predictions; use
-        `/predict` for those). `beats_baselines` and `verdict` say whether the version beat
-        the naive baselines out of sample.
+        `/predict` for those). Each bar's realised `outcome`, the baselines' calls
+        (`baseline_calls`) and whether it is `in_sample` (inside the version's training
+        range) come with it; `hit_rate` and `range_test` (the exact McNemar three-way
+        verdict, at least 100 calls) use the realised out-of-sample bars only.
         """,
         RANGE_ORDER,
     ),
@@ -177,9 +182,13 @@ async def get_performance(
     Over the most recent `window` logged calls (one per symbol and bar is evaluated):
     accuracy, macro precision, recall and F1, expected calibration error, Brier score and the
     Sharpe ratio of trading the calls, for the ensemble and each member, beside the same
-    figures for the baselines (majority class, yesterday's direction), `beats_baselines`,
-    and the server-side latency p50/p99 of `/predict`. Calls whose horizon has not passed
-    are `pending`.
+    figures for the baselines (majority class, yesterday's direction) and the climatology
+    forecast, and the server-side latency p50/p99 of `/predict`. Only calls on bars after
+    the version's training range count (`out_of_sample`); those inside it are reported
+    apart under `in_sample` with a warning. `baseline_test` is the three-way verdict
+    (`beats | does_not_beat | insufficient_evidence` below 100 calls) by the exact McNemar
+    test against each baseline, with the counts. Calls whose horizon has not passed are
+    `pending`.
     """
     return await service.performance(model, version=version, symbol=symbol, window=window)
 
@@ -209,10 +218,13 @@ async def get_model_info(service: Service, model: ModelQuery = "default") -> Mod
     summary="Ensemble weights of the active version",
 )
 async def get_weights(service: Service, model: ModelQuery = "default") -> Weights:
-    """Return the active version's member weights and how they were set.
+    """Return the active version's member weights, how they were set and their history.
 
-    Equal after training; an accepted online update sets them to a softmax over each
-    member's recent Sharpe ratio of trading its own calls (`sharpes`).
+    Equal after training (a member calling one class on every validation bar: 0, reason
+    `degenerate`). Whenever outcomes arrive (the service looks every few minutes, and at each
+    `POST /update_online`) they become a softmax over each member's Sharpe ratio of trading
+    its own calls on the newest `window` realised out-of-sample outcomes (`sharpes`), once at
+    least `min_outcomes` are realised; `history` lists every change.
     """
     return await service.weights(model)
 
@@ -249,13 +261,16 @@ async def update_online(
     """Fold the realised outcomes of logged predictions into the active version.
 
     The buffer holds the newest 1,000 realised outcomes; an update runs once 100 are new
-    (or with `force`). Answers `200` with `status: not_due` and the counts when it is not
+    (or with `force`) - and starts by itself as a job then (see `adaptation` in
+    `GET /model_info`). The members are reweighted from the realised out-of-sample outcomes
+    first (`GET /weights`). Answers `200` with `status: not_due` and the counts when it is not
     due; else `202` with a job that fine-tunes each member on the buffer plus a sample of
     the training history, sets the ensemble weights from the members' recent Sharpe ratios,
     and judges candidate and active model on the newest held-out outcomes: the candidate
     becomes a new version (a patch bump) only if not more than 5% worse, else it is
     discarded and `reason` says why with the figures.
     """
+    await adapt.refresh_weights(service, body.model)
     plan = await jobs.plan_update(service, body)
     if isinstance(plan, UpdateOnlineResult):
         return plan

@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from shared.health import Health as BaseHealth
 from shared.rules import DATE_1900_2099, TextRule
+from shared.verdicts import PairedVerdict
 
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$"
 VERSION_PATTERN = r"^[0-9]{1,5}\.[0-9]{1,5}\.[0-9]{1,5}$"
@@ -68,9 +69,17 @@ MEMBERS: tuple[Member, ...] = ("lstm", "xgboost")
 Direction = Literal["down", "neutral", "up"]
 
 VERDICT_DOC = (
-    "Plain words: whether the ensemble beat the naive baselines (majority class, yesterday's "
-    "direction) on accuracy out of sample, with the figures. A model that does not beat them "
-    "says so: treat its calls as no better than naive."
+    "Plain words: the three-way verdict (`beats`, `does_not_beat`, `insufficient_evidence`) "
+    "of the ensemble against the naive baselines (majority class, yesterday's direction) out "
+    "of sample, by the exact McNemar test on the bars where they disagree, with the sample, "
+    "the counts and the p-values. Below the minimum of realised calls (default 100) there is "
+    "no verdict: treat the calls as unproven."
+)
+BEATS_DOC = "True only when `baseline_test.verdict` is `beats` (derived from it)."
+TEST_DOC = (
+    "The paired test behind the verdict: `verdict`, the realised out-of-sample calls `n`, the "
+    "minimum, and per baseline the counts (`model_only` = b, `baseline_only` = c) and the "
+    "exact McNemar p-value."
 )
 
 
@@ -181,9 +190,20 @@ class Figures(BaseModel):
         description="Expected calibration error (10 confidence bins); lower is better."
     )
     brier: float = Field(description="Multi-class Brier score, 0..2; lower is better.")
+    log_loss: float | None = Field(
+        default=None, description="Mean negative log-probability of the realised class."
+    )
     sharpe: float = Field(
         description="Annualised Sharpe ratio of trading the calls (long on up, short on down, "
         "flat on neutral, for `horizon` bars), before costs."
+    )
+    sharpe_calls: int | None = Field(
+        default=None, description="Non-neutral calls (trades) behind `sharpe`."
+    )
+    sharpe_p_value: float | None = Field(
+        default=None,
+        description="Two-sided one-sample t-test p-value of the mean return of the non-neutral "
+        "calls being 0 (optimistic for horizon > 1: overlapping returns); null below 2 trades.",
     )
 
 
@@ -198,9 +218,19 @@ class Evaluation(BaseModel):
         description="`majority`: always the most frequent training class; `previous`: the "
         "last realised direction (yesterday's, for horizon 1).",
     )
+    climatology: Figures | None = Field(
+        default=None,
+        description="The class-frequency forecast (the training labels' class frequencies on "
+        "every bar): the baseline of `brier` and `log_loss` for probabilities.",
+    )
+    baseline_tests: dict[str, PairedVerdict] = Field(
+        default_factory=dict,
+        description="Per member and `ensemble`: the exact McNemar test against each hard "
+        "baseline and the three-way verdict.",
+    )
     beats_baselines: dict[str, bool] = Field(
         default_factory=dict,
-        description="Per member and `ensemble`: accuracy strictly above every baseline's.",
+        description="Per member and `ensemble`: its `baseline_tests` verdict is `beats`.",
     )
 
 
@@ -221,8 +251,18 @@ class TrainResult(BaseModel):
     epochs_run: int | None = Field(description="LSTM epochs before early stopping.")
     validation: Evaluation = Field(description="Figures on the validation segment.")
     test: Evaluation = Field(description="Out-of-sample figures on the final, untouched segment.")
-    beats_baselines: bool = Field(description="The ensemble beat every baseline out of sample.")
+    baseline_test: PairedVerdict = Field(description=TEST_DOC)
+    beats_baselines: bool = Field(description=BEATS_DOC)
     verdict: str = Field(description=VERDICT_DOC)
+    degenerate: dict[str, str] = Field(
+        default_factory=dict,
+        description="Members that call one class on every validation bar -> that class; "
+        "their ensemble weight is 0 (see `weight_reasons`).",
+    )
+    weights: dict[str, float] = Field(default_factory=dict, description="Ensemble weights.")
+    weight_reasons: dict[str, str] = Field(
+        default_factory=dict, description="Member -> why its weight is what it is (if special)."
+    )
     training_seconds: float = Field(description="Wall time of the training task.")
 
 
@@ -271,10 +311,20 @@ class Prediction(Answer):
     probabilities: Probabilities
     confidence: float = Field(description="Probability of the called class.")
     members: dict[str, MemberCall] = Field(description="`lstm`, `xgboost`: what each said.")
-    beats_baselines: bool = Field(
-        description="Whether this version beat the naive baselines out of sample."
-    )
+    baseline_test: PairedVerdict = Field(description=TEST_DOC + " (the version's test segment)")
+    beats_baselines: bool = Field(description=BEATS_DOC)
     verdict: str = Field(description=VERDICT_DOC)
+    trained_on_symbol: bool = Field(
+        default=True, description="False when the version was not trained on this symbol."
+    )
+    in_sample: bool = Field(
+        default=False,
+        description="True when `as_of` lies inside the version's training or validation "
+        "range: the model has seen that bar's neighbourhood, the call is not a forecast.",
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="Caveats: an untrained symbol, an in-sample bar."
+    )
     cached: bool = Field(description="True when served from the 30-second prediction cache.")
 
 
@@ -323,12 +373,35 @@ class PredictionSeries(BaseModel):
         "`horizon` bars)."
     )
     realised: int = Field(description="Bars whose outcome is known.")
-    hit_rate: dict[str, float | None] = Field(
-        description="Share of correct calls on the realised bars: `model`, and the naive "
-        "baselines `majority` (the training labels' most frequent class) and `previous` "
-        "(yesterday's direction); null without realised bars."
+    in_sample: list[bool] = Field(
+        default_factory=list,
+        description="Per bar: inside the version's training or validation range (in sample: "
+        "left out of `hit_rate` and the verdict).",
     )
-    beats_baselines: bool
+    baseline_calls: dict[str, list[Direction]] = Field(
+        default_factory=dict,
+        description="Per bar, what the naive baselines called: `majority` (the training "
+        "labels' most frequent class) and `previous` (the last realised class; neutral when "
+        "not known).",
+    )
+    out_of_sample_realised: int = Field(
+        default=0, description="Realised bars outside the training range (judged)."
+    )
+    hit_rate: dict[str, float | None] = Field(
+        description="Share of correct calls on the realised out-of-sample bars: `model`, and "
+        "the naive baselines `majority` and `previous`; null without such bars."
+    )
+    in_sample_hit_rate: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="The same on realised in-sample bars (they flatter the model).",
+    )
+    range_test: PairedVerdict = Field(
+        description="The paired test of this range's realised out-of-sample calls against the "
+        "baselines (three-way verdict, counts, p-values)."
+    )
+    range_verdict: str = Field(description="`range_test` in plain words.")
+    baseline_test: PairedVerdict = Field(description=TEST_DOC + " (the version's test segment)")
+    beats_baselines: bool = Field(description=BEATS_DOC + " (the version's test segment)")
     verdict: str = Field(description=VERDICT_DOC)
 
 
@@ -366,9 +439,43 @@ class VersionInfo(BaseModel):
     validation: Evaluation
     test: Evaluation
     weights: dict[str, float] = Field(description="Ensemble weights of the members.")
-    beats_baselines: bool
+    weight_reasons: dict[str, str] = Field(
+        default_factory=dict, description="Member -> why its weight is special (degenerate)."
+    )
+    in_sample_first: datetime | None = Field(
+        default=None, description="First bar of the training range (in sample from here)."
+    )
+    in_sample_last: datetime | None = Field(
+        default=None,
+        description="Last bar of the training and validation range (an online update: of the "
+        "outcomes it learnt from); later bars are out of sample.",
+    )
+    baseline_test: PairedVerdict = Field(description=TEST_DOC)
+    beats_baselines: bool = Field(description=BEATS_DOC)
     verdict: str = Field(description=VERDICT_DOC)
     online: OnlineState
+
+
+class Adaptation(BaseModel):
+    """How the model adapts to realised outcomes by itself."""
+
+    automatic_update: bool = Field(
+        description="Whether the online update starts by itself (a job) once `update_after` "
+        "new outcomes are realised."
+    )
+    update_after: int = Field(description="New realised outcomes that trigger an update.")
+    tolerance: float = Field(
+        description="An update is kept only if not more than this much worse (relative) on "
+        "the newest held-out outcomes; else it is discarded and the version stays."
+    )
+    check_every_s: float = Field(description="Seconds between looks at the outcomes (0: off).")
+    weights_min_outcomes: int = Field(
+        description="Realised out-of-sample outcomes below which the weights do not move."
+    )
+    weights_window: int = Field(description="The newest outcomes the weights are set from.")
+    last_check: dict[str, Any] | None = Field(
+        default=None, description="The last look at the outcomes: when, weights, update, job."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -376,11 +483,27 @@ class ModelInfo(BaseModel):
 
     model: str
     active_version: str
+    adaptation: Adaptation
     keep_versions: int = Field(description="Versions whose weights are kept.")
     versions: list[VersionInfo]
     archived_versions: list[str] = Field(
         description="Older versions: metadata kept, weights deleted (no rollback to them)."
     )
+
+
+class WeightChange(BaseModel):
+    """One reweighting of the members from realised out-of-sample outcomes."""
+
+    at: datetime = Field(description="When the weights changed.")
+    outcomes: int = Field(description="Realised out-of-sample outcomes they were set from.")
+    first_bar: datetime
+    last_bar: datetime = Field(description="The newest outcome's bar.")
+    sharpes: dict[str, float | None] = Field(
+        description="Member -> annualised Sharpe ratio of trading its own calls on them."
+    )
+    trades: dict[str, int] = Field(description="Member -> its non-neutral calls among them.")
+    before: dict[str, float] = Field(description="The weights before.")
+    weights: dict[str, float] = Field(description="The weights after (softmax of `sharpes`).")
 
 
 class Weights(BaseModel):
@@ -395,6 +518,21 @@ class Weights(BaseModel):
     )
     temperature: float = Field(description="Softmax temperature of the Sharpe ratios.")
     source: str = Field(description="How the weights were set.")
+    reasons: dict[str, str] = Field(
+        default_factory=dict, description="Member -> why its weight is special (degenerate: 0)."
+    )
+    min_outcomes: int = Field(
+        description="Realised out-of-sample outcomes below which the weights do not move."
+    )
+    window: int = Field(description="The newest realised outcomes the weights are set from.")
+    history: list[WeightChange] = Field(
+        default_factory=list,
+        description="Every change of the weights of this version and of the versions it was "
+        "updated from, oldest first.",
+    )
+    last_check: dict[str, Any] | None = Field(
+        default=None, description="The last look at the outcomes (this process)."
+    )
 
 
 class RollbackRequest(Request):
@@ -411,7 +549,8 @@ class RollbackResult(BaseModel):
     version: str = Field(description="The version now active.")
     previous_version: str = Field(description="The version active before.")
     changed: bool = Field(description="False when the version already was the active one.")
-    beats_baselines: bool
+    baseline_test: PairedVerdict = Field(description=TEST_DOC)
+    beats_baselines: bool = Field(description=BEATS_DOC)
     verdict: str = Field(description=VERDICT_DOC)
 
 
@@ -435,17 +574,35 @@ class PerformanceResult(BaseModel):
     horizon: int
     calls: int = Field(description="Logged `/predict` calls in the window (cache hits too).")
     predictions: int = Field(description="Distinct (symbol, bar) predictions among them.")
-    realised: int = Field(description="Predictions whose outcome is known (evaluated).")
+    realised: int = Field(description="Predictions whose outcome is known.")
+    out_of_sample: int = Field(
+        description="Realised predictions on bars after the version's training range: the "
+        "only ones the figures and the verdict use."
+    )
     pending: int = Field(description="Predictions whose horizon has not passed yet.")
     first_bar: datetime | None
     last_bar: datetime | None
-    ensemble: Figures | None = Field(description="The ensemble's calls; null without outcomes.")
+    in_sample_first: datetime | None = Field(description="The version's training range, from.")
+    in_sample_last: datetime | None = Field(description="The version's training range, to.")
+    ensemble: Figures | None = Field(
+        description="The ensemble's out-of-sample calls; null without such outcomes."
+    )
     members: dict[str, Figures]
     baselines: dict[str, Figures]
+    climatology: Figures | None = Field(
+        default=None, description="The class-frequency forecast (Brier / log-loss baseline)."
+    )
+    baseline_test: PairedVerdict = Field(description=TEST_DOC)
     beats_baselines: bool | None = Field(
-        description="Ensemble accuracy strictly above every baseline's on these outcomes."
+        description=BEATS_DOC + " Null without out-of-sample outcomes."
     )
     verdict: str
+    in_sample: Evaluation | None = Field(
+        default=None,
+        description="Realised predictions on bars inside the training range, reported apart "
+        "with `in_sample_warning`: they flatter the model and are never judged.",
+    )
+    in_sample_warning: str | None = None
     latency: Latency
 
 

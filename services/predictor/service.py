@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
@@ -27,24 +29,29 @@ from services.predictor.errors import (
     VersionNotFoundError,
 )
 from services.predictor.evaluation import (
+    IN_SAMPLE_WARNING,
     Logged,
+    TrainingRange,
+    VersionVerdict,
     direction_value,
     evaluation,
     live_figures,
     percentile,
     probs_tuple,
+    range_outcomes,
     realise,
+    training_range,
     verdict,
 )
 from services.predictor.feature_blocks import FeatureBlocks
 from services.predictor.market import MarketFeatures
-from services.predictor.ml.labels import make_labels
-from services.predictor.ml.metrics import previous_label_calls
+from services.predictor.ml.ensemble import AdaptiveEnsemble, EnsembleOutput
 from services.predictor.ml.training import EnsembleModel
 from services.predictor.ml.types import CLASSES
 from services.predictor.prediction_log import PredictionLog
 from services.predictor.registry import Registry
 from services.predictor.schemas import (
+    Adaptation,
     Direction,
     Latency,
     ModelInfo,
@@ -57,6 +64,7 @@ from services.predictor.schemas import (
     RollbackRequest,
     RollbackResult,
     VersionInfo,
+    WeightChange,
     Weights,
 )
 from services.predictor.settings import PredictorSettings
@@ -64,6 +72,7 @@ from shared.cache import Cache, ModelCache
 from shared.db import Database
 from shared.errors import AppError
 from shared.tables import utcnow
+from shared.verdicts import MIN_CALLS
 
 
 def calendar_days_for(bars: int) -> int:
@@ -91,11 +100,30 @@ def from_ns(value: int) -> datetime:
     return pd.Timestamp(value, unit="ns", tz="UTC").to_pydatetime()
 
 
-def version_info(row: repo.VersionRow) -> VersionInfo:
+def _day(value: int | None) -> date | None:
+    return from_ns(value).date() if value is not None else None
+
+
+def version_range(row: repo.VersionRow) -> TrainingRange:
+    """Return the bars a version learnt from (in sample), from its metadata."""
+    return training_range(
+        row.training_metrics,
+        list(row.hyperparameters.get("symbols", [])),
+        to_ns(row.data_start) if row.data_start else None,
+        to_ns(row.data_end) if row.data_end else None,
+    )
+
+
+def _stamp(value: int | None) -> datetime | None:
+    return from_ns(value) if value is not None else None
+
+
+def version_info(row: repo.VersionRow, min_calls: int = MIN_CALLS) -> VersionInfo:
     """Return a version row as the public VersionInfo."""
     hp, tm = row.hyperparameters, row.training_metrics
     config = hp.get("config", {})
-    beats, sentence = verdict(tm)
+    judged = verdict(tm, min_calls)
+    trained = version_range(row)
     info = tm.get("info", {})
     return VersionInfo(
         version=row.version,
@@ -111,13 +139,35 @@ def version_info(row: repo.VersionRow) -> VersionInfo:
         seed=int(config.get("seed", 0)),
         hyperparameters=config,
         rows={k: int(v) for k, v in info.get("rows", {}).items()},
-        validation=evaluation(tm.get("validation")),
-        test=evaluation(tm.get("test")),
+        validation=evaluation(tm.get("validation"), min_calls),
+        test=evaluation(tm.get("test"), min_calls),
         weights=dict(tm.get("ensemble", {}).get("weights", {})),
-        beats_baselines=beats,
-        verdict=sentence,
+        weight_reasons=dict(tm.get("ensemble", {}).get("reasons", {})),
+        in_sample_first=_stamp(trained.first_ns),
+        in_sample_last=_stamp(trained.last_ns),
+        baseline_test=judged.test,
+        beats_baselines=judged.beats,
+        verdict=judged.sentence,
         online=OnlineState.model_validate(tm.get("online", {})),
     )
+
+
+@dataclass(frozen=True)
+class VersionFacts:
+    """What an answer says about a version beside its call: verdict, range, live weights."""
+
+    verdict: VersionVerdict
+    trained: TrainingRange
+    ensemble: dict[str, Any]
+    loaded_at: float
+
+    def predict(self, model: EnsembleModel, features: Any, rows: Any) -> EnsembleOutput:
+        """Return the model's call with the version's live weights (its stored ensemble)."""
+        probs = model.member_probabilities(features, rows)
+        state = self.ensemble
+        if state.get("weights") and set(state["weights"]) == set(model.ensemble.members):
+            return AdaptiveEnsemble.from_dict(state).combine(probs)
+        return model.ensemble.combine(probs)
 
 
 class PredictorService:
@@ -141,7 +191,9 @@ class PredictorService:
         self.settings = settings
         self.predictions = ModelCache(cache, Prediction)
         self.blocks = FeatureBlocks(market)
-        self._verdicts: OrderedDict[tuple[str, str], tuple[bool, str]] = OrderedDict()
+        self._facts: OrderedDict[tuple[str, str], VersionFacts] = OrderedDict()
+        self.auto_jobs: dict[str, uuid.UUID] = {}  # model -> its automatic online update job
+        self.checks: dict[str, dict[str, Any]] = {}  # model -> the last look at its outcomes
 
     # ---- predict -----------------------------------------------------------------------
 
@@ -194,25 +246,52 @@ class PredictorService:
             ) from e
         usable = x.shape[0] >= context and bool(np.isfinite(x[-context:]).all())
         if not usable:
+            last = await self.market.last_bar(symbol) if as_of is not None else end
+            fix = (
+                f"choose an earlier `as_of` (the last bar of {symbol} is {last})"
+                if last is not None and end > last
+                else "choose a later `as_of`"
+            )
             raise InsufficientDataError(
-                f"{symbol} has {x.shape[0]} bar(s) up to {end} but the model needs {context} "
-                "bars of complete features (about 600 bars of history before them for "
-                "warm-up); choose a later `as_of`.",
+                f"{symbol} has {x.shape[0]} bar(s) of complete features in the "
+                f"{calendar_days_for(context + 5)} calendar days up to {end} but the model needs "
+                f"{context} (and about 600 bars of history before them for warm-up); {fix}.",
                 field="as_of" if as_of is not None else "symbol",
             )
-        out = await asyncio.to_thread(model.predict, x)
+        facts = await self.facts(name, version)
+        judged, trained = facts.verdict, facts.trained
+        out = await asyncio.to_thread(facts.predict, model, x, None)
         row = out.row(-1)
-        beats, sentence = self._verdict(name, version, model)
+        bar = int(frame.times[-1])
+        notes = []
+        known = symbol in trained.symbols
+        if not known:
+            notes.append(
+                f"{name} {version} was not trained on {symbol} (trained on "
+                f"{', '.join(trained.symbols) or 'unknown symbols'}): its test-segment verdict "
+                f"is about those symbols, not this one."
+            )
+        inside = trained.contains(bar)
+        if inside:
+            notes.append(
+                f"The bar {from_ns(bar).date()} lies inside the version's training range "
+                f"({_day(trained.first_ns)}..{_day(trained.last_ns)}): the model has learnt "
+                "from these bars, so this is an in-sample call, not a forecast."
+            )
         return Prediction.model_validate(
             {
                 **row,
                 "symbol": symbol,
                 "model": name,
                 "version": version,
-                "as_of": from_ns(int(frame.times[-1])),
+                "as_of": from_ns(bar),
                 "horizon": model.config.horizon,
-                "beats_baselines": beats,
-                "verdict": sentence,
+                "baseline_test": judged.test,
+                "beats_baselines": judged.beats,
+                "verdict": judged.sentence,
+                "trained_on_symbol": known,
+                "in_sample": inside,
+                "notes": notes,
                 "cached": False,
             }
         )
@@ -250,16 +329,24 @@ class PredictorService:
             gaps[in_range + 1] - gaps[np.maximum(in_range + 1 - cfg.context, 0)] == 0
         )
         rows = in_range[ok]
+        facts = await self.facts(body.model, version)
         if rows.size:
-            out = await asyncio.to_thread(model.predict, x, rows)
+            out = await asyncio.to_thread(facts.predict, model, x, rows)
             probs, weights = out.probabilities, out.weights
         else:
             probs = np.empty((0, 3))
-            weights = dict(model.ensemble.weights)
-        beats, sentence = self._verdict(body.model, version, model)
+            weights = dict(facts.ensemble.get("weights") or model.ensemble.weights)
+        judged, trained = facts.verdict, facts.trained
         calls = probs.argmax(axis=1) if rows.size else np.empty(0, dtype=np.int64)
-        outcome, hits = range_outcomes(
-            frame.close, rows, calls, model, majority=int(model.info.get("majority_class", 1))
+        inside = trained.mask(frame.times[rows])
+        ranged = range_outcomes(
+            frame.close,
+            rows,
+            calls,
+            model,
+            majority=int(model.info.get("majority_class", 1)),
+            inside=inside,
+            min_calls=self.settings.verdict_min_calls,
         )
         return PredictionSeries(
             symbol=symbol,
@@ -272,22 +359,45 @@ class PredictorService:
             probabilities={c: [float(v) for v in probs[:, j]] for j, c in enumerate(CLASSES)},
             weights={k: float(v) for k, v in weights.items()},
             skipped=int(in_range.size - rows.size),
-            outcome=outcome,
-            realised=int(sum(o is not None for o in outcome)),
-            hit_rate=hits,
-            beats_baselines=beats,
-            verdict=sentence,
+            outcome=ranged.outcome,
+            realised=int(sum(o is not None for o in ranged.outcome)),
+            in_sample=[bool(v) for v in inside],
+            baseline_calls=ranged.baseline_calls,
+            out_of_sample_realised=ranged.test.n,
+            hit_rate=ranged.hit_rate,
+            in_sample_hit_rate=ranged.in_sample_hit_rate,
+            range_test=ranged.test,
+            range_verdict=ranged.sentence,
+            baseline_test=judged.test,
+            beats_baselines=judged.beats,
+            verdict=judged.sentence,
         )
 
-    def _verdict(self, name: str, version: str, model: EnsembleModel) -> tuple[bool, str]:
+    async def facts(self, name: str, version: str) -> VersionFacts:
+        """Return a version's verdict, training range and live ensemble weights.
+
+        Cached per version for `prediction_ttl_s` seconds: the verdict and range never change,
+        the weights change when realised outcomes reweight them (:mod:`.adapt`).
+        """
         key = (name, version)
-        hit = self._verdicts.get(key)
-        if hit is None:
-            hit = verdict(model.metrics)
-            self._verdicts[key] = hit
-            while len(self._verdicts) > 256:
-                self._verdicts.popitem(last=False)
+        hit = self._facts.get(key)
+        if hit is None or time.monotonic() - hit.loaded_at > self.settings.prediction_ttl_s:
+            row = await self.registry.row(name, version, kept=False)
+            hit = VersionFacts(
+                verdict=verdict(row.training_metrics, self.settings.verdict_min_calls),
+                trained=version_range(row),
+                ensemble=dict(row.training_metrics.get("ensemble") or {}),
+                loaded_at=time.monotonic(),
+            )
+            self._facts[key] = hit
+            self._facts.move_to_end(key)
+            while len(self._facts) > 256:
+                self._facts.popitem(last=False)
         return hit
+
+    def forget_facts(self, name: str, version: str) -> None:
+        """Drop a version's cached facts (its weights changed in this process)."""
+        self._facts.pop((name, version), None)
 
     @staticmethod
     def _log_row(answer: Prediction, latency_ms: float, as_of: date | None) -> dict[str, Any]:
@@ -320,28 +430,49 @@ class PredictorService:
         """Return the active version and the kept versions of a model, newest first."""
         rows = await self.registry.rows(model)
         active = next((r.version for r in rows if r.is_active), rows[0].version)
+        s = self.settings
         return ModelInfo(
             model=model,
             active_version=active,
+            adaptation=Adaptation(
+                automatic_update=s.online_auto and s.outcomes_check_s > 0,
+                update_after=s.online_update_after,
+                tolerance=s.online_tolerance,
+                check_every_s=s.outcomes_check_s,
+                weights_min_outcomes=s.weights_min_outcomes,
+                weights_window=s.weights_window,
+                last_check=self.checks.get(model),
+            ),
             keep_versions=self.registry.keep,
-            versions=[version_info(r) for r in rows if r.has_data],
+            versions=[version_info(r, self.settings.verdict_min_calls) for r in rows if r.has_data],
             archived_versions=[r.version for r in rows if not r.has_data],
         )
 
     async def weights(self, model: str) -> Weights:
-        """Return the active version's ensemble weights and where they came from."""
+        """Return the active version's ensemble weights, where they came from, their history."""
         version = await self.registry.active_version(model)
         row = await self.registry.row(model, version, field="model")
-        state = row.training_metrics.get("ensemble", {})
+        tm = row.training_metrics
+        state = tm.get("ensemble", {})
         sharpes = {k: float(v) for k, v in state.get("sharpes", {}).items()}
-        parent = row.training_metrics.get("parent")
-        if sharpes:
+        history = [WeightChange.model_validate(h) for h in tm.get("weights_history") or []]
+        parent = tm.get("parent")
+        if history:
+            source = (
+                "a softmax over each member's Sharpe ratio of its own calls on the newest "
+                f"{history[-1].outcomes} realised out-of-sample outcomes "
+                f"({history[-1].first_bar.date()}..{history[-1].last_bar.date()})"
+            )
+        elif sharpes:
             source = (
                 "a softmax over each member's Sharpe ratio of its own calls on recent realised "
                 f"outcomes (online update of {parent})"
             )
         else:
-            source = "equal weights, as trained (no online update has reweighted them yet)"
+            source = "as trained (no realised out-of-sample outcomes have reweighted them yet)"
+        reasons = {k: str(v) for k, v in state.get("reasons", {}).items()}
+        if reasons:
+            source += "; " + "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
         return Weights(
             model=model,
             version=version,
@@ -349,20 +480,26 @@ class PredictorService:
             sharpes=sharpes,
             temperature=float(state.get("temperature", 1.0)),
             source=source,
+            reasons=reasons,
+            min_outcomes=self.settings.weights_min_outcomes,
+            window=self.settings.weights_window,
+            history=history,
+            last_check=self.checks.get(model),
         )
 
     async def rollback(self, body: RollbackRequest) -> RollbackResult:
         """Make an older kept version active again; its predictions are its own again."""
         previous = await self.registry.activate(body.model, body.version)
         row = await self.registry.row(body.model, body.version)
-        beats, sentence = verdict(row.training_metrics)
+        judged = verdict(row.training_metrics, self.settings.verdict_min_calls)
         return RollbackResult(
             model=body.model,
             version=body.version,
             previous_version=previous,
             changed=previous != body.version,
-            beats_baselines=beats,
-            verdict=sentence,
+            baseline_test=judged.test,
+            beats_baselines=judged.beats,
+            verdict=judged.sentence,
         )
 
     # ---- live performance --------------------------------------------------------------
@@ -392,8 +529,17 @@ class PredictorService:
             band=float(config.get("band", 0.5)),
             vol_window=int(config.get("vol_window", 21)),
         )
-        majority = int(row.training_metrics.get("info", {}).get("majority_class", 1))
-        figures = live_figures(realised, horizon=horizon, majority=majority)
+        info = row.training_metrics.get("info", {})
+        majority = int(info.get("majority_class", 1))
+        trained = version_range(row)
+        figures = live_figures(
+            realised,
+            horizon=horizon,
+            majority=majority,
+            frequencies=info.get("class_frequencies"),
+            trained=trained,
+            min_calls=self.settings.verdict_min_calls,
+        )
         times = [it.time_ns for it in distinct]
         return PerformanceResult(
             model=model,
@@ -403,14 +549,21 @@ class PredictorService:
             calls=len(logged),
             predictions=len(distinct),
             realised=int(realised.labels.size),
+            out_of_sample=figures.out_of_sample,
             pending=realised.pending,
             first_bar=from_ns(min(times)) if times else None,
             last_bar=from_ns(max(times)) if times else None,
+            in_sample_first=_stamp(trained.first_ns),
+            in_sample_last=_stamp(trained.last_ns),
             ensemble=figures.ensemble,
             members=figures.members,
             baselines=figures.baselines,
+            climatology=figures.climatology,
+            baseline_test=figures.test,
             beats_baselines=figures.beats,
             verdict=figures.verdict,
+            in_sample=figures.in_sample,
+            in_sample_warning=IN_SAMPLE_WARNING if figures.in_sample is not None else None,
             latency=Latency(
                 calls=len(latencies),
                 p50_ms=percentile(latencies, 50),
@@ -438,28 +591,6 @@ class PredictorService:
 
         pairs = await asyncio.gather(*(one(s, t) for s, t in by_symbol.items()))
         return {sym: bars for sym, bars in pairs if bars is not None}
-
-
-def range_outcomes(
-    close: Any, rows: Any, calls: Any, model: EnsembleModel, *, majority: int
-) -> tuple[list[Direction | None], dict[str, float | None]]:
-    """Return each called bar's realised class and the hit rates of the calls and baselines."""
-    cfg = model.config
-    labels = make_labels(close, cfg.horizon, cfg.band, cfg.vol_window) if close.size else close
-    known = np.isfinite(labels[rows]) if rows.size else np.zeros(0, dtype=bool)
-    outcome: list[Direction | None] = [
-        cast(Direction, CLASSES[int(labels[r])]) if k else None
-        for r, k in zip(rows, known, strict=True)
-    ]
-    if not known.any():
-        return outcome, {"model": None, "majority": None, "previous": None}
-    y = labels[rows][known].astype(np.int64)
-    previous = previous_label_calls(labels, rows[known], cfg.horizon)
-    return outcome, {
-        "model": float(np.mean(calls[known] == y)),
-        "majority": float(np.mean(y == majority)),
-        "previous": float(np.mean(previous == y)),
-    }
 
 
 def distinct_predictions(logged: list[repo.PredictionRow]) -> list[Logged]:

@@ -91,6 +91,43 @@ class PredictorSettings(BaseServiceSettings):
         description="An updated model is kept only if not more than this much worse "
         "(relative) on recent held-out outcomes.",
     )
+    verdict_min_calls: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        validation_alias=AliasChoices("PREDICTOR_VERDICT_MIN_CALLS", "verdict_min_calls"),
+        description="Realised out-of-sample calls below which a verdict against the "
+        "baselines is `insufficient_evidence`.",
+    )
+    weights_min_outcomes: int = Field(
+        default=30,
+        ge=2,
+        le=100_000,
+        validation_alias=AliasChoices("PREDICTOR_WEIGHTS_MIN_OUTCOMES", "weights_min_outcomes"),
+        description="Realised out-of-sample outcomes below which the ensemble weights are "
+        "not recomputed from the members' Sharpe ratios.",
+    )
+    weights_window: int = Field(
+        default=250,
+        ge=2,
+        le=100_000,
+        validation_alias=AliasChoices("PREDICTOR_WEIGHTS_WINDOW", "weights_window"),
+        description="The newest realised out-of-sample outcomes whose Sharpe ratios set the "
+        "weights (the rolling window).",
+    )
+    outcomes_check_s: float = Field(
+        default=300.0,
+        ge=0.0,
+        validation_alias=AliasChoices("PREDICTOR_OUTCOMES_CHECK_S", "outcomes_check_s"),
+        description="How often the service looks at realised outcomes to reweight the "
+        "members and start a due online update (0: never by itself).",
+    )
+    online_auto: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("PREDICTOR_ONLINE_AUTO", "online_auto"),
+        description="Run the online update as a job by itself once `online_update_after` new "
+        "outcomes are realised.",
+    )
     loaded_models: int = Field(
         default=4,
         ge=1,

@@ -96,7 +96,7 @@ def update_task(
     from services.predictor.ml.online import rows_at, update_model
     from services.predictor.ml.training import EnsembleModel
 
-    model = EnsembleModel.from_artifacts(artifacts)
+    model = EnsembleModel.from_artifacts(artifacts, trainable=True)
     data = _series(series)
 
     def rows(times: Mapping[str, Sequence[int]]) -> dict[str, IntArray]:

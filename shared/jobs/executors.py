@@ -4,8 +4,10 @@
 GIL) and `where="process"` tasks on a process pool (work that holds the GIL, e.g. training)
 made with the forkserver start method (spawn where there is none), never plain fork from
 a threaded asyncio process. The pool is created on the first process task, so a service
-that never uses one pays nothing. `DaskExecutor` sends every task to a `distributed`
-cluster (imported lazily); its workers decide threads or processes.
+that never uses one pays nothing, and ended after `process_idle_s` without one (a training
+worker holds ~1 GB of TensorFlow). Its workers die with the service, even on `kill -9`
+(`init_process_worker`: parent-death signal and a watchdog). `DaskExecutor` sends every
+task to a `distributed` cluster (imported lazily); its workers decide threads or processes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import secrets
 import threading
 import time
@@ -100,10 +103,15 @@ def _start_method() -> str:
 class LocalExecutor:
     """A thread pool, and a process pool made on first use."""
 
-    def __init__(self, *, threads: int, processes: int, sink: ReportSink) -> None:
+    def __init__(
+        self, *, threads: int, processes: int, sink: ReportSink, process_idle_s: float = 0.0
+    ) -> None:
         self.threads = threads
         self.processes = processes
+        self.process_idle_s = process_idle_s
         self._sink = sink
+        self._in_flight = 0  # process tasks submitted and not finished
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._thread_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="job")
         self._pool: ProcessPoolExecutor | None = None
         self._reports: Any = None
@@ -133,7 +141,27 @@ class LocalExecutor:
             log.warning("job process pool broken; starting a new one")
             self._drop_pool()
             future = self._process_pool(loop).submit(run_in_process, job.token, slot, key, fn, args)
+        self._in_flight += 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        # The worker's own end of the task (not the awaiting coroutine's, which a cancel ends
+        # early): only then is the pool idle.
+        future.add_done_callback(lambda _: _call_soon(loop, self._process_task_done, loop))
         return asyncio.wrap_future(future, loop=loop)
+
+    def _process_task_done(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self.process_idle_s > 0 and self._pool is not None:
+            self._idle_timer = loop.call_later(self.process_idle_s, self._retire_idle_pool)
+
+    def _retire_idle_pool(self) -> None:
+        """End the worker processes after process_idle_s without a task (a training worker
+        holds ~1 GB of TensorFlow); the next process task starts a new pool."""
+        self._idle_timer = None
+        if self._in_flight == 0 and self._pool is not None:
+            log.info("job process pool idle for %.0f s: its workers exit", self.process_idle_s)
+            self._drop_pool()
 
     async def cancel(self, job: TaskJob) -> None:
         """Set the job's cancel flag for its thread and process tasks."""
@@ -175,7 +203,7 @@ class LocalExecutor:
             max_workers=self.processes,
             mp_context=ctx,
             initializer=init_process_worker,
-            initargs=(self._reports, self._slots),
+            initargs=(self._reports, self._slots, os.getpid()),
         )
         log.info("job process pool: %d %s workers", self.processes, ctx.get_start_method())
         return self._pool
@@ -197,6 +225,9 @@ class LocalExecutor:
 
     async def aclose(self, grace_s: float) -> None:
         """Stop both pools; terminate worker processes still busy after grace_s."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self._thread_pool.shutdown(wait=False, cancel_futures=True)
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -219,6 +250,12 @@ class LocalExecutor:
             await asyncio.to_thread(self._pump.join, 5)
             self._pump = None
         await asyncio.to_thread(_join_threads, self._thread_pool, grace_s)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """Call fn(*args) on loop from any thread (nothing when the loop has closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def _join_threads(pool: ThreadPoolExecutor, grace_s: float) -> None:

@@ -7,16 +7,43 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.routing import NoMatchFound
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
-from shared.jobs.runner import JobRunner
+from shared.jobs.runner import IDEMPOTENCY_KEY, JobRunner
 from shared.jobs.schemas import JobStatus
 
 GET_JOB = "get_job"
 CANCEL_JOB = "cancel_job"
+# The longest `GET /jobs/{id}?wait_s=` may hold a request: under the MCP gateway's call
+# budget (GATEWAY_CALL_BUDGET_S, 40 s) and far under a client's 60 s timeout.
+MAX_WAIT_S = 30.0
+IDEMPOTENCY_HEADER = b"idempotency-key"
+
+
+class IdempotencyKey:
+    """Make a request's `Idempotency-Key` header the key of any job it submits."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request with its key (if any) visible to JobRunner.submit."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        key = next(
+            (v.decode("latin-1")[:200] for k, v in scope["headers"] if k == IDEMPOTENCY_HEADER),
+            None,
+        )
+        token = IDEMPOTENCY_KEY.set(key or "")
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            IDEMPOTENCY_KEY.reset(token)
 
 
 def _problems(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -40,8 +67,10 @@ def accepted_responses() -> dict[int | str, dict[str, Any]]:
         202: {
             "model": JobStatus,
             "description": "Accepted: the job is queued. `Location` is its status URL: `GET` it "
-            "until `status` is `succeeded` (then `result` or `result_url`) or `failed` "
-            "(then `error`); `DELETE` it to cancel.",
+            "(`?wait_s=` waits up to 30 s for the end) until `status` is `succeeded` (then "
+            "`result` or `result_url`) or `failed` (then `error`); `DELETE` it to cancel. The "
+            "same request again while the job runs (or the same `Idempotency-Key` header) "
+            "answers this job instead of starting another.",
             "headers": {
                 "Location": {
                     "description": "The job's status URL (`.../jobs/{id}`).",
@@ -114,15 +143,26 @@ def job_router(
         responses={**_problems({404: NOT_FOUND, 422: BAD_ID}), **extra},
     )
     async def get_job(
-        job_id: uuid.UUID, request: Request, jobs: JobRunner = Depends(runner)
+        job_id: uuid.UUID,
+        request: Request,
+        wait_s: float = Query(
+            default=0.0,
+            ge=0,
+            le=MAX_WAIT_S,
+            description="Wait up to this many seconds for the job to end before answering "
+            f"(long poll, at most {MAX_WAIT_S:g}); 0 answers at once.",
+        ),
+        jobs: JobRunner = Depends(runner),
     ) -> JSONResponse:
         """Return a job's status: `queued`, `running`, `succeeded` or `failed`.
 
-        `progress` is `done` of `total` units with a `message`. A succeeded job carries its
-        `result` (or a `result_url` to GET); a failed one its `error` (a problem: `code` is
-        `cancelled` after a cancel, `interrupted` if the service stopped while it ran).
+        With `wait_s`, answers as soon as the job ends or after `wait_s` seconds. `progress`
+        is `done` of `total` units with a `message`. A succeeded job carries its `result` (or
+        a `result_url` to GET); a failed one its `error` (a problem: `code` is `cancelled`
+        after a cancel, `interrupted` if the service stopped while it ran).
         """
-        return JSONResponse(render(request, await jobs.get(job_id)))
+        status = await (jobs.wait(job_id, wait_s) if wait_s > 0 else jobs.get(job_id))
+        return JSONResponse(render(request, status))
 
     @router.delete(
         "/{job_id}",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +45,11 @@ Work = Callable[[JobContext], Awaitable[Any]]
 # belongs to a runner that stopped without finishing it.
 _LIVE_INSTANCES: set[str] = set()
 _FINAL_WRITE_ATTEMPTS = 10
+# The `Idempotency-Key` of the HTTP request being served ("" without one), set by
+# shared.jobs.routes.IdempotencyKey; None outside a request (a direct call never dedupes).
+IDEMPOTENCY_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "idempotency_key", default=None
+)
 
 
 def host_identity() -> str:
@@ -109,6 +116,10 @@ class _Active:
     ctx: JobContext | None = None
     stop_reason: str | None = None  # "cancelled" | "lost" | "shutdown"
     finalized: bool = False
+    fingerprint: str = ""
+    key: str | None = None
+    accepted_at: float = field(default_factory=time.monotonic)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class JobRunner:
@@ -153,6 +164,7 @@ class JobRunner:
                 threads=s.job_thread_workers,
                 processes=s.job_process_workers,
                 sink=self._task_report,
+                process_idle_s=s.job_process_idle_s,
             )
         try:
             swept = await self.sweep()
@@ -192,15 +204,48 @@ class JobRunner:
 
     # ---- the public API ------------------------------------------------------------------
 
+    def _same_job(self, fingerprint: str, key: str | None) -> _Active | None:
+        """Return the unfinished job this submission repeats (same key, else same request)."""
+        window = self.settings.job_dedupe_s
+        if window <= 0:
+            return None
+        now = time.monotonic()
+        for job in self._active.values():
+            if job.finalized or job.stop_reason is not None or now - job.accepted_at > window:
+                continue
+            if (key is not None and job.key == key) or (
+                key is None and job.key is None and job.fingerprint == fingerprint
+            ):
+                return job
+        return None
+
     async def submit(
-        self, kind: str, request: BaseModel | Mapping[str, Any] | None, work: Work
+        self,
+        kind: str,
+        request: BaseModel | Mapping[str, Any] | None,
+        work: Work,
+        *,
+        idempotency_key: str | None = None,
     ) -> JobStatus:
-        """Store a queued job and start work(ctx) when a slot is free; return its status."""
+        """Store a queued job and start work(ctx) when a slot is free; return its status.
+
+        A submission over HTTP that repeats an unfinished job of this runner accepted within
+        `JOB_DEDUPE_S` (the same idempotency_key, default the request's `Idempotency-Key`
+        header; without a key the same kind and request) answers that job instead: a client
+        that retries after a timeout does not start the work twice. A direct call (no HTTP
+        request, no idempotency_key) always starts a job.
+        """
         if not self._accepting or self._running is None:
             raise JobsUnavailableError(f"The {self.service} service is not accepting jobs.")
         body = request.model_dump(mode="json") if isinstance(request, BaseModel) else request
         data = _strict_json(dict(body or {}), "request")
+        key = idempotency_key if idempotency_key is not None else IDEMPOTENCY_KEY.get()
+        fingerprint = kind + "\n" + json.dumps(data, sort_keys=True, separators=(",", ":"))
+        same = self._same_job(fingerprint, key or None) if key is not None else None
+        if same is not None:
+            return await self.get(same.id)
         job = _Active(id=uuid.uuid4(), kind=kind, work=work, request=data)
+        job.fingerprint, job.key = fingerprint, key or None
         self._active[job.id] = job
         self._by_token[job.task.token] = job
         try:
@@ -228,6 +273,23 @@ class JobRunner:
         if status is None:
             raise JobNotFoundError(f"No {self.service} job {job_id}.", field="job_id")
         return status
+
+    async def wait(self, job_id: uuid.UUID, wait_s: float) -> JobStatus:
+        """Return a job's status once it has ended, or after wait_s seconds, whichever first."""
+        deadline = time.monotonic() + max(0.0, wait_s)
+        pause = 0.05
+        while True:
+            status = await self.get(job_id)
+            left = deadline - time.monotonic()
+            if status.status not in ("queued", "running") or left <= 0:
+                return status
+            job = self._active.get(job_id)
+            if job is not None:  # ours: wake when it ends, or at the next progress look
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(job.ended.wait(), timeout=min(left, 1.0))
+            else:  # another process runs it: look again shortly
+                await asyncio.sleep(min(left, pause))
+                pause = min(pause * 2, 1.0)
 
     async def cancel(self, job_id: uuid.UUID) -> JobStatus:
         """Cancel a queued or running job: it ends `failed` with error code `cancelled`.
@@ -321,6 +383,7 @@ class JobRunner:
             job.drive.cancel()
 
     def _forget(self, job: _Active) -> None:
+        job.ended.set()
         self._active.pop(job.id, None)
         self._by_token.pop(job.task.token, None)
 

@@ -14,7 +14,12 @@ are throttled at the source (`REPORT_INTERVAL_S`).
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -83,10 +88,56 @@ class _Throttle:
 _process_channel: tuple[Any, Any] | None = None  # (SimpleQueue of Report, RawArray of tokens)
 
 
-def init_process_worker(reports: Any, slots: Any) -> None:
-    """Process-pool initializer: keep the report pipe and the cancel slots of the parent."""
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCHDOG_INTERVAL_S = 1.0
+
+
+def init_process_worker(reports: Any, slots: Any, owner_pid: int | None = None) -> None:
+    """Process-pool initializer: keep the report pipe and cancel slots; die with the owner.
+
+    owner_pid is the service process that made the pool. A worker must not outlive it (a
+    `kill -9` of the server left a training worker running for minutes, its job already
+    marked interrupted): on Linux the kernel sends SIGKILL when the worker's parent dies
+    (``prctl(PR_SET_PDEATHSIG)``; the parent is the forkserver, which exits with the owner),
+    and a watchdog thread checks every second that the owner is alive and the parent unchanged
+    (every platform; it also covers an owner that died before prctl ran).
+    """
     global _process_channel
     _process_channel = (reports, slots)
+    if owner_pid is not None:
+        die_with_parent(owner_pid)
+
+
+def die_with_parent(owner_pid: int) -> None:
+    """Make this process end when owner_pid (or this process's parent) ends."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog alone
+            pass
+    threading.Thread(
+        target=_watch_owner, args=(owner_pid, parent), name="job-owner-watchdog", daemon=True
+    ).start()
+
+
+def _owner_gone(owner_pid: int, parent: int) -> bool:
+    if os.getppid() != parent:  # the parent died: this process was adopted
+        return True
+    try:
+        os.kill(owner_pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's (cannot be ours, but is alive)
+        return False
+    return False
+
+
+def _watch_owner(owner_pid: int, parent: int) -> None:
+    while not _owner_gone(owner_pid, parent):
+        time.sleep(WATCHDOG_INTERVAL_S)
+    os.kill(os.getpid(), signal.SIGKILL)  # nothing to report to: stop at once
 
 
 class _ProcessChannel:

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 HOOKS = "tests.contract.schemathesis_hooks"
 MAX_EXAMPLES = os.environ.get("CONTRACT_CLI_MAX_EXAMPLES", "25")
+COMPILE_LIMIT_S = 900  # a fresh install's kernel compile (tests/unit/host/test_warmup.py)
 # What this test found in services whose owners have yet to fix it. Each entry is an
 # expected failure until its service documents the rule (shared.rules.cross_field_rules,
 # with the problem naming one of the rule's fields) or states the bound in its schema
@@ -123,9 +124,33 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cmd = [sys.executable, "-m", "trading.cli", "serve", "--port", str(port)]
     proc = _serve(cmd, _env(tmp_path), f"http://127.0.0.1:{port}/market/health", tmp_path / "log")
     try:
+        warm_up(f"http://127.0.0.1:{port}")
         yield f"http://127.0.0.1:{port}"
     finally:
         _stop(proc)
+
+
+def warm_up(base_url: str) -> None:
+    """Wait for the services' numba kernels before the CLI times any request.
+
+    The backtest service compiles its engine in the background as it starts (once per
+    install: minutes on a busy 2-core machine, then a disk cache), and its first requests
+    wait for that. The CLI's per-request limit is about answers, not that one-off compile:
+    a backtest and an optimisation answered here, under a limit sized for the compile, mean
+    the kernels are ready.
+    """
+    body = {"symbol": "AAPL", "start_date": "2019-01-01", "end_date": "2019-12-31"}
+    grid = {
+        "fast": {"start": 5, "stop": 10, "step": 5},
+        "slow": {"start": 20, "stop": 30, "step": 10},
+    }
+    with httpx.Client(base_url=f"{base_url}/backtest", timeout=COMPILE_LIMIT_S) as http:
+        answer = http.post("/backtest", json={**body, "strategy": {"name": "sma_crossover"}})
+        assert answer.status_code == 200, answer.text
+        answer = http.post(
+            "/optimize", json={**body, "strategy": {"name": "sma_crossover"}, "param_grid": grid}
+        )
+        assert answer.status_code in (200, 202), answer.text
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -169,6 +169,76 @@ def test_bulk_inserted_fills_read_back_as_sqlalchemy_stores_them_on_postgresql(
     assert bulk == plain
 
 
+def test_walk_forwards_and_searches_are_stored_listed_and_survive_a_restart(
+    pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
+) -> None:
+    single = {**CONFIG, "symbols": None, "symbol": "MSFT"}
+    walk = {**single, "param_grid": {"fast": [8, 12]}, "train_period": 504, "test_period": 252}
+    search = {**single, "param_grid": {"fast": [8, 12], "slow": [26, 40]}}
+    with backtest(pg_url, redis_prefix, market_url, tmp_path) as first:
+        run = first.post("/backtest", json=single).json()
+        walked = first.post("/walk_forward", json=walk)
+        assert walked.status_code == 202, walked.text  # a job: its client may leave
+        walk_job = wait_done(first, walked.headers["location"])
+        searched = first.post("/optimize", json=search)
+        search_job = wait_done(first, searched.headers["location"])
+    with backtest(pg_url, redis_prefix, market_url, tmp_path) as second:
+        wf = walk_job["result"]
+        opt = search_job["result"]
+        wf_again = second.get(f"/results/{wf['run_id']}").json()
+        opt_again = second.get(f"/results/{opt['run_id']}").json()
+        listed = second.get("/results").json()
+        only_wf = second.get("/results", params={"kind": "walk_forward"}).json()
+        chart = second.get(f"/results/{wf['run_id']}/chart.png")
+        mc = second.post("/monte_carlo", json={"run_id": wf["run_id"], "n_runs": 200})
+
+    assert walk_job["status"] == search_job["status"] == "succeeded"
+    assert wf_again == wf and opt_again == opt
+    assert [(r["run_id"], r["kind"]) for r in listed["results"]] == [
+        (opt["run_id"], "optimization"),
+        (wf["run_id"], "walk_forward"),
+        (run["run_id"], "backtest"),
+    ]
+    assert listed["page"]["total"] == 3
+    assert [r["run_id"] for r in only_wf["results"]] == [wf["run_id"]]
+    assert listed["results"][1]["final_capital"] == wf["metrics"]["final_capital"]
+    assert chart.status_code == 200 and chart.content[:4] == b"\x89PNG"
+    assert mc.status_code == 200, mc.text
+    assert mc.json()["actual_total_return"] == pytest.approx(wf["metrics"]["total_return"])
+
+
+def test_migration_0004_round_trips_with_analyses_in_place(
+    pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
+) -> None:
+    with backtest(pg_url, redis_prefix, market_url, tmp_path) as client:
+        run = client.post("/backtest", json=CONFIG).json()
+
+    async def move(target: str, down: bool) -> tuple[set[str], int]:
+        db = Database(pg_url)
+        try:
+            async with db.engine.begin() as conn:
+
+                def go(c: Any) -> None:
+                    cfg = alembic_config()
+                    cfg.attributes["connection"] = c
+                    (command.downgrade if down else command.upgrade)(cfg, target)
+
+                await conn.run_sync(go)
+                tables = await conn.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                )
+                runs = await conn.scalar(text("SELECT count(*) FROM backtest_results"))
+                return {r[0] for r in tables}, int(runs or 0)
+        finally:
+            await db.dispose()
+
+    down_tables, down_runs = asyncio.run(move("0003", True))
+    up_tables, up_runs = asyncio.run(move("head", False))
+
+    assert "analysis_runs" not in down_tables and "analysis_runs" in up_tables
+    assert down_runs == up_runs == 1 and run["run_id"]
+
+
 def test_saved_strategies_version_and_retire_on_postgresql(
     pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
 ) -> None:

@@ -242,3 +242,36 @@ def test_latest_indicator_values_are_stored_once(settings, pg_url: str) -> None:
         "where indicator_name = 'rsi' and parameters->>'period' = '7'",
     )
     assert params == 1
+
+
+def test_symbols_and_no_data_on_postgres(settings, pg_url: str, csv_dir: Path) -> None:
+    # bars of another vendor stored earlier are listed beside the data files
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    with TestClient(create_app(settings)) as c:
+        c.get("/historical/KO", params={"start": "2023-10-02", "end": "2023-10-27"})
+
+        async def add_vendor_bars() -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute(
+                    "insert into market_data (symbol, timestamp, open, high, low, close, "
+                    "volume, source, created_at) select 'ZVEND', timestamp, open, high, low, "
+                    "close, volume, 'yfinance', created_at from market_data where symbol = 'KO'"
+                )
+            finally:
+                await conn.close()
+
+        asyncio.run(add_vendor_bars())
+        listed = c.get("/symbols").json()["symbols"]
+        empty = c.get("/historical/KO", params={"start": "2024-01-01", "end": "2024-03-01"})
+
+    rows = {(s["symbol"], s["source"]): s for s in listed}
+    assert (rows[("KO", "csv")]["first_bar"], rows[("KO", "csv")]["last_bar"]) == (
+        "2003-10-30",
+        "2023-10-27",
+    )
+    assert [k for k in rows if k[0] == "KO"] == [("KO", "csv")]  # the file's whole range, once
+    vendor = rows[("ZVEND", "yfinance")]
+    assert (vendor["first_bar"], vendor["last_bar"]) == ("2023-10-02", "2023-10-27")
+    assert empty.status_code == 404 and empty.json()["code"] == "no_data"
+    assert "2003-10-30..2023-10-27" in empty.json()["detail"]

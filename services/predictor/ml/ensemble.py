@@ -73,6 +73,7 @@ class AdaptiveEnsemble:
     weights: dict[str, float] = field(default_factory=dict)
     temperature: float = 1.0
     sharpes: dict[str, float] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.members or len(set(self.members)) != len(self.members):
@@ -102,14 +103,44 @@ class AdaptiveEnsemble:
             combined += weights[m] * arrays[m]
         return EnsembleOutput(probabilities=combined, members=arrays, weights=weights)
 
+    def mark_degenerate(self, flagged: Mapping[str, str]) -> dict[str, float]:
+        """Give members that call one class everywhere weight 0 (reason `degenerate`).
+
+        flagged maps a member to the one class it calls. When every member is flagged the
+        weights stay as they are (nothing better to weigh) and the reasons still say so.
+        """
+        self.reasons = {
+            m: f"degenerate: calls {flagged[m]} on every validation bar"
+            for m in self.members
+            if m in flagged
+        }
+        live = [m for m in self.members if m not in flagged]
+        if live and flagged:
+            self.weights = {m: (1.0 / len(live) if m in live else 0.0) for m in self.members}
+        return dict(self.weights)
+
+    def degenerate(self) -> list[str]:
+        """Return the members flagged degenerate."""
+        return [m for m in self.members if self.reasons.get(m, "").startswith("degenerate")]
+
     def update_weights(self, sharpes: Mapping[str, float]) -> dict[str, float]:
-        """Set the weights to a softmax over the members' Sharpe ratios; return them."""
+        """Set the weights to a softmax over the members' Sharpe ratios; return them.
+
+        A member flagged degenerate keeps weight 0 while another member is not.
+        """
         missing = [m for m in self.members if m not in sharpes]
         if missing:
             raise ValueError(f"Sharpe ratios missing for members {missing}")
         values = [float(sharpes[m]) for m in self.members]
         self.sharpes = dict(zip(self.members, values, strict=True))
-        self.weights = dict(zip(self.members, softmax(values, self.temperature), strict=True))
+        out = dict(zip(self.members, softmax(values, self.temperature), strict=True))
+        dead = set(self.degenerate())
+        if dead and len(dead) < len(self.members):
+            live = [m for m in self.members if m not in dead]
+            live_values = [out[m] for m in live]
+            total = sum(live_values)
+            out = {m: (out[m] / total if m not in dead else 0.0) for m in self.members}
+        self.weights = out
         return dict(self.weights)
 
     def update_from_outcomes(
@@ -133,6 +164,7 @@ class AdaptiveEnsemble:
             "weights": dict(self.weights),
             "temperature": self.temperature,
             "sharpes": dict(self.sharpes),
+            "reasons": dict(self.reasons),
         }
 
     @classmethod
@@ -143,4 +175,5 @@ class AdaptiveEnsemble:
             weights={k: float(v) for k, v in state["weights"].items()},
             temperature=float(state.get("temperature", 1.0)),
             sharpes={k: float(v) for k, v in state.get("sharpes", {}).items()},
+            reasons={k: str(v) for k, v in state.get("reasons", {}).items()},
         )

@@ -14,19 +14,21 @@ something to attend over; with 50 features the model has 308,515 parameters.
 Reproducibility: :func:`tensorflow` turns on TensorFlow's op determinism once per process and
 training calls ``keras.utils.set_random_seed(seed)`` first, so the same data, config and seed
 give the same weights bit for bit. Inference runs one ``tf.function`` with a fixed input
-signature (any batch size), never an eager per-row call. A model that serves predictions
-is also prepared (:meth:`LSTMMember.prepare`): a second function, traced with the LSTM layers
+signature (any batch size), never an eager per-row call. This module runs in job workers
+(training, online updates): the serving process predicts with the same network in numba
+(:mod:`~services.predictor.ml.lstm_inference`) and never imports TensorFlow. A Keras model
+can also be prepared (:meth:`LSTMMember.prepare`): a second function, traced with the LSTM layers
 unrolled (the same cell ops step by step instead of a ``while`` loop), run on TensorFlow's
 single-threaded executor. For one window the cost is op dispatch, not arithmetic, and this
 halves it; the probabilities are the same bit for bit (a test compares the two). Its trace
-takes seconds, so the registry prepares it in a background thread and the looped function
-answers until then. TensorFlow is imported by the first call that needs it, not by importing
-this module.
+takes seconds, so it can run in a background thread while the looped function answers.
+TensorFlow is imported by the first call that needs it, not by importing this module.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import warnings
@@ -55,12 +57,20 @@ _TRACE = threading.Lock()  # tracing flips the LSTM layers' `unroll` while it ru
 _TF: Any = None
 _PREPARER: ThreadPoolExecutor | None = None
 _COPY_WARNING = r"__array__ implementation doesn't accept a copy keyword"
+QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # C++ logs: errors only (no INFO/WARNING)
 
 
 def tensorflow() -> Any:
-    """Import TensorFlow once, with op determinism on, and return the module."""
+    """Import TensorFlow once, quiet and with op determinism on, and return the module.
+
+    TensorFlow's C++ logging is set to errors only before the import (unless the environment
+    already says otherwise): its oneDNN, cpu_feature_guard and absl lines are info for
+    TensorFlow's developers, noise between a user's results.
+    """
     global _TF
     if _TF is None:
+        for name, value in QUIET_TENSORFLOW.items():
+            os.environ.setdefault(name, value)
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()

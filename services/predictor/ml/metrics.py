@@ -13,7 +13,6 @@ bar t - horizon, whose outcome is known at bar t ("yesterday's direction" for ho
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -97,6 +96,32 @@ def brier_score(y_true: Any, proba: Any) -> float:
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
 
 
+def log_loss(y_true: Any, proba: Any, eps: float = 1e-15) -> float:
+    """Return the mean negative log-probability of the realised class (clipped at eps)."""
+    t = _classes(y_true, "y_true")
+    p = _proba(proba, t.size)
+    if t.size == 0:
+        return 0.0
+    return float(-np.mean(np.log(np.clip(p[np.arange(t.size), t], eps, 1.0))))
+
+
+def class_frequencies(train_labels: Any) -> FloatArray:
+    """Return the training labels' class frequencies (the climatology forecast); 1/3 each
+    without labels."""
+    arr = np.asarray(train_labels, dtype=np.float64)
+    t = _classes(arr[np.isfinite(arr)], "train_labels")
+    if t.size == 0:
+        return np.full(N_CLASSES, 1.0 / N_CLASSES)
+    counts = np.bincount(t, minlength=N_CLASSES).astype(np.float64)
+    return np.asarray(counts / counts.sum(), dtype=np.float64)
+
+
+def climatology(frequencies: Any, n: int) -> FloatArray:
+    """Return the class-frequency forecast on n rows (the same probabilities on each)."""
+    f = np.asarray(frequencies, dtype=np.float64).reshape(1, N_CLASSES)
+    return np.asarray(np.repeat(f, n, axis=0), dtype=np.float64)
+
+
 def call_returns(y_pred: Any, returns: Any) -> FloatArray:
     """Return the return of trading each call: +r for up, -r for down, 0 for neutral."""
     p = _classes(y_pred, "y_pred")
@@ -124,6 +149,21 @@ def sharpe_of_calls(
     return sharpe_ratio(call_returns(y_pred, returns), horizon, periods_per_year)
 
 
+def sharpe_test(y_pred: Any, returns: Any) -> tuple[int, float | None]:
+    """Return the non-neutral calls and the p-value of their mean return being 0.
+
+    A one-sample two-sided t-test of the returns of trading the non-neutral calls (None with
+    fewer than 2 or no variance). With a horizon above 1 the calls' returns overlap and the
+    p-value is optimistic.
+    """
+    pnl = call_returns(y_pred, returns)[_classes(y_pred, "y_pred") != NEUTRAL]
+    if pnl.size < 2 or not float(pnl.std(ddof=1)) > 1e-15:
+        return int(pnl.size), None
+    from scipy.stats import ttest_1samp
+
+    return int(pnl.size), float(ttest_1samp(pnl, 0.0).pvalue)
+
+
 def one_hot(y: Any) -> FloatArray:
     """Return hard calls as probabilities (1 on the called class)."""
     return np.eye(N_CLASSES)[_classes(y, "y")]
@@ -135,12 +175,13 @@ def evaluate(
     returns: Any,
     horizon: int = 1,
     periods_per_year: int = PERIODS_PER_YEAR,
-) -> dict[str, float | int]:
+) -> dict[str, float | int | None]:
     """Return every metric of probabilistic calls against realised classes and returns."""
     t = _classes(y_true, "y_true")
     p = _proba(proba, t.size)
     pred = calls(p)
     precision, recall, f1 = precision_recall_f1(t, pred)
+    trades, p_value = sharpe_test(pred, returns)
     return {
         "rows": int(t.size),
         "accuracy": accuracy(t, pred),
@@ -149,7 +190,10 @@ def evaluate(
         "f1": f1,
         "ece": expected_calibration_error(t, p),
         "brier": brier_score(t, p),
+        "log_loss": log_loss(t, p),
         "sharpe": sharpe_of_calls(pred, returns, horizon, periods_per_year),
+        "sharpe_calls": trades,
+        "sharpe_p_value": p_value,
     }
 
 
@@ -181,7 +225,7 @@ def baseline_metrics(
     train_rows: IntArray,
     horizon: int,
     periods_per_year: int = PERIODS_PER_YEAR,
-) -> dict[str, dict[str, float | int]]:
+) -> dict[str, dict[str, float | int | None]]:
     """Return the metrics of the majority-class and previous-label baselines on rows."""
     rows = np.asarray(rows, dtype=np.int64)
     y = labels[rows]
@@ -192,19 +236,3 @@ def baseline_metrics(
         "majority": evaluate(y, one_hot(majority), r, horizon, periods_per_year),
         "previous": evaluate(y, one_hot(previous), r, horizon, periods_per_year),
     }
-
-
-def beats_baselines(
-    model: Mapping[str, float | int],
-    baselines: Mapping[str, Mapping[str, float | int]],
-    key: str = "accuracy",
-) -> bool:
-    """Return True when the model's `key` metric is strictly above every baseline's."""
-    if not baselines:
-        raise ValueError("no baselines to compare with")
-    lower_is_better = key in ("ece", "brier")
-    mine = float(model[key])
-    others = [float(b[key]) for b in baselines.values()]
-    if lower_is_better:
-        return all(mine < other for other in others)
-    return all(mine > other for other in others)

@@ -204,8 +204,9 @@ def update_model(
     if sharpes is not None:
         candidate.ensemble.update_weights(sharpes)
     majority = int(model.info.get("majority_class", 1))
-    active_figures = evaluate_segment(model, val, majority, cfg.horizon)
-    candidate_figures = evaluate_segment(candidate, val, majority, cfg.horizon)
+    freq = model.info.get("class_frequencies")
+    active_figures = evaluate_segment(model, val, majority, cfg.horizon, freq)
+    candidate_figures = evaluate_segment(candidate, val, majority, cfg.horizon, freq)
     new, old = candidate_figures["ensemble"][metric], active_figures["ensemble"][metric]
     accepted = acceptable(new, old, metric, tolerance)
     verb = "not more" if accepted else "more"

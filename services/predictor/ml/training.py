@@ -10,8 +10,10 @@ that does not beat the baselines says so in ``metrics[...]["beats_baselines"]``.
 
 :class:`EnsembleModel` predicts from a symbol's raw feature matrix and round-trips through
 :meth:`~EnsembleModel.to_artifacts` / :meth:`~EnsembleModel.from_artifacts`: a dict of
-portable bytes (``state.json``, ``lstm.keras``, ``xgboost.ubj``; no pickle) that loads back
-to bit-identical predictions. TensorFlow and xgboost load only when a member needs them.
+portable bytes (``state.json``, ``lstm.keras``, ``xgboost.ubj``; no pickle). Loaded to serve,
+the LSTM predicts in numpy (within 1e-6 of Keras, no TensorFlow); loaded ``trainable`` (to
+fine-tune, in a worker process) it is the Keras model again, with bit-identical predictions.
+xgboost loads only when a member needs it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from services.predictor.ml.ensemble import AdaptiveEnsemble, EnsembleOutput
 from services.predictor.ml.labels import forward_returns, make_labels
 from services.predictor.ml.lstm import LSTMConfig
 from services.predictor.ml.types import (
+    CLASSES,
     Cancel,
     FloatArray,
     IntArray,
@@ -45,6 +48,7 @@ from services.predictor.ml.types import (
     noop_report,
 )
 from services.predictor.ml.xgboost_model import XGBoostConfig
+from shared.verdicts import judge_calls
 
 MEMBERS = ("lstm", "xgboost")
 FORMAT_VERSION = 1
@@ -262,8 +266,14 @@ class EnsembleModel:
         return out
 
     @classmethod
-    def from_artifacts(cls, artifacts: Mapping[str, bytes]) -> EnsembleModel:
-        """Load a model saved by :meth:`to_artifacts`."""
+    def from_artifacts(
+        cls, artifacts: Mapping[str, bytes], *, trainable: bool = False
+    ) -> EnsembleModel:
+        """Load a model saved by :meth:`to_artifacts`.
+
+        The LSTM predicts in numpy (:class:`~.lstm_inference.LSTMInference`: no TensorFlow)
+        unless ``trainable``, which loads it into Keras to fine-tune (worker processes only).
+        """
         state = json.loads(artifacts["state.json"])
         if state.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported model format {state.get('format')!r}")
@@ -272,10 +282,15 @@ class EnsembleModel:
         for name in config.models:
             data = artifacts[ARTIFACT_NAMES[name]]
             if name == "lstm":
-                from services.predictor.ml.lstm import LSTMMember
-
                 epochs = int(state["info"].get("lstm", {}).get("epochs_run", 0))
-                members[name] = LSTMMember.from_bytes(data, config.lstm, epochs_run=epochs)
+                if trainable:
+                    from services.predictor.ml.lstm import LSTMMember
+
+                    members[name] = LSTMMember.from_bytes(data, config.lstm, epochs_run=epochs)
+                else:
+                    from services.predictor.ml.lstm_inference import LSTMInference
+
+                    members[name] = LSTMInference.from_bytes(data, config.lstm, epochs_run=epochs)
             else:
                 from services.predictor.ml.xgboost_model import XGBoostMember
 
@@ -329,9 +344,20 @@ def _scaled_report(report: Report, offset: float, span: float, total: float) -> 
 
 
 def evaluate_segment(
-    model: EnsembleModel, data: Mapping[str, Any], majority: int, horizon: int
+    model: EnsembleModel,
+    data: Mapping[str, Any],
+    majority: int,
+    horizon: int,
+    frequencies: Any = None,
 ) -> dict[str, Any]:
-    """Return the metrics of members, ensemble and baselines on one segment's samples."""
+    """Return the metrics of members, ensemble and baselines on one segment's samples.
+
+    Beside the hard baselines (majority class, previous label) it scores the climatology
+    forecast (the training labels' class frequencies on every row: the probabilistic
+    baseline of Brier score and log-loss), and it keeps, per member and the ensemble, the
+    paired comparison with each hard baseline (:func:`shared.verdicts.judge`: the counts
+    b, c and the exact McNemar p-value); ``beats_baselines`` is that verdict being `beats`.
+    """
     if data["y"].size == 0:
         return {"rows": 0}
     probs: dict[str, FloatArray] = {}
@@ -342,15 +368,46 @@ def evaluate_segment(
     out: dict[str, Any] = {name: m.evaluate(y, p, ret, horizon) for name, p in probs.items()}
     out["ensemble"] = m.evaluate(y, combined.probabilities, ret, horizon)
     major = np.full(y.size, majority, dtype=np.int64)
-    out["baselines"] = {
-        "majority": m.evaluate(y, m.one_hot(major), ret, horizon),
-        "previous": m.evaluate(y, m.one_hot(data["previous"]), ret, horizon),
+    hard = {"majority": major, "previous": np.asarray(data["previous"], dtype=np.int64)}
+    out["baselines"] = {k: m.evaluate(y, m.one_hot(v), ret, horizon) for k, v in hard.items()}
+    freq = frequencies if frequencies is not None else m.class_frequencies(np.empty(0))
+    out["climatology"] = m.evaluate(y, m.climatology(freq, y.size), ret, horizon)
+    every = {**probs, "ensemble": combined.probabilities}
+    out["comparisons"] = {
+        name: judge_calls(m.calls(p), y, hard).model_dump(mode="json") for name, p in every.items()
     }
     out["beats_baselines"] = {
-        name: m.beats_baselines(out[name], out["baselines"]) for name in (*probs, "ensemble")
+        name: v["verdict"] == "beats" for name, v in out["comparisons"].items()
     }
     out["rows"] = int(y.size)
     return out
+
+
+def degenerate_members(probabilities: Mapping[str, FloatArray]) -> dict[str, str]:
+    """Return the members that call one class on every row, with the class they call."""
+    out = {}
+    for name, p in probabilities.items():
+        called = m.calls(p)
+        if called.size and np.all(called == called[0]):
+            out[name] = CLASSES[int(called[0])]
+    return out
+
+
+def flag_degenerate(model: EnsembleModel, data: Mapping[str, Any]) -> dict[str, str]:
+    """Zero the weight of members calling one class on every row of data (validation).
+
+    Returns member -> the one class it calls. The ensemble's reasons say `degenerate`; when
+    every member is degenerate the weights stay equal (there is nothing better to weigh).
+    """
+    if data["y"].size == 0:
+        return {}
+    probs = {
+        name: member.predict_proba(data["windows"] if name == "lstm" else data["x"])
+        for name, member in model.members.items()
+    }
+    flagged = degenerate_members(probs)
+    model.ensemble.mark_degenerate(flagged)
+    return flagged
 
 
 def train_ensemble(
@@ -426,8 +483,10 @@ def train_ensemble(
         info=info,
     )
     majority = m.majority_class(train["y"].astype(np.float64))
+    frequencies = m.class_frequencies(train["y"].astype(np.float64))
+    degenerate = flag_degenerate(model, val)
     model.metrics = {
-        seg: evaluate_segment(model, data[seg], majority, config.horizon)
+        seg: evaluate_segment(model, data[seg], majority, config.horizon, frequencies)
         for seg in ("validation", "test")
     }
     counts = np.bincount(train["y"], minlength=3)
@@ -436,6 +495,8 @@ def train_ensemble(
             "symbols": [p.data.symbol for p in prepared],
             "majority_class": majority,
             "train_class_counts": [int(c) for c in counts],
+            "class_frequencies": [float(f) for f in frequencies],
+            "degenerate": degenerate,
             "rows": {seg: int(data[seg]["y"].size) for seg in data},
             "segments": {
                 p.data.symbol: {seg: _bounds(p, rows) for seg, rows in p.segments.items()}

@@ -79,6 +79,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, csv_dir: Path) -> Iterato
             keep_versions=2,
             online_update_after=10,
             online_tolerance=1.0,
+            outcomes_check_s=0,  # the tests look at the outcomes themselves
             job_progress_interval_s=0.05,
             dask_scheduler_address=None,
         )
@@ -115,15 +116,19 @@ def test_training_stores_version_one_with_honest_out_of_sample_figures(
         figures = v1[segment]
         assert set(figures["members"]) == {"xgboost"}
         assert set(figures["baselines"]) == {"majority", "previous"}
-        acc = figures["ensemble"]["accuracy"]
-        beats = all(acc > b["accuracy"] for b in figures["baselines"].values())
-        assert figures["beats_baselines"]["ensemble"] == beats
-    test_acc = v1["test"]["ensemble"]["accuracy"]
-    assert v1["beats_baselines"] == all(
-        test_acc > b["accuracy"] for b in v1["test"]["baselines"].values()
-    )
-    assert f"{test_acc:.3f}" in v1["verdict"]
-    assert ("does NOT beat" in v1["verdict"]) == (not v1["beats_baselines"])
+        test = figures["baseline_tests"]["ensemble"]
+        assert test["n"] == figures["rows"]
+        assert figures["beats_baselines"]["ensemble"] == (test["verdict"] == "beats")
+        assert figures["climatology"]["brier"] > 0 and figures["climatology"]["log_loss"] > 0
+    # the verdict is the test segment's paired test, with its counts in the prose
+    test = v1["baseline_test"]
+    assert test == v1["test"]["baseline_tests"]["ensemble"]
+    assert v1["beats_baselines"] == (test["verdict"] == "beats")
+    for pair in test["baselines"].values():
+        assert f"b={pair['model_only']}" in v1["verdict"]
+        assert f"c={pair['baseline_only']}" in v1["verdict"]
+    assert "McNemar" in v1["verdict"] and "climatology" in v1["verdict"]
+    assert f"on {v1['test']['ensemble']['sharpe_calls']} non-neutral calls" in v1["verdict"]
 
 
 def test_a_prediction_has_the_call_its_members_and_the_verdict(platform: Platform) -> None:
@@ -139,10 +144,22 @@ def test_a_prediction_has_the_call_its_members_and_the_verdict(platform: Platfor
     assert body["members"]["xgboost"]["probabilities"] == probs  # one member: its own call
     assert body["beats_baselines"] == platform.v1["beats_baselines"]
     assert body["verdict"] == platform.v1["verdict"]
+    assert body["baseline_test"] == platform.v1["baseline_test"]
+    # 2020-03-06 is after the 2015-2019 training range, on the symbol trained on
+    assert body["trained_on_symbol"] and not body["in_sample"] and body["notes"] == []
     assert body["cached"] is False
     again = predict(platform.client, as_of="2020-03-07")
     assert again["cached"] is True
     assert {**again, "cached": False} == body
+
+
+def test_a_call_in_sample_or_on_another_symbol_says_so(platform: Platform) -> None:
+    inside = predict(platform.client, as_of="2017-06-01")  # inside the training range
+    assert inside["in_sample"] is True and inside["trained_on_symbol"] is True
+    assert any("in-sample call, not a forecast" in n for n in inside["notes"])
+    other = predict(platform.client, symbol="MSFT", as_of="2020-03-06")
+    assert other["trained_on_symbol"] is False and other["in_sample"] is False
+    assert any("was not trained on MSFT" in n for n in other["notes"])
 
 
 def test_predict_without_as_of_uses_the_latest_bar(platform: Platform, aapl: pd.DataFrame) -> None:
@@ -268,7 +285,13 @@ def test_a_range_of_calls_equals_the_calls_one_by_one(
     index = {day: i for i, day in enumerate(aapl.index)}
     truth = [["down", "neutral", "up"][int(labels[index[d]])] for d in DAYS[:7]]
     assert series["outcome"] == [*truth, None]  # the last bar's next bar is past `end`
-    assert series["realised"] == 7
+    assert series["realised"] == 7 == series["out_of_sample_realised"]
+    assert series["in_sample"] == [False] * 8
+    assert series["baseline_calls"]["previous"][:7] == [
+        ["down", "neutral", "up"][int(labels[index[d] - 1])] for d in DAYS[:7]
+    ]
+    assert series["range_test"]["verdict"] == "insufficient_evidence"  # 7 < 100 calls
+    assert series["range_test"]["n"] == 7 and "fewer than the 100" in series["range_verdict"]
     hits = [series["direction"][i] == truth[i] for i in range(7)]
     assert series["hit_rate"]["model"] == pytest.approx(sum(hits) / 7)
     previous = [["down", "neutral", "up"][int(labels[index[d] - 1])] for d in DAYS[:7]]
@@ -343,10 +366,21 @@ def test_performance_scores_realised_predictions_against_the_bars(
     accuracy = float(np.mean(np.asarray(truth) == np.asarray(called)))
     assert perf["ensemble"]["accuracy"] == pytest.approx(accuracy)
     assert set(perf["baselines"]) == {"majority", "previous"}
-    beats = all(perf["ensemble"]["accuracy"] > b["accuracy"] for b in perf["baselines"].values())
-    assert perf["beats_baselines"] == beats
+    # 12 realised out-of-sample calls: whatever the accuracies, no verdict
+    assert perf["out_of_sample"] == 12 and perf["in_sample"] is None
+    assert perf["baseline_test"]["verdict"] == "insufficient_evidence"
+    assert perf["beats_baselines"] is False and "Insufficient evidence" in perf["verdict"]
+    assert perf["climatology"]["rows"] == 12
     assert perf["latency"]["calls"] == perf["calls"]
     assert 0 < perf["latency"]["p50_ms"] <= perf["latency"]["p99_ms"]
+    # calls on bars inside the training range are reported apart, never judged
+    for day in ("2017-06-01", "2017-06-02", "2017-06-05"):
+        predict(client, as_of=day)
+    perf = client.get(f"{P}/performance", params={"version": version}).json()
+    assert perf["realised"] == 15 and perf["out_of_sample"] == 12
+    assert perf["in_sample"]["rows"] == 3 and perf["ensemble"]["rows"] == 12
+    assert perf["in_sample_warning"].startswith("In sample") and "in_sample" in perf["verdict"]
+    assert perf["in_sample_last"][:10] <= "2019-12-31" and perf["baseline_test"]["n"] == 12
     unknown = client.get(f"{P}/performance", params={"model": "nope"})
     assert unknown.status_code == 404 and unknown.json()["code"] == "model_not_found"
 
@@ -378,10 +412,51 @@ def test_an_online_update_waits_for_new_outcomes_then_makes_a_patch_version(
     weights = client.get(f"{P}/weights").json()
     assert weights["version"] == result["new_version"]
     assert set(weights["sharpes"]) == {"xgboost"} and weights["weights"] == {"xgboost": 1.0}
+    # the parent was reweighted from its realised out-of-sample outcomes first (>= 30 of them)
+    parent = next(v for v in info["versions"] if v["version"] == base)
+    assert parent["weights"] == {"xgboost": 1.0}
     # the outcomes are no longer new: the next call has nothing to do
     again = client.post(f"{P}/update_online", json={})
     assert again.status_code == 200, again.text
     assert again.json()["status"] == "not_due" and again.json()["samples"]["new"] == 0
+
+
+def test_the_online_update_starts_by_itself_once_enough_outcomes_are_new(
+    platform: Platform,
+) -> None:
+    from services.predictor import adapt
+
+    client = platform.client
+    service, runner = platform.predictor.state.predictor, platform.predictor.state.jobs
+    info = client.get(f"{P}/model_info").json()
+    base = info["active_version"]
+    assert info["adaptation"]["automatic_update"] is False  # outcomes_check_s=0 here
+    assert info["adaptation"]["update_after"] == 10 and info["adaptation"]["tolerance"] == 1.0
+    check = client.portal.call(adapt.on_outcomes, service, runner, "default")
+    assert check.job_id is None and check.update.startswith("not due")
+    later = _DATES[(_DATES >= "2020-04-15") & (_DATES <= "2020-05-29")].tolist()
+    for day in later:  # after the update's outcomes: new to it
+        predict(client, as_of=day)
+    check = client.portal.call(adapt.on_outcomes, service, runner, "default")
+    assert check.job_id is not None and "started automatic online update" in check.update
+    status = client.get(f"{P}/jobs/{check.job_id}").json()
+    deadline = time.monotonic() + 240
+    while status["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status = client.get(f"{P}/jobs/{check.job_id}").json()
+    assert status["status"] == "succeeded", status
+    assert status["kind"] == "update_online" and status["result"]["status"] == "accepted"
+    major, minor, patch = base.split(".")
+    assert status["result"]["new_version"] == f"{major}.{minor}.{int(patch) + 1}"
+    info = client.get(f"{P}/model_info").json()
+    assert info["active_version"] == status["result"]["new_version"]
+    assert info["adaptation"]["last_check"]["job_id"] == check.job_id
+    # the weights' history is the lineage's: the parents were reweighted from their outcomes
+    weights = client.get(f"{P}/weights").json()
+    assert weights["min_outcomes"] == 30 and weights["window"] == 250
+    history = weights["history"]
+    assert history and all(h["outcomes"] >= 30 for h in history)
+    assert [h["last_bar"] for h in history] == sorted(h["last_bar"] for h in history)
 
 
 def test_health_says_what_is_loaded(platform: Platform) -> None:

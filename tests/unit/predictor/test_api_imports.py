@@ -1,8 +1,9 @@
-"""TensorFlow stays out of processes that do not predict or train with an LSTM.
+"""TensorFlow stays out of processes that serve: only training workers import it.
 
 Embedded mode starts every service in the gateway process: building the predictor app,
 serving its cheap routes, even accepting a training job (it trains in a worker process)
-must import neither TensorFlow nor Keras nor XGBoost. Each check runs in a fresh
+must import neither TensorFlow nor Keras nor XGBoost, and predicting with a trained LSTM
+imports neither TensorFlow nor Keras (the LSTM runs in numpy). Each check runs in a fresh
 interpreter, so nothing imported by other tests hides a leak.
 """
 
@@ -89,6 +90,47 @@ print(json.dumps({"tools": tools, "info_error": info.is_error,
 """
 
 
+PREDICT_SCRIPT = """
+import json, os, sys, time
+from pathlib import Path
+from fastapi.testclient import TestClient
+from services.market.app import create_app as market_app
+from services.market.settings import SHARED_CSV_DIR, MarketSettings
+from services.predictor.app import create_app as predictor_app
+from services.predictor.settings import PredictorSettings
+from trading.host import build_platform_app
+
+tmp = Path(sys.argv[1])
+db = f"sqlite+aiosqlite:///{tmp / 'trading.db'}"
+apps = {
+    "market": market_app(MarketSettings(data_dir=tmp, database_url=db, redis_url=None,
+        market_data_dir=SHARED_CSV_DIR, market_providers=["csv"])),
+    "predictor": predictor_app(PredictorSettings(data_dir=tmp, database_url=db,
+        redis_url=None, dask_scheduler_address=None, job_progress_interval_s=0.05)),
+}
+body = {"symbols": ["AAPL"], "start_date": "2016-01-01", "end_date": "2019-12-31",
+        "models": ["lstm", "xgboost"], "lstm": {"size": "small", "epochs": 2}}
+with TestClient(build_platform_app(apps)) as c:
+    answer = c.post("/predictor/train", json=body)
+    assert answer.status_code == 202, answer.text
+    for _ in range(3000):
+        status = c.get(answer.headers["location"]).json()
+        if status["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)
+    assert status["status"] == "succeeded", status
+    predicted = c.post("/predictor/predict", json={"symbol": "AAPL", "as_of": "2020-03-02"})
+    assert predicted.status_code == 200, predicted.text
+    members = sorted(predicted.json()["members"])
+    ranged = c.post("/predictor/predict_range", json={
+        "symbol": "AAPL", "start": "2020-02-03", "end": "2020-03-31"})
+    health = c.get("/predictor/health").json()
+heavy = [m for m in ("tensorflow", "keras") if m in sys.modules]
+print(json.dumps({"members": members, "range": ranged.status_code,
+                  "tensorflow_loaded": health["tensorflow_loaded"], "heavy": heavy}))
+"""
+
+
 def run(script: str, tmp_path: Path) -> dict[str, object]:
     """Run script in a fresh interpreter with tmp_path as its argument; return its JSON."""
     import json
@@ -136,3 +178,14 @@ def test_the_embedded_gateway_serves_predictor_tools_without_tensorflow(tmp_path
     assert result["info_error"] is True and "model_not_found" in str(result["info"])
     assert result["price"] == "AAPL"
     assert result["heavy"] == []
+
+
+def test_predicting_with_a_trained_lstm_imports_no_tensorflow(tmp_path: Path) -> None:
+    # The version is trained in a job worker (TensorFlow there); this process only predicts.
+    result = run(PREDICT_SCRIPT, tmp_path)
+    assert result == {
+        "members": ["lstm", "xgboost"],
+        "range": 200,
+        "tensorflow_loaded": False,
+        "heavy": [],
+    }

@@ -70,3 +70,63 @@ def test_bad_members_and_inputs_are_refused() -> None:
         ens.combine({"a": np.ones((1, 3))})
     with pytest.raises(ValueError):
         ens.combine({"a": np.ones((1, 3)), "b": np.ones((2, 3))})
+
+
+class _Constant:
+    """A member that calls `neutral` on every bar (the degenerate LSTM seen on NVDA)."""
+
+    name = "lstm"
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.tile([0.2, 0.6, 0.2], (len(x), 1))
+
+
+class _Varied:
+    name = "xgboost"
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        p = rng.dirichlet(np.ones(3), size=len(x))
+        return np.asarray(p)
+
+
+def test_a_member_calling_one_class_everywhere_is_degenerate_and_weighs_nothing() -> None:
+    from services.predictor.ml.training import degenerate_members
+
+    x = np.zeros((200, 4))
+    probs = {"lstm": _Constant().predict_proba(x), "xgboost": _Varied().predict_proba(x)}
+    assert degenerate_members(probs) == {"lstm": "neutral"}
+    ens = AdaptiveEnsemble(("lstm", "xgboost"))
+    assert ens.mark_degenerate({"lstm": "neutral"}) == {"lstm": 0.0, "xgboost": 1.0}
+    assert ens.reasons["lstm"].startswith("degenerate: calls neutral")
+    out = ens.combine(probs)
+    np.testing.assert_allclose(out.probabilities, probs["xgboost"])
+    # a Sharpe-based reweighting never revives it, and the state round-trips
+    assert ens.update_weights({"lstm": 5.0, "xgboost": -1.0}) == {"lstm": 0.0, "xgboost": 1.0}
+    again = AdaptiveEnsemble.from_dict(json.loads(json.dumps(ens.to_dict())))
+    assert again.degenerate() == ["lstm"] and again.weights == ens.weights
+    # when every member is degenerate the weights stay equal and both are named
+    both = AdaptiveEnsemble(("lstm", "xgboost"))
+    assert both.mark_degenerate({"lstm": "neutral", "xgboost": "up"}) == {
+        "lstm": 0.5,
+        "xgboost": 0.5,
+    }
+    assert both.degenerate() == ["lstm", "xgboost"]
+
+
+def test_the_sharpe_of_the_calls_carries_its_sample_and_a_p_value() -> None:
+    from services.predictor.ml import metrics as m
+
+    rng = np.random.default_rng(3)
+    returns = rng.normal(0.0, 0.01, 500)
+    calls = np.where(rng.random(500) < 0.2, 1, 2)  # up on 80% of bars, neutral on the rest
+    n, p = m.sharpe_test(calls, returns)  # a random walk: no edge
+    assert n == int(np.sum(calls != 1)) and p is not None and p > 0.01
+    edge = np.where(returns > 0, 2, 0)  # a planted edge: knows the sign
+    n, p = m.sharpe_test(edge, returns)
+    assert n == 500 and p is not None and p < 1e-10
+    # the climatology forecast: the training class frequencies on every row
+    freq = m.class_frequencies(np.array([0, 1, 1, 2, np.nan]))
+    np.testing.assert_allclose(freq, [0.25, 0.5, 0.25])
+    y = np.array([1, 1, 0, 2])
+    assert m.brier_score(y, m.climatology(freq, 4)) < m.brier_score(y, m.one_hot(np.ones(4)))

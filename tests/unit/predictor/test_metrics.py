@@ -86,17 +86,29 @@ def test_baselines_and_the_verdict() -> None:
     base = m.baseline_metrics(labels, returns, np.array([6, 7, 8]), train, 1)
     assert base["majority"]["accuracy"] == pytest.approx(1 / 3)
     assert base["previous"]["accuracy"] == pytest.approx(1 / 3)  # calls 2, 0, 0 for 0, 0, 2
-    model = {"accuracy": 0.5, "brier": 0.6}
-    assert m.beats_baselines(model, base)
-    assert not m.beats_baselines({"accuracy": 1 / 3}, base)  # a tie does not beat
-    assert m.beats_baselines(model, base, key="brier")  # lower is better
 
 
 def test_evaluate_reports_every_figure(calls3: tuple[np.ndarray, np.ndarray]) -> None:
     y, proba = calls3
     out = m.evaluate(y, proba, np.zeros(y.size))
-    assert set(out) == {"rows", "accuracy", "precision", "recall", "f1", "ece", "brier", "sharpe"}
+    assert set(out) == {
+        "rows",
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "ece",
+        "brier",
+        "log_loss",
+        "sharpe",
+        "sharpe_calls",
+        "sharpe_p_value",
+    }
     assert out["rows"] == 500 and out["sharpe"] == 0.0
+    assert out["sharpe_calls"] == int(np.sum(proba.argmax(axis=1) != 1))
+    assert out["sharpe_p_value"] is None  # zero returns: no variance, no test
+    expected = -np.mean(np.log(proba[np.arange(y.size), y]))
+    assert out["log_loss"] == pytest.approx(expected)
     with pytest.raises(ValueError):
         m.evaluate(y, proba[:, :2], np.zeros(y.size))
     with pytest.raises(ValueError):

@@ -107,7 +107,7 @@ def test_the_lstm_is_fine_tuned_from_its_weights(trained: Trained, aapl_series: 
     np.testing.assert_array_equal(
         model.predict(aapl_series.features, VALIDATION).probabilities, before
     )
-    loaded = EnsembleModel.from_artifacts(result.model.to_artifacts())
+    loaded = EnsembleModel.from_artifacts(result.model.to_artifacts(), trainable=True)
     np.testing.assert_array_equal(
         loaded.predict(aapl_series.features, VALIDATION).probabilities,
         result.model.predict(aapl_series.features, VALIDATION).probabilities,

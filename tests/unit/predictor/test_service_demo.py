@@ -43,3 +43,5 @@ def test_the_demo_trains_predicts_and_shows_the_baselines(tmp_path: Path, csv_di
     performance = out["performance"]
     assert performance["realised"] >= 4 and performance["pending"] == 1  # the last bar
     assert performance["verdict"] in text
+    assert f"verdict: {out['trained']['baseline_test']['verdict']} (exact McNemar" in text
+    assert "verdict: insufficient_evidence (exact McNemar, n=" in text  # 5 live calls

@@ -24,6 +24,7 @@ from services.predictor.ml.training import EnsembleModel, SeriesData, train_ense
 from services.predictor.repository import PredictionRow
 from services.predictor.service import distinct_predictions
 from services.predictor.tasks import member_sharpes
+from shared.verdicts import judge_calls
 from tests.unit.predictor.conftest import TINY
 
 UP, DOWN = (0.1, 0.2, 0.7), (0.6, 0.3, 0.1)
@@ -58,34 +59,55 @@ def test_realised_labels_are_the_training_labels_of_each_bar(aapl: pd.DataFrame)
     assert figures.baselines["majority"].accuracy == pytest.approx(float(np.mean(y == 1)))
     expected_sharpe = m.sharpe_of_calls(np.full(y.size, 2), out.returns, 1)
     assert figures.ensemble.sharpe == pytest.approx(expected_sharpe)
-    beats = all(figures.ensemble.accuracy > b.accuracy for b in figures.baselines.values())
-    assert figures.beats == beats and ("NOT" in figures.verdict) == (not beats)
+    # 4 realised calls, well under the minimum of 100: no verdict, whatever the accuracies
+    assert figures.test.verdict == "insufficient_evidence" and figures.beats is False
+    assert figures.test.n == 4 and "Insufficient evidence" in figures.verdict
+    assert "fewer than the 100 a verdict needs" in figures.verdict
 
 
 def test_no_realised_outcome_says_so() -> None:
     out = realise([Logged("AAPL", 5, UP, {})], {}, horizon=2, band=0.5, vol_window=21)
     figures = live_figures(out, horizon=2, majority=1)
     assert figures.ensemble is None and figures.beats is None
-    assert "No realised predictions yet (1 pending)" in figures.verdict
+    assert "No realised out-of-sample predictions yet (1 pending)" in figures.verdict
 
 
-def test_the_verdict_reads_the_test_segment_else_validation() -> None:
-    def segment(model: float, majority: float, previous: float) -> dict[str, object]:
-        fig = {"rows": 10, "precision": 0, "recall": 0, "f1": 0, "ece": 0, "brier": 0}
+def test_the_verdict_reads_the_test_segment_paired_test_only() -> None:
+    def segment(n: int, b: int, c: int) -> dict[str, object]:
+        fig = {"rows": n, "precision": 0, "recall": 0, "f1": 0, "ece": 0, "brier": 0}
+        y = np.ones(n, dtype=np.int64)
+        model = y.copy()
+        model[:c] = 0  # wrong where only the baseline is right
+        base = y.copy()
+        base[c : c + b] = 0  # wrong where only the model is right
+        test = judge_calls(model, y, {"majority": base, "previous": base})
         return {
-            "rows": 10,
-            "ensemble": {**fig, "accuracy": model, "sharpe": 0},
+            "rows": n,
+            "ensemble": {**fig, "accuracy": float(np.mean(model == y)), "sharpe": 0},
             "baselines": {
-                "majority": {**fig, "accuracy": majority, "sharpe": 0},
-                "previous": {**fig, "accuracy": previous, "sharpe": 0},
+                "majority": {**fig, "accuracy": float(np.mean(base == y)), "sharpe": 0},
+                "previous": {**fig, "accuracy": float(np.mean(base == y)), "sharpe": 0},
             },
+            "comparisons": {"ensemble": test.model_dump(mode="json")},
         }
 
-    beats, text = verdict({"validation": segment(0.9, 0.1, 0.1), "test": segment(0.4, 0.45, 0.3)})
-    assert not beats and "test segment, 10 bars" in text and "does NOT beat" in text
-    beats, text = verdict({"validation": segment(0.5, 0.45, 0.3), "test": {"rows": 0}})
-    assert beats and "validation segment" in text and "0.500 beats" in text
-    assert verdict({})[0] is False
+    # validation (which picked the epochs) is never judged: a strong one does not count
+    judged = verdict({"validation": segment(300, 60, 0), "test": segment(300, 1, 0)})
+    assert judged.test.verdict == "does_not_beat" and not judged.beats
+    assert "b=1" in judged.sentence and "c=0" in judged.sentence and "p=1" in judged.sentence
+    judged = verdict({"validation": segment(300, 60, 0), "test": {"rows": 0}})
+    assert judged.test.verdict == "insufficient_evidence" and not judged.beats
+    judged = verdict({"test": segment(300, 40, 10)})
+    assert judged.test.verdict == "beats" and judged.beats
+    assert judged.test.baselines["majority"].p_value < 1e-4
+    # the minimum is a setting: the same stored counts at a higher minimum are no verdict
+    assert verdict({"test": segment(300, 40, 10)}, 500).test.verdict == "insufficient_evidence"
+    # a version stored before the paired test is unproven, not "beats"
+    old = segment(300, 40, 10)
+    del old["comparisons"]
+    judged = verdict({"test": old})
+    assert judged.test.verdict == "insufficient_evidence" and "before the paired" in judged.sentence
+    assert verdict({}).beats is False
 
 
 def test_one_prediction_per_symbol_and_bar_the_latest_logged() -> None:
@@ -135,3 +157,46 @@ def test_an_update_reweights_the_candidate_from_the_members_sharpes(
     assert result.model.ensemble.sharpes == sharpes
     assert result.model.ensemble.weights == {"xgboost": 1.0}
     assert model.ensemble.sharpes == {}  # the active model is untouched
+
+
+def test_in_sample_calls_are_reported_apart_and_never_judged() -> None:
+    # a version that saw days 0..299 calls them perfectly (it learnt them); its calls on
+    # days 300..699 are coin flips on a random walk: that is what must be judged
+    from services.predictor.evaluation import Realised, TrainingRange, training_range
+
+    day = 86_400 * 10**9
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 3, 700)
+    guess = rng.integers(0, 3, 700)
+    called = np.where(np.arange(700) < 300, y, guess)
+    probs = [tuple(np.eye(3)[k] * 0.8 + 0.2 / 3) for k in called]
+    items = [Logged("X", i * day, probs[i], {}) for i in range(700)]
+    realised = Realised(items, y, rng.normal(0, 0.01, 700), np.roll(y, 1), 0)
+    trained = TrainingRange(0, 299 * day, ("X",))
+    figures = live_figures(realised, horizon=1, majority=1, trained=trained)
+    assert figures.in_sample is not None and figures.in_sample.rows == 300
+    assert figures.in_sample.ensemble is not None and figures.in_sample.ensemble.accuracy == 1.0
+    assert figures.out_of_sample == 400 and figures.ensemble is not None
+    assert figures.ensemble.rows == 400 and figures.test.n == 400
+    assert figures.test.verdict == "does_not_beat" and figures.beats is False
+    assert "In sample" in figures.verdict and "300 other realised" in figures.verdict
+    # today's rule (no split) would have judged all 700 calls, the perfect 300 among them
+    everything = live_figures(realised, horizon=1, majority=1)
+    assert everything.test.verdict == "beats"
+    # the range comes from the version's stored segments (train first .. validation last)
+    stored = {
+        "info": {
+            "segments": {
+                "X": {
+                    "train": {"first": "2018-01-02T00:00:00", "last": "2021-06-30T00:00:00"},
+                    "validation": {"first": "2021-07-06", "last": "2022-03-31T00:00:00"},
+                    "test": {"first": "2022-04-06", "last": "2022-12-30"},
+                }
+            }
+        }
+    }
+    rng_ = training_range(stored, ["X"], None, None)
+    stamp = pd.Timestamp("2022-03-31", tz="UTC").value
+    assert rng_.contains(stamp) and not rng_.contains(stamp + day * 6)  # test: out of sample
+    online = training_range({**stored, "kind": "online_update"}, ["X"], None, stamp + 100 * day)
+    assert online.contains(stamp + 100 * day)  # an update learnt from its outcomes too

@@ -36,6 +36,7 @@ from shared.jobs import (
     task_cancelled,
     task_report,
 )
+from shared.jobs.routes import IdempotencyKey
 from shared.jobs.tasks import REPORT_INTERVAL_S
 
 SERVICE = "sims"
@@ -220,6 +221,7 @@ def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Simulations", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(IdempotencyKey)  # as shared.app.service_app does
     gate = PollGate()
 
     @app.middleware("http")
@@ -300,3 +302,15 @@ def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
 
     app.include_router(job_router())
     return app
+
+
+def hold(pid_file: str, limit_s: float = 120.0) -> int:
+    """Write this process's id to pid_file, then work ignoring cancellation for limit_s."""
+    Path(pid_file).write_text(str(os.getpid()))
+    deadline = time.monotonic() + limit_s
+    total = 0.0
+    while time.monotonic() < deadline:  # holds the GIL most of the time, as training does
+        for i in range(10_000):
+            total += i * 0.5
+        time.sleep(0.01)
+    return os.getpid()

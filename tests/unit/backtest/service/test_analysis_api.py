@@ -69,7 +69,16 @@ def test_the_grid_ranks_every_combination_and_the_winner_is_the_engines(api: Tes
     assert result["top"][0]["metrics"]["total_trades"] == single["metrics"]["total_trades"]
     assert 0 <= result["deflated_sharpe_ratio"] <= 1
     assert 0 <= result["pbo"] <= 1 and result["pbo_splits"] == 10
-    assert ("Likely overfitted" in result["reading"]) == (result["pbo"] > 0.5)
+    # the DSR's inputs: every trial counts, fewer of them are independent
+    d = result["deflated_sharpe"]
+    assert d["n_trials"] == len(pairs) and 1 <= d["effective_trials"] <= len(pairs)
+    assert d["bars"] == result["bars"] and 64 <= d["sampled_trials"] <= 65  # and the winner
+    assert d["sharpe_annualized"] == pytest.approx(sharpes[0], rel=1e-9)
+    assert d["threshold_sharpe"] > 0 and d["sharpe_variance"] > 0 and d["kurtosis"] > 0
+    assert 0 <= d["cross_trial_dsr"] <= 1
+    # "likely overfitted" only when the best is within luck AND the selection fails
+    overfitted = result["deflated_sharpe_ratio"] < 0.95 and result["pbo"] > 0.5
+    assert result["reading"].startswith("Likely overfitted") == overfitted
     assert result["bars"] == single["bars"] and result["bars_hash"] == single["bars_hash"]
 
 

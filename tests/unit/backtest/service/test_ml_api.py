@@ -276,10 +276,23 @@ def test_an_ml_walk_forward_trains_per_window_and_scores_out_of_sample(
         rates = np.array([w["ml"]["hit_rate"][k] for w in windows], dtype=float)
         assert ml["hit_rate"][k] == pytest.approx(float(rates @ realised / realised.sum()))
     assert ml["realised"] == int(realised.sum())
-    assert ml["beats_baselines"] == (
-        ml["hit_rate"]["model"] > max(ml["hit_rate"]["majority"], ml["hit_rate"]["previous"])
-    )
-    assert ("does NOT beat" in ml["reading"]) != ml["beats_baselines"]
+    # one paired test over the pooled bars of all windows, the shared rule's
+    test = ml["baseline_test"]
+    assert test["n"] == ml["realised"] and test["min_calls"] == 100
+    for k in ("majority", "previous"):
+        pair = test["baselines"][k]
+        assert pair["model_correct"] == round(ml["hit_rate"]["model"] * ml["realised"])
+        assert pair["baseline_correct"] == round(ml["hit_rate"][k] * ml["realised"])
+        assert pair["model_only"] - pair["baseline_only"] == (
+            pair["model_correct"] - pair["baseline_correct"]
+        )
+    assert ml["beats_baselines"] == (test["verdict"] == "beats")
+    expected = {"beats": "beats the naive", "does_not_beat": "does NOT beat"}
+    assert expected.get(test["verdict"], "Insufficient evidence") in ml["reading"]
+    # a window of under 100 realised calls is never judged on its own
+    for w in windows:
+        if w["ml"]["realised"] < 100:
+            assert w["ml"]["baseline_test"]["verdict"] == "insufficient_evidence"
     # the stitched out-of-sample equity covers the test windows, beside buy-and-hold
     assert wf["equity"]["timestamps"][0][:10] == windows[0]["test_start"]
     assert wf["metrics"]["final_capital"] > 0 and wf["benchmark"]["total_return"] is not None
@@ -287,3 +300,6 @@ def test_an_ml_walk_forward_trains_per_window_and_scores_out_of_sample(
     assert c.get(f"{P}/model_info", params={"model": "default"}).json()["active_version"] == (
         platform.version
     )
+    # the ML walk-forward is stored like any other: read back by its id, as answered
+    stored = c.get(f"{B}/results/{wf['run_id']}").json()
+    assert wf["kind"] == "walk_forward" and stored == wf
