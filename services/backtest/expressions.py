@@ -51,10 +51,10 @@ class _Model(BaseModel):
 class Rules(_Model):
     """Up to four conditions (`GET /strategies/language`); at least one entry."""
 
-    entry_long: str | None = Field(default=None, max_length=2000, description="Go long.")
-    exit_long: str | None = Field(default=None, max_length=2000, description="Close a long.")
-    entry_short: str | None = Field(default=None, max_length=2000, description="Go short.")
-    exit_short: str | None = Field(default=None, max_length=2000, description="Close a short.")
+    entry_long: str | None = Field(default=None, max_length=2000)
+    exit_long: str | None = Field(default=None, max_length=2000)
+    entry_short: str | None = Field(default=None, max_length=2000)
+    exit_short: str | None = Field(default=None, max_length=2000)
 
     def given(self) -> list[tuple[str, str]]:
         """Return the (rule, text) pairs given."""
@@ -62,7 +62,7 @@ class Rules(_Model):
 
 
 class ParamSpec(_Model):
-    """A `$param`: its default and bounds (whole numbers where it is a window)."""
+    """A `$param`'s default and bounds."""
 
     default: float
     min: float | None = None

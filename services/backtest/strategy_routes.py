@@ -60,9 +60,7 @@ async def list_strategies(service: Service) -> StrategyList:
     summary="The strategy language",
 )
 async def get_strategy_language() -> LanguageInfo:
-    """Return the strategy language: its grammar, the series, every function with its
-    signature and meaning, what each rule does, the semantics (causal: a rule at a bar's
-    close reads that bar and earlier ones only) and examples to start from."""
+    """Return the strategy language: grammar, series, functions, rules, semantics, examples."""
     return language()
 
 
@@ -76,9 +74,9 @@ async def get_strategy_language() -> LanguageInfo:
 )
 @documents_rules(*LANGUAGE_RULES)
 async def validate_strategy(body: ValidateStrategyRequest) -> StrategyCheck:
-    """Parse and check rules without saving or running them. Answer: each rule's normal
-    text, the `$params` found (integer when a window or lag), the warm-up in bars at the
-    defaults, and whether it can go short. A bad rule is a 422 whose `detail` names the
+    """Check strategy rules without saving: normal text, `$params`, warm-up bars.
+
+    A bad rule is a 422 whose `detail` names the
     rule, line:column, what was expected and the closest valid name, e.g. "entry_long 1:1:
     unknown function `rsl`; did you mean `rsi`?"."""
     return check_program(body.rules, body.params)

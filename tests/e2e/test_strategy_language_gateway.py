@@ -77,7 +77,8 @@ async def _session(url: str) -> dict[str, Any]:
         ):
             await session.initialize()
             tools = {t.name: t for t in (await session.list_tools()).tools}
-            seen["description"] = tools["backtest_run_backtest"].description
+            run_tool = tools["backtest_run_backtest"]
+            seen["description"] = run_tool.input_schema["properties"]["strategy"]["description"]
             draft = DRAFT
             first = await session.call_tool("backtest_validate_strategy", draft)
             seen["first"] = first
@@ -111,7 +112,7 @@ def test_a_model_writes_fixes_saves_backtests_and_optimises_a_strategy(
 ) -> None:
     seen = anyio.run(_session, gateway_url)
 
-    assert "GET /strategies/language" in seen["description"]
+    assert "inline `rules`" in seen["description"]
     first = seen["first"]
     assert first.is_error
     assert "entry_long 1:1: unknown function `rsl`; did you mean `rsi`?" in _text(first)
