@@ -13,6 +13,12 @@ gateway process, SQLite in a temporary folder, in-process cache), cached `AAPL` 
 Each side is warmed up, then timed n times, alternating the two so that noise on the shared
 cores hits both alike. Prints medians, p90 and the added median latency.
 Target: under 2 ms added in-process (embedded mode).
+
+Claude Desktop's view (`--claude-only` runs just this): the official `mcp` client starts
+`trading mcp` over stdio as Claude Desktop does and reports the seconds from spawn to the
+`initialize` answer and to the first tool answer, the model-visible tool context (name +
+description + input schema of `tools/list`, target <= 32 kB) beside the whole `tools/list`,
+and the size of a typical backtest answer (target <= 4 kB).
 """
 
 from __future__ import annotations
@@ -180,16 +186,95 @@ async def over_http(
         ]
 
 
+def claude_figures(data_dir: Path) -> dict[str, Any]:
+    """Start `trading mcp` over stdio as Claude Desktop does; return its cold start and sizes."""
+    from mcp import StdioServerParameters
+
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env.update(MARKET_PROVIDERS="csv", MARKET_DATA_DIR=str(SHARED_CSV_DIR), DATA_DIR=str(data_dir))
+    trading = Path(sys.executable).absolute().parent / "trading"
+    params = StdioServerParameters(command=str(trading), args=["mcp"], env=env, cwd=str(data_dir))
+    with (data_dir / "stderr.log").open("w") as errlog:
+        return asyncio.run(_claude_session(params, errlog))
+
+
+async def _claude_session(params: Any, errlog: Any) -> dict[str, Any]:
+    import json
+
+    from mcp import ClientSession
+    from mcp.client.stdio import stdio_client
+
+    from gateway_mcp.context import model_visible_bytes
+
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    async with (
+        stdio_client(params, errlog=errlog) as (read, write),
+        ClientSession(read, write, read_timeout_seconds=60.0) as session,
+    ):
+        init = await session.initialize()
+        out["initialize_s"] = time.perf_counter() - t0
+        await session.call_tool("market_get_price", {"symbol": "AAPL"})
+        out["first_answer_s"] = time.perf_counter() - t0
+        listed = await session.list_tools()
+        out["server"] = f"{init.server_info.name} {init.server_info.version}"
+        out["tools"] = len(listed.tools)
+        out["context_bytes"] = sum(
+            model_visible_bytes(t.name, t.description, t.input_schema) for t in listed.tools
+        )
+        out["tools_list_bytes"] = len(listed.model_dump_json(by_alias=True).encode())
+        run = await session.call_tool(
+            "backtest_run_backtest",
+            {
+                "symbol": "AAPL",
+                "start_date": "2019-01-02",
+                "end_date": "2023-10-27",
+                "strategy": {"name": "sma_crossover"},
+            },
+        )
+        out["backtest_answer_bytes"] = len(
+            json.dumps(run.structured_content, separators=(",", ":")).encode()
+        )
+    return out
+
+
+def print_claude(figures: dict[str, Any]) -> None:
+    """Print Claude Desktop's view of the gateway."""
+    ctx = figures["context_bytes"]
+    print(f"Claude Desktop's view (stdio, {figures['server']}, {figures['tools']} tools)")
+    print(
+        f"  cold start: initialize {figures['initialize_s']:.2f} s, first tool answer "
+        f"{figures['first_answer_s']:.2f} s"
+    )
+    print(
+        f"  tool context (name + description + input schema): {ctx:,} bytes "
+        f"({'meets' if ctx <= 32_000 else 'MISSES'} the 32 kB target); whole tools/list "
+        f"{figures['tools_list_bytes']:,} bytes"
+    )
+    size = figures["backtest_answer_bytes"]
+    print(
+        f"  backtest answer (AAPL 2019-2023, sma_crossover): {size:,} bytes "
+        f"({'meets' if size <= 4_000 else 'MISSES'} the 4 kB target)"
+    )
+
+
 def main() -> None:
     """Run both comparisons and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=500, help="timed calls per side")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--no-http", action="store_true", help="skip the real-HTTP comparison")
+    parser.add_argument(
+        "--claude-only", action="store_true", help="only Claude Desktop's view (stdio)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("httpx", "httpx2", "alembic", "shared", "gateway_mcp", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        print_claude(claude_figures(Path(tmp)))
+    if args.claude_only:
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         market = create_app(

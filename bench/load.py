@@ -22,7 +22,9 @@ It prints one column per (checkout, scenario): throughput, p50, p99, max, errors
 during the database fault against the configured bound, the server's log lines for Redis
 going down and coming back and for database 503s, and the rows lost, duplicated or changed
 in `market_data` (checked against the CSV files for every range the service recorded as
-fetched). Targets: 0 errors and 0 timeouts;
+fetched). `--scenario idle|optimize_422|optimize_cscv|chart|results_list|monte_carlo` runs
+issue 14's adversarial scenarios instead (bench/adversarial.py: the cached price's p99
+beside each attack). Targets: 0 errors and 0 timeouts;
 max across an expiry < 2x the steady p99; every request during the fault answered (data or
 503) within the bound; 0 rows lost or duplicated.
 """
@@ -62,6 +64,8 @@ CONNECT_TIMEOUT_S = 2.0  # DATABASE_CONNECT_TIMEOUT_S of the service under test
 COMMAND_TIMEOUT_S = 3.0  # DATABASE_COMMAND_TIMEOUT_S (ignored by checkouts that lack it)
 BOUND_S = CONNECT_TIMEOUT_S + COMMAND_TIMEOUT_S  # the most one database wait may take
 SCENARIOS = ("expiry", "redis", "database")
+# issue 14's adversarial scenarios (bench/adversarial.py): the cached price beside abuse
+ADVERSARIAL = ("idle", "optimize_422", "optimize_cscv", "chart", "results_list", "monte_carlo")
 RAMP_S = 1.0  # clients connect spread over a second (not one SYN burst), before the run
 WARM_URL = "/market/market_status"  # each client's first request (no cache entry under test)
 SERVER_CMD = {  # `--server uvicorn`: the same app under plain uvicorn (to tell server from app)
@@ -480,7 +484,12 @@ def main() -> None:
     parser.add_argument("--root", action="append", type=Path, help="checkout(s) to serve")
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--duration", type=float, default=36.0, help="seconds per scenario")
-    parser.add_argument("--scenario", action="append", choices=SCENARIOS)
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS + ADVERSARIAL,
+        help="the adversarial ones (bench/adversarial.py) run apart, 10 s each",
+    )
     parser.add_argument(
         "--samples", type=Path, help="write each scenario's requests (CSV) and server log here"
     )
@@ -493,9 +502,17 @@ def main() -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    adversarial = [n for n in args.scenario or () if n in ADVERSARIAL]
+    if adversarial:
+        from bench import adversarial as attacks
+
+        for root in roots:
+            attacks.main(adversarial, root)
+        if all(n in ADVERSARIAL for n in args.scenario):
+            return
     results = []
     for root in roots:
-        for name in args.scenario or SCENARIOS:
+        for name in [n for n in args.scenario or SCENARIOS if n not in ADVERSARIAL]:
             print(f"running {name} against {root} ...", file=sys.stderr, flush=True)
             results.append(scenario(root, name, args.clients, args.duration, args.samples))
             if args.samples:

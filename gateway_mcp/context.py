@@ -22,9 +22,9 @@ import json
 import re
 from typing import Any
 
-BIG_SCHEMA_BYTES = 700
-DESCRIPTION_CHARS = 240
-ARGUMENT_CHARS = 100
+BIG_SCHEMA_BYTES = 400
+DESCRIPTION_CHARS = 200
+ARGUMENT_CHARS = 90
 TOOL_DOCS_URI = "docs://tools/{name}"
 
 _SENTENCE_END = re.compile(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+(?=[A-Z`(\"'])")
@@ -185,6 +185,9 @@ def model_visible_bytes(name: str, description: str | None, input_schema: Any) -
     return size_of({"name": name, "description": description or "", "inputSchema": input_schema})
 
 
+_SHARED_KEPT = frozenset({"type", "enum", "const", "items", "anyOf", "oneOf", "properties"})
+
+
 def _signature(schema: Any) -> str:
     return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
@@ -195,9 +198,10 @@ def share_descriptions(
     """Describe an argument shared by several tools once: in the first tool that takes it.
 
     schemas maps tool name -> input schema, in the order a reader meets them. An argument
-    with the same name and schema in a later tool keeps its type, bounds and default and
-    drops its description. Returns (new schemas, tool -> the tool that describes its shared
-    arguments), the latter for a note in the later tool's description.
+    with the same name and schema in a later tool keeps its type and choices (`enum`, the
+    summary of a union) and drops its description, bounds and default: the first tool
+    shows them, and the service checks them. Returns (new schemas, tool -> the tool that
+    describes its shared arguments), the latter for a note in the later tool's description.
     """
     first: dict[tuple[str, str], str] = {}
     out: dict[str, dict[str, Any]] = {}
@@ -211,9 +215,36 @@ def share_descriptions(
         for name, prop in props.items():
             key = (name, _signature(prop))
             owner = first.setdefault(key, tool)
-            if owner != tool and isinstance(prop, dict) and "description" in prop:
-                prop = {k: v for k, v in prop.items() if k != "description"}
+            summary = isinstance(prop, dict) and "Full schema:" in str(prop.get("description"))
+            if owner != tool and isinstance(prop, dict) and "description" in prop and not summary:
+                prop = {k: v for k, v in prop.items() if k in _SHARED_KEPT}
                 described_in.setdefault(tool, owner)
             new_props[name] = prop
         out[tool] = {**schema, "properties": new_props}
     return out, described_in
+
+
+def _nullable(schema: Any) -> bool:
+    if not isinstance(schema, dict):
+        return False
+    kind = schema.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    return any(_nullable(b) for b in schema.get("anyOf", []) + schema.get("oneOf", []))
+
+
+def optional_nulls(schema: Any) -> Any:
+    """Return an output schema whose nullable properties are not required.
+
+    FastMCP leaves `null` members out of a tool's structured answer, so a property that may be
+    null (a profit factor without a losing trade) must be allowed to be absent as well.
+    """
+    if isinstance(schema, list):
+        return [optional_nulls(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: optional_nulls(v) for k, v in schema.items()}
+    props = schema.get("properties")
+    if isinstance(props, dict) and isinstance(schema.get("required"), list):
+        out["required"] = [r for r in schema["required"] if not _nullable(props.get(r))]
+    return out

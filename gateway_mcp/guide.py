@@ -4,7 +4,7 @@ Instructions teach the platform's three habits (run ids chain, long work is a jo
 coverage) in a few lines. Prompts start the common workflows. Resources hold what a model
 needs once: each tool's full documentation (`docs://tools/{name}`), a stored backtest run
 (`backtest://runs/{run_id}`), a model version (`models://{name}/{version}`) and the data
-the market service holds (`market://coverage`). Resources read the services through the
+the market service holds (`market://symbols`). Resources read the services through the
 same clients as the tools, so they answer what a tool would.
 """
 
@@ -26,7 +26,8 @@ INSTRUCTIONS = """Tools of an AI trading research platform, one group per servic
   (`job.id`, `status`, `progress`) and `continue_with`, the exact `<service>_get_job(job_id=...,
   wait_s=...)` call that waits for it and returns its result; `<service>_cancel_job` stops it.
   Calling the same job tool again with the same arguments while it runs returns that job.
-- Data has coverage: `market_get_historical` says which dates exist; ask for dates inside it.
+- Data has coverage: `market_list_symbols` lists the symbols and their first and last bars;
+  ask for dates inside them.
 - Errors name the service, status, code and field; an unknown argument names the closest
   valid one. `rate_limited` (429) and `overloaded` (503) say after how many seconds to retry:
   wait that long.
@@ -62,9 +63,9 @@ MODEL_VS_NAIVE = """Is the predictor model `{model}` better than naive on {symbo
 
 WHAT_DATA = """What market data do I have{about}?
 
-Read the resource `market://coverage` (or call `market_get_historical` for one symbol with
-`limit=1` and `offset=-1`): list the symbols, their first and last dates and any gaps that
-matter. Then suggest date ranges inside that coverage for a backtest.
+Call `market_list_symbols` (the same as the resource `market://symbols`): list the symbols,
+their first and last bars, where they come from and whether they are stale. Then suggest
+date ranges inside that coverage for a backtest.
 """
 
 
@@ -157,13 +158,14 @@ def install_guide(gateway: FastMCP, docs: dict[str, dict[str, Any]], groups: set
     if "market" in groups:
 
         @gateway.resource(
-            "market://coverage",
+            "market://symbols",
             name="data_coverage",
-            description="The symbols the market service has data for, with their dates.",
+            description="The symbols the market service has data for, with their first and "
+            "last bars.",
             mime_type="application/json",
         )
         async def data_coverage() -> str:
-            return _json(await _get("market", "/coverage"))
+            return _json(await _get("market", "/symbols"))
 
         @gateway.prompt(name="what_data", description="What data do I have?")
         def what_data(symbol: str = "") -> str:

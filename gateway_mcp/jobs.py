@@ -141,8 +141,13 @@ async def _follow(
             )
         progress = job.progress
         if last_done is None or progress.done > last_done:
+            message = progress.message or f"job {job.status}"
+            if last_done is None and progress.done == 0:  # the first word names the job
+                message = f"{service} job {job.id} {job.status}" + (
+                    f": {progress.message}" if progress.message else ""
+                )
             last_done = progress.done
-            await report(progress.done, progress.total, progress.message or f"job {job.status}")
+            await report(progress.done, progress.total, message)
         if job.status == "succeeded":
             if progress.total is not None and last_done < progress.total:
                 await report(progress.total, progress.total, progress.message or "done")

@@ -32,6 +32,7 @@ from gateway_mcp.context import (
     TOOL_DOCS_URI,
     compact_schema,
     first_paragraph,
+    optional_nulls,
     strict_schema,
 )
 from gateway_mcp.jobs import CALL_DEADLINE
@@ -52,15 +53,20 @@ from gateway_mcp.results import (
 from shared.errors import parse_problem, unknown_argument_message
 
 PAGING_NOTE = " Lists are paged (`limit`, `offset`; see the answer's `page`)."
-JOB_NOTE = (
-    " Runs as a job: answers its result, or within the call budget the job's handle and the "
-    "`*_get_job` call that continues."
-)
+JOB_NOTE = " Long runs answer a job handle with `continue_with`, the call that goes on."
 JSON_MEDIA = "application/json"
 
 
-def is_job_route(route: HTTPRoute) -> bool:
-    """Return True when the operation declares a `202 Accepted` (job) answer."""
+def is_job_route(route: HTTPRoute, spec: dict[str, Any] | None = None) -> bool:
+    """Return True when the operation declares a `202 Accepted` (job) answer.
+
+    Read from the spec when given: fastmcp's route keeps only the first success answer, so
+    an operation answering 200 (quick) or 202 (a job) looks like a 200-only one there.
+    """
+    if spec is not None:
+        operation = spec.get("paths", {}).get(route.path, {}).get(route.method.lower(), {})
+        if "202" in {str(code) for code in operation.get("responses", {})}:
+            return True
     return "202" in (route.responses or {})
 
 
@@ -162,7 +168,7 @@ def gateway_tool(
     An argument the tool does not take is refused by name, with the closest one it does.
     """
     image = image_media_type(spec, route)
-    job = is_job_route(route)
+    job = is_job_route(route, spec)
     body = None if job or image else response_schema(spec, route)
     # fastmcp answers a non-object body as {"result": <body>}; the gateway keeps that shape.
     wrapped = body is not None and not is_object_schema(body, spec)
@@ -173,7 +179,7 @@ def gateway_tool(
         and (job or schema_has_rows(body, spec))
         and not ({"limit", "offset"} & set(props))
     )
-    output_schema = None if job or image else inner.output_schema
+    output_schema = None if job or image else optional_nulls(inner.output_schema)
     full_description = inner.description or ""
     if paged:
         props.update(page_arguments(limits))

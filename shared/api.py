@@ -182,6 +182,8 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
             f" | cause: {type(cause).__name__}: {cause}" if cause is not None else "",
         )
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.retry_after_s is not None:
+        headers = {**(headers or {}), "Retry-After": str(exc.retry_after_s)}
     problem = exc.to_problem(instance=request.url.path, error_id=error_id)
     return problem_response(problem, headers)
 

@@ -87,6 +87,23 @@ class BaseServiceSettings(BaseSettings):
     job_max_running: int = Field(
         default=2, ge=1, description="Jobs running at once per service process; more wait queued."
     )
+    job_max_queued: int = Field(
+        default=50,
+        ge=0,
+        description="Jobs waiting for a slot per service process; more are refused with 503 "
+        "`jobs_full` and Retry-After.",
+    )
+    job_max_run_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest a job may run (any kind not in JOB_MAX_RUN_S_BY_KIND); then it "
+        "is stopped and ends failed with code `timeout`.",
+    )
+    job_max_run_s_by_kind: dict[str, float] = Field(
+        default_factory=dict,
+        description='Longest run per job kind, as JSON (e.g. {"optimize": 600, "training": '
+        "7200}); other kinds use JOB_MAX_RUN_S.",
+    )
     job_thread_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,

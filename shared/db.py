@@ -13,8 +13,9 @@ acknowledged.
 After a connection failure (refused, reset, timed out) a circuit breaker answers 503 at once
 for ``connect_timeout_s`` instead of letting every request wait out its own bound; then one
 session tries the database again (``/health`` always asks it, and its success closes the
-breaker). A pool with no free connection is load, not an outage: it answers 503 but does
-not open the breaker.
+breaker). Load is not an outage: a pool with no free connection, or a timeout within
+``TIMEOUT_GRACE_S`` of a session that worked, answers 503 ``database_busy`` (Retry-After)
+but does not open the breaker.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import fcntl
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,7 +46,7 @@ from sqlalchemy.ext.asyncio import (
 
 from shared.breaker import BreakerState, CircuitBreaker, Permit, log_transitions
 from shared.config import BaseServiceSettings
-from shared.errors import DatabaseUnavailableError
+from shared.errors import DatabaseBusyError, DatabaseUnavailableError
 from shared.logging import mask_secrets
 from shared.metrics import publish_breaker
 
@@ -54,6 +56,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Key of the PostgreSQL advisory lock held while migrating (any fixed 64-bit number).
 MIGRATE_LOCK = 0x7472_6164_696E_67  # "trading"
 MIGRATE_TIMEOUT_S = 60.0
+TIMEOUT_GRACE_S = 2.0
+POOL_SIZE = 10  # PostgreSQL connections kept per process
+MAX_OVERFLOW = 10  # more opened under load, closed when returned
 
 # TCP keepalive on PostgreSQL connections: first probe after this idle time, then every
 # KEEPALIVE_INTERVAL_S, dead after KEEPALIVE_COUNT unanswered probes.
@@ -123,8 +128,8 @@ class Database:
                 connect_args["ssl"] = sslmode
             kwargs["connect_args"] = connect_args
             kwargs["pool_timeout"] = connect_timeout_s
-            kwargs["pool_size"] = 10
-            kwargs["max_overflow"] = 10
+            kwargs["pool_size"] = POOL_SIZE
+            kwargs["max_overflow"] = MAX_OVERFLOW
         self.connect_args = kwargs["connect_args"]
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
@@ -137,9 +142,19 @@ class Database:
                 lambda conn, _record: _tcp_keepalive(conn, user_timeout_ms),
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.clock = time.monotonic
         self.breaker = CircuitBreaker(
-            "database", failure_threshold=1, cooldown_s=connect_timeout_s, on_change=_db_breaker
+            "database",
+            failure_threshold=1,
+            cooldown_s=connect_timeout_s,
+            on_change=_db_breaker,
+            clock=lambda: self.clock(),
         )
+        # A timeout this soon after a session worked is load (a busy pool or event loop)
+        self.timeout_grace_s = max(TIMEOUT_GRACE_S, connect_timeout_s)
+        self._last_ok = -float("inf")
+        self.busy = 0  # sessions refused for want of a free pooled connection
+        self.slow = 0  # sessions that timed out soon after a success (not an outage)
         self._retry: asyncio.Task[None] | None = None
 
     @classmethod
@@ -233,16 +248,21 @@ class Database:
         done, _ = await asyncio.wait({probe}, timeout=timeout_s or self.connect_timeout_s)
         if not done:
             probe.cancel()
+            if self.pool_full():  # the probe waited for a connection: load, not an outage
+                raise self._failed(PoolTimeoutError(), permit)
             self.breaker.failure(permit)
             raise self._unavailable(TimeoutError())
         try:
             probe.result()
         except Exception as e:
+            if isinstance(e, PoolTimeoutError):
+                raise self._failed(e, permit) from e
             if _is_connection_error(e):
-                self._failed(e, permit)
+                self.breaker.failure(permit)
                 raise self._unavailable(e) from e
             self.breaker.release(permit)
             raise
+        self._last_ok = self.clock()
         self.breaker.success(permit)
 
     async def _select_one(self) -> None:
@@ -271,21 +291,50 @@ class Database:
             raise
         except BaseException as e:
             if isinstance(e, Exception) and _is_connection_error(e):
-                self._failed(e, permit)
-                raise self._unavailable(e) from e
+                raise self._failed(e, permit) from e
             self.breaker.release(permit)
             raise
         else:
+            self._last_ok = self.clock()
             self.breaker.success(permit)
         finally:
             await self._close(session)
 
-    def _failed(self, e: BaseException, permit: Permit | None) -> None:
-        """Record a connection failure (a pool with no free connection is load, not one)."""
+    def _failed(self, e: BaseException, permit: Permit | None) -> DatabaseUnavailableError:
+        """Record a connection failure; return the 503 to raise.
+
+        Load is not an outage: a pool with no free connection, or a timeout within
+        ``TIMEOUT_GRACE_S`` of a session that worked (a busy pool or event loop makes
+        statements late), answers 503 `database_busy` without opening the breaker. Refused or
+        reset connections, and timeouts with no success for the grace, open it.
+        """
         if isinstance(e, PoolTimeoutError):
+            self.busy += 1
             self.breaker.release(permit)
-        else:
-            self.breaker.failure(permit)
+            return self._busy(e)
+        timeout = isinstance(e, TimeoutError) and not isinstance(e, ConnectionError)
+        if timeout and self.clock() - self._last_ok < self.timeout_grace_s:
+            self.slow += 1
+            self.breaker.release(permit)
+            return self._busy(e)
+        self.breaker.failure(permit)
+        return self._unavailable(e)
+
+    def pool_full(self) -> bool:
+        """Return whether every pooled connection is checked out (PostgreSQL only)."""
+        pool = self.engine.pool
+        checkedout = getattr(pool, "checkedout", None)
+        if self.dialect == "sqlite" or checkedout is None:
+            return False
+        return bool(checkedout() >= POOL_SIZE + MAX_OVERFLOW)
+
+    def _busy(self, e: BaseException) -> DatabaseUnavailableError:
+        busy = DatabaseBusyError(
+            "The database is busy (every connection in use); retry shortly.",
+            log_detail=f"database {self.safe_url} busy: {type(e).__name__}: {e}",
+        )
+        busy.retry_after_s = 1
+        return busy
 
     async def _close(self, session: AsyncSession) -> None:
         """Close session, waiting at most the connect timeout (the rest goes on behind)."""

@@ -65,6 +65,7 @@ class AppError(Exception):
         log_detail: str | None = None,
     ) -> None:
         super().__init__(detail)
+        self.retry_after_s: int | None = None  # set: answered with a Retry-After header
         self.detail = detail
         self.field = field
         self.errors = errors
@@ -146,6 +147,13 @@ class DatabaseUnavailableError(AppError):
     status = 503
     code = "database_unavailable"
     title = "Database unavailable"
+
+
+class DatabaseBusyError(DatabaseUnavailableError):
+    """The database works but every connection is in use (load, not an outage)."""
+
+    code = "database_busy"
+    title = "Database busy"
 
 
 class ServiceUnavailableError(AppError):

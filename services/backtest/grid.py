@@ -180,6 +180,167 @@ def _parse_constraints(
     return parsed
 
 
+@dataclass(frozen=True)
+class SearchCount:
+    """How many combinations a search tries, counted without building its grid."""
+
+    trials: int  # the count, or an upper bound of it
+    exact: bool  # False: an upper bound (rules among three or more parameters, a random draw)
+
+
+def _pairs(a: np.ndarray, op: str, b: np.ndarray) -> int:
+    """Return how many (x in a, y in b) pairs meet ``x op y`` (sorted search, no grid)."""
+    b = np.sort(b)
+    left = np.searchsorted(b, a, side="left")
+    right = np.searchsorted(b, a, side="right")
+    n = b.size
+    counts = {
+        "<": n - right,
+        "<=": n - left,
+        ">": left,
+        ">=": right,
+        "==": right - left,
+        "!=": n - (right - left),
+    }[op]
+    return int(np.sum(counts, dtype=np.int64))
+
+
+PAIR_CHECK_MAX = 4_000_000  # two parameters' pairs checked one by one (chunked) at most
+
+
+def _pairs_all(a: np.ndarray, b: np.ndarray, rules: list[tuple[str, str, str]], first: str) -> int:
+    """Return how many pairs meet every rule (``first`` is a's name), in chunks of a."""
+    total = 0
+    step = max(1, PAIR_CHECK_MAX // 16 // max(1, b.size))
+    for i in range(0, a.size, step):
+        x = a[i : i + step, None]
+        ok = np.ones((x.shape[0], b.size), dtype=bool)
+        for left, op, _right in rules:
+            ok &= _OPS[op](x, b[None, :]) if left == first else _OPS[op](b[None, :], x)
+        total += int(ok.sum())
+    return total
+
+
+def count_search(
+    request: SearchSettings,
+    strategy_name: str | StrategyDef,
+    fixed_params: BaseModel,
+    *,
+    method: str = "grid",
+    n_trials: int | None = None,
+) -> SearchCount:
+    """Count the combinations a search would try, arithmetically: no grid is built.
+
+    Each parameter's values are cut by the constraints against numbers or fixed parameters
+    and by its own bounds; rules between two searched parameters (the constraints, the
+    strategy's own such as slow > fast) are counted on sorted values. Exact when every rule
+    links at most two parameters; otherwise an upper bound. 422s name the field as
+    `plan_search`'s do.
+    """
+    strategy = get_strategy(strategy_name)
+    fixed = fixed_params.model_dump()
+    grid = _grid_values(request, strategy, fixed)
+    exact = True
+    rules = [
+        *((*c, True) for c in _parse_constraints(request.constraints, fixed)),
+        *((high, ">", low, False) for high, low in strategy.above),
+    ]
+    between: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for left, op, right, asked in rules:
+        lg, rg = left in grid, right in grid
+        if lg and rg and left != right:
+            a, b = sorted((left, right))
+            between.setdefault((a, b), []).append((left, op, right))
+        elif lg or rg:
+            name = left if lg else right
+            v = grid[name]
+            ok = _OPS[op](_operand(left, grid, fixed), _operand(right, grid, fixed))
+            grid[name] = v[np.broadcast_to(np.asarray(ok, dtype=bool), v.shape)]
+        elif asked and not bool(
+            _OPS[op](_operand(left, grid, fixed), _operand(right, grid, fixed))
+        ):
+            return SearchCount(0, True)  # a constraint no combination meets
+    for name, v in grid.items():
+        ok = strategy.in_bounds(name, v)
+        if ok is None:
+            exact = False
+        else:
+            grid[name] = v[ok]
+    # parameters linked by rules, as connected groups
+    group = {n: {n} for n in grid}
+    for a, b in between:
+        merged = group[a] | group[b]
+        for n in merged:
+            group[n] = merged
+    total = 1
+    for members in {id(g): g for g in group.values()}.values():
+        if len(members) == 1:
+            total *= len(grid[next(iter(members))])
+            continue
+        pairs = {k: r for k, r in between.items() if k[0] in members}
+        if len(members) == 2:
+            (a, b), rs = next(iter(pairs.items()))
+            if len(rs) == 1:
+                left, op, _ = rs[0]
+                x, y = (grid[a], grid[b]) if left == a else (grid[b], grid[a])
+                total *= _pairs(x, op, y)
+            elif grid[a].size * grid[b].size <= PAIR_CHECK_MAX:
+                total *= _pairs_all(grid[a], grid[b], rs, a)
+            else:
+                exact = False
+                total *= min(_pairs(*_oriented(grid, r)) for r in rs)
+            continue
+        exact = False  # three or more linked parameters: the best single-rule bound
+        sizes = {n: len(grid[n]) for n in members}
+        bound = math.prod(sizes.values())
+        for (a, b), rs in pairs.items():
+            rest = bound // max(1, sizes[a] * sizes[b])
+            bound = min(bound, rest * min(_pairs(*_oriented(grid, r)) for r in rs))
+        total *= bound
+    if method == "random" and n_trials is not None and n_trials < total:
+        return SearchCount(n_trials, False)
+    return SearchCount(total, exact)
+
+
+def _oriented(
+    grid: Mapping[str, np.ndarray], rule: tuple[str, str, str]
+) -> tuple[np.ndarray, str, np.ndarray]:
+    left, op, right = rule
+    return grid[left], op, grid[right]
+
+
+def _grid_values(
+    request: SearchSettings, strategy_name: str | StrategyDef, fixed: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """Return each searched parameter's values (422 naming the field), grid not built."""
+    strategy = get_strategy(strategy_name)
+    searchable = _numeric_fields(strategy.params)
+    grid: dict[str, np.ndarray] = {}
+    for name, spec in request.param_grid.items():
+        if name not in searchable:
+            why = "is not a numeric parameter" if name in fixed else "is not a parameter"
+            raise ValidationProblemError(
+                f"{name} {why} of {strategy_name}; searchable: {', '.join(searchable) or 'none'}",
+                field=f"param_grid.{name}",
+            )
+        grid[name] = _values(name, spec, searchable[name])
+    size = math.prod(len(v) for v in grid.values())
+    if size > MAX_GRID:
+        raise ValidationProblemError(
+            f"param_grid has {size:,} combinations; at most {MAX_GRID:,}. Coarsen the steps.",
+            field="param_grid",
+        )
+    return grid
+
+
+def _mesh(grid: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Return every combination of the values as columns (the grid, allocated)."""
+    if not grid:
+        return {}
+    mesh = np.meshgrid(*grid.values(), indexing="ij")
+    return {n: m.reshape(-1) for n, m in zip(grid, mesh, strict=True)}
+
+
 def plan_search(
     request: SearchSettings,
     strategy_name: str | StrategyDef,
@@ -201,28 +362,11 @@ def plan_search(
             f"({', '.join(searchable) or 'it has none'})",
             field="param_grid",
         )
-    grid: dict[str, np.ndarray] = {}
-    for name, spec in request.param_grid.items():
-        if name not in searchable:
-            why = "is not a numeric parameter" if name in fixed else "is not a parameter"
-            raise ValidationProblemError(
-                f"{name} {why} of {strategy_name}; searchable: {', '.join(searchable) or 'none'}",
-                field=f"param_grid.{name}",
-            )
-        grid[name] = _values(name, spec, searchable[name])
+    grid = _grid_values(request, strategy, fixed)
     size = math.prod(len(v) for v in grid.values())
-    if size > MAX_GRID:
-        raise ValidationProblemError(
-            f"param_grid has {size:,} combinations; at most {MAX_GRID:,}. Coarsen the steps.",
-            field="param_grid",
-        )
     constraints = _parse_constraints(request.constraints, fixed)
     names = list(grid)
-    if names:
-        mesh = np.meshgrid(*grid.values(), indexing="ij")
-        columns = {n: m.reshape(-1) for n, m in zip(names, mesh, strict=True)}
-    else:
-        columns = {}
+    columns = _mesh(grid)
     keep = np.ones(size, dtype=bool)
     for left, op, right in constraints:
         ok = _OPS[op](_operand(left, columns, fixed), _operand(right, columns, fixed))

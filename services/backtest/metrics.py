@@ -23,6 +23,7 @@ Conventions (fractions, never percents):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import combinations
 
@@ -271,26 +272,43 @@ def _check_cscv(k: int, n: int, n_splits: int) -> None:
         raise ValueError("trial_returns: too few bars for the number of splits")
 
 
-def pbo_from_blocks(b1: np.ndarray, b2: np.ndarray, size: int) -> tuple[float, np.ndarray]:
+CSCV_CHUNK_UNITS = 20_000_000  # splits x trials between two `between_chunks` calls
+
+
+def pbo_from_blocks(
+    b1: np.ndarray,
+    b2: np.ndarray,
+    size: int,
+    between_chunks: Callable[[], None] | None = None,
+) -> tuple[float, np.ndarray]:
     """Return (PBO, logits) by CSCV from each trial's sums over S blocks of ``size`` bars.
 
     ``b1`` and ``b2`` (n_trials, S) are the sums of the returns and of their squares in each
     block (``probability_of_backtest_overfitting`` cuts them from a returns matrix; a sweep
-    leaves them without one).
+    leaves them without one). The splits are evaluated in chunks of about
+    ``CSCV_CHUNK_UNITS`` split-trials; ``between_chunks`` is called before each (a job's
+    cancellation check: it raises to stop).
     """
     s1 = np.ascontiguousarray(b1, dtype=np.float64)
     s2 = np.ascontiguousarray(b2, dtype=np.float64)
     k, n_splits = s1.shape
     _check_cscv(k, size * n_splits, n_splits)
     splits = np.array(list(combinations(range(n_splits), n_splits // 2)), dtype=np.int64)
-    logits = cscv_logits_nb(
-        np.ascontiguousarray(s1.T),
-        np.ascontiguousarray(s2.T),
-        s1.sum(axis=1),
-        s2.sum(axis=1),
-        splits,
-        size,
-    )
+    b1t, b2t = np.ascontiguousarray(s1.T), np.ascontiguousarray(s2.T)
+    t1, t2 = s1.sum(axis=1), s2.sum(axis=1)
+    c = splits.shape[0]  # even: split c - 1 - i is the complement of split i
+    step = max(1, CSCV_CHUNK_UNITS // max(1, 2 * k))
+    logits = np.empty(c)
+    for a in range(0, c // 2, step):
+        if between_chunks is not None:
+            between_chunks()
+        b = min(a + step, c // 2)
+        # the kernel pairs a split with its complement from the two ends of what it is given
+        part = cscv_logits_nb(
+            b1t, b2t, t1, t2, np.concatenate([splits[a:b], splits[c - b : c - a]]), size
+        )
+        logits[a:b] = part[: b - a]
+        logits[c - b : c - a] = part[b - a :]
     return float(np.mean(logits <= 0.0)), logits
 
 

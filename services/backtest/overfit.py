@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -220,11 +221,18 @@ def trial_sharpes(blocks: np.ndarray, n_bars: int, rf: float) -> np.ndarray:
     return sharpe_from_sums(s1, s2, n_bars)
 
 
-def pbo_excess(blocks: np.ndarray, n_bars: int, splits: int, rf: float) -> float:
-    """Return the PBO by CSCV ranking trials on their excess Sharpe in each half."""
+def pbo_excess(
+    blocks: np.ndarray,
+    n_bars: int,
+    splits: int,
+    rf: float,
+    between_chunks: Callable[[], None] | None = None,
+) -> float:
+    """Return the PBO by CSCV ranking trials on their excess Sharpe in each half
+    (``between_chunks``: called between chunks of splits, e.g. a cancellation check)."""
     size = n_bars // splits
     b1, b2 = excess_sums(blocks[:, 0, 1:], blocks[:, 1, 1:], size, rf)
-    return pbo_from_blocks(b1, b2, size)[0]
+    return pbo_from_blocks(b1, b2, size, between_chunks)[0]
 
 
 def pbo_split_count(splits: int) -> int:

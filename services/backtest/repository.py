@@ -321,6 +321,40 @@ async def load_fills(
     return list(rows.all()), int(total or 0)
 
 
+async def load_trade_returns(session: AsyncSession, *, run_id: uuid.UUID) -> np.ndarray:
+    """Return a run's closed-trade returns in fill order (one column, not the fills)."""
+    t = TRADES
+    query = (
+        select(t.c.trade_return)
+        .where(t.c.run_id == run_id, t.c.trade_return.is_not(None))
+        .order_by(t.c.timestamp, t.c.id)
+    )
+    values = (await session.execute(query)).scalars().all()
+    return np.asarray(values, dtype=np.float64)
+
+
+async def load_fill_marks(
+    session: AsyncSession, *, run_id: uuid.UUID, most: int
+) -> list[tuple[datetime, str]]:
+    """Return (timestamp, direction) of at most ``most`` of a run's fills, evenly spread."""
+    t = TRADES
+    total = int(
+        await session.scalar(select(func.count()).select_from(t).where(t.c.run_id == run_id)) or 0
+    )
+    step = max(1, -(-total // max(1, most)))
+    numbered = select(
+        t.c.timestamp,
+        t.c.direction,
+        func.row_number().over(order_by=(t.c.timestamp, t.c.id)).label("n"),
+    ).where(t.c.run_id == run_id)
+    sub = numbered.subquery()
+    query = select(sub.c.timestamp, sub.c.direction).order_by(sub.c.n)
+    if step > 1:
+        query = query.where((sub.c.n - 1) % step == 0)
+    rows = (await session.execute(query)).all()
+    return [(r.timestamp, r.direction) for r in rows]
+
+
 # ---- saved strategies ---------------------------------------------------------------------
 
 

@@ -6,9 +6,12 @@ units, and when a request answers directly (200) or runs as a job (202 + `Locati
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import Awaitable
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
@@ -32,10 +35,12 @@ from services.backtest.schemas import (
 from services.backtest.service import BacktestService, Prepared
 from services.backtest.strategies import STRATEGIES
 from shared.api import ProblemDocs
+from shared.errors import AppError
 from shared.jobs import JobContext, JobRunner, accepted, accepted_responses
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
 
 router = APIRouter()
+T = TypeVar("T")
 ABOVE: dict[tuple[str, str], list[str]] = {}
 for _d in STRATEGIES.values():
     for _pair in _d.above:
@@ -49,7 +54,9 @@ errors = ProblemDocs(
         "strategy this deployment cannot run (`strategy_unavailable`: `ml_ensemble` without "
         "a predictor).",
         502: "The market service failed to give the bars.",
-        503: "The database or the market service is unavailable.",
+        503: "The database or the market service is unavailable, the service is at its "
+        "limit of queued jobs (`jobs_full`, with `Retry-After`), or work answered directly "
+        "ran past the direct-answer time limit (`direct_timeout`).",
     }
 )
 RUN_ERRORS = errors(400, 401, 404, 422, 502, 503)
@@ -158,11 +165,69 @@ async def _start(
     """Answer prepared work directly, or start it as a job (202)."""
     prefix = _prefix(request)
     if not prepared.needs_job:
-        return with_prefix(await service.run_prepared(prepared), prefix)
+        limit_s = service.settings.backtest_direct_timeout_s
+        answer = await answer_directly(request, service.run_prepared(prepared), limit_s)
+        return with_prefix(answer, prefix)
     job = await jobs.submit(
         prepared.work, prepared.request, partial(_prepared_job, service, prepared, prefix)
     )
     return accepted(request, job)
+
+
+class DirectTimeoutError(AppError):
+    """Work answered directly ran past the service's limit for direct answers."""
+
+    status = 503
+    code = "direct_timeout"
+    title = "Took too long to answer directly"
+
+
+class ClientGoneError(AppError):
+    """The client closed the connection before its direct answer was ready."""
+
+    status = 503
+    code = "client_disconnected"
+    title = "Client disconnected"
+
+
+DISCONNECT_POLL_S = 0.1
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the request's client has closed the connection."""
+    while True:
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def answer_directly(request: Request, work: Awaitable[T], limit_s: float) -> T:
+    """Await work for a direct answer; stop it when the client goes or limit_s passes.
+
+    Stopping cancels the awaiting task: `optimize.Inline` then sets the work's cancel flag,
+    and the engine thread drops it at its next check.
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait(
+            {task, gone}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AppError):
+            await task
+        if gone in done:
+            raise ClientGoneError("The client closed the connection; the work was stopped.")
+        raise DirectTimeoutError(
+            f"The work did not finish within the {limit_s:g} s limit of a direct answer and "
+            "was stopped. Make it smaller (fewer combinations or runs, a shorter range).",
+        )
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
 
 
 # Rules across inputs a JSON schema cannot state: listed in each operation's description
@@ -353,11 +418,13 @@ async def optimize_parameters(
 
     `param_grid` may name any `$param` of a language strategy (inline or saved).
 
-    Answers 200 directly when trials x bars is at most 20,000,000 (e.g. 1,605 SMA pairs on
-    ten years of daily bars); otherwise 202 and runs as a job with progress per batch of
-    trials. At most 60,000,000 trial-bars per search. Every search is stored: `run_id` names
-    it for `GET /results/{run_id}`; `notes` say when the bars do not reach an end of the
-    dates asked.
+    Answers 200 directly when the whole cost, trials x bars plus 4 x C(S, S/2) CSCV splits
+    x trials for the PBO, is at most 20,000,000 (e.g. 1,605 SMA pairs on ten years of daily
+    bars with the default 10 blocks); otherwise 202 and runs as a job with progress per
+    batch of trials. At most 60,000,000 trial-bars per search; a direct answer is stopped
+    after `BACKTEST_DIRECT_TIMEOUT_S` (503 `direct_timeout`). Every search is stored:
+    `run_id` names it for `GET /results/{run_id}`; `notes` say when the bars do not reach an
+    end of the dates asked.
     """
     prepared = await service.prepare_optimize(body)
     return await _start(request, service, jobs, prepared)
@@ -456,9 +523,10 @@ async def get_chart(
     height: Annotated[int, Query(ge=200, le=1600, description="Pixels.")] = 600,
 ) -> Response:
     """Draw a stored run: its equity against buy-and-hold on top with buys (^) and sells (v)
-    marked, both drawdowns below; a walk-forward's stitched out-of-sample equity against
-    buy-and-hold on the same bars (a search has no chart: 404 `no_chart`). Returns a PNG
-    image."""
+    marked (at most 2,000 fills, evenly spread), both drawdowns below; a walk-forward's
+    stitched out-of-sample equity against buy-and-hold on the same bars (a search has no
+    chart: 404 `no_chart`). Returns a PNG image drawn at the nearest of a few sizes (widths
+    400-2400, heights 200-1600 pixels)."""
     png = await service.chart(run_id, width=width, height=height)
     return Response(content=png, media_type="image/png")
 

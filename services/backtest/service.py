@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
+import multiprocessing
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -24,11 +27,11 @@ from services.backtest.analyses import Analyses, full_request
 from services.backtest.catalog import StrategyCatalog, needs_signals
 from services.backtest.charts import render_chart
 from services.backtest.config import strategy_definition
-from services.backtest.grid import SearchPlan, plan_search
+from services.backtest.grid import SearchPlan, count_search, plan_search
 from services.backtest.market import LoadedBars, MarketBars
 from services.backtest.metrics import calendar_years, drawdowns, returns_from_equity
 from services.backtest.mlwalk import ml_walk_forward
-from services.backtest.optimize import Inline, Runner, optimize
+from services.backtest.optimize import Inline, Runner, optimize, search_cost
 from services.backtest.reports import (
     BenchmarkRun,
     Evaluation,
@@ -72,6 +75,17 @@ from shared.http import local_app, service_client
 from shared.tables import utcnow
 
 STORED_VERSION = 1
+MAX_CHART_FILLS = 2_000  # fills marked on a chart at most (evenly spread over the run)
+CHART_WIDTHS = (400, 600, 800, 1000, 1200, 1600, 2000, 2400)
+CHART_HEIGHTS = (200, 300, 450, 600, 800, 1000, 1300, 1600)
+
+
+def snap_chart_size(width: int, height: int) -> tuple[int, int]:
+    """Return the size bucket a chart of width x height pixels is drawn at (the nearest)."""
+    return (
+        min(CHART_WIDTHS, key=lambda w: (abs(w - width), w)),
+        min(CHART_HEIGHTS, key=lambda h: (abs(h - height), h)),
+    )
 
 
 class StrategyUnavailableError(AppError):
@@ -182,6 +196,7 @@ class BacktestService:
         self._evaluations = LRUCache(maxsize=64, max_bytes=256 * 2**20)
         self._predictor = predictor
         self.catalog = StrategyCatalog(db, self.predictor_configured)
+        self._charts: ProcessPoolExecutor | None = None
         self.analyses = Analyses(db)
 
     @property
@@ -200,10 +215,23 @@ class BacktestService:
             )
         return self._predictor
 
+    def chart_pool(self) -> ProcessPoolExecutor:
+        """Return the one worker process charts are drawn in (started on the first chart)."""
+        if self._charts is None:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context(
+                "forkserver" if "forkserver" in methods else "spawn"
+            )
+            self._charts = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return self._charts
+
     async def aclose(self) -> None:
-        """Close the clients this service opened."""
+        """Close the clients this service opened and stop the chart worker."""
         if self._predictor is not None:
             await self._predictor.aclose()
+        charts, self._charts = self._charts, None
+        if charts is not None:
+            charts.shutdown(wait=False, cancel_futures=True)
 
     # ---- strategies and inputs ----------------------------------------------------------
 
@@ -577,8 +605,15 @@ class BacktestService:
         return TradeList(run_id=run_id, trades=fills, page=_page(total, limit, offset, len(fills)))
 
     async def chart(self, run_id: uuid.UUID, *, width: int, height: int) -> bytes:
-        """Return the PNG chart of a stored run or walk-forward (drawn once, then cached)."""
-        key = f"backtest:chart:{run_id}:{width}x{height}:v1"
+        """Return the PNG chart of a stored run or walk-forward (drawn once per size bucket,
+        then cached).
+
+        The size is snapped to a few buckets (a handful of cache keys per run), at most
+        `MAX_CHART_FILLS` fills are marked (evenly spread), and a run's chart is drawn in a
+        worker process: matplotlib holds the GIL for the whole figure.
+        """
+        width, height = snap_chart_size(width, height)
+        key = f"backtest:chart:{run_id}:{width}x{height}:v2"
         cached, _ = await self.cache.get(key)
         if isinstance(cached, str):
             return base64.b64decode(cached)
@@ -591,7 +626,7 @@ class BacktestService:
             return png
         row = await self._row(run_id)
         async with self.db.session() as session:
-            fills, _ = await repo.load_fills(session, run_id=run_id)
+            marks = await repo.load_fill_marks(session, run_id=run_id, most=MAX_CHART_FILLS)
         series = repo.decode_series(row.series)
         symbols = repo.split_symbols(row)
         m = row.metrics.get("metrics", {})
@@ -601,17 +636,18 @@ class BacktestService:
             f"{_pct(m.get('total_return'))} (buy and hold {_pct(b.get('total_return'))}), "
             f"Sharpe {_num(m.get('sharpe_ratio'))}, max drawdown {_pct(m.get('max_drawdown'))}"
         )
-        png = await asyncio.to_thread(
+        draw = functools.partial(
             render_chart,
             dates=series.dates,
             equity=series.equity,
             benchmark=series.benchmark,
-            fill_dates=[np.datetime64(repo.aware(f.timestamp).date()) for f in fills],
-            fill_directions=[f.direction for f in fills],
+            fill_dates=[np.datetime64(repo.aware(moment).date()) for moment, _ in marks],
+            fill_directions=[direction for _, direction in marks],
             title=title,
             width=width,
             height=height,
         )
+        png = await asyncio.get_running_loop().run_in_executor(self.chart_pool(), draw)
         await self.cache.set(
             key, base64.b64encode(png).decode(), self.settings.backtest_result_ttl_s
         )
@@ -633,8 +669,16 @@ class BacktestService:
             )
         request = await self.catalog.resolve(request)
         loaded = await self.load(request, single=True)
+        n_bars = loaded.bars.n_bars
         definition, params = strategy_definition(request.strategy)
-        plan = plan_search(
+        # counted before anything is allocated: a refused search costs microseconds
+        count = count_search(
+            request, definition, params, method=request.method, n_trials=request.n_trials
+        )
+        if count.exact:
+            self._check_trial_bars(count.trials, n_bars)
+        plan = await asyncio.to_thread(
+            plan_search,
             request,
             definition,
             params,
@@ -642,17 +686,21 @@ class BacktestService:
             n_trials=request.n_trials,
             seed=request.seed,
         )
-        cost = len(plan.combos) * loaded.bars.n_bars
-        if cost > self.settings.backtest_max_trial_bars:
+        self._check_trial_bars(len(plan.combos), n_bars)
+        cost = search_cost(len(plan.combos), n_bars, request.pbo_splits)
+        needs = self._needs_job(cost, self.settings.backtest_sync_max_trial_bars)
+        return Prepared("optimize", request, loaded, plan, None, cost, needs)
+
+    def _check_trial_bars(self, trials: int, n_bars: int) -> None:
+        """Refuse a search over the trial-bar limit (a 422 naming param_grid)."""
+        if trials * n_bars > self.settings.backtest_max_trial_bars:
             raise ValidationProblemError(
-                f"{len(plan.combos):,} trials x {loaded.bars.n_bars:,} bars is over the limit "
+                f"{trials:,} trials x {n_bars:,} bars is over the limit "
                 f"of {self.settings.backtest_max_trial_bars:,} trial-bars (per-trial returns "
                 "are kept for DSR and PBO). Coarsen param_grid or use method=random with "
                 "fewer n_trials.",
                 field="param_grid",
             )
-        needs = self._needs_job(cost, self.settings.backtest_sync_max_trial_bars)
-        return Prepared("optimize", request, loaded, plan, None, cost, needs)
 
     async def prepare_walk_forward(self, request: WalkForwardRequest) -> Prepared:
         """Check a walk-forward request and load its bars."""
@@ -677,8 +725,23 @@ class BacktestService:
         plan = None
         if request.param_grid:
             definition, params = strategy_definition(request.strategy)
-            plan = plan_search(request, definition, params, require_grid=True)
+            count = count_search(request, definition, params)
+            if count.exact:
+                self._check_walk_cost(windows, count.trials)
+            plan = await asyncio.to_thread(
+                plan_search,
+                request,
+                definition,
+                params,
+                require_grid=True,
+            )
         trials = len(plan.combos) if plan else 1
+        cost = self._check_walk_cost(windows, trials)
+        needs = self._needs_job(cost, self.settings.backtest_sync_max_trial_bars)
+        return Prepared("walk_forward", request, loaded, plan, None, cost, needs)
+
+    def _check_walk_cost(self, windows: list[tuple[int, int, int, int]], trials: int) -> int:
+        """Return a walk-forward's trial-bars; refuse it over the limit (422 param_grid)."""
         cost = sum(trials * (tr_end - lo) + (te_end - tr_end) for lo, tr_end, _, te_end in windows)
         if cost > self.settings.backtest_max_trial_bars * 10:
             raise ValidationProblemError(
@@ -686,8 +749,7 @@ class BacktestService:
                 "trial-bars); coarsen param_grid or lengthen test_period.",
                 field="param_grid",
             )
-        needs = self._needs_job(cost, self.settings.backtest_sync_max_trial_bars)
-        return Prepared("walk_forward", request, loaded, plan, None, cost, needs)
+        return cost
 
     async def prepare_monte_carlo(self, request: MonteCarloRequest) -> Prepared:
         """Find (or run and store) the run to resample."""
@@ -719,12 +781,9 @@ class BacktestService:
             return self.analyses.source(analysis)
         row = await self._row(run_id)
         async with self.db.session() as session:
-            fills, _ = await repo.load_fills(session, run_id=run_id)
+            trade_returns = await repo.load_trade_returns(session, run_id=run_id)
         series = repo.decode_series(row.series)
         initial = float(row.initial_capital)
-        trade_returns = np.array(
-            [f.trade_return for f in fills if f.trade_return is not None], dtype=np.float64
-        )
         return Source(
             run_id=run_id,
             returns=returns_from_equity(series.equity, initial),

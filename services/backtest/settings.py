@@ -75,6 +75,12 @@ class BacktestSettings(BaseServiceSettings):
         ge=0,
         description="Monte Carlo runs as a job above n_runs x (bars + trades) path steps.",
     )
+    backtest_direct_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest a directly answered optimisation, walk-forward or Monte Carlo "
+        "may run; past it the work is stopped and the answer is a 503 `direct_timeout`.",
+    )
     backtest_max_trial_bars: int = Field(
         default=60_000_000,
         ge=1,

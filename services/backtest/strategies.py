@@ -130,8 +130,8 @@ class MlTraining(_Params):
         description="`seed`: the design's full LSTM (minutes per window on two cores); "
         "`small`: a 20-step LSTM 16/16/8 (seconds).",
     )
-    epochs: int = Field(default=20, ge=1, le=500, description="Most LSTM epochs per training.")
-    batch_size: int = Field(default=64, ge=8, le=1024, description="LSTM samples per step.")
+    epochs: int = Field(default=20, ge=1, le=200, description="Most LSTM epochs per training.")
+    batch_size: int = Field(default=64, ge=32, le=1024, description="LSTM samples per step.")
 
     @field_validator("models")
     @classmethod
@@ -293,6 +293,16 @@ class StrategyDef:
         if isinstance(raw, BaseModel):
             raw = raw.model_dump()
         return self.params.model_validate(raw or {})
+
+    def in_bounds(self, name: str, values: np.ndarray) -> np.ndarray | None:
+        """Return which of one parameter's values its own bounds accept (None: unknown)."""
+        ok = np.ones(len(values), dtype=bool)
+        for bound in self.params.model_fields[name].metadata:
+            check = _BOUNDS.get(type(bound))
+            if check is None:
+                return None
+            ok &= check(values, bound)
+        return ok
 
     def valid(
         self, columns: Mapping[str, np.ndarray], fixed: Mapping[str, Any]

@@ -103,11 +103,15 @@ class LSTMOptions(Request):
     """How to train the LSTM member."""
 
     epochs: JsonInt = Field(
-        default=50, ge=1, le=500, description="Most epochs; early stopping may end sooner."
+        default=50,
+        ge=1,
+        le=200,
+        description="Most epochs; early stopping may end sooner. A training job stops after "
+        "JOB_MAX_RUN_S (1 hour by default) and ends failed with code `timeout`.",
     )
-    batch_size: JsonInt = Field(default=64, ge=8, le=1024, description="Samples per Adam step.")
+    batch_size: JsonInt = Field(default=64, ge=32, le=1024, description="Samples per Adam step.")
     patience: JsonInt = Field(
-        default=5, ge=0, le=100, description="Epochs without a better validation loss to stop."
+        default=5, ge=0, le=50, description="Epochs without a better validation loss to stop."
     )
     size: Literal["seed", "small"] = Field(
         default="seed",
@@ -124,7 +128,7 @@ class TrainRequest(Request):
     symbols: list[Symbol] = Field(
         default_factory=lambda: ["AAPL"],
         min_length=1,
-        max_length=10,
+        max_length=5,
         description="Symbols whose bars train one model (split on common dates); a symbol "
         "given twice (in any case) counts once.",
     )

@@ -12,9 +12,11 @@ is keyed by version, so after a rollback nothing cached from the newer version i
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
@@ -170,6 +172,30 @@ class VersionFacts:
         return model.ensemble.combine(probs)
 
 
+RANGE_CHUNK_ROWS = 512  # bars predicted per call of a range: its windows' memory is bounded
+RANGE_CONCURRENCY = 2  # ranges predicted at once per process; more wait their turn
+
+
+def predict_in_chunks(
+    predict: Callable[[Any, Any], EnsembleOutput],
+    x: np.ndarray,
+    rows: np.ndarray,
+    chunk: int = RANGE_CHUNK_ROWS,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Return predict(x, rows)'s probabilities (and weights), ``chunk`` rows a call.
+
+    Each call builds the members' input windows of its rows only, so a range of twenty
+    years never holds every window at once.
+    """
+    parts: list[np.ndarray] = []
+    weights: dict[str, float] = {}
+    for i in range(0, rows.size, chunk):
+        out = predict(x, rows[i : i + chunk])
+        parts.append(np.asarray(out.probabilities))
+        weights = dict(out.weights)
+    return np.concatenate(parts, axis=0), weights
+
+
 class PredictorService:
     """Predictions of the active model versions, their registry, and their live record."""
 
@@ -194,6 +220,7 @@ class PredictorService:
         self._facts: OrderedDict[tuple[str, str], VersionFacts] = OrderedDict()
         self.auto_jobs: dict[str, uuid.UUID] = {}  # model -> its automatic online update job
         self.checks: dict[str, dict[str, Any]] = {}  # model -> the last look at its outcomes
+        self._ranges = asyncio.Semaphore(RANGE_CONCURRENCY)
 
     # ---- predict -----------------------------------------------------------------------
 
@@ -331,8 +358,10 @@ class PredictorService:
         rows = in_range[ok]
         facts = await self.facts(body.model, version)
         if rows.size:
-            out = await asyncio.to_thread(facts.predict, model, x, rows)
-            probs, weights = out.probabilities, out.weights
+            # at most RANGE_CONCURRENCY ranges at once, each in chunks: memory stays bounded
+            predict = functools.partial(facts.predict, model)
+            async with self._ranges:
+                probs, weights = await asyncio.to_thread(predict_in_chunks, predict, x, rows)
         else:
             probs = np.empty((0, 3))
             weights = dict(facts.ensemble.get("weights") or model.ensemble.weights)

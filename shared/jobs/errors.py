@@ -58,3 +58,19 @@ class JobsUnavailableError(AppError):
     status = 503
     code = "jobs_unavailable"
     title = "Jobs unavailable"
+
+
+class JobsFullError(AppError):
+    """The service holds as many queued jobs as it may; retry after `Retry-After`."""
+
+    status = 503
+    code = "jobs_full"
+    title = "Too many queued jobs"
+
+
+class JobRunTimeoutError(AppError):
+    """The job ran longer than its kind may (the `error` of a job stopped for it)."""
+
+    status = 504
+    code = "timeout"
+    title = "Job ran too long"

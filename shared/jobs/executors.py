@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -54,6 +54,8 @@ class TaskJob:
     token: int = field(default_factory=lambda: secrets.randbits(62) + 1)
     cancel: threading.Event = field(default_factory=threading.Event)
     slot: int | None = None
+    # local tasks not yet returned (their pool futures): the job's slot waits for them
+    live: set[Future[Any]] = field(default_factory=set)
 
 
 class Executor(Protocol):
@@ -72,6 +74,9 @@ class Executor(Protocol):
 
     async def release(self, job: TaskJob) -> None:
         """Forget job (it ended); its leftover tasks see themselves cancelled."""
+
+    async def until_stopped(self, job: TaskJob, timeout_s: float | None) -> None:
+        """Wait until none of job's tasks is running here (at most timeout_s; None: no bound)."""
 
     async def aclose(self, grace_s: float) -> None:
         """Stop every worker; wait at most grace_s for running tasks, then terminate."""
@@ -130,7 +135,8 @@ class LocalExecutor:
         loop = asyncio.get_running_loop()
         if where == "thread":
             channel = _ThreadChannel(loop, self._sink, job, key)
-            return loop.run_in_executor(self._thread_pool, run_with_channel, channel, fn, args)
+            future = self._thread_pool.submit(run_with_channel, channel, fn, args)
+            return self._track(job, future, loop)
         if where != "process":
             raise ValueError(f"where must be 'thread' or 'process', not {where!r}")
         try:
@@ -148,7 +154,7 @@ class LocalExecutor:
         # The worker's own end of the task (not the awaiting coroutine's, which a cancel ends
         # early): only then is the pool idle.
         future.add_done_callback(lambda _: _call_soon(loop, self._process_task_done, loop))
-        return asyncio.wrap_future(future, loop=loop)
+        return self._track(job, future, loop)
 
     def _process_task_done(self, loop: asyncio.AbstractEventLoop) -> None:
         self._in_flight -= 1
@@ -162,6 +168,29 @@ class LocalExecutor:
         if self._in_flight == 0 and self._pool is not None:
             log.info("job process pool idle for %.0f s: its workers exit", self.process_idle_s)
             self._drop_pool()
+
+    @staticmethod
+    def _track(
+        job: TaskJob, future: Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[Any]:
+        """Keep future among job's live tasks until it has returned; wrap it for asyncio."""
+        job.live.add(future)
+        future.add_done_callback(job.live.discard)
+        return asyncio.wrap_future(future, loop=loop)
+
+    async def until_stopped(self, job: TaskJob, timeout_s: float | None) -> None:
+        """Wait until every task of job has returned (or never started), at most timeout_s."""
+        live = [asyncio.wrap_future(f) for f in list(job.live) if not f.done()]
+        if not live:
+            return
+        done, pending = await asyncio.wait(live, timeout=timeout_s)
+        for waiter in done:  # the task's outcome was the job's business, not this wait's
+            if not waiter.cancelled():
+                waiter.exception()
+        if pending:
+            log.warning(
+                "%d task(s) of a stopped job still running after %s s", len(pending), timeout_s
+            )
 
     async def cancel(self, job: TaskJob) -> None:
         """Set the job's cancel flag for its thread and process tasks."""
@@ -331,6 +360,9 @@ class DaskExecutor:
     async def release(self, job: TaskJob) -> None:
         """Forget the job; its leftover tasks read themselves cancelled."""
         await self.cancel(job)
+
+    async def until_stopped(self, job: TaskJob, timeout_s: float | None) -> None:
+        """Return at once: the cluster's workers stop cancelled tasks on their own."""
 
     async def aclose(self, grace_s: float) -> None:
         """Close the client (the cluster itself is not ours)."""

@@ -22,7 +22,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from shared.config import BaseServiceSettings
 from shared.db import Database
-from shared.errors import AppError, Problem, ValidationProblemError
+from shared.errors import AppError, DatabaseUnavailableError, Problem, ValidationProblemError
 from shared.jobs import store
 from shared.jobs.context import JobContext
 from shared.jobs.errors import (
@@ -31,6 +31,8 @@ from shared.jobs.errors import (
     JobFinishedError,
     JobInterruptedError,
     JobNotFoundError,
+    JobRunTimeoutError,
+    JobsFullError,
     JobsUnavailableError,
 )
 from shared.jobs.executors import DaskExecutor, Executor, LocalExecutor, TaskJob
@@ -114,7 +116,7 @@ class _Active:
     drive: asyncio.Task[None] | None = None
     flusher: asyncio.Task[None] | None = None
     ctx: JobContext | None = None
-    stop_reason: str | None = None  # "cancelled" | "lost" | "shutdown"
+    stop_reason: str | None = None  # "cancelled" | "lost" | "shutdown" | "timeout"
     finalized: bool = False
     fingerprint: str = ""
     key: str | None = None
@@ -140,6 +142,7 @@ class JobRunner:
         self._by_token: dict[int, _Active] = {}
         self._finals: dict[uuid.UUID, _Final] = {}
         self._running: asyncio.Semaphore | None = None
+        self._queued: list[_Active] = []  # waiting for a slot, in submission order
         self._heartbeat: asyncio.Task[None] | None = None
         self._accepting = False
 
@@ -237,6 +240,14 @@ class JobRunner:
         """
         if not self._accepting or self._running is None:
             raise JobsUnavailableError(f"The {self.service} service is not accepting jobs.")
+        waiting = len(self._queued)
+        if waiting >= self.settings.job_max_queued and (waiting or self._running.locked()):
+            full = JobsFullError(
+                f"The {self.service} service already has {len(self._queued)} jobs waiting "
+                f"(at most {self.settings.job_max_queued}); retry later."
+            )
+            full.retry_after_s = max(1, round(self.settings.job_heartbeat_s))
+            raise full
         body = request.model_dump(mode="json") if isinstance(request, BaseModel) else request
         data = _strict_json(dict(body or {}), "request")
         key = idempotency_key if idempotency_key is not None else IDEMPOTENCY_KEY.get()
@@ -263,8 +274,29 @@ class JobRunner:
         except BaseException:
             self._forget(job)
             raise
+        self._queued.append(job)
         job.drive = asyncio.create_task(self._drive(job), name=f"job-{kind}-{job.id}")
-        return status
+        return self._with_position(status)
+
+    def _with_position(self, status: JobStatus) -> JobStatus:
+        """Return a queued job's status with its place in this runner's queue as message."""
+        if status.status != "queued":
+            return status
+        ids = [job.id for job in self._queued]
+        if status.id not in ids:
+            return status
+        message = (
+            f"queued: position {ids.index(status.id) + 1} of {len(ids)} waiting; at most "
+            f"{self.settings.job_max_running} {self.service} jobs run at once"
+        )
+        return status.model_copy(
+            update={"progress": status.progress.model_copy(update={"message": message})}
+        )
+
+    def max_run_s(self, kind: str) -> float:
+        """Return how long a job of this kind may run."""
+        s = self.settings
+        return s.job_max_run_s_by_kind.get(kind, s.job_max_run_s)
 
     async def get(self, job_id: uuid.UUID) -> JobStatus:
         """Return the status of one of this service's jobs (JobNotFoundError if none)."""
@@ -272,7 +304,7 @@ class JobRunner:
             status = await store.load_job(session, job_id=job_id, service=self.service)
         if status is None:
             raise JobNotFoundError(f"No {self.service} job {job_id}.", field="job_id")
-        return status
+        return self._with_position(status)
 
     async def wait(self, job_id: uuid.UUID, wait_s: float) -> JobStatus:
         """Return a job's status once it has ended, or after wait_s seconds, whichever first."""
@@ -388,11 +420,15 @@ class JobRunner:
         self._by_token.pop(job.task.token, None)
 
     async def _drive(self, job: _Active) -> None:
+        """Wait for a slot, run the job, and hold the slot until its tasks have stopped."""
         assert self._running is not None
+        slot = False
         try:
-            async with self._running:
-                if await self._claim(job):
-                    await self._execute(job)
+            await self._running.acquire()
+            slot = True
+            self._unqueue(job)
+            if await self._claim_when_up(job):
+                await self._execute(job)
         except asyncio.CancelledError:
             if job.stop_reason is None:  # the event loop is going away under us
                 job.stop_reason = "shutdown"
@@ -406,14 +442,43 @@ class JobRunner:
             error = JobFailedError(f"The job could not run: {type(e).__name__}: {e}")
             await self._finish(job, _Final("failed", job.progress, error=error.to_problem()))
         finally:
+            self._unqueue(job)
             if job.flusher is not None:
                 job.flusher.cancel()
             try:
                 if job.stop_reason is not None:
                     await self.executor.cancel(job.task)
+                # The slot is free only once the job's tasks have returned: a cancelled
+                # search still finishing a chunk keeps its core until it notices.
+                grace = self.settings.job_shutdown_grace_s
+                await self.executor.until_stopped(
+                    job.task, grace if job.stop_reason == "shutdown" else None
+                )
                 await self.executor.release(job.task)
             finally:
+                if slot:
+                    self._running.release()
                 self._forget(job)
+
+    def _unqueue(self, job: _Active) -> None:
+        if job in self._queued:
+            self._queued.remove(job)
+
+    async def _claim_when_up(self, job: _Active) -> bool:
+        """Claim the job, waiting out a database outage as running jobs do."""
+        wait = 0.25
+        while True:
+            try:
+                return await self._claim(job)
+            except DatabaseUnavailableError as e:
+                log.warning(
+                    "%s job %s: database unavailable before it could start (%s); waiting",
+                    self.service,
+                    job.id,
+                    e.detail,
+                )
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, self.settings.job_heartbeat_s)
 
     async def _claim(self, job: _Active) -> bool:
         async with self.db.session() as session:
@@ -435,8 +500,23 @@ class JobRunner:
 
     async def _execute(self, job: _Active) -> None:
         assert job.ctx is not None
+        limit_s = self.max_run_s(job.kind)
+        deadline = asyncio.timeout(limit_s)
         try:
-            value = await job.work(job.ctx)
+            try:
+                async with deadline:
+                    value = await job.work(job.ctx)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # the work's own timeout: a failure like any other
+                job.stop_reason = "timeout"
+                await self.executor.cancel(job.task)
+                error = JobRunTimeoutError(
+                    f"The job ran longer than the {limit_s:g} s a {job.kind} job may run and "
+                    "was stopped. Make it smaller."
+                ).to_problem()
+                await self._finish(job, _Final("failed", job.progress, error=error))
+                return
             if isinstance(value, ResultUrl):
                 result, url = None, value.url
             else:

@@ -13,8 +13,19 @@ from services.market.settings import SHARED_CSV_DIR
 REPO = Path(__file__).resolve().parents[2]
 TRADING = Path(sys.executable).absolute().parent / "trading"
 SNAPSHOT = REPO / "tests" / "contract" / "tool_names.json"
-# Variables a gateway subprocess may inherit: nothing that configures the platform.
-_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "USER", "LOGNAME")
+# Variables a gateway subprocess may inherit: nothing that configures the platform
+# (PYTHONPATH only says which checkout's code runs: a worktree's, not the installed one).
+_INHERITED = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "SYSTEMROOT",
+    "USER",
+    "LOGNAME",
+    "PYTHONPATH",
+)
 
 
 def gateway_env(data_dir: Path, **extra: str) -> dict[str, str]:

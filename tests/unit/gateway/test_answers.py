@@ -17,6 +17,7 @@ from gateway_mcp.numbers import round_numbers, round_significant
 from gateway_mcp.server import build_gateway
 from gateway_mcp.settings import GatewaySettings
 from services.backtest.app import create_app as backtest_app
+from services.market.app import create_app as market_app
 
 REPO = Path(__file__).resolve().parents[3]
 RUN = {
@@ -84,7 +85,8 @@ def test_answers_are_rounded_and_compact_through_mcp_but_not_over_rest(data_env:
                 "backtest_get_results", {"run_id": data["run_id"], "equity_points": 500}
             )
         assert data is not None and sketch.structured_content is not None
-        return data, sketch.structured_content, size, stored.structured_content or {}
+        kept = stored.structured_content or {}
+        return data, sketch.structured_content, size, kept.get("result", kept)
 
     mcp, sketch, size, stored = anyio.run(go)
     assert size <= 4_000  # a typical backtest answer
@@ -112,14 +114,19 @@ def test_answers_are_rounded_and_compact_through_mcp_but_not_over_rest(data_env:
 
     # REST keeps every digit.
     async def rest() -> dict[str, Any]:
-        from shared.http import app_lifespan
+        from shared.http import app_lifespan, register_local_app, unregister_local_app
 
+        market = market_app()
+        register_local_app("market", market)  # the backtest reads bars from it in-process
         app = backtest_app()
-        async with app_lifespan(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-                response = await http.post("/backtest", json=RUN)
-                return response.json()  # type: ignore[no-any-return]
+        try:
+            async with app_lifespan(market), app_lifespan(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
+                    response = await http.post("/backtest", json=RUN)
+                    return response.json()  # type: ignore[no-any-return]
+        finally:
+            unregister_local_app("market")
 
     full = anyio.run(rest)
     ratio = full["metrics"]["sharpe_ratio"]
@@ -169,3 +176,16 @@ def test_links_and_hints_name_tools_not_http_operations() -> None:
     assert hints.rewrite_text("train one with POST /train; GET /model_info lists them") == (
         "train one with `predictor_train_models`; `predictor_get_model_info` lists them"
     )
+
+
+def test_data_coverage_is_a_tool_and_a_resource(data_env: Path) -> None:
+    async def go() -> tuple[Any, Any]:
+        async with Client(build_gateway(GatewaySettings())) as client:
+            tool = await client.call_tool("market_list_symbols", {})
+            resource = await client.read_resource("market://symbols")
+            return tool.structured_content, json.loads(resource[0].text)
+
+    tool, resource = anyio.run(go)
+    aapl = next(s for s in tool["symbols"] if s["symbol"] == "AAPL" and s["source"] == "csv")
+    assert aapl["first_bar"] == "2003-10-30" and aapl["last_bar"] == "2023-10-27"
+    assert [s["symbol"] for s in resource["symbols"]] == [s["symbol"] for s in tool["symbols"]]

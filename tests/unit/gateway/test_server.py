@@ -170,7 +170,10 @@ def test_tool_metadata_comes_from_the_spec(tmp_path: Path) -> None:
     assert hist.description.startswith("Return OHLCV bars between `start` and `end`")
     props = hist.input_schema["properties"]
     assert {"symbol", "start", "end", "interval", "adjusted", "fill_gaps"} <= set(props)
-    assert props["limit"]["default"] == 100 and props["offset"]["default"] == 0
+    assert props["limit"]["type"] == props["offset"]["type"] == "integer"
+    # Paging arguments are described (default, bounds) once per service, in its first tool.
+    first = tools["market_bulk_fetch"].to_mcp_tool().input_schema["properties"]
+    assert first["limit"]["default"] == 100 and first["offset"]["default"] == 0
     assert "page" in hist.output_schema["properties"]
     assert hist.annotations.read_only_hint is True
     price = tools["market_get_price"].to_mcp_tool()

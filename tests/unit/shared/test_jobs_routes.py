@@ -48,7 +48,8 @@ def test_202_location_points_at_the_mounted_services_own_status(tmp_path: Path) 
     assert location == f"/backtest/jobs/{job['id']}"
     assert job["status"] == "queued" and job["kind"] == "simulation"
     assert job["request"] == {"paths": 3, "steps": 250, "where": "thread"}
-    assert job["progress"] == {"done": 0.0, "total": None, "message": None}
+    assert job["progress"]["done"] == 0.0 and job["progress"]["total"] is None
+    assert job["progress"]["message"].startswith("queued: position 1 of ")
     assert done["status"] == "succeeded" and len(done["result"]["paths"]) == 3
     assert stored_done["result"] is None
     assert stored_done["result_url"] == f"/backtest/stored/{stored_done['id']}"

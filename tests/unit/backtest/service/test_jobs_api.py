@@ -120,3 +120,50 @@ def test_runs_survive_a_restart_of_the_service(tmp_path: Path) -> None:
     assert fills_again == fills
     assert png_again == png
     assert [r["run_id"] for r in listed["results"]] == [run["run_id"]]
+
+
+def test_a_cancel_in_the_cscv_phase_stops_it_before_the_slot_is_freed(
+    jobs_api: TestClient, monkeypatch: Any
+) -> None:
+    import time
+
+    from services.backtest import metrics
+
+    kernel = metrics.cscv_logits_nb
+    calls = {"started": 0, "running": 0}
+
+    def counted(*args: Any) -> Any:
+        calls["started"] += 1
+        calls["running"] += 1
+        try:
+            return kernel(*args)
+        finally:
+            calls["running"] -= 1
+
+    monkeypatch.setattr(metrics, "cscv_logits_nb", counted)
+    body = {  # ~60,000 pairs on 45 bars: a quick sweep, then 12,870 CSCV splits of them
+        **GOOG_SMA,
+        "start_date": "2010-01-04",
+        "end_date": "2010-03-09",
+        "pbo_splits": 16,
+        "param_grid": {
+            "fast": {"start": 2, "stop": 200, "step": 1},
+            "slow": {"start": 3, "stop": 400, "step": 1},
+        },
+    }
+    location, _ = start(jobs_api, "optimize", body)
+    deadline = time.monotonic() + 120  # a safety bound, not a speed claim
+    while calls["started"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cancelled = jobs_api.delete(location)
+    mounted = {getattr(r, "path", ""): r for r in jobs_api.app.routes}  # type: ignore[attr-defined]
+    runner = mounted["/backtest"].app.state.jobs
+    while runner._active and time.monotonic() < deadline:  # the slot is held until it stops
+        time.sleep(0.001)
+    running_when_freed = calls["running"]
+    done = wait_done(jobs_api, location)
+
+    assert cancelled.status_code == 200
+    assert done["status"] == "failed" and done["error"]["code"] == "cancelled"
+    assert not runner._active and running_when_freed == 0  # freed only once it had stopped
+    assert 1 <= calls["started"] < 39  # stopped between chunks, not after all 39
