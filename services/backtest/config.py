@@ -98,8 +98,8 @@ else:
         ],
         Discriminator(_kind),
         Field(
-            description="A built-in or saved strategy by `name` (with `params`), or inline "
-            "`rules` over declared `params` (`GET /strategies/language`)."
+            description=f"`name` {', '.join(STRATEGIES)} or a saved one, with `params`; "
+            "or inline `rules` over declared `params`."
         ),
     ]
 AnyStrategy = _BuiltinStrategy | SavedStrategy | InlineStrategy

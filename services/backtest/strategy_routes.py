@@ -5,6 +5,7 @@ Route docstrings become the MCP tool descriptions.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -22,6 +23,10 @@ from services.backtest.strategy_schemas import (
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
 
 router = APIRouter()
+# Not MCP tools (the gateway excludes `internal`): the default tool set must fit 32 kB, and
+# a model needs only `save_strategy` (which checks the rules as `validate_strategy` does and
+# answers the same 422) beside `list_strategies`. Over HTTP every route is there.
+HTTP_ONLY: list[str | Enum] = ["internal"]
 LANGUAGE_RULES = (
     CrossFieldRule(
         ("rules", "params"),
@@ -55,6 +60,7 @@ async def list_strategies(service: Service) -> StrategyList:
 @router.get(
     "/strategies/language",
     operation_id="get_strategy_language",
+    tags=HTTP_ONLY,
     response_model=LanguageInfo,
     responses=errors(401),
     summary="The strategy language",
@@ -67,6 +73,7 @@ async def get_strategy_language() -> LanguageInfo:
 @router.post(
     "/strategies/validate",
     operation_id="validate_strategy",
+    tags=HTTP_ONLY,
     response_model=StrategyCheck,
     responses=errors(401, 422),
     summary="Check strategy rules without saving",
@@ -103,6 +110,7 @@ async def save_strategy(body: SaveStrategyRequest, service: Service) -> Strategy
 @router.get(
     "/strategies/{name}",
     operation_id="get_strategy",
+    tags=HTTP_ONLY,
     response_model=StrategyInfo,
     responses=errors(401, 404, 422, 503),
     summary="One strategy",
@@ -122,6 +130,7 @@ async def get_strategy(
 @router.delete(
     "/strategies/{name}",
     operation_id="retire_strategy",
+    tags=HTTP_ONLY,
     response_model=RetiredStrategy,
     responses=errors(401, 404, 409, 422, 503),
     summary="Retire a saved strategy",

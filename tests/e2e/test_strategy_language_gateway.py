@@ -1,6 +1,7 @@
 """E2E: a model-style session with the strategy language through the gateway (streamable
-HTTP, the official `mcp` SDK client): validate rules, fix the error from its message, save
-the strategy, backtest it by name, and optimise one of its `$params`."""
+HTTP, the official `mcp` SDK client): submit rules (`save_strategy` checks them as `POST
+/strategies/validate` does; validate itself is HTTP-only, outside the 32 kB tool set), fix
+the error from its message, save, backtest by name, and optimise one of its `$params`."""
 
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ async def _session(url: str) -> dict[str, Any]:
             tools = {t.name: t for t in (await session.list_tools()).tools}
             run_tool = tools["backtest_run_backtest"]
             seen["description"] = run_tool.input_schema["properties"]["strategy"]["description"]
-            draft = DRAFT
-            first = await session.call_tool("backtest_validate_strategy", draft)
+            draft = {"name": "rsi_dip", "description": "RSI dips in an uptrend", **DRAFT}
+            first = await session.call_tool("backtest_save_strategy", draft)
             seen["first"] = first
             # the model fixes the rule from the message: "... did you mean `rsi`?"
             match = re.search(r"unknown function `(\w+)`; did you mean `(\w+)`\?", _text(first))
@@ -88,11 +89,7 @@ async def _session(url: str) -> dict[str, Any]:
             wrong, right = match.groups()
             rules = {k: v.replace(f"{wrong}(", f"{right}(") for k, v in draft["rules"].items()}
             fixed = {**draft, "rules": rules}
-            seen["fixed"] = await session.call_tool("backtest_validate_strategy", fixed)
-            seen["saved"] = await session.call_tool(
-                "backtest_save_strategy",
-                {"name": "rsi_dip", "description": "RSI dips in an uptrend", **fixed},
-            )
+            seen["saved"] = await session.call_tool("backtest_save_strategy", fixed)
             seen["run"] = await session.call_tool(
                 "backtest_run_backtest", {**RUN, "strategy": {"name": "rsi_dip"}}
             )
@@ -112,16 +109,14 @@ def test_a_model_writes_fixes_saves_backtests_and_optimises_a_strategy(
 ) -> None:
     seen = anyio.run(_session, gateway_url)
 
-    assert "inline `rules`" in seen["description"]
+    assert "sma_crossover" in seen["description"] and "or a saved" in seen["description"]
     first = seen["first"]
     assert first.is_error
     assert "entry_long 1:1: unknown function `rsl`; did you mean `rsi`?" in _text(first)
-    fixed = seen["fixed"]
-    assert not fixed.is_error, fixed.content
-    assert fixed.structured_content["warmup_bars"] == 99
     saved = seen["saved"]
     assert not saved.is_error, saved.content
-    assert saved.structured_content["version"] == 1
+    assert saved.structured_content["version"] == 1  # the failed first try saved nothing
+    assert saved.structured_content["rules"]["exit_long"] == "rsi(close, $n) > 65"
     run = seen["run"]
     assert not run.is_error, run.content
     body = run.structured_content
