@@ -287,5 +287,7 @@ def problem_error(service: str, problem: Problem) -> ToolError:
     message = f"{service} service error {problem.status} {problem.code}: {problem.detail}"
     if problem.field:
         message += f" (field: {problem.field})"
+    if problem.error_id:  # what to quote: the service logged the details under it
+        message += f" (error id: {problem.error_id})"
     server_side = problem.status >= 500
     return ToolError(message, log_level=logging.WARNING if server_side else logging.DEBUG)

@@ -35,12 +35,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_mcp.context import share_descriptions
 from gateway_mcp.guide import INSTRUCTIONS, install_guide
+from gateway_mcp.origins import OriginGuard
 from gateway_mcp.results import Limits
 from gateway_mcp.services import AppFactory, Service, gateway_health, open_services
 from gateway_mcp.settings import GatewaySettings
 from gateway_mcp.tools import GatewayTools, gateway_tool
 from shared.limits import BodyLimit
 from shared.metrics import CONTENT_TYPE, LATENCY_BUCKETS, RequestMetrics, render
+from shared.ratelimit import AuthFailureLimit
 from shared.server import CONFIG_ATTRIBUTE, HttpLimits, uvicorn_options
 
 log = logging.getLogger(__name__)
@@ -237,14 +239,25 @@ class SlashAlias:
 
 
 def http_app(gateway: FastMCP, settings: GatewaySettings) -> Any:
-    """Return the streamable-HTTP ASGI app of the gateway (token required when configured)."""
+    """Return the streamable-HTTP ASGI app of the gateway (token required when configured).
+
+    Foreign `Host` and `Origin` headers are refused (403, `gateway_mcp.origins`); past
+    AUTH_FAILURES_PER_MINUTE wrong tokens an address is answered 429 for the rest of its minute.
+    """
     return gateway.http_app(
         path=settings.path,
         transport="http",
         middleware=[
+            Middleware(OriginGuard, hosts=settings.allowed_hosts, origins=settings.allowed_origins),
             Middleware(SlashAlias, path=settings.path),
             Middleware(RequestMetrics, service="gateway"),
             Middleware(BodyLimit, max_bytes=settings.max_body_bytes, service="gateway"),
+            Middleware(
+                AuthFailureLimit,
+                per_minute=settings.auth_failures_per_minute if settings.http_token() else 0,
+                service="gateway",
+                open_paths=frozenset({"/health", "/metrics"}),
+            ),
         ],
     )
 

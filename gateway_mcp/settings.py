@@ -21,6 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway_mcp.origins import LOOPBACK
 from shared.config import BaseServiceSettings
 
 ENV_PREFIX = "GATEWAY_"
@@ -87,7 +88,21 @@ class GatewaySettings(BaseServiceSettings):
         description="Bearer token sent to the services (defaults to the services' API_TOKEN).",
     )
     service_timeout_s: float = Field(default=30.0, gt=0, description="Per HTTP request.")
-    host: str = Field(default="127.0.0.1", description="HTTP transport: interface to bind.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="HTTP transport: interface to bind (loopback unless told otherwise).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK),
+        description="HTTP transport: host names a request's `Host` may name (any port); `*` "
+        "allows any. Default: loopback. Others are answered 403 (DNS rebinding).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK),
+        description="HTTP transport: host names (or `scheme://host[:port]`, compared by host "
+        "name) a browser's `Origin` may have; `*` allows any. Default: loopback. A request "
+        "without `Origin` passes; a foreign one is answered 403 (the MCP transport's rule).",
+    )
     port: int = Field(default=8765, ge=1, le=65535, description="HTTP transport: TCP port.")
     path: str = Field(default="/mcp", description="HTTP transport: endpoint path.")
     token: SecretStr | None = Field(

@@ -110,6 +110,21 @@ def _image_request(route: HTTPRoute, arguments: dict[str, Any]) -> tuple[str, di
     return path, query
 
 
+def check_path_arguments(route: HTTPRoute, service: str, arguments: dict[str, Any]) -> None:
+    """Refuse a path argument holding `/`: it would reach another route of the service.
+
+    The request encodes every path argument (`/` as `%2F`), but a service decodes the path
+    before routing, so `get_results(run_id="<id>/chart.png")` would be the chart route.
+    """
+    for name, value in arguments.items():
+        where = route.parameter_map.get(name, {})
+        if where.get("location") == "path" and "/" in str(value):
+            original = where.get("openapi_name", name)
+            raise ToolError(
+                f"{service} service: `{original}` is one path segment and may not contain '/'"
+            )
+
+
 def _service_client(service: str) -> httpx2.AsyncClient:
     """Return the service's HTTP client from the running gateway's lifespan context."""
     from fastmcp.server.dependencies import get_context
@@ -225,6 +240,7 @@ def gateway_tool(
         for name in args:
             if name not in known:
                 raise ToolError(unknown_argument_message(name, known))
+        check_path_arguments(route, service, args)
         for name, value in mcp_defaults.items():
             args.setdefault(name, value)
         if image:

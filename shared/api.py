@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import get_route_path
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -26,6 +27,7 @@ from shared.errors import (
     ValidationProblemError,
     new_error_id,
 )
+from shared.limits import request_path
 from shared.strict import unknown_field_message
 
 log = logging.getLogger(__name__)
@@ -245,15 +247,28 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem, headers or None)
 
 
+ERROR_ID_ATTRIBUTE = "trading_error_id"
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    error_id = new_error_id()
-    log.error(
-        "error_id=%s unhandled error on %s %s",
-        error_id,
-        request.method,
-        request.url.path,
-        exc_info=exc,
-    )
+    """Log an unhandled error once, under one id, and answer a complete 500 problem.
+
+    An app mounted in another (`trading serve`) may see the same exception again in the
+    outer app's handler when the inner one could not finish its answer: the id rides on the
+    exception, so the error is logged once and both answers (if any) carry the same id.
+    """
+    error_id = getattr(exc, ERROR_ID_ATTRIBUTE, None)
+    if error_id is None:
+        error_id = new_error_id()
+        with contextlib.suppress(AttributeError):  # a type with __slots__: id not carried
+            setattr(exc, ERROR_ID_ATTRIBUTE, error_id)
+        log.error(
+            "error_id=%s unhandled error on %s %s",
+            error_id,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
     problem = Problem(
         title="Internal error",
         status=500,
@@ -265,33 +280,85 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem)
 
 
+class AnsweredErrors:
+    """ASGI wrapper around an app's whole stack: an error already answered ends there.
+
+    Starlette's outermost middleware renders an unhandled error with the app's 500 handler
+    and then raises it again, "so servers can log it": uvicorn then logs the traceback a
+    second time and closes the connection, so the client's next request on the same
+    keep-alive connection is reset. An error whose answer went out whole is done: it was
+    logged (once, under the answer's error id) and the connection stays usable. An error
+    whose answer was cut short still propagates: the server must close that connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app; swallow an error after its complete answer was sent."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        complete = False
+
+        async def watch(message: Message) -> None:
+            nonlocal complete
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            if not complete:
+                raise
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error of the app as RFC 9457 problem details."""
+    """Render every error of the app as RFC 9457 problem details.
+
+    An unexpected error is logged once with an error id, answered as a complete 500 problem,
+    and leaves the connection open for the client's next request.
+    """
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    build = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        return AnsweredErrors(build())
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
 
-def install_bearer_auth(app: FastAPI, token: SecretStr | None, *, open_paths: set[str]) -> None:
+def install_bearer_auth(
+    app: FastAPI,
+    token: SecretStr | None,
+    *,
+    open_paths: set[str],
+    service_token: SecretStr | None = None,
+) -> None:
     """Require `Authorization: Bearer <token>` on every path but open_paths, when a token is set.
 
-    open_paths are compared with the path inside the app, so `/health` stays open when the
-    app is mounted under a prefix (`trading serve`'s `/market/health`).
+    service_token (the services' own, `SERVICE_TOKEN`) is accepted as well. open_paths are
+    compared with the path inside the app, so `/health` stays open when the app is mounted
+    under a prefix (`trading serve`'s `/market/health`).
     """
     if token is None or not token.get_secret_value():
         return
-    app.add_middleware(
-        BearerAuth, token=token.get_secret_value().encode(), open_paths=frozenset(open_paths)
-    )
+    tokens = [token.get_secret_value().encode()]
+    if service_token is not None and service_token.get_secret_value():
+        tokens.append(service_token.get_secret_value().encode())
+    app.add_middleware(BearerAuth, tokens=tuple(tokens), open_paths=frozenset(open_paths))
 
 
 class BearerAuth:
-    """ASGI middleware: 401 problem details unless the request carries the bearer token."""
+    """ASGI middleware: 401 problem details unless the request carries a bearer token."""
 
-    def __init__(self, app: ASGIApp, token: bytes, open_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, tokens: tuple[bytes, ...], open_paths: frozenset[str]) -> None:
         self.app = app
-        self.token = token
+        self.tokens = tokens
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -306,13 +373,14 @@ class BearerAuth:
                 if scheme.lower() != b"bearer":
                     given = b""
                 break
-        if given and hmac.compare_digest(given, self.token):
+        # every token compared, in constant time: which one matched takes no longer
+        matched = [hmac.compare_digest(given, token) for token in self.tokens]
+        if given and any(matched):
             await self.app(scope, receive, send)
             return
         err = UnauthorizedError("Missing or wrong bearer token")
-        instance = str(scope.get("root_path", "")) + str(scope.get("path", ""))
         response = problem_response(
-            err.to_problem(instance=instance), {"WWW-Authenticate": "Bearer"}
+            err.to_problem(instance=request_path(scope)), {"WWW-Authenticate": "Bearer"}
         )
         await response(scope, receive, send)
 

@@ -5,8 +5,10 @@ its lifespan. Logging is configured here, in the factory, so `uvicorn --factory
 services.<name>.app:create_app` logs (masked, at LOG_LEVEL) exactly as `trading serve` does.
 
 Every app gets, outermost first: request metrics (latency by operation id, `Server-Timing`),
-the body size limit (413), bearer auth (401, when API_TOKEN is set), the rate limit (429 +
-`Retry-After`), the concurrency limit (503 + `Retry-After`), then the routes; plus
+the body size limit (413), the failed-authentication limit (429 per address, when
+API_TOKEN is set), bearer auth (401, when API_TOKEN is set), the rate limit (429 +
+`Retry-After`, never for the services' own calls), the concurrency limit (503 +
+`Retry-After`), then the routes; plus
 `GET /metrics` (tag `ops`) and, in its OpenAPI document, the 413/429/503 answers those limits
 give on every operation. Ops routes (tag `ops`: `/health`, `/metrics`) are never rate or
 concurrency limited and need no token.
@@ -37,7 +39,7 @@ from shared.metrics import (
     render,
     scrape_stores,
 )
-from shared.ratelimit import RateLimit, RateLimiter
+from shared.ratelimit import AuthFailureLimit, RateLimit, RateLimiter
 from shared.strict import StrictQuery
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,21 @@ def service_app(
         service=name,
     )
     token_set = settings.api_token is not None and bool(settings.api_token.get_secret_value())
-    app.add_middleware(RateLimit, limiter=limiter, trust_token=token_set, service=name)
-    install_bearer_auth(app, settings.api_token, open_paths=set(OPEN_PATHS))
+    service_token = settings.service_token.get_secret_value() if settings.service_token else ""
+    app.add_middleware(
+        RateLimit,
+        limiter=limiter,
+        trust_token=token_set,
+        service=name,
+        service_token=service_token.encode() or None,
+    )
+    install_bearer_auth(
+        app, settings.api_token, open_paths=set(OPEN_PATHS), service_token=settings.service_token
+    )
+    if token_set:
+        app.add_middleware(
+            AuthFailureLimit, per_minute=settings.auth_failures_per_minute, service=name
+        )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, service=name)
     app.add_middleware(IdempotencyKey)
     app.add_middleware(RequestMetrics, service=name)

@@ -77,6 +77,38 @@ class BaseServiceSettings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token the services require when set."
     )
+    service_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SERVICE_TOKEN", "service_token"),
+        description="Bearer token the services send one another (in place of API_TOKEN): "
+        "accepted wherever API_TOKEN is, and its requests are the platform's own, not counted "
+        "against any user's rate limit. Calls between co-hosted services need none.",
+    )
+    auth_failures_per_minute: int = Field(
+        default=20,
+        ge=0,
+        description="Failed authentications (401) per client address per minute; past it every "
+        "request of that address is answered 429 with Retry-After until the minute ends "
+        "(counted per process). 0 turns the limit off.",
+    )
+    retention_runs_days: int = Field(
+        default=0,
+        ge=0,
+        description="`trading prune` deletes stored backtest runs (and their fills) older than "
+        "this many days; 0 keeps them forever.",
+    )
+    retention_jobs_days: int = Field(
+        default=30,
+        ge=0,
+        description="`trading prune` deletes finished jobs (succeeded or failed) that ended more "
+        "than this many days ago; 0 keeps them forever. Queued and running jobs are kept.",
+    )
+    retention_predictions_days: int = Field(
+        default=90,
+        ge=0,
+        description="`trading prune` deletes logged predictions older than this many days; 0 "
+        "keeps them forever.",
+    )
     log_level: str = "INFO"
     trading_master_key: SecretStr | None = Field(
         default=None,

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, SecretStr
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import AppError, FieldIssue, Problem, ServiceUnavailableError, parse_problem
+from shared.ratelimit import INTERNAL_SCOPE_KEY
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -81,8 +82,22 @@ def service_client(
 
 
 def make_transport(app: ASGIApp | None) -> httpx.AsyncBaseTransport | None:
-    """Return an in-process ASGI transport for app, or None for the network."""
-    return httpx.ASGITransport(app=app) if app is not None else None
+    """Return an in-process ASGI transport for app, or None for the network.
+
+    Requests sent through it are marked as the platform's own (`INTERNAL_SCOPE_KEY`): a
+    co-hosted service calling another is not a user, and is not rate-limited as one.
+    """
+    return httpx.ASGITransport(app=_Internal(app)) if app is not None else None
+
+
+class _Internal:
+    """ASGI wrapper: mark every request as sent in-process by a co-hosted service."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app({**scope, INTERNAL_SCOPE_KEY: True}, receive, send)
 
 
 @asynccontextmanager

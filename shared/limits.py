@@ -62,8 +62,13 @@ async def send_problem(
     await send({"type": "http.response.body", "body": body})
 
 
-def _path(scope: Scope) -> str:
-    return str(scope.get("root_path", "")) + str(scope.get("path", ""))
+def request_path(scope: Scope) -> str:
+    """Return the path the client asked for (a problem's `instance`).
+
+    In a mounted app (`trading serve`'s /market) the scope's `path` already holds the mount's
+    `root_path`: adding it again gave `/market/market/price/AAPL`.
+    """
+    return str(scope.get("path", ""))
 
 
 class BodyLimit:
@@ -116,7 +121,7 @@ class BodyLimit:
         count_rejection(self.service, "body_too_large")
         error = PayloadTooLargeError(_too_large_detail(self.max_bytes), field="body")
         # The unread body is not drained: the connection is closed after the answer.
-        problem = error.to_problem(instance=_path(scope))
+        problem = error.to_problem(instance=request_path(scope))
         await send_problem(scope, send, problem, {"connection": "close"})
 
 
@@ -215,7 +220,7 @@ class ConcurrencyLimit:
             await send_problem(
                 scope,
                 send,
-                error.to_problem(instance=_path(scope)),
+                error.to_problem(instance=request_path(scope)),
                 {"retry-after": str(self.retry_after_s)},
             )
             return

@@ -14,11 +14,12 @@ _PATTERNS = [
     ),
     # Authorization: Bearer xxx / Bearer xxx
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]+"), r"\1***"),
-    # api_key=..., token: ..., password="..."
+    # A name holding KEY, TOKEN, SECRET or PASSWORD, prefixed or not (api_key=...,
+    # ALPACA_SECRET_KEY=..., GATEWAY_TOKEN: ..., "postgres_password": "..."), then its value.
     (
         re.compile(
-            r"(?i)\b((?:api[_-]?key|access[_-]?token|token|secret|password|passwd|apikey)"
-            r"[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;]+"
+            r"(?i)(?<![A-Za-z0-9])([A-Za-z0-9_\-]{0,64}(?:key|token|secret|password|passwd|pwd)"
+            r"[A-Za-z0-9_\-]{0,64}[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;]+"
         ),
         r"\1***",
     ),

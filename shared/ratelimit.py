@@ -5,12 +5,19 @@ that lives one minute from the client's first request of the window. `user_id` i
 the bearer token when the service checks tokens (every client of one shared token shares its
 limits), else the client's address; `endpoint` is the operation id. Without Redis, or while
 Redis does not answer, the same counters are kept in the process (with several workers or
-replicas each then counts on its own). Ops routes are never limited.
+replicas each then counts on its own). Ops routes are never limited, and neither are the
+platform's own calls: a request from a co-hosted service (in-process, see
+`shared.http.INTERNAL_SCOPE_KEY`) or carrying the service token (`SERVICE_TOKEN`) is not
+counted against the user whose request caused it.
+
+:class:`AuthFailureLimit` bounds guessing: past N failed authentications (401) per minute
+from one address, that address is answered 429 with Retry-After until its minute ends.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -20,10 +27,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import RateLimitedError
-from shared.limits import send_problem
+from shared.limits import request_path, send_problem
 from shared.logging import mask_secrets
 from shared.metrics import count_rejection, route_of
 
@@ -31,6 +38,8 @@ log = logging.getLogger(__name__)
 
 WINDOW_S = 60
 KEY = "ratelimit:{user_id}:{endpoint}"
+# Set (to True) in the scope of a request a co-hosted service sends in-process.
+INTERNAL_SCOPE_KEY = "trading.internal"
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,14 @@ class LocalWindows:
         self._windows.move_to_end(key)
         while len(self._windows) > self.max_keys:
             self._windows.popitem(last=False)
+        return count, max(1, int(ends - now + 0.999))
+
+    def peek(self, key: str) -> tuple[int, int]:
+        """Return (count in key's current window, seconds it has left) without counting."""
+        now = time.monotonic()
+        ends, count = self._windows.get(key, (0.0, 0))
+        if ends <= now:
+            return 0, 0
         return count, max(1, int(ends - now + 0.999))
 
     def __len__(self) -> int:
@@ -171,16 +188,40 @@ def client_id(scope: Scope, *, trust_token: bool) -> str:
     return "a-" + (str(client[0]) if client else "unknown")
 
 
+def bearer_token(scope: Scope) -> bytes:
+    """Return the request's bearer token (b"" without one)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            return token if scheme.lower() == b"bearer" else b""
+    return b""
+
+
+def is_internal(scope: Scope, service_token: bytes | None) -> bool:
+    """Tell whether a request is the platform's own: in-process, or with the service token."""
+    if scope.get(INTERNAL_SCOPE_KEY):
+        return True
+    given = bearer_token(scope) if service_token else b""
+    return bool(given) and hmac.compare_digest(given, service_token or b"")
+
+
 class RateLimit:
     """ASGI middleware: 429 problem details with Retry-After past the per-minute limit."""
 
     def __init__(
-        self, app: ASGIApp, limiter: RateLimiter, *, trust_token: bool, service: str = ""
+        self,
+        app: ASGIApp,
+        limiter: RateLimiter,
+        *,
+        trust_token: bool,
+        service: str = "",
+        service_token: bytes | None = None,
     ) -> None:
         self.app = app
         self.limiter = limiter
         self.trust_token = trust_token
         self.service = service
+        self.service_token = service_token or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Count the request; refuse it when its client is over the limit."""
@@ -188,7 +229,7 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         operation, exempt = route_of(scope)
-        if exempt:
+        if exempt or is_internal(scope, self.service_token):
             await self.app(scope, receive, send)
             return
         user = client_id(scope, trust_token=self.trust_token)
@@ -201,10 +242,69 @@ class RateLimit:
             f"Rate limit reached: {self.limiter.per_minute} requests per minute per client "
             f"for {operation}; retry after {decision.retry_after_s} s."
         )
-        path = str(scope.get("root_path", "")) + str(scope.get("path", ""))
         await send_problem(
             scope,
             send,
-            error.to_problem(instance=path),
+            error.to_problem(instance=request_path(scope)),
             {"retry-after": str(decision.retry_after_s)},
         )
+
+
+class AuthFailureLimit:
+    """ASGI middleware: past `per_minute` 401 answers to one address, 429 to that address.
+
+    It wraps whatever authenticates (a service's bearer check, the gateway's token
+    verifier) and counts the 401s that come back, per client address, in this process. An
+    address over the limit is refused before authentication, whatever token it sends, so
+    guessing gets `per_minute` tries a minute and learns nothing from the rest. In-process
+    requests (co-hosted services) and ops routes (`/health`) are never counted or refused.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        per_minute: int,
+        service: str = "",
+        open_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        self.app = app
+        self.per_minute = per_minute
+        self.service = service
+        self.open_paths = open_paths
+        self.windows = LocalWindows(max_keys=100_000)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse an address over the limit; count the 401s answered to the others."""
+        if (
+            scope["type"] != "http"
+            or self.per_minute <= 0
+            or scope.get(INTERNAL_SCOPE_KEY)
+            or scope.get("path") in self.open_paths
+            or route_of(scope)[1]  # ops routes need no token: a health probe is never held up
+        ):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        key = "a-" + (str(client[0]) if client else "unknown")
+        count, left = self.windows.peek(key)
+        if count >= self.per_minute:
+            count_rejection(self.service, "auth_failures")
+            error = RateLimitedError(
+                f"Too many failed authentications from this address ({self.per_minute} a "
+                f"minute); retry after {left} s."
+            )
+            await send_problem(
+                scope,
+                send,
+                error.to_problem(instance=request_path(scope)),
+                {"retry-after": str(left)},
+            )
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.windows.hit(key, WINDOW_S)
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

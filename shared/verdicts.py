@@ -19,12 +19,12 @@ services declare the verdict once and answer it in the same shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.stats import binomtest
 
 VerdictName = Literal["beats", "does_not_beat", "insufficient_evidence"]
 MIN_CALLS = 100
@@ -72,6 +72,22 @@ class PairedVerdict(BaseModel):
     )
 
 
+def exact_mcnemar_p(b: int, c: int) -> float:
+    """Return the two-sided exact McNemar p-value: a binomial test of b in b + c at 1/2.
+
+    Equal to ``scipy.stats.binomtest(b, b + c, 0.5).pvalue`` (tested), in integer arithmetic
+    so that serving a prediction never imports scipy.stats (about a second of start-up).
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    if 2 * k == n:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
 def mcnemar(model_correct: Any, baseline_correct: Any) -> Comparison:
     """Return the exact McNemar comparison of two classifiers' correctness on the same bars."""
     a = np.asarray(model_correct, dtype=bool)
@@ -80,7 +96,7 @@ def mcnemar(model_correct: Any, baseline_correct: Any) -> Comparison:
         raise ValueError(f"need two 1-D arrays of the same length, got {a.shape} and {c_.shape}")
     b = int(np.sum(a & ~c_))
     c = int(np.sum(~a & c_))
-    p = float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+    p = exact_mcnemar_p(b, c)
     return Comparison(
         n=int(a.size),
         model_correct=int(a.sum()),

@@ -374,6 +374,32 @@ def migrate() -> None:
     typer.echo(f"{asyncio.run(run())} is at the newest schema revision")
 
 
+@app.command()
+def prune() -> None:
+    """Delete stored rows past their retention: backtest runs (RETENTION_RUNS_DAYS, default
+    0: kept), finished jobs (RETENTION_JOBS_DAYS, 30) and logged predictions
+    (RETENTION_PREDICTIONS_DAYS, 90), in DATABASE_URL (default the embedded SQLite)."""
+    import asyncio
+
+    from shared.config import BaseServiceSettings
+    from shared.db import Database
+    from shared.retention import prune as prune_rows
+
+    async def run() -> tuple[str, dict[str, int | None]]:
+        settings = BaseServiceSettings()
+        db = Database.from_settings(settings)
+        try:
+            await db.migrate()
+            return db.safe_url, await prune_rows(db, settings)
+        finally:
+            await db.dispose()
+
+    url, deleted = asyncio.run(run())
+    for kind, count in deleted.items():
+        typer.echo(f"{kind}: {'kept (no retention set)' if count is None else f'{count} deleted'}")
+    typer.echo(f"pruned {url}")
+
+
 keys_app = typer.Typer(
     help="Provider and broker API keys, encrypted under DATA_DIR (values are never printed).",
     no_args_is_help=True,

@@ -119,7 +119,14 @@ def _values(name: str, spec: list[float] | Range, is_int: bool) -> np.ndarray:
     """Return the values one parameter takes (ValidationProblemError naming it)."""
     field = f"param_grid.{name}"
     if isinstance(spec, Range):
-        count = math.floor((spec.stop - spec.start) / spec.step + 1e-9) + 1
+        steps = (spec.stop - spec.start) / spec.step  # inf for a span past float's range
+        if not math.isfinite(steps) or steps > MAX_VALUES_PER_PARAM:
+            raise ValidationProblemError(
+                f"{name}: the range from {spec.start:g} to {spec.stop:g} by {spec.step:g} "
+                f"holds more than {MAX_VALUES_PER_PARAM:,} values",
+                field=field,
+            )
+        count = math.floor(steps + 1e-9) + 1
         if count < 1:
             raise ValidationProblemError(
                 f"{name}: stop ({spec.stop:g}) is below start ({spec.start:g})", field=field

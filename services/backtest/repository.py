@@ -12,7 +12,19 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table, and_, func, insert, literal, null, or_, select, union_all, update
+from sqlalchemy import (
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -168,6 +180,15 @@ async def update_run_metrics(
 ) -> None:
     """Replace a run's stored metrics document."""
     await session.execute(update(RESULTS).where(RESULTS.c.run_id == run_id).values(metrics=metrics))
+
+
+async def delete_run(session: AsyncSession, *, run_id: uuid.UUID) -> bool:
+    """Delete a stored run (with its fills), walk-forward or search; return whether there
+    was one."""
+    await session.execute(delete(TRADES).where(TRADES.c.run_id == run_id))
+    runs = await session.execute(delete(RESULTS).where(RESULTS.c.run_id == run_id))
+    analyses = await session.execute(delete(ANALYSES).where(ANALYSES.c.run_id == run_id))
+    return bool(getattr(runs, "rowcount", 0) or getattr(analyses, "rowcount", 0))
 
 
 async def load_run(session: AsyncSession, *, run_id: uuid.UUID) -> Any | None:

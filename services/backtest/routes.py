@@ -83,7 +83,11 @@ SymbolQuery = Annotated[
     ),
 ]
 StrategyQuery = Annotated[
-    str | None, Query(max_length=100, description="Only runs of this strategy name.")
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9_]{1,100}$",
+        description="Only runs of this strategy name.",
+    ),
 ]
 KindQuery = Annotated[
     AnalysisKind | None,
@@ -501,6 +505,21 @@ async def get_results(
     `optimize_parameters`). Equity curves at most `equity_points` points."""
     result = await service.get_any(run_id, equity_points=equity_points)
     return with_prefix(result, _prefix(request))
+
+
+@router.delete(
+    "/results/{run_id}",
+    operation_id="delete_results",
+    status_code=204,
+    response_class=Response,
+    responses=READ_ERRORS,
+    summary="Delete a stored run",
+)
+async def delete_results(run_id: RunId, service: Service) -> Response:
+    """Delete a stored run (with its fills), walk-forward or search; reads of it then
+    answer 404."""
+    await service.delete_result(run_id)
+    return Response(status_code=204)
 
 
 @router.get(

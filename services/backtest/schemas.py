@@ -195,7 +195,7 @@ class WalkForwardRequest(SearchSettings, RunConfig):
     )
 
     train_period: int = Field(default=252, ge=20, le=10_000, description="In-sample bars.")
-    test_period: int = Field(default=21, ge=1, le=5_000, description="Out-of-sample bars.")
+    test_period: int = Field(default=21, ge=2, le=5_000, description="Out-of-sample bars.")
     anchored: bool = Field(
         default=False,
         description="In-sample windows all start at the first bar (expanding) instead of rolling.",

@@ -96,6 +96,10 @@ class StrategyUnavailableError(AppError):
     title = "Strategy unavailable"
 
 
+def _deleted_key(run_id: uuid.UUID) -> str:
+    return f"backtest:deleted:{run_id}"
+
+
 class RunNotFoundError(NotFoundError):
     """No stored run has this id."""
 
@@ -507,6 +511,22 @@ class BacktestService:
             raise RunNotFoundError(f"No stored backtest run {run_id}.", field="run_id")
         return row
 
+    async def _deleted(self, run_id: uuid.UUID) -> bool:
+        """Tell whether run_id was deleted while answers of it may still be cached."""
+        gone, _ = await self.cache.get(_deleted_key(run_id))
+        return gone is not None
+
+    async def delete_result(self, run_id: uuid.UUID) -> None:
+        """Delete a stored run and its fills (RunNotFoundError when there is none)."""
+        async with self.db.session() as session:
+            found = await repo.delete_run(session, run_id=run_id)
+            await session.commit()
+        if not found:
+            raise RunNotFoundError(f"No stored backtest run {run_id}.", field="run_id")
+        # Its answers and charts are cached under many keys (sizes, points), in every
+        # process: a tombstone, read before any of them, outlives them all.
+        await self.cache.set(_deleted_key(run_id), True, self.settings.backtest_result_ttl_s)
+
     async def get_any(self, run_id: uuid.UUID, *, equity_points: int = 250) -> StoredResult:
         """Return a stored backtest, walk-forward or search as it was answered (a backtest
         first: its answers are cached)."""
@@ -522,7 +542,7 @@ class BacktestService:
         """Return a stored run as `POST /backtest` answered it."""
         key = f"backtest:result:{run_id}:{equity_points}"
         cached, _ = await self.results.get(key)
-        if cached is not None:
+        if cached is not None and not await self._deleted(run_id):
             return cached
         row = await self._row(run_id)
         answer = self._answer(
@@ -615,7 +635,7 @@ class BacktestService:
         width, height = snap_chart_size(width, height)
         key = f"backtest:chart:{run_id}:{width}x{height}:v2"
         cached, _ = await self.cache.get(key)
-        if isinstance(cached, str):
+        if isinstance(cached, str) and not await self._deleted(run_id):
             return base64.b64decode(cached)
         analysis = await self.analyses.row(run_id)
         if analysis is not None:

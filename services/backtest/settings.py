@@ -27,7 +27,8 @@ class BacktestSettings(BaseServiceSettings):
     market_token: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("BACKTEST_MARKET_TOKEN", "market_token"),
-        description="Bearer token sent to the market service (default: API_TOKEN).",
+        description="Bearer token sent to the market service (default: SERVICE_TOKEN, else "
+        "API_TOKEN).",
     )
     market_timeout_s: float = Field(
         default=60.0,
@@ -43,7 +44,8 @@ class BacktestSettings(BaseServiceSettings):
     predictor_token: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("BACKTEST_PREDICTOR_TOKEN", "predictor_token"),
-        description="Bearer token sent to the predictor service (default: API_TOKEN).",
+        description="Bearer token sent to the predictor service (default: SERVICE_TOKEN, else "
+        "API_TOKEN).",
     )
     predictor_timeout_s: float = Field(
         default=60.0,
@@ -99,8 +101,8 @@ class BacktestSettings(BaseServiceSettings):
 
     def market_bearer(self) -> SecretStr | None:
         """Return the token to send to the market service."""
-        return self.market_token or self.api_token
+        return self.market_token or self.service_token or self.api_token
 
     def predictor_bearer(self) -> SecretStr | None:
         """Return the token to send to the predictor service."""
-        return self.predictor_token or self.api_token
+        return self.predictor_token or self.service_token or self.api_token

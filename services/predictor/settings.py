@@ -34,7 +34,8 @@ class PredictorSettings(BaseServiceSettings):
     market_token: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("PREDICTOR_MARKET_TOKEN", "market_token"),
-        description="Bearer token sent to the market service (default: API_TOKEN).",
+        description="Bearer token sent to the market service (default: SERVICE_TOKEN, else "
+        "API_TOKEN).",
     )
     market_timeout_s: float = Field(
         default=60.0,
@@ -146,4 +147,4 @@ class PredictorSettings(BaseServiceSettings):
 
     def market_bearer(self) -> SecretStr | None:
         """Return the token to send to the market service."""
-        return self.market_token or self.api_token
+        return self.market_token or self.service_token or self.api_token

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from shared.errors import AppError, NotFoundError
+import logging
+
+from shared.errors import AppError, NotFoundError, Problem, new_error_id
+
+log = logging.getLogger(__name__)
+
+
+def logged_failure(error: AppError, log_message: str, *, traceback: bool = True) -> Problem:
+    """Return error's problem with a new error id, and log log_message under that id.
+
+    A failed job's answer says what failed in the client's words; exception text, host
+    names and pids go to the log only (with the exception being handled, when traceback).
+    """
+    error_id = new_error_id()
+    log.error("error_id=%s %s", error_id, log_message, exc_info=traceback)
+    return error.to_problem(error_id=error_id)
 
 
 class JobNotFoundError(NotFoundError):

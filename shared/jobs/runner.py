@@ -34,6 +34,7 @@ from shared.jobs.errors import (
     JobRunTimeoutError,
     JobsFullError,
     JobsUnavailableError,
+    logged_failure,
 )
 from shared.jobs.executors import DaskExecutor, Executor, LocalExecutor, TaskJob
 from shared.jobs.schemas import JobProgress, JobState, JobStatus, ResultUrl
@@ -359,10 +360,15 @@ class JobRunner:
                 why = self._why_dead(job, stale)
                 if why is None:
                     continue
-                error = JobInterruptedError(
-                    f"The {self.service} service stopped while job {job.id} was {job.status} "
-                    f"({why}); its work is lost. Submit it again."
-                ).to_problem()
+                public, detail = why
+                error = logged_failure(
+                    JobInterruptedError(
+                        f"The {self.service} service stopped while job {job.id} was "
+                        f"{job.status} ({public}); its work is lost. Submit it again."
+                    ),
+                    f"{self.service} job {job.id} interrupted: {detail}",
+                    traceback=False,
+                )
                 count += await store.finish_job(
                     session,
                     job_id=job.id,
@@ -376,22 +382,25 @@ class JobRunner:
 
     # ---- internals -----------------------------------------------------------------------
 
-    def _why_dead(self, job: store.UnfinishedJob, stale: datetime) -> str | None:
+    def _why_dead(self, job: store.UnfinishedJob, stale: datetime) -> tuple[str, str] | None:
+        """Return why a job's owner is dead: (words for the client, details for the log)."""
         owner = job.owner
+        where = f"process {owner.pid} on {owner.host}"  # the log's only: no host in an answer
         if owner.instance == self.owner.instance:
             if job.id in self._active or job.id in self._finals:
                 return None
-            return "this runner lost track of it"
+            return "this runner lost track of it", "this runner lost track of it"
         if owner.host == self.owner.host:
             if owner.pid == self.owner.pid:
                 if owner.instance not in _LIVE_INSTANCES:
-                    return f"its runner in process {owner.pid} on {owner.host} stopped"
+                    return "its runner stopped", f"its runner in {where} stopped"
             elif not _pid_alive(owner.pid):
-                return f"process {owner.pid} on {owner.host} is gone"
+                return "its process is gone", f"{where} is gone"
         if job.heartbeat_at < stale:
+            since = job.heartbeat_at.isoformat(timespec="seconds")
             return (
-                f"process {owner.pid} on {owner.host} has been silent since "
-                f"{job.heartbeat_at.isoformat(timespec='seconds')}"
+                f"its process has been silent since {since}",
+                f"{where} has been silent since {since}",
             )
         return None
 
@@ -437,10 +446,12 @@ class JobRunner:
                 raise
             if job.stop_reason == "shutdown":
                 await self._interrupt(job)
-        except Exception as e:  # the runner's own step failed (e.g. the claim hit a dead DB)
-            log.exception("%s job %s could not run", self.service, job.id)
-            error = JobFailedError(f"The job could not run: {type(e).__name__}: {e}")
-            await self._finish(job, _Final("failed", job.progress, error=error.to_problem()))
+        except Exception:  # the runner's own step failed (e.g. the claim hit a dead DB)
+            problem = logged_failure(
+                JobFailedError("The job could not run: the service failed internally."),
+                f"{self.service} job {job.id} could not run",
+            )
+            await self._finish(job, _Final("failed", job.progress, error=problem))
         finally:
             self._unqueue(job)
             if job.flusher is not None:
@@ -528,15 +539,20 @@ class JobRunner:
             if task is not None and task.cancelling():
                 raise  # this job was stopped (cancel, shutdown): _drive decides what to store
             # a future the work awaited was cancelled under it (e.g. a Dask worker died)
-            error = JobFailedError(f"A task of the job was cancelled: {e!r}").to_problem()
+            error = logged_failure(
+                JobFailedError("A task of the job was cancelled under it (a worker stopped)."),
+                f"{self.service} job {job.id} ({job.kind}): a task was cancelled: {e!r}",
+            )
             await self._finish(job, _Final("failed", job.progress, error=error))
             return
         except AppError as e:
             await self._finish(job, _Final("failed", job.progress, error=e.to_problem()))
             return
-        except Exception as e:  # the work's own bug: the job fails, the service lives on
-            log.exception("%s job %s (%s) failed", self.service, job.id, job.kind)
-            error = JobFailedError(f"The job failed: {type(e).__name__}: {e}").to_problem()
+        except Exception:  # the work's own bug: the job fails, the service lives on
+            error = logged_failure(
+                JobFailedError("The job failed: the service failed internally."),
+                f"{self.service} job {job.id} ({job.kind}) failed",
+            )
             await self._finish(job, _Final("failed", job.progress, error=error))
             return
         progress = job.progress

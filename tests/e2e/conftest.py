@@ -38,6 +38,9 @@ def gateway_env(data_dir: Path, **extra: str) -> dict[str, str]:
         XDG_DATA_HOME=str(data_dir),
         PYTHONUNBUFFERED="1",
         GATEWAY_LOG_LEVEL="INFO",
+        # A call answers its job handle past the budget; only the budget's own test sets a
+        # short one, so that no other test depends on how busy the machine is.
+        GATEWAY_CALL_BUDGET_S="600",
     )
     env.update(extra)
     return env

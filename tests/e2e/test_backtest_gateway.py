@@ -67,7 +67,9 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         backtest_sync_max_trial_bars=0,  # every search and walk-forward runs as a job
         job_progress_interval_s=0.0,
     )
-    settings = GatewaySettings(spec_dir=OPENAPI_DIR, job_poll_interval_s=0.02, token=None)
+    settings = GatewaySettings(
+        spec_dir=OPENAPI_DIR, job_poll_interval_s=0.02, token=None, call_budget_s=600.0
+    )
     gateway = build_gateway(
         settings,
         app_factories={

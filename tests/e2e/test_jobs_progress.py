@@ -35,7 +35,9 @@ def gateway_url(tmp_path: Path) -> Iterator[str]:
     specs = tmp_path / "openapi"
     specs.mkdir()
     (specs / "sims.json").write_text(json.dumps(create_app(service).openapi()), "utf-8")
-    settings = GatewaySettings(spec_dir=specs, job_poll_interval_s=0.02, token=None)
+    settings = GatewaySettings(
+        spec_dir=specs, job_poll_interval_s=0.02, token=None, call_budget_s=600.0
+    )
     gateway = build_gateway(settings, app_factories={"sims": lambda: create_app(service)})
     with serve_in_thread(http_app(gateway, settings), free_port()) as url:
         yield url

@@ -67,7 +67,9 @@ def gateway_url(tmp_path: Path) -> Iterator[str]:
             )
         ),
     }
-    settings = GatewaySettings(spec_dir=specs, job_poll_interval_s=0.05, token=None)
+    settings = GatewaySettings(
+        spec_dir=specs, job_poll_interval_s=0.05, token=None, call_budget_s=600.0
+    )
     gateway = build_gateway(settings, app_factories=factories)
     with serve_in_thread(http_app(gateway, settings), free_port()) as url:
         yield url

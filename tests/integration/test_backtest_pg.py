@@ -169,6 +169,27 @@ def test_bulk_inserted_fills_read_back_as_sqlalchemy_stores_them_on_postgresql(
     assert bulk == plain
 
 
+def test_a_run_deleted_by_one_replica_is_gone_from_another_that_cached_it(
+    pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
+) -> None:
+    with (
+        backtest(pg_url, redis_prefix, market_url, tmp_path) as one,
+        backtest(pg_url, redis_prefix, market_url, tmp_path) as other,
+    ):
+        body = one.post("/backtest", json=CONFIG).json()
+        result = f"/results/{body['run_id']}"
+        # the other replica holds the answer and the chart in its own memory (L1)
+        assert other.get(result).json() == body
+        assert other.get(f"{result}/chart.png").status_code == 200
+        assert one.delete(result).status_code == 204
+        gone = [other.get(u).status_code for u in (result, f"{result}/chart.png")]
+        fills = other.get(f"/trades/{body['run_id']}")
+        listed = other.get("/results", params={"symbol": "KO"}).json()
+
+    assert gone == [404, 404] and fills.status_code == 404
+    assert listed["results"] == []
+
+
 def test_walk_forwards_and_searches_are_stored_listed_and_survive_a_restart(
     pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
 ) -> None:

@@ -40,7 +40,7 @@ def test_health_reports_every_service_and_metrics_count_tool_calls(tmp_path: Pat
     gateway = build_gateway(
         settings, app_factories={"limits": lambda: create_app(limits_settings(tmp_path))}
     )
-    with TestClient(http_app(gateway, settings)) as client:
+    with TestClient(http_app(gateway, settings), base_url="http://localhost") as client:
         health = client.get("/health")
         before = client.get("/metrics").text
 
@@ -84,7 +84,7 @@ def test_health_is_503_when_no_service_answers(tmp_path: Path) -> None:
         health_timeout_s=5,
     )
     gateway = build_gateway(settings)
-    with TestClient(http_app(gateway, settings)) as client:
+    with TestClient(http_app(gateway, settings), base_url="http://localhost") as client:
         health = client.get("/health")
     assert health.status_code == 503
     body = health.json()
@@ -100,7 +100,7 @@ def test_ops_routes_need_no_token_and_are_never_tools(tmp_path: Path) -> None:
     gateway = build_gateway(
         settings, app_factories={"limits": lambda: create_app(limits_settings(tmp_path))}
     )
-    with TestClient(http_app(gateway, settings)) as client:
+    with TestClient(http_app(gateway, settings), base_url="http://localhost") as client:
         assert client.get("/health").status_code == 200
         assert client.get("/metrics").status_code == 200
         assert client.post("/mcp", json={}).status_code == 401

@@ -83,6 +83,11 @@ def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
         """Return the length of the thing's name."""
         return {"length": len(thing.name)}
 
+    @app.get("/boom", operation_id="boom")
+    async def boom() -> dict[str, str]:
+        """Fail unexpectedly (a bug on purpose: the 500 path of the error handling)."""
+        raise RuntimeError("boom on purpose")
+
     @app.get("/wait/{name}", operation_id="wait")
     async def wait(name: str, request: Request) -> dict[str, str]:
         """Wait until the gate called name opens."""
@@ -91,6 +96,13 @@ def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
         return {"waited": name}
 
     return app
+
+
+def create_platform() -> FastAPI:
+    """Build the test service mounted at /limits in a platform app, as `trading serve` mounts."""
+    from trading.host import build_platform_app
+
+    return build_platform_app({"limits": create_app()})
 
 
 def open_gate(app: FastAPI, name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import subprocess
 import uuid
 from datetime import timedelta
@@ -192,7 +193,7 @@ def test_at_most_job_max_running_run_the_rest_stay_queued(tmp_path: Path) -> Non
     assert second_done.status == "succeeded" and second_done.result == "ok"
 
 
-def test_failures_are_problems(tmp_path: Path) -> None:
+def test_failures_are_problems(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def go() -> list[JobStatus]:
         async with running(tmp_path) as runner:
 
@@ -220,7 +221,12 @@ def test_failures_are_problems(tmp_path: Path) -> None:
     bug, not_json, model, inner = asyncio.run(go())
     assert bug.status == "failed" and bug.error is not None
     assert bug.error.code == "job_failed" and bug.error.status == 500
-    assert "ZeroDivisionError: division by zero" in bug.error.detail
+    # the answer names no exception, host or pid: those are logged under the answer's id
+    assert "ZeroDivisionError" not in bug.error.detail and "division" not in bug.error.detail
+    assert bug.error.error_id is not None
+    logged = [r for r in caplog.records if f"error_id={bug.error.error_id}" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "ZeroDivisionError: division by zero" in caplog.text
     assert not_json.status == "failed" and not_json.error is not None
     assert not_json.error.code == "validation_error" and not_json.error.field == "result"
     assert model.status == "succeeded" and model.result["status"] == "queued"
@@ -326,6 +332,10 @@ def test_the_sweep_interrupts_jobs_of_dead_or_silent_owners_only(tmp_path: Path)
         assert st[name].error is not None and st[name].error.code == "interrupted", name
     assert "is gone" in st["dead_pid"].error.detail  # type: ignore[union-attr]
     assert "has been silent since" in st["silent_host"].error.detail  # type: ignore[union-attr]
+    for name in ("dead_pid", "stopped_runner_here", "silent_host"):
+        detail = st[name].error.detail  # type: ignore[union-attr]
+        assert "elsewhere" not in detail and re.search(r"process \d", detail) is None, detail
+        assert st[name].error.error_id is not None  # type: ignore[union-attr]
     assert st["live_host"].status == "queued"
     assert st["other_pid_namespace"].status == "queued"  # its pids are not ours to check
     assert st["live_runner_here"].status == "queued"  # its runner (setup) was alive

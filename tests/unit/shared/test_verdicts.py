@@ -97,3 +97,13 @@ def test_a_planted_pattern_beats_and_a_random_walk_does_not() -> None:
         v = judge_calls(calls, y, {"majority": np.full(300, 1), "previous": previous_of(y)})
         said_beats += v.verdict == "beats"
     assert said_beats <= 10  # at most 5% of 200 nulls
+
+
+def test_the_exact_mcnemar_p_value_equals_scipys_binomial_test() -> None:
+    from scipy.stats import binomtest
+
+    from shared.verdicts import exact_mcnemar_p
+
+    for b, c in [(0, 0), (1, 0), (0, 1), (5, 1), (7, 6), (77, 76), (49, 31), (300, 250), (1, 1)]:
+        expected = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+        assert exact_mcnemar_p(b, c) == pytest.approx(expected, rel=1e-12, abs=1e-300)
