@@ -60,7 +60,7 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     with serve_in_thread(http_app(gateway, settings), free_port()) as url:
         yield url
-    for name in ("market", "backtest"):
+    for name in ("market", "backtest", "predictor"):  # the gateway may embed every spec's app
         unregister_local_app(name)
 
 
