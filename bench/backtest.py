@@ -13,6 +13,11 @@ and short, next-open fills, whole shares, 0.2% commission (backtesting.py's ``Sm
    and without the per-block return sums ``/optimize`` keeps for the DSR and the PBO;
    backtesting.py's ``optimize`` runs a sample of the grid (its rate is per backtest);
    vectorbt broadcasts the whole grid in one ``from_signals``.
+5. (``language``) The same SMA 10/30 rule written in the strategy language (``crosses_above``
+   / ``crosses_below`` of two ``sma``s, four rules) beside the native ``sma_crossover``: one
+   backtest end to end (targets and the engine, ``config.simulate_config``) and the 1,605-trial
+   sweep as ``/optimize`` runs it (``optimize.run_batch`` with CSCV block sums; the expression
+   evaluated per combination, each SMA computed once and shared).
 3. A 1,000-run Monte Carlo (trade-order bootstrap and block bootstrap of daily returns).
 4. The same work through the backtest service's HTTP API: the market and backtest services
    co-hosted (``trading.host.build_platform_app``) under uvicorn on localhost, embedded
@@ -436,11 +441,68 @@ def bench_http(df: pd.DataFrame) -> None:
             )
 
 
+def bench_language(df: pd.DataFrame) -> None:
+    """Time a language strategy beside the native kernel of the same rule."""
+    from services.backtest.config import BacktestConfig, simulate_config, strategy_definition
+    from services.backtest.grid import Combos
+    from services.backtest.optimize import TrialBatch, run_batch
+
+    up = "crosses_above(sma(close, $fast), sma(close, $slow))"
+    down = "crosses_below(sma(close, $fast), sma(close, $slow))"
+    expression = {
+        "rules": {"entry_long": up, "exit_long": down, "entry_short": down, "exit_short": up},
+        "params": {
+            "fast": {"default": FAST, "min": 2, "max": 500},
+            "slow": {"default": SLOW, "min": 3, "max": 1000},
+        },
+    }
+    native = {"name": "sma_crossover", "params": {"fast": FAST, "slow": SLOW, "allow_short": True}}
+    base = {
+        "symbol": "AAPL",
+        "start_date": "2000-01-01",
+        "end_date": "2030-01-01",
+        "initial_capital": 10_000,
+        "commission_rate": COMMISSION,
+        "slippage": 0.0,
+        "warmup_period": 0,
+    }
+    bars = Bars(
+        open=df["open"], high=df["high"], low=df["low"], close=df["close"], volume=df["volume"]
+    )
+    print(f"5. Strategy language: SMA {FAST}/{SLOW} long/short as rules vs sma_crossover")
+    times = {}
+    for what, strategy in (("native sma_crossover", native), ("language rules", expression)):
+        config = BacktestConfig.model_validate({**base, "strategy": strategy})
+        final = simulate_config(config, bars).final_capital
+        times[what] = _median_time(lambda c=config: simulate_config(c, bars), 100)
+        _row(f"{what}: one backtest end to end", times[what], f"final {final:,.2f}")
+    ratio = times["language rules"] / times["native sma_crossover"]
+    print(f"  language / native, one backtest: {ratio:.2f}x (target <= 2x)")
+    pairs = sma_pairs(range(5, 51), range(10, 201, 5))
+    combos = Combos({"fast": [f for f, _ in pairs], "slow": [s for _, s in pairs]}, len(pairs))
+    for what, strategy in (("native sma_crossover", native), ("language rules", expression)):
+        config = BacktestConfig.model_validate({**base, "strategy": strategy})
+        d, params = strategy_definition(config.strategy)
+        task = TrialBatch(
+            bars=bars,
+            strategy=d,
+            fixed=params.model_dump(),
+            combos=combos,
+            spec=config.to_spec(),
+            risk_free_rate=0.02,
+            keep_returns=False,
+            n_blocks=10,
+        )
+        secs = _median_time(lambda t=task: run_batch(t), 5)
+        _row(f"{what}: sweep as /optimize", secs, f"{len(pairs) / secs:,.0f} backtests/s")
+
+
 SECTIONS: dict[str, Callable[[pd.DataFrame], None]] = {
     "single": bench_single,
     "sweep": bench_sweep,
     "monte_carlo": bench_monte_carlo,
     "http": bench_http,
+    "language": bench_language,
 }
 
 

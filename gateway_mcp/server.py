@@ -187,8 +187,7 @@ def build_gateway(
             yield {"services": {s.name: s for s in services}}
 
     token = settings.http_token()
-    served = settings.toolset_names()
-    shown = [s for s in services if served is None or s.name in served]
+    shown = [s for s in services if settings.serves(s.name)]
     gateway: FastMCP = FastMCP(
         name=PLATFORM_NAME,
         version=platform_version(),

@@ -53,6 +53,11 @@ class ServiceUrlSource(PydanticBaseSettingsSource):
         return {"service_urls": urls} if urls else {}
 
 
+# Tool groups served only when named in GATEWAY_TOOLSETS (or `all`): paper trading's tools
+# would take the default tool set past its context budget (32 kB), and research needs none.
+OPT_IN_TOOLSETS = frozenset({"portfolio"})
+
+
 class GatewaySettings(BaseServiceSettings):
     """Settings of the MCP gateway."""
 
@@ -138,13 +143,16 @@ class GatewaySettings(BaseServiceSettings):
     toolsets: str = Field(
         default="",
         description="Comma-separated tool groups to serve (GATEWAY_TOOLSETS, e.g. "
-        "`market,backtest`); empty = every service.",
+        "`market,backtest` or `all`); empty = every research service (market, backtest, "
+        "predictor, ...), without the opt-in groups (`portfolio`: paper trading).",
     )
 
-    def toolset_names(self) -> set[str] | None:
-        """Return the tool groups to serve, or None for all of them."""
+    def serves(self, name: str) -> bool:
+        """Return whether the tool group `name` is served."""
         names = {n.strip().lower() for n in self.toolsets.split(",") if n.strip()}
-        return names or None
+        if not names:
+            return name not in OPT_IN_TOOLSETS
+        return "all" in names or name in names
 
     @classmethod
     def settings_customise_sources(

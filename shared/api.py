@@ -157,7 +157,7 @@ def _field_name(loc: tuple[Any, ...], body: Any = None) -> str:
         key = str(p)
         if isinstance(node, dict) and key not in node:
             rest = parts[i + 1 :]
-            if rest and (key in node.values() or "[" in key or "-" in key):
+            if rest and (key in node.values() or "[" in key or "-" in key or str(rest[0]) in node):
                 continue  # a union's tag or a validator's name: not in the client's JSON
         out += f".{key}" if out else key
         node = node.get(key) if isinstance(node, dict) else None

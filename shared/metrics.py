@@ -200,9 +200,14 @@ def allowed_methods(scope: Scope) -> list[str]:
         return []
     path = get_route_path(scope)
     methods: set[str] = set()
+    literal: set[str] = set()  # a path without parameters wins, as in routing
     for regex, by_method in table.routes:
         if regex.match(path):
             methods.update(by_method)
+            if "(?P<" not in regex.pattern:
+                literal.update(by_method)
+    if literal:
+        methods = literal
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods)

@@ -287,3 +287,22 @@ class AnalysisRun(SQLModel, table=True):
     win_rate: float | None = _float(nullable=True)
     total_trades: int | None = None
     created_at: datetime = _created()
+
+
+class StrategyVersion(SQLModel, table=True):
+    """One immutable version of a saved strategy written in the backtest's language."""
+
+    __tablename__ = "strategies"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_strategies_name_version"),
+        Index("idx_strategies_name", "name", "version"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(63), nullable=False))
+    version: int = Field(sa_column=Column(BigInteger, nullable=False))
+    description: str = Field(default="", sa_column=Column(Text, nullable=False))
+    rules: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    params: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = _created()
+    retired_at: datetime | None = _ts(nullable=True)

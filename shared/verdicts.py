@@ -85,7 +85,7 @@ def exact_mcnemar_p(b: int, c: int) -> float:
     if 2 * k == n:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(k + 1))
-    return min(1.0, 2 * tail / 2**n)
+    return min(1.0, float(2 * tail / 2**n))
 
 
 def mcnemar(model_correct: Any, baseline_correct: Any) -> Comparison:

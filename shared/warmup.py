@@ -20,9 +20,22 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+_started: dict[str, Future[float]] = {}
+_lock = threading.Lock()
+
+
 def start_warming(name: str, warm: Callable[[], Any]) -> Future[float]:
-    """Run warm() in a daemon thread; return a future of its seconds (or of its error)."""
-    future: Future[float] = Future()
+    """Run warm() in a daemon thread; return a future of its seconds (or of its error).
+
+    Once per process and name: compiled kernels stay compiled for the process, so a second
+    app of the same service (the platform host, tests, a restart in the same interpreter)
+    shares the first one's warm-up instead of running it again.
+    """
+    with _lock:
+        if name in _started:
+            return _started[name]
+        future: Future[float] = Future()
+        _started[name] = future
 
     def run() -> None:
         t0 = time.perf_counter()

@@ -158,7 +158,7 @@ class Analyses:
                 run_id=run_id,
                 kind=kind,
                 created_at=created,
-                strategy=request.strategy.name,
+                strategy=request.strategy.label,
                 symbol=symbol,
                 start_date=request.start_date,
                 end_date=request.end_date,

@@ -11,6 +11,7 @@ from services.backtest.market import MarketBars
 from services.backtest.routes import errors, router
 from services.backtest.service import BacktestService
 from services.backtest.settings import BacktestSettings
+from services.backtest.strategy_routes import router as strategy_router
 from services.backtest.targets import router as signals_router
 from services.backtest.warm import warm_kernels
 from shared.app import service_app
@@ -81,6 +82,7 @@ def create_app(settings: BacktestSettings | None = None) -> FastAPI:
         stores=lambda request: (request.app.state.backtest.db, request.app.state.backtest.cache),
         timeout_s=settings.health_timeout_s,
     )
+    app.include_router(strategy_router)
     app.include_router(router)
     app.include_router(signals_router)
     app.include_router(job_router(responses=errors(401, 503)))

@@ -4,21 +4,27 @@ of ``POST /backtest``, and its translation into the engine's ``SimSpec``."""
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
 from services.backtest.engine.core import SimSpec
 from services.backtest.engine.runner import Bars, SimulationResult, make_spec, simulate
+from services.backtest.expressions import InlineStrategy, SavedStrategy
 from services.backtest.strategies import (
-    BuyAndHoldParams,
-    MacdTrendParams,
-    MeanReversionParams,
-    MlEnsembleParams,
+    STRATEGIES,
     SignalProvider,
-    SmaCrossoverParams,
-    allows_short,
+    StrategyDef,
     build_targets,
 )
 from shared.quant.kernels import atr_nb
@@ -32,52 +38,85 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# -- strategies (discriminated by name) ------------------------------------------------------
+# -- strategies: the registry's built-ins, a saved name, or inline rules ------------------
 
 
-class BuyAndHoldStrategy(_Model):
-    """Buy at the first bar allowed to trade and hold."""
+class _BuiltinStrategy(_Model):
+    """Base of the built-in strategies' request models (one per registry entry)."""
 
-    name: Literal["buy_and_hold"]
-    params: BuyAndHoldParams = Field(default_factory=BuyAndHoldParams)
+    name: str
+    params: BaseModel
 
-
-class SmaCrossoverStrategy(_Model):
-    """SMA crossover (backtesting.py's SmaCross)."""
-
-    name: Literal["sma_crossover"]
-    params: SmaCrossoverParams = Field(default_factory=SmaCrossoverParams)
+    @property
+    def label(self) -> str:
+        """Return the name runs are stored and listed under."""
+        return self.name
 
 
-class MeanReversionStrategy(_Model):
-    """RSI + Bollinger Band mean reversion."""
-
-    name: Literal["mean_reversion"]
-    params: MeanReversionParams = Field(default_factory=MeanReversionParams)
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
 
 
-class MacdTrendStrategy(_Model):
-    """MACD / signal-line crossover."""
+# One model per built-in, made from the registry (STRATEGIES): a strategy is declared once.
+BUILTIN_MODELS: dict[str, type[_BuiltinStrategy]] = {
+    d.name: create_model(
+        f"{_camel(d.name)}Strategy",
+        __base__=_BuiltinStrategy,
+        __doc__=d.description.strip().splitlines()[0],
+        name=(Literal[d.name], ...),  # type: ignore[arg-type,valid-type]
+        params=(d.params, Field(default_factory=d.params)),
+    )
+    for d in STRATEGIES.values()
+}
+BuyAndHoldStrategy = BUILTIN_MODELS["buy_and_hold"]
 
-    name: Literal["macd_trend"]
-    params: MacdTrendParams = Field(default_factory=MacdTrendParams)
+
+def _kind(value: Any) -> str:
+    """Return which strategy model a request's `strategy` is: inline, a built-in, saved."""
+    if isinstance(value, dict):
+        if "rules" in value:
+            return "inline"
+        name = value.get("name")
+        return name if isinstance(name, str) and name in STRATEGIES else "saved"
+    if isinstance(value, InlineStrategy):
+        return "inline"
+    if isinstance(value, SavedStrategy):
+        return "saved"
+    return str(getattr(value, "name", "saved"))
 
 
-class MlEnsembleStrategy(_Model):
-    """The predictor ensemble's target positions."""
+if TYPE_CHECKING:
+    StrategyConfig = _BuiltinStrategy | SavedStrategy | InlineStrategy
+else:
+    StrategyConfig = Annotated[
+        Union[  # built from the registry: the members are not known statically
+            (
+                *(Annotated[m, Tag(n)] for n, m in BUILTIN_MODELS.items()),
+                Annotated[SavedStrategy, Tag("saved")],
+                Annotated[InlineStrategy, Tag("inline")],
+            )
+        ],
+        Discriminator(_kind),
+        Field(
+            description=f"`name` {', '.join(STRATEGIES)} or a saved one, with `params`; "
+            "or inline `rules` over declared `params`."
+        ),
+    ]
+AnyStrategy = _BuiltinStrategy | SavedStrategy | InlineStrategy
 
-    name: Literal["ml_ensemble"]
-    params: MlEnsembleParams = Field(default_factory=MlEnsembleParams)
 
+def strategy_definition(strategy: AnyStrategy) -> tuple[StrategyDef, BaseModel]:
+    """Return a request strategy's definition and validated parameter values.
 
-StrategyConfig = Annotated[
-    BuyAndHoldStrategy
-    | SmaCrossoverStrategy
-    | MeanReversionStrategy
-    | MacdTrendStrategy
-    | MlEnsembleStrategy,
-    Field(discriminator="name"),
-]
+    A saved strategy must have been resolved to its rules first (the service does);
+    LanguageError for rules that do not compile.
+    """
+    if isinstance(strategy, InlineStrategy):
+        return strategy.compiled()
+    if isinstance(strategy, SavedStrategy):
+        raise ValueError(f"strategy {strategy.name!r} is not resolved")
+    return STRATEGIES[strategy.name], strategy.params
+
 
 # -- position sizing (discriminated by method) -----------------------------------------------
 
@@ -199,6 +238,11 @@ class BacktestConfig(_Model):
         """Return the bars per year implied by ``data_frequency``."""
         return PERIODS_PER_YEAR[self.data_frequency]
 
+    def allows_short(self) -> bool:
+        """Return whether the strategy may go short."""
+        d, params = strategy_definition(self.strategy)
+        return d.shorts(params)
+
     def to_spec(self, *, final_at_open: bool = False) -> SimSpec:
         """Return the engine settings of this configuration."""
         ps = self.position_size
@@ -217,7 +261,7 @@ class BacktestConfig(_Model):
             size_method=ps.method,
             size_value=value,
             fractional=self.fractional_shares,
-            allow_short=allows_short(self.strategy.params),
+            allow_short=self.allows_short(),
             max_positions=self.max_positions,
             stop_loss=self.stop_loss,
             take_profit=self.take_profit,
@@ -246,7 +290,8 @@ def simulate_config(
     final_at_open: bool = False,
 ) -> SimulationResult:
     """Build the strategy's targets on ``bars`` and run the engine under ``config``."""
-    target = build_targets(config.strategy.name, config.strategy.params, bars, signals)
+    d, params = strategy_definition(config.strategy)
+    target = build_targets(d, params, bars, signals)
     ps = config.position_size
     atr = atr_matrix(bars, ps.atr_period) if isinstance(ps, VolatilityTarget) else None
     return simulate(bars, target, config.to_spec(final_at_open=final_at_open), atr)

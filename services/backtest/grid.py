@@ -101,6 +101,7 @@ class SearchPlan:
     combos: Combos  # only the searched parameters
     n_combinations: int  # meeting the constraints
     n_invalid: int  # rejected by the strategy's own checks
+    definition: StrategyDef | None = None  # what the trials run (None: the registry's)
 
 
 def _numeric_fields(params: type[BaseModel]) -> dict[str, bool]:
@@ -229,7 +230,7 @@ def _pairs_all(a: np.ndarray, b: np.ndarray, rules: list[tuple[str, str, str]], 
 
 def count_search(
     request: SearchSettings,
-    strategy_name: str,
+    strategy_name: str | StrategyDef,
     fixed_params: BaseModel,
     *,
     method: str = "grid",
@@ -245,7 +246,7 @@ def count_search(
     """
     strategy = get_strategy(strategy_name)
     fixed = fixed_params.model_dump()
-    grid = _grid_values(request, strategy_name, fixed)
+    grid = _grid_values(request, strategy, fixed)
     exact = True
     rules = [
         *((*c, True) for c in _parse_constraints(request.constraints, fixed)),
@@ -316,10 +317,11 @@ def _oriented(
 
 
 def _grid_values(
-    request: SearchSettings, strategy_name: str, fixed: Mapping[str, Any]
+    request: SearchSettings, strategy_name: str | StrategyDef, fixed: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
     """Return each searched parameter's values (422 naming the field), grid not built."""
-    searchable = _numeric_fields(get_strategy(strategy_name).params)
+    strategy = get_strategy(strategy_name)
+    searchable = _numeric_fields(strategy.params)
     grid: dict[str, np.ndarray] = {}
     for name, spec in request.param_grid.items():
         if name not in searchable:
@@ -348,7 +350,7 @@ def _mesh(grid: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def plan_search(
     request: SearchSettings,
-    strategy_name: str,
+    strategy_name: str | StrategyDef,
     fixed_params: BaseModel,
     *,
     method: str = "grid",
@@ -358,6 +360,7 @@ def plan_search(
 ) -> SearchPlan:
     """Return the combinations a search tries (422 naming the field when it cannot)."""
     strategy = get_strategy(strategy_name)
+    strategy_name = strategy.name
     fixed = fixed_params.model_dump()
     searchable = _numeric_fields(strategy.params)
     if require_grid and not request.param_grid:
@@ -366,7 +369,7 @@ def plan_search(
             f"({', '.join(searchable) or 'it has none'})",
             field="param_grid",
         )
-    grid = _grid_values(request, strategy_name, fixed)
+    grid = _grid_values(request, strategy, fixed)
     size = math.prod(len(v) for v in grid.values())
     constraints = _parse_constraints(request.constraints, fixed)
     names = list(grid)
@@ -397,7 +400,7 @@ def plan_search(
             "(e.g. slow > fast); add a constraint or change the values.",
             field="param_grid",
         )
-    return SearchPlan(strategy_name, fixed, combos, n_combinations, invalid)
+    return SearchPlan(strategy_name, fixed, combos, n_combinations, invalid, strategy)
 
 
 def _combos(columns: dict[str, np.ndarray], searchable: dict[str, bool], size: int) -> Combos:

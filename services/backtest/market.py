@@ -44,6 +44,7 @@ class _Bar(BaseModel):
     high: float
     low: float
     close: float
+    volume: float | None = None
 
 
 class _History(BaseModel):
@@ -133,6 +134,7 @@ def _frame(history: _History) -> pd.DataFrame:
             "high": [b.high for b in history.bars],
             "low": [b.low for b in history.bars],
             "close": [b.close for b in history.bars],
+            "volume": [np.nan if b.volume is None else b.volume for b in history.bars],
         },
         index=index,
     )

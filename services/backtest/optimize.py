@@ -51,7 +51,7 @@ from services.backtest.schemas import (
     Trial,
     finite,
 )
-from services.backtest.strategies import build_targets
+from services.backtest.strategies import StrategyDef, build_targets, get_strategy
 from shared.jobs import JobCancelledError, task_cancelled
 from shared.jobs.tasks import run_with_channel
 
@@ -150,7 +150,7 @@ class TrialBatch:
     """Trials of one strategy on one instrument's bars (a task of a search)."""
 
     bars: Bars
-    strategy: str
+    strategy: str | StrategyDef
     fixed: dict[str, Any]
     combos: Sequence[Params]  # a plan's Combos, or dicts
     spec: SimSpec
@@ -163,8 +163,9 @@ class TrialBatch:
 def run_batch(batch: TrialBatch) -> SweepResult:
     """Backtest every combination of the batch; one stats row (and returns) per trial."""
     atr = atr_matrix(batch.bars, batch.atr_period)[:, 0] if batch.atr_period else None
+    strategy = get_strategy(batch.strategy)
     with _SWEEP_LOCK:
-        if batch.strategy == "sma_crossover":
+        if strategy.build_many is None and strategy.name == "sma_crossover":
             fast = _int_column(batch.combos, "fast", batch.fixed)
             slow = _int_column(batch.combos, "slow", batch.fixed)
             pairs = zip(fast, slow, strict=True)
@@ -179,12 +180,15 @@ def run_batch(batch: TrialBatch) -> SweepResult:
                 params=batch.combos,
             )
         else:
-            targets = np.vstack(
-                [
-                    build_targets(batch.strategy, {**batch.fixed, **c}, batch.bars)[:, 0]
-                    for c in batch.combos
-                ]
-            )
+            if strategy.build_many is not None:  # a language strategy: indicators shared
+                targets = strategy.build_many(batch.bars, batch.fixed, batch.combos)
+            else:
+                targets = np.vstack(
+                    [
+                        build_targets(strategy, {**batch.fixed, **c}, batch.bars)[:, 0]
+                        for c in batch.combos
+                    ]
+                )
             res = sweep_targets(
                 batch.bars,
                 targets,
@@ -389,7 +393,7 @@ async def optimize(
     splits = used if used >= 4 and many else 0  # 0: no PBO
     task = TrialBatch(
         bars=bars,
-        strategy=plan.strategy,
+        strategy=plan.definition or plan.strategy,
         fixed=plan.fixed,
         combos=plan.combos,
         spec=spec,

@@ -117,7 +117,7 @@ def benchmark_config(config: BacktestConfig) -> BacktestConfig:
     """Return the buy-and-hold twin of a config: same bars, costs and warm-up, no stops."""
     return config.model_copy(
         update={
-            "strategy": BuyAndHoldStrategy(name="buy_and_hold"),
+            "strategy": BuyAndHoldStrategy.model_validate({"name": "buy_and_hold"}),
             "position_size": AllIn(method="all_in"),
             "stop_loss": None,
             "take_profit": None,

@@ -28,11 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.tables import AnalysisRun, BacktestResult, BacktestTrade
+from shared.tables import AnalysisRun, BacktestResult, BacktestTrade, StrategyVersion
 
 RESULTS: Table = BacktestResult.__table__  # type: ignore[attr-defined]
 TRADES: Table = BacktestTrade.__table__  # type: ignore[attr-defined]
 ANALYSES: Table = AnalysisRun.__table__  # type: ignore[attr-defined]
+STRATEGIES: Table = StrategyVersion.__table__  # type: ignore[attr-defined]
 
 
 def aware(moment: datetime) -> datetime:
@@ -373,3 +374,82 @@ async def load_fill_marks(
         query = query.where((sub.c.n - 1) % step == 0)
     rows = (await session.execute(query)).all()
     return [(r.timestamp, r.direction) for r in rows]
+
+
+# ---- saved strategies ---------------------------------------------------------------------
+
+
+async def save_strategy(
+    session: AsyncSession,
+    *,
+    name: str,
+    description: str,
+    rules: dict[str, Any],
+    params: dict[str, Any],
+) -> Any:
+    """Insert the next version of ``name`` (retired names start again above their last);
+    return the row. Two concurrent saves of one name: the unique (name, version) key fails
+    the second (IntegrityError; the caller retries)."""
+    last = await session.scalar(
+        select(func.max(STRATEGIES.c.version)).where(STRATEGIES.c.name == name)
+    )
+    version = int(last or 0) + 1
+    await session.execute(
+        insert(STRATEGIES).values(
+            name=name,
+            version=version,
+            description=description,
+            rules=rules,
+            params=params,
+            created_at=datetime.now(UTC),
+        )
+    )
+    return await load_strategy(session, name=name, version=version, retired=True)
+
+
+async def load_strategy(
+    session: AsyncSession, *, name: str, version: int | None = None, retired: bool = False
+) -> Any:
+    """Return one version of a saved strategy (the latest when None), or None."""
+    q = select(STRATEGIES).where(STRATEGIES.c.name == name)
+    if not retired:
+        q = q.where(STRATEGIES.c.retired_at.is_(None))
+    if version is not None:
+        q = q.where(STRATEGIES.c.version == version)
+    q = q.order_by(STRATEGIES.c.version.desc()).limit(1)
+    return (await session.execute(q)).first()
+
+
+async def list_strategies(session: AsyncSession) -> list[Any]:
+    """Return the latest version of every saved strategy not retired, by name."""
+    latest = (
+        select(STRATEGIES.c.name, func.max(STRATEGIES.c.version).label("version"))
+        .where(STRATEGIES.c.retired_at.is_(None))
+        .group_by(STRATEGIES.c.name)
+        .subquery()
+    )
+    q = (
+        select(STRATEGIES)
+        .join(
+            latest,
+            and_(STRATEGIES.c.name == latest.c.name, STRATEGIES.c.version == latest.c.version),
+        )
+        .order_by(STRATEGIES.c.name)
+    )
+    return list((await session.execute(q)).all())
+
+
+async def strategy_names(session: AsyncSession) -> list[str]:
+    """Return the names of the saved strategies not retired."""
+    q = select(STRATEGIES.c.name).where(STRATEGIES.c.retired_at.is_(None)).distinct()
+    return [r[0] for r in (await session.execute(q)).all()]
+
+
+async def retire_strategy(session: AsyncSession, *, name: str) -> int:
+    """Mark every version of ``name`` retired; return how many were live."""
+    result = await session.execute(
+        update(STRATEGIES)
+        .where(STRATEGIES.c.name == name, STRATEGIES.c.retired_at.is_(None))
+        .values(retired_at=datetime.now(UTC))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -28,12 +28,12 @@ from services.backtest.schemas import (
     RunLinks,
     RunList,
     StoredResult,
-    StrategyList,
     TradeList,
     WalkForwardRequest,
     WalkForwardResult,
 )
 from services.backtest.service import BacktestService, Prepared
+from services.backtest.strategies import STRATEGIES
 from shared.api import ProblemDocs
 from shared.errors import AppError
 from shared.jobs import JobContext, JobRunner, accepted, accepted_responses
@@ -41,6 +41,10 @@ from shared.rules import CrossFieldRule, documents_rules, rules_extension
 
 router = APIRouter()
 T = TypeVar("T")
+ABOVE: dict[tuple[str, str], list[str]] = {}
+for _d in STRATEGIES.values():
+    for _pair in _d.above:
+        ABOVE.setdefault(_pair, []).append(_d.name)
 
 errors = ProblemDocs(
     {
@@ -238,16 +242,21 @@ CONFIG_RULES = (
         "exactly one of `symbol` or `symbols`; each of `symbols` once (case-insensitive)",
     ),
     CrossFieldRule(("end_date", "start_date"), "`end_date` is after `start_date`"),
-    CrossFieldRule(
-        ("strategy.params.slow", "strategy.params.fast"),
-        "`strategy.params.slow` > `fast` (sma_crossover, macd_trend)",
-    ),
-    CrossFieldRule(
-        ("strategy.params.overbought", "strategy.params.oversold"),
-        "`strategy.params.overbought` > `oversold` (mean_reversion)",
+    *(  # the registry's cross-field parameter rules (slow > fast, ...)
+        CrossFieldRule(
+            (f"strategy.params.{high}", f"strategy.params.{low}"),
+            f"`strategy.params.{high}` > `{low}` ({', '.join(names)})",
+        )
+        for (high, low), names in ABOVE.items()
     ),
     CrossFieldRule(
         ("data_frequency", "strategy.name"), "`ml_ensemble` trades daily bars: `data_frequency` 1d"
+    ),
+    CrossFieldRule(
+        ("strategy.rules", "strategy.params", "strategy.name", "strategy.version"),
+        "inline `strategy.rules` compile in the strategy language (`GET /strategies/language`) "
+        "over the `$params` declared; a saved `strategy.name` (and `version`) exists and its "
+        "`strategy.params` name its `$params`",
     ),
 )
 SEARCH_RULES = (
@@ -281,21 +290,6 @@ MONTE_CARLO_RULES = (
 )
 
 
-@router.get(
-    "/strategies",
-    operation_id="list_strategies",
-    response_model=StrategyList,
-    responses=errors(401),
-    summary="Strategies and their parameters",
-)
-async def list_strategies(service: Service) -> StrategyList:
-    """List the strategies `strategy.name` accepts, each with the JSON schema of its
-    `strategy.params` (bounds, defaults, cross-field rules such as slow > fast) and the
-    numeric parameters a `param_grid` can search. `ml_ensemble` (the predictor's calls) is
-    available where a predictor service is configured or co-hosted."""
-    return service.strategies()
-
-
 @router.post(
     "/backtest",
     operation_id="run_backtest",
@@ -317,6 +311,18 @@ async def run_backtest(
     unaffordable orders are resized or rejected (counted). Open positions close at the
     last close. `symbols` (instead of `symbol`) trades one portfolio with shared cash and
     `max_positions`.
+
+    `strategy` is a built-in or saved one by name (`{"name": "sma_crossover", "params":
+    {"fast": 10}}`, `GET /strategies`) or inline rules in the strategy language:
+    `{"rules": {"entry_long": ..., "exit_long": ..., "entry_short": ..., "exit_short": ...},
+    "params": {"n": {"default": 14, "min": 2, "max": 50}}}`. A rule is a condition at a
+    bar's close: `and or not`, `< <= > >= == !=`, `+ - * /`, numbers, `$params`, series
+    `open high low close volume`, functions such as `sma(x, n)`, `rsi(x, n)`,
+    `crosses_above(a, b)`, `lag(x, n)` (all: `GET /strategies/language`). Examples:
+    `"entry_long": "rsi(close, $n) < 30 and close > sma(close, 200)", "exit_long":
+    "rsi(close, $n) > 70"`; `"entry_long": "close > highest(lag(high, 1), 20)"`. A bad rule
+    is a 422 naming the rule, line:column and the closest valid name. The run stores the
+    exact rules and saved version it traded.
 
     `ml_ensemble` trades a predictor model version's daily calls (`strategy.params`:
     `model`, `version` (default: the active one), `min_confidence`, `on_uncertain`,
@@ -413,6 +419,8 @@ async def optimize_parameters(
     is significant; its inputs in `deflated_sharpe`), and does picking the in-sample best
     help? `pbo`, the probability of backtest overfitting by combinatorially symmetric
     cross-validation (> 0.5: the parameter choice does not carry over), with a `reading`.
+
+    `param_grid` may name any `$param` of a language strategy (inline or saved).
 
     Answers 200 directly when the whole cost, trials x bars plus 4 x C(S, S/2) CSCV splits
     x trials for the PBO, is at most 20,000,000 (e.g. 1,605 SMA pairs on ten years of daily

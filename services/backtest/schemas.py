@@ -447,11 +447,15 @@ class StrategyInfo(Answer):
 
     name: str
     description: str
+    kind: Literal["builtin", "saved"] = "builtin"
     available: bool = Field(description="False when it needs a service that is not there.")
     note: str | None = None
     parameters: dict[str, Any] = Field(description="JSON schema of `strategy.params`.")
     defaults: dict[str, Any]
     searchable: list[str] = Field(description="Numeric parameters a `param_grid` may search.")
+    version: int | None = Field(default=None, description="Saved: this version (immutable).")
+    rules: dict[str, str] | None = Field(default=None, description="Saved: normal rule text.")
+    created_at: datetime | None = None
 
 
 class StrategyList(Answer):

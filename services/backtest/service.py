@@ -24,7 +24,9 @@ import pandas as pd
 
 from services.backtest import repository as repo
 from services.backtest.analyses import Analyses, full_request
+from services.backtest.catalog import StrategyCatalog, needs_signals
 from services.backtest.charts import render_chart
+from services.backtest.config import strategy_definition
 from services.backtest.grid import SearchPlan, count_search, plan_search
 from services.backtest.market import LoadedBars, MarketBars
 from services.backtest.metrics import calendar_years, drawdowns, returns_from_equity
@@ -57,8 +59,6 @@ from services.backtest.schemas import (
     RunList,
     RunSummary,
     StoredResult,
-    StrategyInfo,
-    StrategyList,
     TradeList,
     TradesSummary,
     WalkForwardRequest,
@@ -66,7 +66,7 @@ from services.backtest.schemas import (
 )
 from services.backtest.settings import BacktestSettings
 from services.backtest.signals import Calls, Predictor, targets_from_calls
-from services.backtest.strategies import STRATEGIES, ArraySignals, MlEnsembleParams
+from services.backtest.strategies import ArraySignals, MlEnsembleParams
 from services.backtest.walkforward import check_windows, walk_forward
 from shared.cache import Cache, LRUCache, ModelCache
 from shared.db import Database
@@ -199,6 +199,7 @@ class BacktestService:
         self.results = ModelCache(cache, BacktestResult)
         self._evaluations = LRUCache(maxsize=64, max_bytes=256 * 2**20)
         self._predictor = predictor
+        self.catalog = StrategyCatalog(db, self.predictor_configured)
         self._charts: ProcessPoolExecutor | None = None
         self.analyses = Analyses(db)
 
@@ -242,46 +243,9 @@ class BacktestService:
         """Return whether a predictor service is reachable by configuration."""
         return bool(self.settings.predictor_url) or local_app("predictor") is not None
 
-    def strategies(self) -> StrategyList:
-        """Return every strategy with its parameter schema and defaults."""
-        out = []
-        for d in STRATEGIES.values():
-            schema = d.params.model_json_schema()
-            searchable = [
-                n for n, f in d.params.model_fields.items() if f.annotation in (int, float)
-            ]
-            note = None
-            available = True
-            if d.needs_signals:
-                available = self.predictor_configured()
-                note = (
-                    "Trades the calls of a model version trained by the predictor service "
-                    "(POST /predictor/train); POST /walk_forward trains one per window on "
-                    "in-sample bars only (`training`, `retrain_every`). Daily bars only; no "
-                    "param_grid."
-                )
-                if not available:
-                    note += (
-                        " No predictor is configured here (PREDICTOR_URL), so a request "
-                        "naming it is a 422 `strategy_unavailable`."
-                    )
-                searchable = []
-            out.append(
-                StrategyInfo(
-                    name=d.name,
-                    description=d.description.strip(),
-                    available=available,
-                    note=note,
-                    parameters=schema,
-                    defaults=d.params().model_dump(),
-                    searchable=searchable,
-                )
-            )
-        return StrategyList(strategies=out)
-
     def check_strategy(self, config: RunConfig) -> None:
         """Raise the problem of a strategy this deployment cannot run as configured."""
-        if not STRATEGIES[config.strategy.name].needs_signals:
+        if not needs_signals(config.strategy):
             return
         if not self.predictor_configured():
             raise StrategyUnavailableError(
@@ -422,6 +386,7 @@ class BacktestService:
 
     async def run_backtest(self, request: BacktestRequest) -> BacktestResult:
         """Load bars, simulate, store the run and its fills; return the stored answer."""
+        request = await self.catalog.resolve(request)
         loaded = await self.load(request)
         return await self.store_backtest(request, loaded)
 
@@ -464,7 +429,7 @@ class BacktestService:
                     session,
                     run_id=run_id,
                     created_at=created,
-                    strategy=request.strategy.name,
+                    strategy=request.strategy.label,
                     symbols=loaded.bars.symbols,
                     start_date=request.start_date,
                     end_date=request.end_date,
@@ -495,7 +460,7 @@ class BacktestService:
         return self._answer(
             run_id=run_id,
             created=created,
-            strategy=request.strategy.name,
+            strategy=request.strategy.label,
             symbols=list(loaded.bars.symbols),
             bars_hash=loaded.bars_hash,
             config=config,
@@ -715,26 +680,27 @@ class BacktestService:
 
     async def prepare_optimize(self, request: OptimizeRequest) -> Prepared:
         """Check a search request and load its bars."""
-        if STRATEGIES[request.strategy.name].needs_signals:
+        if needs_signals(request.strategy):
             raise ValidationProblemError(
                 "ml_ensemble has no parameters /optimize can sweep: its calls come from a "
                 "trained model. Use POST /walk_forward (it trains a version per window on "
                 "in-sample bars) or POST /backtest.",
                 field="strategy.name",
             )
+        request = await self.catalog.resolve(request)
         loaded = await self.load(request, single=True)
         n_bars = loaded.bars.n_bars
-        name, params = request.strategy.name, request.strategy.params
+        definition, params = strategy_definition(request.strategy)
         # counted before anything is allocated: a refused search costs microseconds
         count = count_search(
-            request, name, params, method=request.method, n_trials=request.n_trials
+            request, definition, params, method=request.method, n_trials=request.n_trials
         )
         if count.exact:
             self._check_trial_bars(count.trials, n_bars)
         plan = await asyncio.to_thread(
             plan_search,
             request,
-            name,
+            definition,
             params,
             method=request.method,
             n_trials=request.n_trials,
@@ -758,7 +724,7 @@ class BacktestService:
 
     async def prepare_walk_forward(self, request: WalkForwardRequest) -> Prepared:
         """Check a walk-forward request and load its bars."""
-        ml = STRATEGIES[request.strategy.name].needs_signals
+        ml = needs_signals(request.strategy)
         if ml and request.param_grid:
             raise ValidationProblemError(
                 "ml_ensemble is fitted by training, not by a param_grid: leave param_grid "
@@ -771,20 +737,22 @@ class BacktestService:
                 "param_grid in every window.",
                 field="retrain_every",
             )
+        request = await self.catalog.resolve(request)
         loaded = await self.load(request, single=True)
         windows = check_windows(loaded.bars.n_bars, request)
         if ml:  # training takes seconds to minutes per window: always a job
             return Prepared("walk_forward", request, loaded, None, None, len(windows), True)
         plan = None
         if request.param_grid:
-            count = count_search(request, request.strategy.name, request.strategy.params)
+            definition, params = strategy_definition(request.strategy)
+            count = count_search(request, definition, params)
             if count.exact:
                 self._check_walk_cost(windows, count.trials)
             plan = await asyncio.to_thread(
                 plan_search,
                 request,
-                request.strategy.name,
-                request.strategy.params,
+                definition,
+                params,
                 require_grid=True,
             )
         trials = len(plan.combos) if plan else 1
@@ -864,7 +832,7 @@ class BacktestService:
             )
             return await self.analyses.store_optimization(request, loaded, searched)
         full = full_request(request)  # the whole stitched equity, stored for chart and MC
-        if STRATEGIES[request.strategy.name].needs_signals:
+        if needs_signals(request.strategy):
             walked = await ml_walk_forward(
                 full, loaded.bars, loaded.bars_hash, spec, runner, self.predictor
             )

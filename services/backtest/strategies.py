@@ -11,7 +11,7 @@ A target at bar ``t`` uses bars up to ``t`` only; NaN means "no change".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -271,6 +271,20 @@ class StrategyDef:
     build: Callable[[Bars, Any], np.ndarray]
     needs_signals: bool = False
     above: tuple[tuple[str, str], ...] = ()
+    # Strategies written in the language (``language.registry``): whether they go short,
+    # their rules' text, and a batch builder sharing indicator results across combinations.
+    short: bool | None = None
+    rules: dict[str, str] | None = None
+    build_many: Callable[[Bars, dict[str, Any], Sequence[Mapping[str, Any]]], np.ndarray] | None = (
+        None
+    )
+    version: int | None = None
+
+    def shorts(self, params: BaseModel) -> bool:
+        """Return whether these parameters let the strategy go short."""
+        if self.short is not None:
+            return self.short
+        return allows_short(params)
 
     def parse(self, raw: dict[str, Any] | BaseModel | None) -> _Params:
         """Return validated parameters (pydantic ValidationError on bad input)."""
@@ -355,8 +369,10 @@ STRATEGIES: dict[str, StrategyDef] = {
 }
 
 
-def get_strategy(name: str) -> StrategyDef:
+def get_strategy(name: str | StrategyDef) -> StrategyDef:
     """Return the strategy called ``name`` (KeyError naming the known ones otherwise)."""
+    if isinstance(name, StrategyDef):
+        return name
     try:
         return STRATEGIES[name]
     except KeyError:
@@ -364,7 +380,7 @@ def get_strategy(name: str) -> StrategyDef:
 
 
 def build_targets(
-    name: str,
+    name: str | StrategyDef,
     params: dict[str, Any] | BaseModel | None,
     bars: Bars,
     signals: SignalProvider | None = None,
@@ -374,7 +390,7 @@ def build_targets(
     p = strategy.parse(params)
     if strategy.needs_signals:
         if signals is None:
-            raise ValueError(f"{name}: needs a signal provider")
+            raise ValueError(f"{strategy.name}: needs a signal provider")
         return signals.targets(bars)
     return strategy.build(bars, p)
 

@@ -114,6 +114,8 @@ async def compute_signals(service: BacktestService, body: BacktestConfig) -> Sig
     response_model=Signals,
     responses=RUN_ERRORS,
     summary="A strategy's target side per bar",
+    # The portfolio service's operation, not an MCP tool (the gateway excludes `internal`).
+    tags=["internal"],
     openapi_extra=rules_extension(*CONFIG_RULES),
 )
 @documents_rules(*CONFIG_RULES)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from services.backtest.config import atr_matrix
+from services.backtest.config import atr_matrix, strategy_definition
 from services.backtest.engine import core
 from services.backtest.engine.core import SimSpec
 from services.backtest.engine.runner import Bars, simulate
@@ -61,7 +61,7 @@ from services.backtest.schemas import (
     WindowResult,
     finite,
 )
-from services.backtest.strategies import build_targets
+from services.backtest.strategies import StrategyDef, build_targets
 from shared.errors import ValidationProblemError
 
 
@@ -105,6 +105,7 @@ def _slice(bars: Bars, lo: int, hi: int) -> Bars:
         close=bars.close[lo:hi],
         index=bars.index[lo:hi],
         symbols=bars.symbols,
+        volume=None if bars.volume is None else bars.volume[lo:hi],
     )
 
 
@@ -115,7 +116,7 @@ class WindowTask:
     index: int
     bars: Bars  # train bars followed by test bars
     train: int  # bars of the train part
-    strategy: str
+    strategy: str | StrategyDef
     fixed: dict[str, Any]
     combos: Sequence[Params]  # empty: no fitting, the fixed params
     spec_in: SimSpec
@@ -314,6 +315,7 @@ async def walk_forward(
 ) -> WalkForwardResult:
     """Fit and test every window (a task each), then stitch the out-of-sample windows."""
     windows = check_windows(bars.n_bars, request)
+    definition, params = strategy_definition(request.strategy)
     spec_out = spec._replace(warmup=0)
     atr_period = atr_period_of(request)
     tasks = [
@@ -321,8 +323,8 @@ async def walk_forward(
             index=i,
             bars=_slice(bars, lo, test_end),
             train=train_end - lo,
-            strategy=request.strategy.name,
-            fixed=plan.fixed if plan else request.strategy.params.model_dump(),
+            strategy=plan.definition if plan and plan.definition else definition,
+            fixed=plan.fixed if plan else params.model_dump(),
             combos=plan.combos if plan else [],
             spec_in=spec,
             spec_out=spec_out,
@@ -334,7 +336,7 @@ async def walk_forward(
         for i, (lo, train_end, _, test_end) in enumerate(windows)
     ]
     outcomes = await runner.map(run_window, tasks, where="thread", what="windows")
-    fixed = plan.fixed if plan else request.strategy.params.model_dump()
+    fixed = plan.fixed if plan else params.model_dump()
     return await runner.run(assemble, request, bars, bars_hash, spec, windows, outcomes, fixed)
 
 
@@ -402,7 +404,7 @@ def assemble(
         for o, (lo, train_end, test_start, test_end) in zip(outcomes, windows, strict=True)
     ]
     return WalkForwardResult(
-        strategy=request.strategy.name,
+        strategy=request.strategy.label,
         symbol=bars.symbols[0],
         bars=bars.n_bars,
         bars_hash=bars_hash,

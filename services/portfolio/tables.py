@@ -1,6 +1,6 @@
 """The portfolio service's own tables (SQLAlchemy Core on their own metadata).
 
-Migration 0005 (shared/migrations/versions/0005_portfolio.py) creates them on the one
+Migration 0006 (shared/migrations/versions/0006_portfolio.py) creates them on the one
 Alembic chain the platform has today; per-service chains come with the service kit.
 """
 

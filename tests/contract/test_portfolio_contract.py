@@ -101,7 +101,7 @@ def test_api_conforms(portfolio_schema: schemathesis.BaseSchema, path: str, meth
 
 
 def test_tools_that_trade_halt_or_stop_are_marked_destructive_and_reads_read_only() -> None:
-    gateway = build_gateway(GatewaySettings(mode="remote", spec_dir=OPENAPI_DIR))
+    gateway = build_gateway(GatewaySettings(mode="remote", spec_dir=OPENAPI_DIR, toolsets="all"))
     tools = {t.name: t for t in asyncio.run(gateway.list_tools()) if t.name.startswith("portfolio")}
     for name in ("run_deployment", "halt_account", "resume_account", "stop_deployment"):
         hints = tools[f"portfolio_{name}"].annotations

@@ -41,6 +41,7 @@ def gateway_env(data_dir: Path, **extra: str) -> dict[str, str]:
         # A call answers its job handle past the budget; only the budget's own test sets a
         # short one, so that no other test depends on how busy the machine is.
         GATEWAY_CALL_BUDGET_S="600",
+        GATEWAY_TOOLSETS="all",  # every tool of the snapshot, paper trading's included
     )
     env.update(extra)
     return env

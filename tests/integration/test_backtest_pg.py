@@ -258,3 +258,36 @@ def test_migration_0004_round_trips_with_analyses_in_place(
 
     assert "analysis_runs" not in down_tables and "analysis_runs" in up_tables
     assert down_runs == up_runs == 1 and run["run_id"]
+
+
+def test_saved_strategies_version_and_retire_on_postgresql(
+    pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
+) -> None:
+    rules = {
+        "rules": {
+            "entry_long": "rsi(close, $n) < 35 and close > sma(close, 100)",
+            "exit_long": "rsi(close, $n) > 65",
+        },
+        "params": {"n": {"default": 14, "min": 2, "max": 50}},
+    }
+    with backtest(pg_url, redis_prefix, market_url, tmp_path) as client:
+        versions = [
+            client.post("/strategies", json={"name": "pg_rsi", **rules}).json()["version"]
+            for _ in range(2)
+        ]
+        run = client.post(
+            "/backtest",
+            json={**CONFIG, "strategy": {"name": "pg_rsi", "version": 1, "params": {"n": 10}}},
+        ).json()
+    # a new app on the same database: the strategies and the run's text outlive the service
+    with backtest(pg_url, redis_prefix, market_url, tmp_path) as client:
+        listed = {s["name"]: s for s in client.get("/strategies").json()["strategies"]}
+        stored = client.get(f"/results/{run['run_id']}").json()
+        retired = client.delete("/strategies/pg_rsi").json()
+        after = client.get("/strategies/pg_rsi")
+    assert versions == [1, 2]
+    assert listed["pg_rsi"]["version"] == 2
+    assert stored["config"]["strategy"]["version"] == 1
+    traded = stored["config"]["strategy"]["rules"]
+    assert {k: v for k, v in traded.items() if v} == rules["rules"]
+    assert retired["retired_versions"] == 2 and after.status_code == 404

@@ -56,6 +56,7 @@ class Bars:
     close: np.ndarray
     index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="datetime64[ns]"))
     symbols: tuple[str, ...] = ()
+    volume: np.ndarray | None = None  # (n_bars, n_symbols), when the source has it
 
     def __post_init__(self) -> None:
         shape = None
@@ -78,6 +79,11 @@ class Bars:
             raise ValueError("symbols: one name per column")
         if len(self.index) and len(self.index) != shape[0]:
             raise ValueError("index: one timestamp per bar")
+        if self.volume is not None:
+            v = _matrix("volume", self.volume)
+            if v.shape != shape:
+                raise ValueError(f"volume: shape {v.shape} differs from {shape}")
+            object.__setattr__(self, "volume", v)
 
     @property
     def n_bars(self) -> int:
@@ -110,6 +116,10 @@ class Bars:
             c: np.column_stack([cols[s].loc[common, c].to_numpy(np.float64) for s in cols])
             for c in ("open", "high", "low", "close")
         }
+        if all("volume" in df.columns for df in cols.values()):
+            mats["volume"] = np.column_stack(
+                [cols[s].loc[common, "volume"].to_numpy(np.float64) for s in cols]
+            )
         return cls(
             index=pd.DatetimeIndex(common).to_numpy(dtype="datetime64[ns]"),
             symbols=tuple(cols),

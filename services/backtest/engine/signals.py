@@ -66,3 +66,54 @@ def mean_reversion_target_nb(close, rsi, upper, middle, lower, oversold, overbou
             out[t] = new
             state = new
     return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def rules_target_into_nb(entry_long, exit_long, entry_short, exit_short, ready, out):
+    """Write targets from four boolean rules decided at each bar's close (bars >= ``ready``).
+
+    The strategy's side moves as ``mean_reversion_target_nb``'s: long -> flat on
+    ``exit_long``, short -> flat on ``exit_short``; then flat (or short) -> long on
+    ``entry_long``, else flat (or long) -> short on ``entry_short``. A change is emitted on
+    the bar it happens; an entry rule that holds while already on its side emits that side
+    again, so the engine (which ignores a wish equal to its side) re-enters after a
+    stop-loss or a warm-up, as backtesting.py's ``if not self.position and entry: buy()``.
+    NaN elsewhere.
+    """
+    n = entry_long.shape[0]
+    out[:] = np.nan
+    state = 0
+    for t in range(ready, n):
+        el = entry_long[t]
+        xl = exit_long[t]
+        es = entry_short[t]
+        xs = exit_short[t]
+        if not (el or xl or es or xs):  # nothing holds: nothing changes (most bars)
+            continue
+        new = state
+        if (state == 1 and xl) or (state == -1 and xs):
+            new = 0
+        if new <= 0 and el:
+            new = 1
+        elif new >= 0 and es:
+            new = -1
+        if new != state or (new == 1 and el) or (new == -1 and es):
+            out[t] = new
+        state = new
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def rules_target_nb(entry_long, exit_long, entry_short, exit_short, ready):
+    """Return the targets of four boolean rules (see ``rules_target_into_nb``)."""
+    out = np.empty(entry_long.shape[0])
+    rules_target_into_nb(entry_long, exit_long, entry_short, exit_short, ready, out)
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def rules_targets_nb(rules, ready, out):
+    """Write row ``i`` of ``out`` (k, n) from the rules ``rules[i]`` (k, 4, n), ready at
+    ``ready[i]`` (a sweep's combinations in one call)."""
+    for i in range(rules.shape[0]):
+        r = rules[i]
+        rules_target_into_nb(r[0], r[1], r[2], r[3], ready[i], out[i])

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from services.backtest.config import BacktestConfig, simulate_config
 from services.backtest.engine.runner import Bars, make_spec, simulate
+from services.backtest.expressions import SavedStrategy
 from services.backtest.strategies import ArraySignals, build_targets
 
 NAN = np.nan
@@ -170,8 +171,12 @@ def test_config_validation_names_the_field() -> None:
             {**base, "strategy": {"name": "sma_crossover", "params": {"fast": 30, "slow": 10}}}
         )
     assert e.value.errors()[0]["loc"][-1] == "slow"
+    # a name that is no built-in is a saved strategy's: the service resolves it (a 422
+    # naming strategy.name when there is none, tests/unit/backtest/service/test_api.py)
+    saved = BacktestConfig.model_validate({**base, "strategy": {"name": "nope"}})
+    assert isinstance(saved.strategy, SavedStrategy)
     with pytest.raises(ValidationError) as e:
-        BacktestConfig.model_validate({**base, "strategy": {"name": "nope"}})
+        BacktestConfig.model_validate({**base, "strategy": {"name": "Not A Name"}})
     assert "strategy" in e.value.errors()[0]["loc"]
     with pytest.raises(ValidationError) as e:
         BacktestConfig.model_validate(

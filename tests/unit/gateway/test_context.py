@@ -71,6 +71,18 @@ def test_toolsets_select_groups(data_env: Path) -> None:
     assert prefixes == {"market", "backtest"}
 
 
+def groups(settings: GatewaySettings) -> set[str]:
+    tools = anyio.run(build_gateway(settings).list_tools)
+    return {t.name.split("_", 1)[0] for t in tools}
+
+
+def test_paper_trading_tools_are_served_when_asked_for(data_env: Path) -> None:
+    default = groups(GatewaySettings())
+    assert "portfolio" not in default and {"market", "backtest", "predictor"} <= default
+    assert groups(GatewaySettings(toolsets="all")) == default | {"portfolio"}
+    assert groups(GatewaySettings(toolsets="market,portfolio")) == {"market", "portfolio"}
+
+
 def test_compaction_keeps_types_and_summarises_big_unions() -> None:
     variants = [
         {

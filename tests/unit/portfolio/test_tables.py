@@ -1,4 +1,4 @@
-"""The portfolio's tables: one Alembic head, and migration 0005 creates what tables.py says."""
+"""The portfolio's tables: one Alembic head, and migration 0006 creates what tables.py says."""
 
 from __future__ import annotations
 

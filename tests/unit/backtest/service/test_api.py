@@ -219,7 +219,7 @@ def test_every_strategy_is_listed_with_its_parameter_schema(api: TestClient) -> 
         ({"end_date": "2004-01-01"}, 422, "validation_error", "end_date"),
         ({"start_date": "2030-01-01", "end_date": "2030-06-01"}, 404, "no_data", "start_date"),
         ({"strategy": {"name": "ml_ensemble"}}, 422, "strategy_unavailable", "strategy.name"),
-        ({"strategy": {"name": "nope"}}, 422, "validation_error", "strategy"),
+        ({"strategy": {"name": "nope"}}, 422, "validation_error", "strategy.name"),
         ({"symbol": None}, 422, "validation_error", "symbols"),
         ({"symbols": ["KO"]}, 422, "validation_error", "symbols"),
         ({"symbol": None, "symbols": ["KO", "ko"]}, 422, "validation_error", "symbols"),
