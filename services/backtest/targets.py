@@ -17,11 +17,11 @@ import pandas as pd
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.backtest.config import BacktestConfig
+from services.backtest.config import BacktestConfig, strategy_definition
 from services.backtest.routes import CONFIG_RULES, RUN_ERRORS, Service
 from services.backtest.schemas import RunConfig
 from services.backtest.service import BacktestService
-from services.backtest.strategies import allows_short, build_targets
+from services.backtest.strategies import build_targets
 from shared.rules import documents_rules, rules_extension
 
 router = APIRouter()
@@ -86,15 +86,15 @@ def wishes(target: np.ndarray, allow_short: bool) -> list[int | None]:
 async def compute_signals(service: BacktestService, body: BacktestConfig) -> Signals:
     """Load the config's bars and return its strategy's wish per bar."""
     assert isinstance(body, RunConfig)
-    loaded = await service.load(body)
-    ml = await service.ml_signals(body, loaded)
-    config = ml.request if ml is not None else body
+    run: RunConfig = await service.catalog.resolve(body)  # a saved strategy's rules
+    loaded = await service.load(run)
+    ml = await service.ml_signals(run, loaded)
+    config = ml.request if ml is not None else run
     provider = ml.targets if ml is not None else None
     bars = loaded.bars
-    target = await asyncio.to_thread(
-        build_targets, config.strategy.name, config.strategy.params, bars, provider
-    )
-    short = allows_short(config.strategy.params)
+    definition, params = strategy_definition(config.strategy)
+    target = await asyncio.to_thread(build_targets, definition, params, bars, provider)
+    short = config.allows_short()
     return Signals(
         strategy=config.strategy.model_dump(mode="json"),
         timestamps=[pd.Timestamp(t).tz_localize("UTC").to_pydatetime() for t in bars.index],
