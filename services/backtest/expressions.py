@@ -103,7 +103,9 @@ class SavedStrategy(_Model):
         description="A saved strategy's name.",
         json_schema_extra={"not": {"enum": list[JsonValue](sorted(BUILTIN_NAMES))}},
     )
-    version: int | None = Field(default=None, ge=1, description="Default: the latest.")
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="Default: the latest."
+    )
     params: dict[ParamName, float] = Field(
         default_factory=dict,
         max_length=16,

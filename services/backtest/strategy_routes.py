@@ -119,7 +119,7 @@ async def get_strategy(
     name: StrategyName,
     service: Service,
     version: Annotated[
-        int | None, Query(ge=1, description="A saved version (default: the latest).")
+        int | None, Query(ge=1, le=2**31 - 1, description="A saved version (default: the latest).")
     ] = None,
 ) -> StrategyInfo:
     """Return one built-in or saved strategy with its parameters (a saved one's rules and

@@ -120,7 +120,7 @@ def test_a_backtest_and_its_chart_reach_the_client_as_data_and_an_image(gateway_
     (chart,) = anyio.run(
         _calls,
         gateway_url,
-        [("backtest_get_chart", {"run_id": body["run_id"], "width": 640, "height": 400})],
+        [("backtest_get_chart", {"run_id": body["run_id"], "width": 600, "height": 450})],
         updates,
     )
 
@@ -128,7 +128,7 @@ def test_a_backtest_and_its_chart_reach_the_client_as_data_and_an_image(gateway_
     (block,) = chart.content
     assert block.type == "image" and block.mime_type == "image/png"
     pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(block.data)), format="png")
-    assert pixels.shape[:2] == (400, 640)
+    assert pixels.shape[:2] == (450, 600)  # a size bucket: drawn as asked
 
 
 def test_searches_run_as_jobs_and_report_progress_to_the_client(gateway_url: str) -> None:
