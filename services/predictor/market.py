@@ -55,6 +55,11 @@ class FeatureFrame:
         return np.ascontiguousarray(self.matrix[:, [index[n] for n in names]])
 
 
+# The market's first accepted date: a warm-up reaching back before it asks from there (an
+# `as_of` early in 1900 is too few bars, a 409, not the market's 422 on a date we made up).
+FIRST_DAY = date(1900, 1, 1)
+
+
 def _parse_features(symbol: str, body: bytes) -> FeatureFrame:
     """Parse a `/features` answer into arrays (None -> NaN); raise ValueError if malformed."""
     data = json.loads(body)
@@ -120,6 +125,7 @@ class MarketFeatures:
         date_field: str = "start_date",
     ) -> FeatureFrame:
         """Return the features and closes of every bar start..end (market defaults if None)."""
+        start = None if start is None else max(start, FIRST_DAY)
         params = {k: v.isoformat() for k, v in (("start", start), ("end", end)) if v is not None}
         try:
             response = await self.client.request(
@@ -139,7 +145,7 @@ class MarketFeatures:
 
     async def closes(self, symbol: str, start: date, end: date) -> tuple[IntArray, FloatArray]:
         """Return (bar times in ns, closes) of the daily bars start..end (unadjusted)."""
-        params = {"start": start.isoformat(), "end": end.isoformat()}
+        params = {"start": max(start, FIRST_DAY).isoformat(), "end": end.isoformat()}
         try:
             response = await self.client.request(
                 "GET", f"/historical/{quote(symbol, safe='')}", params=params

@@ -6,6 +6,7 @@ Monte Carlo reads."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,8 +181,17 @@ async def _wait_for(seen: list[str]) -> None:
 
 def test_a_direct_answers_work_stops_when_its_client_disconnects() -> None:
     seen: list[str] = []
+    started = threading.Event()
+
+    def work(seen: list[str]) -> str:
+        started.set()
+        return loop_until_cancelled(seen)
 
     async def disconnect() -> dict[str, Any]:
+        # the client leaves once the work runs, however slow the machine; until then a
+        # check for a disconnect (a receive in a cancelled scope) finds nothing
+        if not started.is_set():
+            await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 
     async def go() -> None:
@@ -189,7 +199,7 @@ def test_a_direct_answers_work_stops_when_its_client_disconnects() -> None:
             {"type": "http", "method": "POST", "path": "/", "headers": []}, disconnect
         )
         with pytest.raises(ClientGoneError):
-            await answer_directly(request, Inline().run(loop_until_cancelled, seen), 60.0)
+            await answer_directly(request, Inline().run(work, seen), 60.0)
         await _wait_for(seen)
 
     asyncio.run(go())
