@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
+from services.portfolio import tables as portfolio_tables
 from shared.db import Database, alembic_config
 from shared.jobs import JobStatus, store
 from tests.unit.shared.job_app import SERVICE, create_app, job_settings
@@ -152,7 +153,9 @@ def test_the_jobs_migration_matches_the_model_and_round_trips(pg_url: str) -> No
 
                 def diff(c: Any) -> list[Any]:
                     ctx = MigrationContext.configure(c, opts={"compare_type": True})
-                    return list(compare_metadata(ctx, SQLModel.metadata))
+                    # the platform's tables and the portfolio's own (on its own metadata)
+                    every = [SQLModel.metadata, portfolio_tables.metadata]
+                    return list(compare_metadata(ctx, every))
 
                 def move(c: Any, target: str, down: bool) -> set[str]:
                     cfg = alembic_config()
