@@ -247,7 +247,7 @@ async def run_deployment(
     operation_id="get_drift",
     openapi_extra=READS,
     response_model=Drift,
-    responses=errors(401, 404, 422, 502, 503),
+    responses=errors(401, 404, 409, 422, 502, 503),
     summary="Paper record against the backtest",
 )
 async def get_drift(deployment_id: DeploymentId, service: Service) -> Drift:

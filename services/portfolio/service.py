@@ -74,6 +74,14 @@ class DeploymentStoppedError(AppError):
     title = "Deployment stopped"
 
 
+class NothingToCompareError(AppError):
+    """The deployment has not processed enough sessions for a comparison (a state, not input)."""
+
+    status = 409
+    code = "insufficient_data"
+    title = "Not enough sessions"
+
+
 class SimulatedCrashError(RuntimeError):
     """Raised by the `crash_after_decide` test switch (a process killed mid-session)."""
 
@@ -576,9 +584,9 @@ class PortfolioService:
         c = dep["config"]
         cfg = Config.parse(c)
         if last is None or last <= cfg.start_date:
-            raise ValidationProblemError(
-                "The deployment has not processed two sessions yet: run it first.",
-                field="deployment_id",
+            raise NothingToCompareError(
+                "The deployment has not processed two sessions yet: run it first "
+                "(POST /deployments/{id}/run)."
             )
         body = {
             **cfg.signals_request(last),

@@ -47,7 +47,8 @@ def test_a_capped_deployment_drifts(platform: TestClient) -> None:
     assert d["tracking_error"] > 0.01
 
 
-def test_drift_before_a_run_is_a_422(platform: TestClient) -> None:
+def test_drift_before_a_run_is_a_409_not_bad_input(platform: TestClient) -> None:
+    # a valid request on a deployment that has not traded yet: a state of the data (409)
     dep = deploy(platform, {"strategy": SMA, "symbols": ["XOM"], "start_date": "2018-01-02"})
     r = platform.get(f"/portfolio/deployments/{dep['id']}/drift")
-    assert r.status_code == 422 and r.json()["field"] == "deployment_id"
+    assert r.status_code == 409 and r.json()["code"] == "insufficient_data", r.text
