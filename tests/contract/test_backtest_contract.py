@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from services.backtest.app import create_app
 from services.backtest.settings import BacktestSettings
+from services.backtest.warm import warm_kernels
 from services.market.app import create_app as create_market
 from services.market.settings import SHARED_CSV_DIR
 from tests.conftest import market_settings
@@ -50,7 +51,13 @@ def market_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def backtest_app(tmp_path_factory: pytest.TempPathFactory, market_url: str) -> FastAPI:
-    """Return the backtest app on a fresh SQLite file, its bars from market_url."""
+    """Return the backtest app on a fresh SQLite file, its bars from market_url.
+
+    The engine's kernels are compiled (or loaded from numba's cache) first, with no time
+    limit: schemathesis' 10 s request timeout then measures requests, not a fresh clone's
+    compile (minutes on two busy cores).
+    """
+    warm_kernels()
     data_dir: Path = tmp_path_factory.mktemp("contract-backtest")
     return create_app(
         BacktestSettings(

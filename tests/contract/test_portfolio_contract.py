@@ -19,6 +19,7 @@ from gateway_mcp.server import build_gateway
 from gateway_mcp.settings import GatewaySettings
 from services.backtest.app import create_app as create_backtest
 from services.backtest.settings import BacktestSettings
+from services.backtest.warm import warm_kernels
 from services.market.app import create_app as create_market
 from services.market.settings import SHARED_CSV_DIR
 from services.portfolio.app import create_app
@@ -45,7 +46,12 @@ OPERATIONS = {
 
 @pytest.fixture(scope="module")
 def peer_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """Serve a market and a backtest app over HTTP in threads; yield their URLs."""
+    """Serve a market and a backtest app over HTTP in threads; yield their URLs.
+
+    The backtest's kernels are compiled first, with no time limit (see the backtest's
+    contract test): the fuzzer's request timeout then never meets a cold compile.
+    """
+    warm_kernels()
     data_dir: Path = tmp_path_factory.mktemp("contract-portfolio-peers")
     market = create_market(market_settings(data_dir / "market", SHARED_CSV_DIR))
     with serve_in_thread(market, free_port()) as market_url:
