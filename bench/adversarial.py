@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.faults import RedisServer  # noqa: E402
 from bench.load import PG_ADMIN, Conn, Server, admin, start_server  # noqa: E402
+from shared.jobs import cancel_path  # noqa: E402
 
 SCENARIOS = ("idle", "optimize_422", "optimize_cscv", "chart", "results_list", "monte_carlo")
 PRICE = "/market/price/AAPL"
@@ -136,7 +137,7 @@ async def run(name: str, port: int, duration: float, concurrency: int | None) ->
             answer = await send(_optimize_cscv())
             if answer.status_code == 202:
                 await asyncio.sleep(1.0)
-                await http.delete(answer.headers["location"])
+                await http.post(cancel_path(answer.headers["location"]))
             return answer.status_code
 
         async def chart() -> int:

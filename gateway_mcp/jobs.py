@@ -21,7 +21,7 @@ import httpx2
 from pydantic import ValidationError
 
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem, UpstreamUnavailableError
-from shared.jobs import JobFailedError, JobStatus, JobTimeoutError
+from shared.jobs import JobFailedError, JobStatus, JobTimeoutError, cancel_path
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ async def follow_job(
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             headers = {k: v for k, v in original.headers.items() if k.lower() == "authorization"}
             try:
-                await send(httpx2.Request("DELETE", url, headers=headers))
+                cancel = url.copy_with(path=cancel_path(url.path))
+                await send(httpx2.Request("POST", cancel, headers=headers))
             except Exception as e:  # the service is away: its sweep ends the job later
                 log.warning("%s job at %s not cancelled: %s", service, url, e)
         raise

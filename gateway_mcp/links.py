@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from shared.jobs import cancel_path
+
 _METHODS = ("get", "post", "put", "patch", "delete")
 _PARAM = re.compile(r"\{([^}/]+)\}")
 # "POST /train", "GET /results/{run_id}/chart.png", "`GET /model_info`"
@@ -152,7 +154,7 @@ def speak_tools(data: Any, table: ToolTable, *, wait_s: float) -> Any:
         job_path = f"/jobs/{data['id']}"
         if data.get("status") in ("queued", "running"):
             out.setdefault("continue_with", table.call("GET", job_path, wait_s=wait_s))
-            out.setdefault("cancel_with", table.call("DELETE", job_path))
+            out.setdefault("cancel_with", table.call("POST", cancel_path(job_path)))
         elif data.get("status") == "succeeded" and isinstance(data.get("result_url"), str):
             out.setdefault("continue_with", table.call("GET", data["result_url"]))
     return {k: v for k, v in out.items() if v is not None}

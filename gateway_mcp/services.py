@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 from prometheus_client import Counter, Histogram
 
@@ -33,7 +34,7 @@ from shared.errors import (
     ServiceUnavailableError,
 )
 from shared.http import app_lifespan, register_local_app
-from shared.jobs import JobStatus
+from shared.jobs import JobStatus, cancel_path
 from shared.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ MAX_WAIT_S = 30.0
 UPSTREAM_REQUESTS = Counter(
     "gateway_upstream_requests",
     "Requests the gateway sent to a service, by status (`timeout`, `unreachable`, `down` when "
-    "no answer came).",
+    "no answer came; `budget` when the gateway cut it at the call budget).",
     ["service", "status"],
 )
 UPSTREAM_SECONDS = Histogram(
@@ -232,7 +233,7 @@ class ServiceTransport(httpx2.AsyncBaseTransport):
         budget = self.service.settings.call_budget_s
         path = url.raw_path.decode().split("?")[0]
         get_call = self.service.tools.call("GET", path, wait_s=self.wait_s())
-        cancel_call = self.service.tools.call("DELETE", path)
+        cancel_call = self.service.tools.call("POST", cancel_path(path))
         return {
             "job": {
                 "id": str(job.id),
@@ -263,9 +264,42 @@ class ServiceTransport(httpx2.AsyncBaseTransport):
         request.url = request.url.copy_set_param(WAIT_PARAM, f"{left:.1f}")
         return request
 
+    def over_budget(self, request: httpx2.Request) -> httpx2.Response:
+        """Return the problem answering a request cut at the end of the call budget."""
+        budget = self.service.settings.call_budget_s
+        call = self.service.tools.call(request.method, str(request.url))
+        tool = (call or "the same tool").removesuffix("()")  # a body's arguments are not in it
+        error = ServiceTimeoutError(
+            f"`{tool}` did not answer within the gateway's {budget:g} s call budget "
+            "(GATEWAY_CALL_BUDGET_S): the request was cut and the service stopped its work. "
+            "Call it again with less work in one call (a shorter date range, fewer symbols, "
+            "combinations or runs); work the service expects to take long starts as a job, "
+            "whose handle comes back in time."
+        )
+        return _problem(request, error)
+
+    async def _send_within_budget(self, request: httpx2.Request) -> httpx2.Response:
+        """Send request; past the call's deadline, cut it (the service sees the client go)."""
+        deadline = CALL_DEADLINE.get()
+        if deadline is None:
+            return await self._send(request)
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+            response = await self._send(request)
+            await response.aread()  # a streamed body is part of the answer, and of the budget
+            return response
+        UPSTREAM_REQUESTS.labels(self.service.name, "budget").inc()
+        log.info("%s %s cut at the call budget", request.method, request.url.path)
+        return self.over_budget(request)
+
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        """Send a request; follow a 202 job answer to its end, reporting progress."""
-        response = await self._send(self._bounded_wait(request))
+        """Send a request within the call budget; follow a 202 job answer, reporting progress.
+
+        A request still unanswered when the call's deadline (CALL_DEADLINE) passes is cut:
+        the answer is a 504 problem naming the tool, in time for the client, and the service
+        sees its client go (an embedded app's task is cancelled; a remote connection closes),
+        which stops its work.
+        """
+        response = await self._send_within_budget(self._bounded_wait(request))
         if response.status_code != 202:
             return response
         await response.aread()

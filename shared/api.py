@@ -238,7 +238,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
         # Starlette names the methods of the first route that matched the path; the path
-        # may have more (GET and DELETE /jobs/{id} are two routes): name them all.
+        # may have more (GET and DELETE /results/{id} are two routes): name them all.
         from shared.metrics import allowed_methods
 
         methods = allowed_methods(request.scope)

@@ -11,7 +11,7 @@ A service that runs long work does four things:
        await runner.aclose()       # unfinished jobs end failed/interrupted
 
 2. Include the status routes: `app.include_router(job_router())` adds `GET /jobs/{job_id}`
-   (`get_job`) and `DELETE /jobs/{job_id}` (`cancel_job`). Pass `responses=` to declare the
+   (`get_job`) and `POST /jobs/{job_id}/cancel` (`cancel_job`). Pass `responses=` to declare the
    service's own problems (401, 503) on them too.
 
 3. Start jobs from a `POST` that answers `202 Accepted`, `Location: <status URL>` and the
@@ -61,7 +61,7 @@ Statuses are exactly `queued | running | succeeded | failed`. A cancelled job en
 `failed` with `error.code == "cancelled"`; a job whose process died (or whose service shut
 down) ends `failed` with `error.code == "interrupted"`, found at the next start (dead local
 pid) or by the periodic sweep (heartbeat older than `JOB_STALE_AFTER_S`). Each service
-only ever sweeps its own jobs (the `service` column). `DELETE` on a job that already ended
+only ever sweeps its own jobs (the `service` column). A cancel of a job that already ended
 answers 409 `job_finished` and changes nothing. At most `JOB_MAX_RUNNING` jobs run per
 process; the rest stay `queued`.
 """
@@ -78,7 +78,13 @@ from shared.jobs.errors import (
 )
 from shared.jobs.executors import Where
 from shared.jobs.follow import follow_job
-from shared.jobs.routes import accepted, accepted_responses, job_router, status_path
+from shared.jobs.routes import (
+    accepted,
+    accepted_responses,
+    cancel_path,
+    job_router,
+    status_path,
+)
 from shared.jobs.runner import JobRunner, Work
 from shared.jobs.schemas import JobProgress, JobState, JobStatus, ResultUrl
 from shared.jobs.tasks import task_cancelled, task_report
@@ -101,6 +107,7 @@ __all__ = [
     "Work",
     "accepted",
     "accepted_responses",
+    "cancel_path",
     "follow_job",
     "job_router",
     "status_path",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import httpx
 
 from shared.http import ServiceClient
+from shared.jobs.routes import cancel_path
 from shared.jobs.schemas import FINISHED, JobProgress, JobStatus
 
 ProgressListener = Callable[[JobProgress], None]
@@ -64,4 +65,4 @@ async def follow_job(
 async def _cancel(client: ServiceClient, path: str) -> None:
     """Cancel a followed job; a job that ended meanwhile or a lost service is no matter."""
     with contextlib.suppress(Exception):
-        await client.request("DELETE", path)
+        await client.request("POST", cancel_path(path))

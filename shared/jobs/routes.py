@@ -1,4 +1,10 @@
-"""HTTP side of the job contract: `202 Accepted` + `Location`, `GET`/`DELETE /jobs/{id}`."""
+"""HTTP side of the job contract: `202 Accepted` + `Location`, `GET /jobs/{id}`, and
+`POST /jobs/{id}/cancel`.
+
+Cancelling is a `POST` to the job's `cancel` action, not a `DELETE` of the job: a cancelled
+job stays readable (`failed`, code `cancelled`) so that whoever follows it learns how it
+ended, and a `DELETE` would promise the resource is gone.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,12 @@ CANCEL_JOB = "cancel_job"
 # budget (GATEWAY_CALL_BUDGET_S, 40 s) and far under a client's 60 s timeout.
 MAX_WAIT_S = 30.0
 IDEMPOTENCY_HEADER = b"idempotency-key"
+CANCEL_ACTION = "cancel"
+
+
+def cancel_path(status_path: str) -> str:
+    """Return the path that cancels the job whose status is at status_path (`POST` it)."""
+    return f"{status_path.rstrip('/')}/{CANCEL_ACTION}"
 
 
 class IdempotencyKey:
@@ -68,9 +80,9 @@ def accepted_responses() -> dict[int | str, dict[str, Any]]:
             "model": JobStatus,
             "description": "Accepted: the job is queued. `Location` is its status URL: `GET` it "
             "(`?wait_s=` waits up to 30 s for the end) until `status` is `succeeded` (then "
-            "`result` or `result_url`) or `failed` (then `error`); `DELETE` it to cancel. The "
-            "same request again while the job runs (or the same `Idempotency-Key` header) "
-            "answers this job instead of starting another.",
+            "`result` or `result_url`) or `failed` (then `error`); `POST <Location>/cancel` "
+            "cancels it. The same request again while the job runs (or the same "
+            "`Idempotency-Key` header) answers this job instead of starting another.",
             "headers": {
                 "Location": {
                     "description": "The job's status URL (`.../jobs/{id}`).",
@@ -127,7 +139,8 @@ def job_router(
     tags: list[str | Enum] | None = None,
     responses: Mapping[int | str, dict[str, Any]] | None = None,
 ) -> APIRouter:
-    """Return the routes `GET {prefix}/{job_id}` (`get_job`) and `DELETE` (`cancel_job`).
+    """Return the routes `GET {prefix}/{job_id}` (`get_job`) and `POST {prefix}/{job_id}/cancel`
+    (`cancel_job`).
 
     runner is a FastAPI dependency returning the service's JobRunner; responses adds the
     service's own problem answers (401, 503, ...) to both routes.
@@ -164,8 +177,8 @@ def job_router(
         status = await (jobs.wait(job_id, wait_s) if wait_s > 0 else jobs.get(job_id))
         return JSONResponse(render(request, status))
 
-    @router.delete(
-        "/{job_id}",
+    @router.post(
+        f"/{{job_id}}/{CANCEL_ACTION}",
         name=CANCEL_JOB,
         operation_id=CANCEL_JOB,
         response_model=JobStatus,
@@ -185,8 +198,9 @@ def job_router(
     ) -> JSONResponse:
         """Cancel a queued or running job; answer its status, now `failed` (`cancelled`).
 
-        Its work stops (running tasks are told to stop) and it never gets a result. A job
-        that already ended cannot be cancelled: 409 `job_finished`.
+        Its work stops (running tasks are told to stop) and it never gets a result; the job
+        stays readable with `GET`. A job that already ended cannot be cancelled: 409
+        `job_finished`.
         """
         return JSONResponse(render(request, await jobs.cancel(job_id)))
 

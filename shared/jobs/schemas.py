@@ -1,4 +1,4 @@
-"""The public shape of a job: what `POST` (202), `GET /jobs/{id}` and `DELETE` answer."""
+"""The public shape of a job: what `POST` (202), `GET /jobs/{id}` and its cancel answer."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class JobProgress(BaseModel):
 
 
 class JobStatus(BaseModel):
-    """A job's state: the body of every job answer (`202` on start, `GET`, `DELETE`)."""
+    """A job's state: the body of every job answer (`202` on start, `GET`, cancel)."""
 
     id: uuid.UUID = Field(description="The job's id; its status is at `.../jobs/{id}`.")
     kind: str = Field(description="What the job does, e.g. `walk_forward` or `train_model`.")

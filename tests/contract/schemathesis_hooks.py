@@ -1,14 +1,11 @@
 """Schemathesis CLI hooks (`SCHEMATHESIS_HOOKS=tests.contract.schemathesis_hooks`).
 
-Two checks replace built-in ones (run with `--checks all --exclude-checks
-positive_data_acceptance,use_after_free`); every other check runs unchanged:
-
-- a schema-valid request must be accepted, except when the service answers 422 for a rule
-  across inputs that the operation documents in its `x-cross-field-rules` extension
-  (start <= end, fast < slow) and the problem names only fields of those rules (or parts
-  of them: `param_grid.fast` is part of `param_grid`);
-- a resource must be gone after its DELETE, except a job: `DELETE /jobs/{id}` cancels it and
-  the job stays readable, failed with code `cancelled` (the job contract, shared.jobs).
+One check replaces a built-in one (run with `--checks all --exclude-checks
+positive_data_acceptance`); every other check, `use_after_free` included, runs unchanged:
+a schema-valid request must be accepted, except when the service answers 422 for a rule
+across inputs that the operation documents in its `x-cross-field-rules` extension
+(start <= end, fast < slow) and the problem names only fields of those rules (or parts of
+them: `param_grid.fast` is part of `param_grid`).
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ import json
 from typing import Any
 
 import schemathesis
-from schemathesis.specs.openapi.checks import positive_data_acceptance, use_after_free
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 CROSS_FIELD_KEY = "x-cross-field-rules"  # shared.rules.CROSS_FIELD_KEY
 
@@ -62,11 +59,3 @@ def positive_data_acceptance_but_documented_cross_field_rules(
             return None
     return positive_data_acceptance(ctx, response, case)  # type: ignore[no-any-return]
 
-
-@schemathesis.check
-def use_after_free_but_cancelled_jobs(ctx: Any, response: Any, case: Any) -> bool | None:
-    """A deleted resource is gone, but a cancelled job, which stays readable by design."""
-    job = _json(response)
-    if isinstance(job, dict) and (job.get("error") or {}).get("code") == "cancelled":
-        return None
-    return use_after_free(ctx, response, case)  # type: ignore[no-any-return]

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 CLIENT_TIMEOUT_S = 60.0
 BUDGET_S = "2"
+BUDGET_RETRIES = 30
 RUN = {
     "symbol": "AAPL",
     "start_date": "2019-01-02",
@@ -67,6 +68,7 @@ class Claude:
         self.session = session
         self.handles: list[dict[str, Any]] = []
         self.progress: list[str] = []
+        self.cut: list[str] = []  # tools whose direct answer was cut at the call budget
 
     async def call(self, tool: str, args: dict[str, Any]) -> CallToolResult:
         async def on_progress(done: float, total: float | None, message: str | None) -> None:
@@ -80,8 +82,17 @@ class Claude:
         )
 
     async def finish(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Call tool; while the answer is a job handle, call its `continue_with`."""
+        """Call tool; while the answer is a job handle, call its `continue_with`.
+
+        A direct answer cut at the call budget is asked again, as the problem says (a fresh
+        process's first backtest waits for the engine's compile, which goes on meanwhile).
+        """
         result = await self.call(tool, args)
+        for _ in range(BUDGET_RETRIES):
+            if not (result.is_error and "call budget" in text(result)):
+                break
+            self.cut.append(tool)
+            result = await self.call(tool, args)
         assert not result.is_error, text(result)
         data = result.structured_content or {}
         while "continue_with" in data and data.get("status", "running") in ("queued", "running"):

@@ -28,13 +28,6 @@ RUN = {
 }
 
 
-@pytest.fixture
-def data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("MARKET_PROVIDERS", "csv")
-    return tmp_path
-
-
 def typo(name: str) -> str:
     """Return name with one letter dropped from its middle (`period` -> `peiod`)."""
     i = len(name) // 2

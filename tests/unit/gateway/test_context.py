@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 from fastmcp import Client
 
 from gateway_mcp.context import (
@@ -21,13 +20,6 @@ from gateway_mcp.server import build_gateway, platform_version
 from gateway_mcp.settings import GatewaySettings
 
 CONTEXT_BUDGET_BYTES = 32_000
-
-
-@pytest.fixture
-def data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("MARKET_PROVIDERS", "csv")
-    return tmp_path
 
 
 def listed(settings: GatewaySettings) -> dict[str, Any]:

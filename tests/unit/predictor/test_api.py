@@ -21,6 +21,7 @@ from services.predictor.app import create_app as predictor_app
 from services.predictor.ml.labels import make_labels
 from services.predictor.settings import PredictorSettings
 from shared.http import unregister_local_app
+from shared.jobs import cancel_path
 from tests.conftest import market_settings
 from trading.host import build_platform_app
 
@@ -229,7 +230,7 @@ def test_a_cancelled_training_stores_no_version(platform: Platform) -> None:
     client = platform.client
     answer = client.post(f"{P}/train", json={**TRAIN, "model": "cancelled"})
     assert answer.status_code == 202, answer.text
-    cancelled = client.delete(answer.headers["location"])
+    cancelled = client.post(cancel_path(answer.headers["location"]))
     assert cancelled.status_code == 200, cancelled.text
     status = wait_job(client, answer)
     assert status["status"] == "failed" and status["error"]["code"] == "cancelled"

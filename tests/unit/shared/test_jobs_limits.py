@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shared.errors import DatabaseUnavailableError
-from shared.jobs import JobContext, JobRunner, JobStatus, task_cancelled
+from shared.jobs import JobContext, JobRunner, JobStatus, cancel_path, task_cancelled
 from shared.jobs.errors import JobsFullError
 from tests.unit.shared.conftest import exists, finished, running, until
 from tests.unit.shared.job_app import spin
@@ -161,7 +161,7 @@ def test_a_full_queue_answers_503_with_retry_after_over_http(tmp_path: Path) -> 
     with TestClient(create_app(settings)) as client:
         first = client.post("/spins", json={"limit_s": SAFETY_S})
         refused = client.post("/spins", json={"limit_s": SAFETY_S})
-        client.delete(first.headers["location"])
+        client.post(cancel_path(first.headers["location"]))
 
     assert first.status_code == 202
     assert refused.status_code == 503 and refused.json()["code"] == "jobs_full"

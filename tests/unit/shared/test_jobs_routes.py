@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from shared.jobs import cancel_path
 from tests.unit.shared.conftest import WAIT_S
 from tests.unit.shared.job_app import create_app, job_settings
 from trading.host import build_platform_app
@@ -70,12 +71,14 @@ def test_location_keeps_a_proxy_root_path(tmp_path: Path) -> None:
 def test_status_and_cancel_answer_problems(tmp_path: Path) -> None:
     with TestClient(create_app(job_settings(tmp_path))) as client:
         missing = client.get("/jobs/00000000-0000-4000-8000-000000000000")
-        malformed = client.delete("/jobs/not-a-uuid")
+        malformed = client.post("/jobs/not-a-uuid/cancel")
         spinning = client.post("/spins", json={"limit_s": 60}).headers["location"]
-        cancelled = client.delete(spinning)
-        again = client.delete(spinning)
+        cancelled = client.post(cancel_path(spinning))
+        again = client.post(cancel_path(spinning))
+        still_readable = client.get(spinning)
         finished = wait_done(client, client.post("/simulations", json={}).headers["location"])
-        too_late = client.delete(f"/jobs/{finished['id']}")
+        too_late = client.post(f"/jobs/{finished['id']}/cancel")
+        no_delete = client.delete(spinning)
 
     assert missing.status_code == 404 and missing.json()["code"] == "job_not_found"
     assert missing.headers["content-type"] == "application/problem+json"
@@ -84,6 +87,8 @@ def test_status_and_cancel_answer_problems(tmp_path: Path) -> None:
     assert cancelled.json()["status"] == "failed"
     assert cancelled.json()["error"]["code"] == "cancelled"
     assert again.status_code == 409 and again.json()["code"] == "job_finished"
+    assert still_readable.status_code == 200 and still_readable.json() == cancelled.json()
+    assert no_delete.status_code == 405  # a job is cancelled, never deleted
     assert too_late.status_code == 409
     assert "already ended (succeeded)" in too_late.json()["detail"]
 
@@ -92,17 +97,18 @@ def test_the_spec_declares_the_202_its_location_and_the_job_routes(tmp_path: Pat
     spec = create_app(job_settings(tmp_path)).openapi()
     post = spec["paths"]["/simulations"]["post"]
     get = spec["paths"]["/jobs/{job_id}"]["get"]
-    delete = spec["paths"]["/jobs/{job_id}"]["delete"]
+    cancel = spec["paths"]["/jobs/{job_id}/cancel"]["post"]
+    assert "delete" not in spec["paths"]["/jobs/{job_id}"]
 
     accepted = post["responses"]["202"]
     assert "Location" in accepted["headers"]
     assert accepted["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/JobStatus"
     }
-    assert get["operationId"] == "get_job" and delete["operationId"] == "cancel_job"
+    assert get["operationId"] == "get_job" and cancel["operationId"] == "cancel_job"
     assert set(get["responses"]) == {"200", "404", "422"}
-    assert set(delete["responses"]) == {"200", "404", "409", "422"}
-    for op in (get, delete):
+    assert set(cancel["responses"]) == {"200", "404", "409", "422"}
+    for op in (get, cancel):
         assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/JobStatus"
         }

@@ -14,6 +14,7 @@ from pydantic import Field
 from shared.app import service_app
 from shared.config import BaseServiceSettings
 from shared.errors import unknown_argument_message
+from shared.jobs import cancel_path
 from shared.strict import RequestModel
 from tests.unit.shared.job_app import create_app, job_settings
 
@@ -113,10 +114,10 @@ def test_get_job_waits_for_the_end_and_a_repeated_submission_answers_its_job(
         waited_s = time.monotonic() - t0
         too_long = client.get(url, params={"wait_s": 31})
         for response in (first, other, keyed):
-            client.delete(response.headers["location"])
+            client.post(cancel_path(response.headers["location"]))
         ended = client.get(url, params={"wait_s": 5}).json()
         rerun = client.post("/spins", json={"limit_s": 30})
-        client.delete(rerun.headers["location"])
+        client.post(cancel_path(rerun.headers["location"]))
 
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"]  # the same request: the same job

@@ -23,7 +23,7 @@ from services.backtest.optimize import Inline, overfitting
 from services.backtest.routes import ClientGoneError, answer_directly
 from services.backtest.service import BacktestService, snap_chart_size
 from shared.http import local_app, unregister_local_app
-from shared.jobs import JobCancelledError, task_cancelled
+from shared.jobs import JobCancelledError, cancel_path, task_cancelled
 from shared.jobs.tasks import run_with_channel
 from tests.unit.backtest.service.conftest import GOOG_SMA, platform_client
 
@@ -123,7 +123,7 @@ def test_a_search_whose_cscv_is_expensive_runs_as_a_job(client: TestClient) -> N
 
     answer = client.post("/backtest/optimize", json=body)
     if answer.status_code == 202:
-        client.delete(answer.headers["location"])
+        client.post(cancel_path(answer.headers["location"]))
 
     assert answer.status_code == 202, answer.text[:300]
 

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from shared.http import unregister_local_app
+from shared.jobs import cancel_path
 from tests.unit.backtest.service.conftest import GOOG_SMA, platform_client, wait_done
 
 SEARCH = {
@@ -93,7 +94,7 @@ def test_a_running_job_can_be_cancelled(jobs_api: TestClient) -> None:
         "test_period": 21,
     }
     location, _ = start(jobs_api, "walk_forward", body)
-    cancelled = jobs_api.delete(location)
+    cancelled = jobs_api.post(cancel_path(location))
     done = wait_done(jobs_api, location)
 
     assert cancelled.status_code == 200, cancelled.text
@@ -155,7 +156,7 @@ def test_a_cancel_in_the_cscv_phase_stops_it_before_the_slot_is_freed(
     deadline = time.monotonic() + 120  # a safety bound, not a speed claim
     while calls["started"] == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    cancelled = jobs_api.delete(location)
+    cancelled = jobs_api.post(cancel_path(location))
     mounted = {getattr(r, "path", ""): r for r in jobs_api.app.routes}  # type: ignore[attr-defined]
     runner = mounted["/backtest"].app.state.jobs
     while runner._active and time.monotonic() < deadline:  # the slot is held until it stops
