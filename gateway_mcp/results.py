@@ -35,6 +35,7 @@ class Limits:
     max_limit: int = 1000
     max_bytes: int = 50_000
     call_budget_s: float = 40.0
+    page_bytes: int = 24_000
 
 
 # --------------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ class Limits:
 # --------------------------------------------------------------------------------------
 
 
-def _deref(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
+def deref_schema(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
     """Follow local `$ref`s and pick the non-null branch of `anyOf`/`oneOf` unions."""
     seen = 0
     while isinstance(schema, dict) and seen < 32:
@@ -68,7 +69,8 @@ def _deref(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
     return schema if isinstance(schema, dict) else {}
 
 
-def _is_type(schema: dict[str, Any], kind: str) -> bool:
+def is_type(schema: dict[str, Any], kind: str) -> bool:
+    """Return whether a JSON schema declares `kind` (an object also by its properties)."""
     declared = schema.get("type")
     if isinstance(declared, list):
         return kind in declared
@@ -85,31 +87,31 @@ def schema_has_rows(schema: dict[str, Any] | None, root: dict[str, Any] | None =
     if not schema:
         return False
     root = root if root is not None else schema
-    body = _deref(schema, root)
-    if _is_type(body, "array"):
+    body = deref_schema(schema, root)
+    if is_type(body, "array"):
         return True
-    props = {k: _deref(v, root) for k, v in body.get("properties", {}).items()}
-    arrays = {k: v for k, v in props.items() if _is_type(v, "array")}
-    if any(_is_type(_deref(v.get("items", {}), root), "object") for v in arrays.values()):
+    props = {k: deref_schema(v, root) for k, v in body.get("properties", {}).items()}
+    arrays = {k: v for k, v in props.items() if is_type(v, "array")}
+    if any(is_type(deref_schema(v.get("items", {}), root), "object") for v in arrays.values()):
         return True
     columns = [
         v
         for v in props.values()
-        if _is_type(v, "object")
+        if is_type(v, "object")
         and isinstance(v.get("additionalProperties"), dict)
-        and _is_type(_deref(v["additionalProperties"], root), "array")
+        and is_type(deref_schema(v["additionalProperties"], root), "array")
     ]
     return bool(arrays and columns)
 
 
 def is_object_schema(schema: dict[str, Any] | None, root: dict[str, Any]) -> bool:
     """Return True when answers of this JSON schema are JSON objects (not arrays or scalars)."""
-    return bool(schema) and _is_type(_deref(schema, root), "object")
+    return bool(schema) and is_type(deref_schema(schema, root), "object")
 
 
 def paged_output_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     """Return the output schema with the optional `page` object the gateway may add."""
-    if not schema or not _is_type(schema, "object"):
+    if not schema or not is_type(schema, "object"):
         return schema
     out = copy.deepcopy(schema)
     out.setdefault("properties", {})[PAGE_KEY] = {

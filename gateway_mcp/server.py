@@ -174,6 +174,7 @@ def build_gateway(
         max_limit=max(settings.max_limit, settings.default_limit),
         max_bytes=settings.max_answer_bytes,
         call_budget_s=settings.call_budget_s,
+        page_bytes=min(settings.page_bytes, settings.max_answer_bytes),
     )
     services = open_services(settings, app_factories)
 

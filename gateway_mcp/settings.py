@@ -127,6 +127,13 @@ class GatewaySettings(BaseServiceSettings):
     max_answer_bytes: int = Field(
         default=50_000, ge=1000, description="Largest tool answer (JSON bytes) sent to a model."
     )
+    page_bytes: int = Field(
+        default=24_000,
+        ge=2000,
+        description="Size of a page of an answer paged by size (GATEWAY_PAGE_BYTES, JSON "
+        "bytes; capped at GATEWAY_MAX_ANSWER_BYTES): multi-symbol answers, whose rows are "
+        "documents, come in pages of about this many bytes (some 6k tokens by default).",
+    )
     job_poll_interval_s: float = Field(
         default=0.5, gt=0, description="Longest wait between two polls of a running job."
     )

@@ -36,8 +36,16 @@ from gateway_mcp.context import (
     strict_schema,
 )
 from gateway_mcp.jobs import CALL_DEADLINE
-from gateway_mcp.links import ToolTable, speak_tools
+from gateway_mcp.links import ToolTable, format_call, speak_tools
 from gateway_mcp.numbers import round_numbers
+from gateway_mcp.pages import (
+    CURSOR_ARG,
+    Cursor,
+    byte_page,
+    cursor_argument,
+    schema_has_documents,
+)
+from gateway_mcp.pages import PAGING_NOTE as BYTE_PAGING_NOTE
 from gateway_mcp.results import (
     PAGE_KEY,
     Limits,
@@ -189,8 +197,11 @@ def gateway_tool(
     wrapped = body is not None and not is_object_schema(body, spec)
     parameters = copy.deepcopy(inner.parameters)
     props = parameters.setdefault("properties", {})
+    # Rows that are documents (a symbol's bars) are paged by size, other rows by count.
+    by_size = schema_has_documents(body, spec) and CURSOR_ARG not in props
     paged = (
         not image
+        and not by_size
         and (job or schema_has_rows(body, spec))
         and not ({"limit", "offset"} & set(props))
     )
@@ -198,12 +209,17 @@ def gateway_tool(
     full_description = inner.description or ""
     if paged:
         props.update(page_arguments(limits))
+    if by_size:
+        props[CURSOR_ARG] = cursor_argument()
+    if paged or by_size:
         output_schema = paged_output_schema(output_schema)
     public_name = f"{service}_{inner.name}"
     where = TOOL_DOCS_URI.format(name=public_name)
     description = first_paragraph(full_description)
     if paged:
         description += PAGING_NOTE
+    if by_size:
+        description += BYTE_PAGING_NOTE
     if job:
         description += JOB_NOTE
     if docs is not None:
@@ -249,6 +265,8 @@ def gateway_tool(
         if image:
             return await _image_result(client or _service_client(service), route, service, args)
         limit, offset = _page_args(args, limits) if paged else (0, 0)
+        cursor = Cursor.parse(args.pop(CURSOR_ARG, None)) if by_size else Cursor()
+        asked = {k: v for k, v in args.items() if v is not None}
         try:
             result = await forward_raw(**args)
         except httpx2.HTTPStatusError as e:
@@ -270,6 +288,13 @@ def gateway_tool(
         if paged:
             answer_data, page = fit_rows(
                 answer_data, limit=limit, offset=offset, max_bytes=limits.max_bytes
+            )
+        if by_size:
+            answer_data, page = byte_page(
+                answer_data,
+                cursor=cursor,
+                page_bytes=limits.page_bytes,
+                next_call=lambda at: format_call(public_name, {**asked, CURSOR_ARG: at}),
             )
         body = (
             {"result": answer_data} if wrapped or not isinstance(answer_data, dict) else answer_data

@@ -198,9 +198,8 @@ def job_router(
     ) -> JSONResponse:
         """Cancel a queued or running job; answer its status, now `failed` (`cancelled`).
 
-        Its work stops (running tasks are told to stop) and it never gets a result; the job
-        stays readable with `GET`. A job that already ended cannot be cancelled: 409
-        `job_finished`.
+        Its work stops (running tasks are told to stop) and it never gets a result. A job
+        that already ended cannot be cancelled: 409 `job_finished`.
         """
         return JSONResponse(render(request, await jobs.cancel(job_id)))
 

@@ -172,8 +172,11 @@ def test_tool_metadata_comes_from_the_spec(tmp_path: Path) -> None:
     assert {"symbol", "start", "end", "interval", "adjusted", "fill_gaps"} <= set(props)
     assert props["limit"]["type"] == props["offset"]["type"] == "integer"
     # Paging arguments are described (default, bounds) once per service, in its first tool.
-    first = tools["market_bulk_fetch"].to_mcp_tool().input_schema["properties"]
+    first = tools["market_get_features"].to_mcp_tool().input_schema["properties"]
     assert first["limit"]["default"] == 100 and first["offset"]["default"] == 0
+    # Many symbols at once are paged by size, not by rows (gateway_mcp.pages).
+    bulk = tools["market_bulk_fetch"].to_mcp_tool().input_schema["properties"]
+    assert "cursor" in bulk and "limit" not in bulk
     assert "page" in hist.output_schema["properties"]
     assert hist.annotations.read_only_hint is True
     price = tools["market_get_price"].to_mcp_tool()
