@@ -131,6 +131,25 @@ def test_a_job_that_never_ends_times_out_with_a_clear_problem(tmp_path: Path) ->
     assert "it is still running, its status is at http://sims/jobs/" in text
 
 
+def test_a_handle_past_the_budget_names_the_cancel_tool_and_it_cancels(tmp_path: Path) -> None:
+    gateway = sims_gateway(tmp_path, call_budget_s=2.0)
+
+    async def go() -> tuple[Any, Any, Any]:
+        async with Client(gateway) as client:
+            handle = await client.call_tool("sims_run_spin", {"limit_s": 60})
+            job_id = handle.structured_content["job"]["id"]
+            cancelled = await client.call_tool("sims_cancel_job", {"job_id": job_id})
+            read = await client.call_tool("sims_get_job", {"job_id": job_id})
+            return handle.structured_content, cancelled.structured_content, read.structured_content
+
+    handle, cancelled, read = anyio.run(go)
+    job_id = handle["job"]["id"]
+    assert handle["job"]["status"] in ("queued", "running")
+    assert handle["cancel_with"] == f'sims_cancel_job(job_id="{job_id}")'
+    assert cancelled["status"] == "failed" and cancelled["error"]["code"] == "cancelled"
+    assert read["status"] == "failed" and read["error"]["code"] == "cancelled"  # still readable
+
+
 def test_unknown_jobs_are_404_problems_through_the_tools(tmp_path: Path) -> None:
     gateway = sims_gateway(tmp_path)
     missing = "00000000-0000-4000-8000-000000000000"
