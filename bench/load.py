@@ -22,9 +22,9 @@ It prints one column per (checkout, scenario): throughput, p50, p99, max, errors
 during the database fault against the configured bound, the server's log lines for Redis
 going down and coming back and for database 503s, and the rows lost, duplicated or changed
 in `market_data` (checked against the CSV files for every range the service recorded as
-fetched). `--scenario idle|optimize_422|optimize_cscv|chart|results_list|monte_carlo` runs
-issue 14's adversarial scenarios instead (bench/adversarial.py: the cached price's p99
-beside each attack). Targets: 0 errors and 0 timeouts;
+fetched). `--scenario idle|optimize_422|optimize_cscv|chart|results_list|monte_carlo|
+predict_range` runs issue 14's adversarial scenarios instead (bench/adversarial.py: the
+cached price's p99 beside each attack). Targets: 0 errors and 0 timeouts;
 max across an expiry < 2x the steady p99; every request during the fault answered (data or
 503) within the bound; 0 rows lost or duplicated.
 """
@@ -65,7 +65,15 @@ COMMAND_TIMEOUT_S = 3.0  # DATABASE_COMMAND_TIMEOUT_S (ignored by checkouts that
 BOUND_S = CONNECT_TIMEOUT_S + COMMAND_TIMEOUT_S  # the most one database wait may take
 SCENARIOS = ("expiry", "redis", "database")
 # issue 14's adversarial scenarios (bench/adversarial.py): the cached price beside abuse
-ADVERSARIAL = ("idle", "optimize_422", "optimize_cscv", "chart", "results_list", "monte_carlo")
+ADVERSARIAL = (
+    "idle",
+    "optimize_422",
+    "optimize_cscv",
+    "chart",
+    "results_list",
+    "monte_carlo",
+    "predict_range",
+)
 RAMP_S = 1.0  # clients connect spread over a second (not one SYN burst), before the run
 WARM_URL = "/market/market_status"  # each client's first request (no cache entry under test)
 SERVER_CMD = {  # `--server uvicorn`: the same app under plain uvicorn (to tell server from app)

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from bench.memory import children, rss_mb, tree_rss_mb
 from services.market.settings import SHARED_CSV_DIR
 from services.predictor.evaluation import clean_json
 from services.predictor.registry import Registry
@@ -200,28 +201,6 @@ def http_bench(data_dir: Path, symbol: str, n: int) -> list[str]:
     return lines
 
 
-def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _children(parent: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == parent:
-            out.add(int(stat.parent.name))
-    return out
-
-
 async def _cold(
     data_dir: Path, tool: str, args: dict[str, Any], errlog: Any
 ) -> tuple[float, float, Any]:
@@ -230,7 +209,7 @@ async def _cold(
     from mcp.client.stdio import stdio_client
 
     params = StdioServerParameters(command=str(TRADING), args=["mcp"], env=_serve_env(data_dir))
-    before = _children(os.getpid())
+    before = children(os.getpid())
     t0 = time.perf_counter()
     async with (
         stdio_client(params, errlog=errlog) as (read, write),
@@ -242,8 +221,8 @@ async def _cold(
         answered = time.perf_counter() - t0
         if result.is_error:
             raise RuntimeError(f"{tool} failed: {result.content}")
-        pids = _children(os.getpid()) - before
-        rss = sum(_rss_mb(p) or 0.0 for p in pids) or None
+        pids = children(os.getpid()) - before
+        rss = sum(rss_mb(p) or 0.0 for p in pids) or None
     return ready, answered, rss
 
 
@@ -273,22 +252,6 @@ def cold_start_bench(data_dir: Path, symbol: str) -> list[str]:
     return lines
 
 
-def _tree(root: int) -> set[int]:
-    """Return root and every process below it."""
-    out, todo = {root}, [root]
-    while todo:
-        for child in _children(todo.pop()):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
-def _tree_rss(root: int) -> tuple[float, int]:
-    pids = _tree(root)
-    return sum(_rss_mb(p) or 0.0 for p in pids), len(pids)
-
-
 def process_bench(
     data_dir: Path, symbol: str, *, idle_s: float, lstm: str, epochs: int
 ) -> list[str]:
@@ -303,7 +266,7 @@ def process_bench(
         serve_with_pid(data_dir, JOB_PROCESS_IDLE_S=str(idle_s)) as (url, pid),
         httpx.Client(base_url=f"{url}/predictor", timeout=120) as http,
     ):
-        start_rss, _ = _tree_rss(pid)
+        start_rss, _ = tree_rss_mb(pid)
         t0 = time.perf_counter()
         started = http.post("/train", json=body)
         started.raise_for_status()
@@ -313,14 +276,14 @@ def process_bench(
         trained_s = time.perf_counter() - t0
         if status["status"] != "succeeded":
             return [f"training failed after {trained_s:.1f} s: {status['error']}"]
-        busy_rss, busy_n = _tree_rss(pid)
+        busy_rss, busy_n = tree_rss_mb(pid)
         t1 = time.perf_counter()
         http.post("/predict", json={"symbol": symbol}).raise_for_status()
         first_ms = (time.perf_counter() - t1) * 1000
-        server_rss = _rss_mb(pid) or 0.0
+        server_rss = rss_mb(pid) or 0.0
         tensorflow = http.get("/health").json().get("tensorflow_loaded")
         time.sleep(idle_s + 15)
-        idle_rss, idle_n = _tree_rss(pid)
+        idle_rss, idle_n = tree_rss_mb(pid)
     return [
         f"trading serve at start: process tree {start_rss:.0f} MB",
         f"training (LSTM {lstm}, <= {epochs} epochs + XGBoost, in a job worker): "
