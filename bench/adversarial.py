@@ -43,19 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.faults import RedisServer  # noqa: E402
-from bench.load import PG_ADMIN, Conn, Server, admin, start_server  # noqa: E402
+from bench.load import ADVERSARIAL, PG_ADMIN, Conn, Server, admin, start_server  # noqa: E402
 from bench.memory import rss_mb, tree_rss_mb  # noqa: E402
 from shared.jobs import cancel_path  # noqa: E402
 
-SCENARIOS = (
-    "idle",
-    "optimize_422",
-    "optimize_cscv",
-    "chart",
-    "results_list",
-    "monte_carlo",
-    "predict_range",
-)
+SCENARIOS = ADVERSARIAL  # declared beside bench/load.py's own scenarios
 PRICE = "/market/price/AAPL"
 PRICE_CLIENTS = 4
 TARGET_P99_MS = 50.0
