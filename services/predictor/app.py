@@ -82,6 +82,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
         )
         app.state.predictor = service
+        registry.preload("default")  # the first /predict finds the model in memory
         watcher = None
         if settings.outcomes_check_s > 0:
             watcher = asyncio.create_task(
@@ -95,6 +96,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            await registry.aclose()
             await runner.aclose()
             await log.aclose()
             await market.aclose()
