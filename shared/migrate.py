@@ -15,7 +15,8 @@ Before per-service chains there was one chain of revisions ``0001`` to ``0006`` 
 the single chain's is adopted, not re-created: it is stamped at its newest revision whose
 ``legacy`` mark (a module attribute naming the single-chain revision that did the same work)
 the database had reached, and upgraded from there. ``alembic_version`` is left as it was, so
-a chain that starts later is adopted from it too.
+a chain that starts later is adopted from it too. A new revision goes in its owner's folder
+with ``down_revision`` its chain's head, and no ``legacy`` mark.
 """
 
 from __future__ import annotations
@@ -116,11 +117,13 @@ def _adopt(connection: Connection, cfg: Config, schema: Schema) -> None:
     if legacy is None:
         return
     point = adoption_point(ScriptDirectory.from_config(cfg), legacy)
-    if point is not None:
-        command.stamp(cfg, point)
-    log.info(
-        "%s chain adopted at %s from the single chain's %s", schema.name, point or "base", legacy
-    )
+    if point is None:
+        log.info(
+            "%s chain starts at its base: the single chain's %s had none of it", schema.name, legacy
+        )
+        return
+    command.stamp(cfg, point)
+    log.info("%s chain adopted at %s from the single chain's %s", schema.name, point, legacy)
 
 
 def upgrade(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, insert, inspect, select, text
@@ -273,6 +274,26 @@ def test_a_chain_that_starts_later_is_adopted_too(tmp_path: Path) -> None:
     assert tables == legacy_tables | {LEGACY_VERSION_TABLE} | {
         s.version_table for s in (PLATFORM, MARKET, PORTFOLIO)
     }
+
+
+def test_an_unknown_single_chain_revision_stops_the_migration(tmp_path: Path) -> None:
+    path = tmp_path / "odd.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL);")
+        conn.execute("INSERT INTO alembic_version VALUES ('9abc')")
+
+    async def go() -> None:
+        db = Database(f"sqlite+aiosqlite:///{path}")
+        try:
+            await db.migrate(MARKET)
+        finally:
+            await db.dispose()
+
+    with pytest.raises(RuntimeError, match="9abc"):
+        asyncio.run(go())
+    with sqlite3.connect(path) as conn:  # nothing was built on a database it cannot place
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert names == {"alembic_version"}
 
 
 def test_every_table_belongs_to_one_chain() -> None:
