@@ -15,6 +15,7 @@ from services.portfolio.routes import router
 from services.portfolio.scheduler import run_forever
 from services.portfolio.service import PortfolioService
 from services.portfolio.settings import PortfolioSettings
+from services.portfolio.tables import SCHEMA
 from shared.app import service_app
 from shared.db import Database
 from shared.errors import AppError
@@ -56,7 +57,7 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
                 timeout_s=settings.peer_timeout_s,
             ),
         )
-        await db.start()
+        await db.start(SCHEMA)
         service = PortfolioService(db=db, peers=peers, settings=settings)
         app.state.portfolio = service
         try:

@@ -25,6 +25,7 @@ from services.predictor.routes import errors, router
 from services.predictor.schemas import Health
 from services.predictor.service import PredictorService
 from services.predictor.settings import PredictorSettings
+from services.predictor.tables import SCHEMA
 from shared.app import service_app
 from shared.cache import Cache
 from shared.db import Database
@@ -65,7 +66,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             )
         )
         app.state.kernels = start_warming("predictor", warm_kernels)  # the LSTM's forward pass
-        await db.start()
+        await db.start(SCHEMA)
         log = PredictionLog(db)
         log.start()
         registry = Registry(
