@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from services.portfolio import repository as repo
+from services.portfolio.alpaca import AlpacaBroker, alpaca_client
+from services.portfolio.brokers import Broker, Execution, PaperBroker, Ticket
 from services.portfolio.drift import compare
 from services.portfolio.execution import (
     Book,
@@ -30,6 +32,7 @@ from services.portfolio.execution import (
     decide,
     plan_session,
 )
+from services.portfolio.live import run_live, sync_book
 from services.portfolio.peers import Peers, Prices
 from services.portfolio.schemas import (
     Account,
@@ -137,24 +140,6 @@ class Config:
         }
 
 
-class PaperBroker:
-    """The embedded broker: a market order fills whole at the session's open, with the
-    deployment's slippage and commission, or is rejected when cash is short."""
-
-    name = "paper"
-
-    def execute(
-        self, *, side: str, quantity: float, quote: float, costs: CostModel, cash: float
-    ) -> tuple[float, float] | str:
-        """Return (fill price, commission), or the reason of a rejection."""
-        sign = 1.0 if side == "buy" else -1.0
-        fill = costs.fill_price(quote, sign)
-        fee = costs.fee(quantity, fill)
-        if sign > 0 and quantity * fill + fee > cash * (1 + 1e-12) + 1e-9:
-            return f"insufficient cash: {quantity * fill + fee:.2f} needed, {cash:.2f} held"
-        return fill, fee
-
-
 class PortfolioService:
     """Accounts, deployments, orders and risk on the database; peers over HTTP."""
 
@@ -162,7 +147,8 @@ class PortfolioService:
         self.db = db
         self.peers = peers
         self.settings = settings
-        self.broker = PaperBroker()
+        self.paper = PaperBroker()
+        self._alpaca: AlpacaBroker | None = None
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self.crash_after_decide = False  # a test switch: stop between deciding and sending
 
@@ -170,15 +156,30 @@ class PortfolioService:
         """Close the peers' clients."""
         await self.peers.aclose()
 
+    def broker_for(self, name: str) -> Broker:
+        """Return the broker of an account (Alpaca's client is built on first use)."""
+        return self.paper if name == "paper" else self.alpaca()
+
+    def alpaca(self) -> AlpacaBroker:
+        """Return the Alpaca broker (a problem when its keys or the live switch are missing)."""
+        if self._alpaca is None:
+            self._alpaca = AlpacaBroker(alpaca_client(self.settings))
+        return self._alpaca
+
     # ---- accounts ---------------------------------------------------------------------
 
     async def create_account(self, body: AccountCreate) -> Account:
         """Open an account holding only its initial cash."""
         new_id = uuid.uuid4()
+        cash = body.initial_cash
+        if body.broker == "alpaca":  # the broker's account is the book: its equity, its cash
+            cash = (await self.alpaca().account()).equity
         async with self.db.session() as s, s.begin():
             await repo.insert_account(
-                s, id=new_id, name=body.name, broker=body.broker, initial_cash=body.initial_cash
+                s, id=new_id, name=body.name, broker=body.broker, initial_cash=cash
             )
+        if body.broker == "alpaca":
+            await sync_book(self, new_id, self.alpaca())
         return await self.get_account(new_id)
 
     async def _account_row(self, s: Any, account_id: uuid.UUID) -> dict[str, Any]:
@@ -294,6 +295,18 @@ class PortfolioService:
             await repo.update_deployment(s, id=deployment_id, status="stopped")
         return await self.get_deployment(deployment_id)
 
+    async def sessions_to_run(self, deployment_id: uuid.UUID, until: date) -> int:
+        """Return the weekdays a run up to until would process (an upper bound of the
+        exchange sessions, known without asking a peer): what decides job or not."""
+        async with self.db.session() as s:
+            dep = await self._deployment_row(s, deployment_id)
+        after = dep["last_session"] or date.fromisoformat(dep["config"]["start_date"]) - timedelta(
+            days=1
+        )
+        if until <= after:
+            return 0
+        return int(np.busday_count(after + timedelta(days=1), until + timedelta(days=1)))
+
     async def run(self, deployment_id: uuid.UUID, until: date) -> RunResult:
         """Process every session up to until not processed yet (one run per deployment at once)."""
         lock = self._locks.setdefault(deployment_id, asyncio.Lock())
@@ -312,11 +325,24 @@ class PortfolioService:
                 field="until",
             )
         sig = await self.peers.signals(cfg.signals_request(until))
+        account_id = dep["account_id"]
+        counts = {"orders": 0, "fills": 0, "refused": 0}
+        async with self.db.session() as s:
+            broker = (await self._account_row(s, account_id))["broker"]
+        if broker == "alpaca":
+            first, last_done, n = await run_live(self, dep, cfg, sig, self.alpaca(), until, counts)
+            account = await self.get_account(account_id)
+            return RunResult(
+                deployment_id=deployment_id,
+                sessions=n,
+                first_session=first,
+                last_session=last_done,
+                equity=account.equity,
+                **counts,
+            )
         days = [t.date() for t in sig.timestamps]
         last = dep["last_session"]
         todo = [i for i, d in enumerate(days) if last is None or d > last]
-        account_id = dep["account_id"]
-        counts = {"orders": 0, "fills": 0, "refused": 0}
         if todo:
             first = days[todo[0]]
             prices = dict(
@@ -340,7 +366,7 @@ class PortfolioService:
             **counts,
         )
 
-    async def _book(self, s: Any, account_id: uuid.UUID) -> tuple[dict[str, Any], Book]:
+    async def book_of(self, s: Any, account_id: uuid.UUID) -> tuple[dict[str, Any], Book]:
         row = await self._account_row(s, account_id)
         held = await repo.positions_of(s, account_id=account_id)
         book = Book(
@@ -372,7 +398,7 @@ class PortfolioService:
         """
         async with self.db.session() as s:
             dep = await self._deployment_row(s, deployment_id)
-            _, book = await self._book(s, account_id)
+            _, book = await self.book_of(s, account_id)
         pending: dict[str, int] = dict(dep["pending"])
         marks: list[tuple[date, float, float]] = []  # (session, equity, cash) not written yet
         closes: dict[str, float] = {}
@@ -397,7 +423,7 @@ class PortfolioService:
                     await flush(prev)
                 await self._open(deployment_id, account_id, cfg, day, pending, opens, counts)
                 async with self.db.session() as s:
-                    _, book = await self._book(s, account_id)
+                    _, book = await self.book_of(s, account_id)
             closes = {sym: prices[sym].close[day] for sym in cfg.symbols}
             net, _ = book.values(closes)
             marks.append((day, book.cash + net, book.cash))
@@ -418,12 +444,36 @@ class PortfolioService:
         counts: dict[str, int],
     ) -> None:
         """Execute a session's open: decide and store its orders once, then send the new."""
+        async with self.db.session() as s:
+            dep = await self._deployment_row(s, deployment_id)
+        await self.decide_orders(dep, cfg, day, pending, opens, counts)
+        async with self.db.session() as s:
+            stored = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
+        for order in stored:
+            if order["status"] == "new":
+                counts["fills"] += await self.send(
+                    order, quote=opens[order["symbol"]], costs=cfg.costs
+                )
+
+    async def decide_orders(
+        self,
+        dep: dict[str, Any],
+        cfg: Config,
+        day: date,
+        pending: dict[str, int],
+        quotes: dict[str, float],
+        counts: dict[str, int],
+    ) -> None:
+        """Decide and store a session's orders at quotes, once (a session that has orders
+        keeps them): each past the risk manager, under its deterministic client_order_id."""
         decided = False
+        deployment_id, account_id = dep["id"], dep["account_id"]
+        opens = quotes
         async with self.db.session() as s, s.begin():
             dep = await self._deployment_row(s, deployment_id)
             existing = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
             if pending and not existing:
-                row, book = await self._book(s, account_id)
+                row, book = await self.book_of(s, account_id)
                 gate = await self._gate(s, row, dep, cfg, book, opens, day)
                 planned = plan_session(
                     book,
@@ -456,11 +506,6 @@ class PortfolioService:
                     decided = True
         if self.crash_after_decide and decided:  # tests: killed between deciding and sending
             raise SimulatedCrashError("stopped between deciding and sending (test switch)")
-        async with self.db.session() as s:
-            stored = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
-        for order in stored:
-            if order["status"] == "new":
-                counts["fills"] += await self._send(order, cfg.costs, opens[order["symbol"]])
 
     async def _gate(
         self,
@@ -502,67 +547,88 @@ class PortfolioService:
                 )
         return gate
 
-    async def _send(self, order: dict[str, Any], costs: CostModel, quote: float) -> int:
-        """Send one stored order to the broker and book its fill; return fills made (0/1)."""
+    async def send(
+        self, order: dict[str, Any], *, quote: float, costs: CostModel | None = None
+    ) -> int:
+        """Send one stored order to its account's broker and book what it answers; return
+        fills booked (0/1). The paper broker fills at quote under the account's lock; a live
+        broker is called outside any transaction and answers `submitted` until it fills."""
+        ticket = Ticket(order["client_order_id"], order["symbol"], order["side"], order["quantity"])
+        model = costs or CostModel()
+        async with self.db.session() as s:
+            name = (await self._account_row(s, order["account_id"]))["broker"]
+        broker = self.broker_for(name)
+        if broker is not self.paper:
+            execution = await broker.submit(ticket, quote=quote, costs=model, cash=0.0)
+            async with self.db.session() as s, s.begin():
+                return await self.record(s, order, execution, quote=quote)
         async with self.db.session() as s, s.begin():
             row = await repo.account(s, id=order["account_id"], lock=True)
             assert row is not None
-            held = {p["symbol"]: p for p in await repo.positions_of(s, account_id=row["id"])}
-            result = self.broker.execute(
-                side=order["side"],
-                quantity=order["quantity"],
-                quote=quote,
-                costs=costs,
-                cash=row["cash"],
-            )
-            if isinstance(result, str):
-                await repo.update_order(s, id=order["id"], status="rejected", reason=result)
-                return 0
-            fill, fee = result
-            qty = order["quantity"]
-            sign = 1.0 if order["side"] == "buy" else -1.0
-            cash = row["cash"] - sign * qty * fill - fee
-            pos = held.get(order["symbol"])
-            pnl: float | None = None
-            realised = row["realised_pnl"]
-            if pos is not None and pos["quantity"] * sign < 0:  # closing
-                q = pos["quantity"]
-                pnl = q * (fill - pos["average_price"]) - pos["entry_commission"] - fee
-                realised += pnl
-                await repo.delete_position(s, account_id=row["id"], symbol=order["symbol"])
-            else:
-                await repo.put_position(
-                    s,
-                    account_id=row["id"],
-                    symbol=order["symbol"],
-                    quantity=sign * qty,
-                    average_price=fill,
-                    entry_commission=fee,
-                    last_price=quote,
-                )
-            await repo.update_account(s, id=row["id"], cash=cash, realised_pnl=realised)
-            await repo.insert_fill(
+            execution = await broker.submit(ticket, quote=quote, costs=model, cash=row["cash"])
+            return await self.record(s, order, execution, quote=quote)
+
+    async def record(
+        self, s: Any, order: dict[str, Any], execution: Execution, *, quote: float
+    ) -> int:
+        """Book a broker's answer to an order in the caller's transaction: the fill (cash,
+        position, realised pnl), or the order's new status; return fills booked (0/1)."""
+        if execution.status != "filled" or execution.price is None:
+            status = "submitted" if execution.status == "submitted" else "rejected"
+            await repo.update_order(s, id=order["id"], status=status, reason=execution.reason)
+            return 0
+        row = await repo.account(s, id=order["account_id"], lock=True)
+        assert row is not None
+        held = {p["symbol"]: p for p in await repo.positions_of(s, account_id=row["id"])}
+        fill, fee, qty = execution.price, execution.commission, execution.quantity
+        sign = 1.0 if order["side"] == "buy" else -1.0
+        cash = row["cash"] - sign * qty * fill - fee
+        pos = held.get(order["symbol"])
+        pnl: float | None = None
+        realised = row["realised_pnl"]
+        if pos is not None and pos["quantity"] * sign < 0:  # closing
+            q = pos["quantity"]
+            pnl = q * (fill - pos["average_price"]) - pos["entry_commission"] - fee
+            realised += pnl
+            await repo.delete_position(s, account_id=row["id"], symbol=order["symbol"])
+        else:
+            await repo.put_position(
                 s,
                 account_id=row["id"],
-                order_id=order["id"],
-                timestamp=repo.as_utc(order["session"]),
                 symbol=order["symbol"],
-                direction=order["side"],
-                shares=qty,
-                price=fill,
-                commission=fee,
-                slippage_cost=abs(fill - quote) * qty,
-                pnl=pnl,
+                quantity=sign * qty,
+                average_price=fill,
+                entry_commission=fee,
+                last_price=quote or fill,
             )
-            await repo.update_order(s, id=order["id"], status="filled")
+        await repo.update_account(s, id=row["id"], cash=cash, realised_pnl=realised)
+        await repo.insert_fill(
+            s,
+            account_id=row["id"],
+            order_id=order["id"],
+            timestamp=repo.as_utc(order["session"]),
+            symbol=order["symbol"],
+            direction=order["side"],
+            shares=qty,
+            price=fill,
+            commission=fee,
+            slippage_cost=abs(fill - quote) * qty if quote else 0.0,
+            pnl=pnl,
+        )
+        await repo.update_order(s, id=order["id"], status="filled", reason=execution.reason)
         return 1
 
     async def reconcile(self) -> int:
-        """Send every order stored but never sent (a crash between deciding and sending)."""
+        """Send every paper order stored but never sent (a crash between deciding and
+        sending); on each Alpaca account send or look up its open orders and take the
+        broker's positions and cash. Return the orders sent or booked."""
         async with self.db.session() as s:
             outstanding = await repo.open_orders(s)
+            live = await repo.accounts_of_broker(s, broker="alpaca")
         sent = 0
         for order in outstanding:
+            if order["account_id"] in live:
+                continue
             async with self.db.session() as s:
                 dep = await repo.deployment(s, id=order["deployment_id"])
             if dep is None:
@@ -570,7 +636,9 @@ class PortfolioService:
             cfg = Config.parse(dep["config"])
             day: date = order["session"]
             prices = await self.peers.prices(order["symbol"], day, day + timedelta(days=1))
-            sent += await self._send(order, cfg.costs, prices.open[day])
+            sent += await self.send(order, quote=prices.open[day], costs=cfg.costs)
+        for account_id in live:
+            sent += await sync_book(self, account_id, self.alpaca())
         return sent
 
     async def drift(self, deployment_id: uuid.UUID) -> Drift:
