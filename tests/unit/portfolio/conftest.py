@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -40,6 +41,15 @@ def build_platform(base: Path, portfolio: PortfolioSettings) -> TestClient:
         "portfolio": create_portfolio(portfolio),
     }
     return TestClient(build_platform_app(apps))
+
+
+def wait_for_job(client: TestClient, location: str) -> dict[str, Any]:
+    """Follow a job's status URL (long polls, no deadline: pytest's timeout bounds it) to
+    its end; return its final status."""
+    while True:
+        status: dict[str, Any] = client.get(location, params={"wait_s": 5}).json()
+        if status["status"] in ("succeeded", "failed"):
+            return status
 
 
 @pytest.fixture(scope="module")

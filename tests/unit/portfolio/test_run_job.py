@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.portfolio.conftest import build_platform, portfolio_settings
+from tests.unit.portfolio.conftest import build_platform, portfolio_settings, wait_for_job
 from tests.unit.portfolio.test_replay import deploy, fills
 
 BODY = {
@@ -29,14 +28,6 @@ def small_jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]
         yield client
 
 
-def finished(c: TestClient, location: str) -> dict[str, Any]:
-    """Follow a job's status URL to its end."""
-    while True:
-        status = c.get(location, params={"wait_s": 5}).json()
-        if status["status"] in ("succeeded", "failed"):
-            return status  # type: ignore[no-any-return]
-
-
 def test_a_long_run_is_a_job_with_the_same_answer(small_jobs: TestClient) -> None:
     c = small_jobs
     direct = deploy(c, BODY)
@@ -45,7 +36,7 @@ def test_a_long_run_is_a_job_with_the_same_answer(small_jobs: TestClient) -> Non
     started = c.post(f"/portfolio/deployments/{as_job['id']}/run", json={"until": "2019-05-31"})
     assert started.status_code == 202, started.text
     assert started.headers["location"].startswith("/portfolio/jobs/")
-    status = finished(c, started.headers["location"])
+    status = wait_for_job(c, started.headers["location"])
     assert status["status"] == "succeeded", status
     result = status["result"]
     assert result["deployment_id"] == as_job["id"] and result["sessions"] > 100
