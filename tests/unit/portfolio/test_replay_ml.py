@@ -1,7 +1,7 @@
 """A deployment of `ml_ensemble` replays the backtest's fills (the predictor's calls, over HTTP).
 
 Market, predictor, backtest and portfolio co-hosted as `trading serve` hosts them; a small
-XGBoost-only model (as tests/unit/backtest/service/test_ml_api.py trains it) is trained on
+XGBoost-only model (`TRAIN` of tests/unit/backtest/service/test_ml_api.py) is trained on
 AAPL up to mid-2019, then a deployment trading its calls from July 2019 is replayed beside
 `POST /backtest` of the same config.
 """
@@ -23,17 +23,11 @@ from services.predictor.app import create_app as create_predictor
 from services.predictor.settings import PredictorSettings
 from shared.http import unregister_local_app
 from tests.conftest import market_settings
+from tests.unit.backtest.service.test_ml_api import TRAIN  # the same small XGBoost model
 from tests.unit.portfolio.conftest import portfolio_settings, wait_for_job
-from tests.unit.portfolio.test_replay import COSTS, backtest_fills, deploy, fills, key
+from tests.unit.portfolio.test_replay import COSTS, assert_same_fills, backtest_fills, deploy, fills
 from trading.host import build_platform_app
 
-TRAIN = {
-    "symbols": ["AAPL"],
-    "start_date": "2015-01-01",
-    "end_date": "2019-06-28",
-    "models": ["xgboost"],
-    "seed": 7,
-}
 STRATEGY = {"name": "ml_ensemble", "params": {"min_confidence": 0.0}}
 START, UNTIL = "2019-07-01", "2020-06-30"
 
@@ -91,10 +85,7 @@ def test_an_ml_ensemble_replay_gives_the_backtests_fills(
     )
     theirs = [f for f in theirs if f["reason"] != "end"]
     assert len(theirs) >= 2, "too few trades to compare"
-    assert [key(f) for f in ours] == [key(f) for f in theirs]
-    for a, b in zip(ours, theirs, strict=True):
-        assert a["price"] == pytest.approx(b["price"], rel=1e-12)
-        assert a["commission"] == pytest.approx(b["commission"], rel=1e-12)
+    assert_same_fills(ours, theirs)
     stored = ml_platform.get(f"/portfolio/deployments/{dep['id']}").json()
     assert stored["config"]["strategy"]["name"] == "ml_ensemble"
 
