@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 from services.portfolio import repository as repo
 from services.portfolio.alpaca import AlpacaBroker
 from services.portfolio.brokers import BrokerClock, ReplayNotSupportedError
-from services.portfolio.execution import decide
+from services.portfolio.execution import Config, decide
 from services.portfolio.peers import Signals
 
 if TYPE_CHECKING:
-    from services.portfolio.service import Config, PortfolioService
+    from services.portfolio.service import PortfolioService
 
 
 def last_closed_day(clock: BrokerClock) -> date:

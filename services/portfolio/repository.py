@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -246,3 +246,8 @@ def as_utc(day: date) -> datetime:
     from datetime import UTC, time
 
     return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def aware(t: datetime) -> datetime:
+    """Return t as UTC-aware (SQLite hands timestamps back naive, in UTC)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

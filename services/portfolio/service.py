@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -21,23 +20,22 @@ import numpy as np
 from services.portfolio import repository as repo
 from services.portfolio.alpaca import AlpacaBroker, alpaca_client
 from services.portfolio.brokers import Broker, Execution, PaperBroker, Ticket
-from services.portfolio.drift import compare
 from services.portfolio.execution import (
     Book,
+    Config,
     CostModel,
     Gate,
     Holding,
-    Limits,
-    Sizing,
     decide,
     plan_session,
 )
 from services.portfolio.live import run_live, sync_book
 from services.portfolio.peers import Peers, Prices
+from services.portfolio.reports import drift_of, risk_of
+from services.portfolio.repository import aware
 from services.portfolio.schemas import (
     Account,
     AccountCreate,
-    Breakers,
     Deployment,
     DeploymentCreate,
     Drift,
@@ -77,14 +75,6 @@ class DeploymentStoppedError(AppError):
     title = "Deployment stopped"
 
 
-class NothingToCompareError(AppError):
-    """The deployment has not processed enough sessions for a comparison (a state, not input)."""
-
-    status = 409
-    code = "insufficient_data"
-    title = "Not enough sessions"
-
-
 class SimulatedCrashError(RuntimeError):
     """Raised by the `crash_after_decide` test switch (a process killed mid-session)."""
 
@@ -96,48 +86,6 @@ def client_order_id(
     and whether it closes (a reversal sells to close and sells to open in one session)."""
     key = f"{deployment_id}|{day.isoformat()}|{symbol}|{side}|{'close' if closing else 'open'}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True)
-class Config:
-    """A deployment's stored configuration, parsed for the planner."""
-
-    symbols: list[str]
-    start_date: date
-    strategy: dict[str, Any]
-    warmup_period: int
-    costs: CostModel
-    sizing: Sizing
-    limits: Limits
-
-    @classmethod
-    def parse(cls, c: dict[str, Any]) -> Config:
-        """Return the planner's view of a stored config."""
-        ps = c["position_size"]
-        return cls(
-            symbols=list(c["symbols"]),
-            start_date=date.fromisoformat(c["start_date"]),
-            strategy=c["strategy"],
-            warmup_period=int(c["warmup_period"]),
-            costs=CostModel(**c["costs"]),
-            sizing=Sizing(
-                method=ps["method"],
-                value=float(ps.get("value", 1.0)),
-                fractional=bool(c["fractional_shares"]),
-                max_positions=int(c["max_positions"]),
-            ),
-            limits=Limits(**c["risk"]),
-        )
-
-    def signals_request(self, until: date) -> dict[str, Any]:
-        """Return the backtest config whose `/signals` this deployment trades."""
-        return {
-            "symbols": self.symbols,
-            "start_date": self.start_date.isoformat(),
-            "end_date": until.isoformat(),
-            "strategy": self.strategy,
-            "warmup_period": self.warmup_period,
-        }
 
 
 class PortfolioService:
@@ -182,7 +130,7 @@ class PortfolioService:
             await sync_book(self, new_id, self.alpaca())
         return await self.get_account(new_id)
 
-    async def _account_row(self, s: Any, account_id: uuid.UUID) -> dict[str, Any]:
+    async def account_row(self, s: Any, account_id: uuid.UUID) -> dict[str, Any]:
         row = await repo.account(s, id=account_id)
         if row is None:
             raise AccountNotFoundError(f"No account {account_id}.", field="account_id")
@@ -191,7 +139,7 @@ class PortfolioService:
     async def get_account(self, account_id: uuid.UUID) -> Account:
         """Return cash, equity, positions, realised and unrealised pnl and exposure."""
         async with self.db.session() as s:
-            row = await self._account_row(s, account_id)
+            row = await self.account_row(s, account_id)
             held = await repo.positions_of(s, account_id=account_id)
         pos = [
             Position(
@@ -225,7 +173,7 @@ class PortfolioService:
     async def halt(self, account_id: uuid.UUID) -> Account:
         """Turn the kill switch on: the risk manager refuses every order until resumed."""
         async with self.db.session() as s, s.begin():
-            await self._account_row(s, account_id)
+            await self.account_row(s, account_id)
             await repo.update_account(
                 s, id=account_id, halted=True, halt_reason="kill switch (POST /halt)"
             )
@@ -234,7 +182,7 @@ class PortfolioService:
     async def resume(self, account_id: uuid.UUID) -> Account:
         """Turn the kill switch off and lift the deployments' drawdown halts."""
         async with self.db.session() as s, s.begin():
-            await self._account_row(s, account_id)
+            await self.account_row(s, account_id)
             await repo.update_account(s, id=account_id, halted=False, halt_reason=None)
             for d in await repo.deployments_of(s, account_id=account_id):
                 if d["halt_reason"]:
@@ -250,7 +198,7 @@ class PortfolioService:
             raise ValidationProblemError("Each symbol at most once.", field="symbols")
         start = body.start_date or datetime.now(UTC).date()
         async with self.db.session() as s:
-            await self._account_row(s, body.account_id)
+            await self.account_row(s, body.account_id)
         config = body.model_dump(mode="json", exclude={"account_id"})
         config.update(symbols=symbols, start_date=start.isoformat())
         # the backtest validates the strategy on a year before the start (its own 422s)
@@ -267,7 +215,7 @@ class PortfolioService:
             await repo.insert_deployment(s, id=new_id, account_id=body.account_id, config=config)
         return await self.get_deployment(new_id)
 
-    async def _deployment_row(self, s: Any, deployment_id: uuid.UUID) -> dict[str, Any]:
+    async def deployment_row(self, s: Any, deployment_id: uuid.UUID) -> dict[str, Any]:
         row = await repo.deployment(s, id=deployment_id)
         if row is None:
             raise DeploymentNotFoundError(f"No deployment {deployment_id}.", field="deployment_id")
@@ -276,7 +224,7 @@ class PortfolioService:
     async def get_deployment(self, deployment_id: uuid.UUID) -> Deployment:
         """Return a deployment's state and config."""
         async with self.db.session() as s:
-            row = await self._deployment_row(s, deployment_id)
+            row = await self.deployment_row(s, deployment_id)
         return Deployment(
             id=row["id"],
             account_id=row["account_id"],
@@ -291,7 +239,7 @@ class PortfolioService:
     async def stop_deployment(self, deployment_id: uuid.UUID) -> Deployment:
         """Stop a deployment: it decides no more orders (positions stay)."""
         async with self.db.session() as s, s.begin():
-            await self._deployment_row(s, deployment_id)
+            await self.deployment_row(s, deployment_id)
             await repo.update_deployment(s, id=deployment_id, status="stopped")
         return await self.get_deployment(deployment_id)
 
@@ -299,7 +247,7 @@ class PortfolioService:
         """Return the weekdays a run up to until would process (an upper bound of the
         exchange sessions, known without asking a peer): what decides job or not."""
         async with self.db.session() as s:
-            dep = await self._deployment_row(s, deployment_id)
+            dep = await self.deployment_row(s, deployment_id)
         after = dep["last_session"] or date.fromisoformat(dep["config"]["start_date"]) - timedelta(
             days=1
         )
@@ -315,7 +263,7 @@ class PortfolioService:
 
     async def _run(self, deployment_id: uuid.UUID, until: date) -> RunResult:
         async with self.db.session() as s:
-            dep = await self._deployment_row(s, deployment_id)
+            dep = await self.deployment_row(s, deployment_id)
         if dep["status"] != "active":
             raise DeploymentStoppedError(f"Deployment {deployment_id} is stopped.")
         cfg = Config.parse(dep["config"])
@@ -328,7 +276,7 @@ class PortfolioService:
         account_id = dep["account_id"]
         counts = {"orders": 0, "fills": 0, "refused": 0}
         async with self.db.session() as s:
-            broker = (await self._account_row(s, account_id))["broker"]
+            broker = (await self.account_row(s, account_id))["broker"]
         if broker == "alpaca":
             first, last_done, n = await run_live(self, dep, cfg, sig, self.alpaca(), until, counts)
             account = await self.get_account(account_id)
@@ -367,7 +315,7 @@ class PortfolioService:
         )
 
     async def book_of(self, s: Any, account_id: uuid.UUID) -> tuple[dict[str, Any], Book]:
-        row = await self._account_row(s, account_id)
+        row = await self.account_row(s, account_id)
         held = await repo.positions_of(s, account_id=account_id)
         book = Book(
             cash=row["cash"],
@@ -397,7 +345,7 @@ class PortfolioService:
         in between only makes the next run process them again.
         """
         async with self.db.session() as s:
-            dep = await self._deployment_row(s, deployment_id)
+            dep = await self.deployment_row(s, deployment_id)
             _, book = await self.book_of(s, account_id)
         pending: dict[str, int] = dict(dep["pending"])
         marks: list[tuple[date, float, float]] = []  # (session, equity, cash) not written yet
@@ -445,7 +393,7 @@ class PortfolioService:
     ) -> None:
         """Execute a session's open: decide and store its orders once, then send the new."""
         async with self.db.session() as s:
-            dep = await self._deployment_row(s, deployment_id)
+            dep = await self.deployment_row(s, deployment_id)
         await self.decide_orders(dep, cfg, day, pending, opens, counts)
         async with self.db.session() as s:
             stored = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
@@ -470,7 +418,7 @@ class PortfolioService:
         deployment_id, account_id = dep["id"], dep["account_id"]
         opens = quotes
         async with self.db.session() as s, s.begin():
-            dep = await self._deployment_row(s, deployment_id)
+            dep = await self.deployment_row(s, deployment_id)
             existing = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
             if pending and not existing:
                 row, book = await self.book_of(s, account_id)
@@ -556,7 +504,7 @@ class PortfolioService:
         ticket = Ticket(order["client_order_id"], order["symbol"], order["side"], order["quantity"])
         model = costs or CostModel()
         async with self.db.session() as s:
-            name = (await self._account_row(s, order["account_id"]))["broker"]
+            name = (await self.account_row(s, order["account_id"]))["broker"]
         broker = self.broker_for(name)
         if broker is not self.paper:
             execution = await broker.submit(ticket, quote=quote, costs=model, cash=0.0)
@@ -643,49 +591,18 @@ class PortfolioService:
 
     async def drift(self, deployment_id: uuid.UUID) -> Drift:
         """Compare the deployment's record with `POST /backtest` of its config on its sessions."""
-        async with self.db.session() as s:
-            dep = await self._deployment_row(s, deployment_id)
-            account = await self._account_row(s, dep["account_id"])
-            paper = await repo.deployment_fills(s, deployment_id=deployment_id)
-            history = await repo.equity_history(s, account_id=dep["account_id"])
-        last: date | None = dep["last_session"]
-        c = dep["config"]
-        cfg = Config.parse(c)
-        if last is None or last <= cfg.start_date:
-            raise NothingToCompareError(
-                "The deployment has not processed two sessions yet: run it first "
-                "(POST /deployments/{id}/run)."
-            )
-        body = {
-            **cfg.signals_request(last),
-            **c["costs"],
-            "position_size": c["position_size"],
-            "max_positions": c["max_positions"],
-            "fractional_shares": c["fractional_shares"],
-            "initial_capital": account["initial_cash"],
-            "equity_points": 20_000,
-        }
-        result, theirs = await self.peers.backtest_run(body)
-        curve = result["equity"]
-        backtest_equity = {
-            date.fromisoformat(str(t)[:10]): float(v)
-            for t, v in zip(curve["timestamps"], curve["equity"], strict=True)
-        }
-        ours = [{**f, "timestamp": aware(f["timestamp"]).isoformat()} for f in paper]
-        return compare(
-            paper_fills=ours,
-            backtest_fills=theirs,
-            paper_equity={h["session"]: h["equity"] for h in history},
-            backtest_equity=backtest_equity,
-            run_id=str(result["run_id"]),
-        )
+        return await drift_of(self, deployment_id)
 
-    # ---- lists and risk ---------------------------------------------------------------
+    async def risk(self, account_id: uuid.UUID) -> Risk:
+        """Return exposure by symbol, historical VaR/CVaR, correlation, drawdown, breakers."""
+        return await risk_of(self, account_id)
+
+    # ---- lists ---------------------------------------------------------------
 
     async def list_orders(self, account_id: uuid.UUID, *, limit: int, offset: int) -> OrderList:
         """Return a page of an account's orders, oldest first."""
         async with self.db.session() as s:
-            await self._account_row(s, account_id)
+            await self.account_row(s, account_id)
             rows, total = await repo.page(
                 s, table="orders", account_id=account_id, limit=limit, offset=offset
             )
@@ -695,7 +612,7 @@ class PortfolioService:
     async def list_fills(self, account_id: uuid.UUID, *, limit: int, offset: int) -> FillList:
         """Return a page of an account's fills, oldest first."""
         async with self.db.session() as s:
-            await self._account_row(s, account_id)
+            await self.account_row(s, account_id)
             rows, total = await repo.page(
                 s, table="fills", account_id=account_id, limit=limit, offset=offset
             )
@@ -715,67 +632,6 @@ class PortfolioService:
             for r in rows
         ]
         return FillList(fills=items, page=_page(total, limit, offset, len(items)))
-
-    async def risk(self, account_id: uuid.UUID) -> Risk:
-        """Return exposure by symbol, historical VaR/CVaR, correlation, drawdown, breakers."""
-        account = await self.get_account(account_id)
-        async with self.db.session() as s:
-            history = await repo.equity_history(s, account_id=account_id)
-            deps = await repo.deployments_of(s, account_id=account_id)
-            last = history[-1]["session"] if history else None
-            n_orders = await repo.count_orders(s, account_id=account_id, day=last) if last else 0
-        eq = account.equity
-        peak = max([account.initial_cash, *(h["equity"] for h in history)])
-        held = [p for p in account.positions if p.quantity != 0]
-        returns: dict[str, np.ndarray] = {}
-        if held and last is not None:
-            start = last - timedelta(days=int(self.settings.portfolio_var_window * 1.5) + 10)
-            got = await asyncio.gather(*(self.peers.prices(p.symbol, start, last) for p in held))
-            common = sorted(set.intersection(*(set(g.close) for g in got)))
-            common = common[-(self.settings.portfolio_var_window + 1) :]
-            for p, g in zip(held, got, strict=True):
-                closes = np.array([g.close[d] for d in common])
-                returns[p.symbol] = np.diff(closes) / closes[:-1]
-        var = cvar = None
-        obs = min((len(r) for r in returns.values()), default=0)
-        corr: dict[str, dict[str, float | None]] = {}
-        if obs >= 20:
-            pnl = sum(p.market_value * returns[p.symbol] for p in held)
-            assert isinstance(pnl, np.ndarray)
-            q = float(np.quantile(pnl, 0.05))
-            var = -q
-            cvar = -float(pnl[pnl <= q].mean())
-            for a in held:
-                corr[a.symbol] = {}
-                for b in held:
-                    c = np.corrcoef(returns[a.symbol], returns[b.symbol])[0, 1]
-                    corr[a.symbol][b.symbol] = float(c) if np.isfinite(c) else None
-        return Risk(
-            account_id=account_id,
-            equity=eq,
-            exposure_by_symbol={p.symbol: p.market_value / eq if eq else 0.0 for p in held},
-            gross_exposure=account.exposure,
-            var_95=var,
-            cvar_95=cvar,
-            observations=obs,
-            correlation=corr,
-            drawdown=max(0.0, (peak - eq) / peak) if peak > 0 else 0.0,
-            peak_equity=peak,
-            breakers=Breakers(
-                kill_switch=account.halted,
-                kill_reason=account.halt_reason,
-                halted_deployments={
-                    str(d["id"]): d["halt_reason"] for d in deps if d["halt_reason"]
-                },
-                orders_last_session=n_orders,
-                last_session=last,
-            ),
-        )
-
-
-def aware(t: datetime) -> datetime:
-    """Return t as UTC-aware (SQLite hands timestamps back naive, in UTC)."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _page(total: int, limit: int, offset: int, returned: int) -> Page:
