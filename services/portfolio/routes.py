@@ -35,7 +35,8 @@ errors = ProblemDocs(
     {
         404: "The account or deployment does not exist (or a symbol the market lacks).",
         409: "The deployment is stopped; the account's broker is not configured (Alpaca keys, "
-        "live switch; `detail` says what to do); an alpaca account asked to replay the past.",
+        "live switch; `detail` says what to do) or its Alpaca account is already open; an "
+        "alpaca account asked to replay the past.",
         422: "An input is invalid (`field` names it): an unknown strategy or parameter (the "
         "backtest service's verdict), `until` before the start, the alpaca broker.",
         502: "The market or backtest service failed.",
@@ -90,7 +91,9 @@ Jobs = Annotated[JobRunner, Depends(get_jobs)]
 )
 async def create_account(body: AccountCreate, service: Service) -> Account:
     """Open an account holding `initial_cash` on the `paper` broker (simulated orders; no
-    money moves). Returns its id, cash, equity (= cash), no positions."""
+    money moves). Returns its id, cash, equity (= cash), no positions. `broker: "alpaca"`
+    opens the one account on Alpaca's paper account of the server's stored keys: its cash
+    and positions are the broker's (409 when keys are missing or it is already open)."""
     return await service.create_account(body)
 
 

@@ -75,6 +75,14 @@ class DeploymentStoppedError(AppError):
     title = "Deployment stopped"
 
 
+class AlpacaAccountTakenError(AppError):
+    """An account already trades the Alpaca account of the stored keys."""
+
+    status = 409
+    code = "alpaca_account_exists"
+    title = "Alpaca account already open"
+
+
 class SimulatedCrashError(RuntimeError):
     """Raised by the `crash_after_decide` test switch (a process killed mid-session)."""
 
@@ -117,10 +125,19 @@ class PortfolioService:
     # ---- accounts ---------------------------------------------------------------------
 
     async def create_account(self, body: AccountCreate) -> Account:
-        """Open an account holding only its initial cash."""
+        """Open an account holding only its initial cash (`alpaca`: the broker's book, one
+        account per key set)."""
         new_id = uuid.uuid4()
         cash = body.initial_cash
         if body.broker == "alpaca":  # the broker's account is the book: its equity, its cash
+            async with self.db.session() as s:
+                taken = await repo.accounts_of_broker(s, broker="alpaca")
+            if taken:
+                raise AlpacaAccountTakenError(
+                    f"Account {taken[0]} already trades the Alpaca account of the stored keys; "
+                    "two accounts on one broker book would count its positions twice.",
+                    field="broker",
+                )
             cash = (await self.alpaca().account()).equity
         async with self.db.session() as s, s.begin():
             await repo.insert_account(

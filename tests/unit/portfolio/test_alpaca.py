@@ -173,6 +173,8 @@ def test_an_alpaca_deployment_trades_the_latest_session_once(
         assert account.status_code == 201, account.text
         assert account.json()["cash"] == 100_000.0 and account.json()["broker"] == "alpaca"
         aid = account.json()["id"]
+        second = c.post("/portfolio/accounts", json={"name": "again", "broker": "alpaca"})
+        assert second.status_code == 409 and second.json()["code"] == "alpaca_account_exists"
         dep = c.post(
             "/portfolio/deployments",
             json={
