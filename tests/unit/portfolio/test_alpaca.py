@@ -70,17 +70,18 @@ def test_missing_keys_are_a_problem_saying_how_to_store_them(tmp_path: Path) -> 
     assert e.value.status == 409
 
 
-def test_live_is_refused_without_alpaca_live(tmp_path: Path) -> None:
+def test_live_is_refused_without_alpaca_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store_keys(tmp_path)
+    monkeypatch.setenv("ALPACA_PAPER", "0")  # from the environment, as a server reads it
     with pytest.raises(BrokerNotConfiguredError) as e:
-        alpaca_client(portfolio_settings(tmp_path, trading_master_key=MASTER, alpaca_paper=False))
+        alpaca_client(portfolio_settings(tmp_path, trading_master_key=MASTER))
     assert "ALPACA_LIVE=1" in e.value.detail
-    live = alpaca_client(
-        portfolio_settings(
-            tmp_path, trading_master_key=MASTER, alpaca_paper=False, alpaca_live=True
-        )
-    )
+    monkeypatch.setenv("ALPACA_LIVE", "1")
+    live = alpaca_client(portfolio_settings(tmp_path, trading_master_key=MASTER))
     assert live._base_url == "https://api.alpaca.markets"  # no request is made here
+    monkeypatch.delenv("ALPACA_PAPER")
     paper = alpaca_client(portfolio_settings(tmp_path, trading_master_key=MASTER))
     assert paper._base_url == "https://paper-api.alpaca.markets"
 
@@ -156,9 +157,12 @@ def last_long_wish(c: TestClient, symbol: str, start: str, end: str) -> str:
     return days[-1]
 
 
+@pytest.mark.parametrize("sent", [False, True], ids=["crash_before_send", "crash_after_send"])
 def test_an_alpaca_deployment_trades_the_latest_session_once(
-    tmp_path: Path, stub: AlpacaStub
+    tmp_path: Path, stub: AlpacaStub, sent: bool
 ) -> None:
+    """Killed after deciding, before sending (or after sending, before recording it): the
+    restart sends once (or finds Alpaca's order by its client_order_id), never twice."""
     store_keys(tmp_path / "portfolio")
     with platform_on(tmp_path, stub) as c:
         day = last_long_wish(c, "AAPL", "2018-01-02", "2019-12-31")
@@ -200,11 +204,17 @@ def test_an_alpaca_deployment_trades_the_latest_session_once(
             pass
         orders = c.get(f"/portfolio/accounts/{aid}/orders").json()["orders"]
         assert [o["status"] for o in orders] == ["new"] and stub.submissions == 0
+        if sent:  # the order reached Alpaca, the process died before recording it
+            o = orders[0]
+            ticket = Ticket(o["client_order_id"], o["symbol"], o["side"], o["quantity"])
+            b = broker(tmp_path, stub)
+            asyncio.run(b.submit(ticket, quote=0.0, costs=CostModel(), cash=0.0))
     # restart: reconciliation sends the stored order once
     with platform_on(tmp_path, stub) as c:
         orders = c.get(f"/portfolio/accounts/{aid}/orders").json()["orders"]
         assert [o["status"] for o in orders] == ["submitted"]
         assert len(stub.orders) == 1
+        assert stub.submissions == (2 if sent else 1)  # Alpaca said 422 to the repeat
         sent = next(iter(stub.orders.values()))
         assert sent["client_order_id"] == orders[0]["client_order_id"]
         assert float(sent["qty"]) == orders[0]["quantity"] > 0
