@@ -43,7 +43,7 @@ def last_closed_day(clock: BrokerClock) -> date:
 
 async def sync_book(service: PortfolioService, account_id: Any, broker: AlpacaBroker) -> int:
     """Send the account's unsent orders, book the filled ones, then take Alpaca's positions
-    and cash as the account's; return the orders booked or sent."""
+    and cash as the account's; return the fills booked."""
     done = 0
     async with service.db.session() as s:
         outstanding = await repo.unsettled_orders(s, account_id=account_id)
