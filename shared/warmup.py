@@ -17,8 +17,13 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from shared.state import Slot
+
 log = logging.getLogger(__name__)
 
+
+# The warm-up of an app's kernels (a future of its seconds): `KERNELS.put(app, ...)`.
+KERNELS: Slot[Future[float]] = Slot("kernels", Future)
 
 _started: dict[str, Future[float]] = {}
 _lock = threading.Lock()

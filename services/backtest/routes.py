@@ -36,8 +36,9 @@ from services.backtest.service import BacktestService, Prepared
 from services.backtest.strategies import STRATEGIES
 from shared.api import ProblemDocs
 from shared.errors import AppError
-from shared.jobs import JobContext, JobRunner, accepted, accepted_responses
+from shared.jobs import JOBS, JobContext, JobRunner, accepted, accepted_responses
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
+from shared.state import Slot
 
 router = APIRouter()
 T = TypeVar("T")
@@ -95,22 +96,10 @@ KindQuery = Annotated[
 ]
 
 
-async def get_service(request: Request) -> BacktestService:
-    """Return the app's BacktestService (built in lifespan).
-
-    ``async``: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop per
-    request for an attribute read.
-    """
-    return request.app.state.backtest  # type: ignore[no-any-return]
-
-
-async def get_jobs(request: Request) -> JobRunner:
-    """Return the app's JobRunner (built in lifespan)."""
-    return request.app.state.jobs  # type: ignore[no-any-return]
-
-
-Service = Annotated[BacktestService, Depends(get_service)]
-Jobs = Annotated[JobRunner, Depends(get_jobs)]
+# The app's BacktestService, built in its lifespan.
+BACKTEST = Slot("backtest", BacktestService)
+Service = Annotated[BacktestService, Depends(BACKTEST)]
+Jobs = Annotated[JobRunner, Depends(JOBS)]
 
 
 def _prefix(request: Request) -> str:

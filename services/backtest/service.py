@@ -71,7 +71,8 @@ from services.backtest.walkforward import check_windows, walk_forward
 from shared.cache import Cache, LRUCache, ModelCache
 from shared.db import Database
 from shared.errors import AppError, NotFoundError, ValidationProblemError
-from shared.http import local_app, service_client
+from shared.http import local_app
+from shared.peers import peer_client
 from shared.tables import utcnow
 
 STORED_VERSION = 1
@@ -209,12 +210,7 @@ class BacktestService:
         register after this service started)."""
         if self._predictor is None:
             self._predictor = Predictor(
-                service_client(
-                    "predictor",
-                    self.settings.predictor_url,
-                    token=self.settings.predictor_bearer(),
-                    timeout_s=self.settings.predictor_timeout_s,
-                ),
+                peer_client(self.settings, "predictor"),
                 train_timeout_s=self.settings.predictor_train_timeout_s,
             )
         return self._predictor

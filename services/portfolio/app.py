@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.portfolio.peers import Peers
-from services.portfolio.routes import router
+from services.portfolio.routes import PORTFOLIO, router
 from services.portfolio.scheduler import run_forever
 from services.portfolio.service import PortfolioService
 from services.portfolio.settings import PortfolioSettings
@@ -19,7 +19,7 @@ from shared.app import service_app
 from shared.db import Database
 from shared.errors import AppError
 from shared.health import install_health
-from shared.http import service_client
+from shared.peers import peer_client
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +43,10 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.from_settings(settings)
         peers = Peers(
-            backtest=service_client(
-                "backtest",
-                settings.backtest_url,
-                token=settings.backtest_bearer(),
-                timeout_s=settings.peer_timeout_s,
-            ),
-            market=service_client(
-                "market",
-                settings.market_url,
-                token=settings.market_bearer(),
-                timeout_s=settings.peer_timeout_s,
-            ),
+            backtest=peer_client(settings, "backtest"), market=peer_client(settings, "market")
         )
         await db.start()
-        service = PortfolioService(db=db, peers=peers, settings=settings)
-        app.state.portfolio = service
+        service = PORTFOLIO.put(app, PortfolioService(db=db, peers=peers, settings=settings))
         try:
             sent = await service.reconcile()
             if sent:
@@ -85,7 +73,7 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
     )
     install_health(
         app,
-        stores=lambda request: (request.app.state.portfolio.db, None),
+        stores=lambda request: (PORTFOLIO.of(request).db, None),
         timeout_s=settings.health_timeout_s,
     )
     app.include_router(router)

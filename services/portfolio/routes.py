@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 
 from services.portfolio.schemas import (
     Account,
@@ -26,6 +26,7 @@ from services.portfolio.schemas import (
 from services.portfolio.service import PortfolioService
 from shared.api import ProblemDocs
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
+from shared.state import Slot
 
 router = APIRouter()
 
@@ -62,12 +63,9 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows to return.")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Rows to skip first.")]
 
 
-async def get_service(request: Request) -> PortfolioService:
-    """Return the app's PortfolioService (built in lifespan)."""
-    return request.app.state.portfolio  # type: ignore[no-any-return]
-
-
-Service = Annotated[PortfolioService, Depends(get_service)]
+# The app's PortfolioService, built in its lifespan.
+PORTFOLIO = Slot("portfolio", PortfolioService)
+Service = Annotated[PortfolioService, Depends(PORTFOLIO)]
 
 
 @router.post(

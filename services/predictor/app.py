@@ -21,7 +21,7 @@ from services.predictor.market import MarketFeatures
 from services.predictor.ml.lstm_inference import warm_kernels
 from services.predictor.prediction_log import PredictionLog
 from services.predictor.registry import Registry
-from services.predictor.routes import errors, router
+from services.predictor.routes import PREDICTOR, errors, router
 from services.predictor.schemas import Health
 from services.predictor.service import PredictorService
 from services.predictor.settings import PredictorSettings
@@ -29,9 +29,9 @@ from shared.app import service_app
 from shared.cache import Cache
 from shared.db import Database
 from shared.health import install_health
-from shared.http import service_client
-from shared.jobs import JobRunner, job_router
-from shared.warmup import start_warming
+from shared.jobs import JOBS, JobRunner, job_router
+from shared.peers import peer_client
+from shared.warmup import KERNELS, start_warming
 
 SERVICE = "predictor"
 
@@ -56,15 +56,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.from_settings(settings)
         cache = Cache.from_settings(settings)
-        market = MarketFeatures(
-            service_client(
-                "market",
-                settings.market_url,
-                token=settings.market_bearer(),
-                timeout_s=settings.market_timeout_s,
-            )
-        )
-        app.state.kernels = start_warming("predictor", warm_kernels)  # the LSTM's forward pass
+        market = MarketFeatures(peer_client(settings, "market"))
+        KERNELS.put(app, start_warming("predictor", warm_kernels))  # the LSTM's forward pass
         await db.start()
         log = PredictionLog(db)
         log.start()
@@ -77,11 +70,13 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         )
         runner = JobRunner(db, service=SERVICE, settings=settings)
         await runner.start()
-        app.state.jobs = runner
-        service = PredictorService(
-            db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
+        JOBS.put(app, runner)
+        service = PREDICTOR.put(
+            app,
+            PredictorService(
+                db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
+            ),
         )
-        app.state.predictor = service
         watcher = None
         if settings.outcomes_check_s > 0:
             watcher = asyncio.create_task(
@@ -106,11 +101,11 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     )
     install_health(
         app,
-        stores=lambda request: (request.app.state.predictor.db, request.app.state.predictor.cache),
+        stores=lambda request: (PREDICTOR.of(request).db, PREDICTOR.of(request).cache),
         timeout_s=settings.health_timeout_s,
         model=Health,
         extra=lambda request: {
-            "loaded_models": request.app.state.predictor.registry.loaded(),
+            "loaded_models": PREDICTOR.of(request).registry.loaded(),
             "tensorflow_loaded": "tensorflow" in sys.modules,
         },
     )

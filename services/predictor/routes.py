@@ -28,8 +28,9 @@ from services.predictor.schemas import (
 )
 from services.predictor.service import PredictorService
 from shared.api import ProblemDocs
-from shared.jobs import JobRunner, JobStatus, accepted, accepted_responses
+from shared.jobs import JOBS, JobRunner, JobStatus, accepted, accepted_responses
 from shared.rules import CrossFieldRule, cross_field_rules
+from shared.state import Slot
 
 router = APIRouter()
 
@@ -51,20 +52,10 @@ ModelQuery = Annotated[
 ]
 
 
-# Dependencies are `async def`: FastAPI runs a plain `def` one in a worker thread, a thread
-# hop per request for an attribute lookup.
-async def get_service(request: Request) -> PredictorService:
-    """Return the app's PredictorService (built in lifespan)."""
-    return request.app.state.predictor  # type: ignore[no-any-return]
-
-
-async def get_jobs(request: Request) -> JobRunner:
-    """Return the app's job runner (built in lifespan)."""
-    return request.app.state.jobs  # type: ignore[no-any-return]
-
-
-Service = Annotated[PredictorService, Depends(get_service)]
-Jobs = Annotated[JobRunner, Depends(get_jobs)]
+# The app's PredictorService, built in its lifespan.
+PREDICTOR = Slot("predictor", PredictorService)
+Service = Annotated[PredictorService, Depends(PREDICTOR)]
+Jobs = Annotated[JobRunner, Depends(JOBS)]
 
 
 TRAIN_DOC = """Train the LSTM-with-attention and XGBoost ensemble on daily bars; a job.
