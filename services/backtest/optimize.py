@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from services.backtest.config import VolatilityTarget, atr_matrix
+from services.backtest.config import atr_matrix
 from services.backtest.engine.analysis import (
     SweepResult,
     per_period_rate,
@@ -52,6 +52,7 @@ from services.backtest.schemas import (
     finite,
 )
 from services.backtest.strategies import StrategyDef, build_targets, get_strategy
+from shared.execution import VolatilityTarget
 from shared.jobs import JobCancelledError, task_cancelled
 from shared.jobs.tasks import run_with_channel
 

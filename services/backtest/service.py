@@ -594,7 +594,7 @@ class BacktestService:
             )
             for r in rows
         ]
-        return RunList(results=runs, page=_page(total, limit, offset, len(runs)))
+        return RunList(results=runs, page=Page.of(total, limit, offset, len(runs)))
 
     async def get_trades(self, run_id: uuid.UUID, *, limit: int, offset: int) -> TradeList:
         """Return a page of a stored run's fills, oldest first."""
@@ -618,7 +618,9 @@ class BacktestService:
             )
             for r in rows
         ]
-        return TradeList(run_id=run_id, trades=fills, page=_page(total, limit, offset, len(fills)))
+        return TradeList(
+            run_id=run_id, trades=fills, page=Page.of(total, limit, offset, len(fills))
+        )
 
     async def chart(self, run_id: uuid.UUID, *, width: int, height: int) -> bytes:
         """Return the PNG chart of a stored run or walk-forward (drawn once per size bucket,
@@ -837,17 +839,6 @@ class BacktestService:
                 full, prepared.plan, loaded.bars, loaded.bars_hash, spec, runner
             )
         return await self.analyses.store_walk_forward(request, loaded, walked)
-
-
-def _page(total: int, limit: int, offset: int, returned: int) -> Page:
-    end = offset + returned
-    return Page(
-        total=total,
-        limit=limit,
-        offset=offset,
-        returned=returned,
-        next_offset=end if end < total else None,
-    )
 
 
 def _pct(x: Any) -> str:

@@ -622,7 +622,7 @@ class PortfolioService:
                 s, table="orders", account_id=account_id, limit=limit, offset=offset
             )
         items = [Order(**{k: r[k] for k in Order.model_fields if k in r}) for r in rows]
-        return OrderList(orders=items, page=_page(total, limit, offset, len(items)))
+        return OrderList(orders=items, page=Page.of(total, limit, offset, len(items)))
 
     async def list_fills(self, account_id: uuid.UUID, *, limit: int, offset: int) -> FillList:
         """Return a page of an account's fills, oldest first."""
@@ -646,7 +646,7 @@ class PortfolioService:
             )
             for r in rows
         ]
-        return FillList(fills=items, page=_page(total, limit, offset, len(items)))
+        return FillList(fills=items, page=Page.of(total, limit, offset, len(items)))
 
     async def risk(self, account_id: uuid.UUID) -> Risk:
         """Return exposure by symbol, historical VaR/CVaR, correlation, drawdown, breakers."""
@@ -708,8 +708,3 @@ class PortfolioService:
 def aware(t: datetime) -> datetime:
     """Return t as UTC-aware (SQLite hands timestamps back naive, in UTC)."""
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-def _page(total: int, limit: int, offset: int, returned: int) -> Page:
-    nxt = offset + returned if offset + returned < total else None
-    return Page(total=total, limit=limit, offset=offset, returned=returned, next_offset=nxt)
