@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.portfolio.execution import warm_kernels
 from services.portfolio.peers import Peers
 from services.portfolio.routes import PORTFOLIO, router
 from services.portfolio.scheduler import run_forever
@@ -20,6 +21,7 @@ from shared.db import Database
 from shared.errors import AppError
 from shared.health import install_health
 from shared.peers import peer_client
+from shared.warmup import KERNELS, start_warming
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
         peers = Peers(
             backtest=peer_client(settings, "backtest"), market=peer_client(settings, "market")
         )
+        KERNELS.put(app, start_warming("portfolio", warm_kernels))  # the sizing kernels
         await db.start()
         service = PORTFOLIO.put(app, PortfolioService(db=db, peers=peers, settings=settings))
         try:
