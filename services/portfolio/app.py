@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +14,7 @@ from services.portfolio.routes import PORTFOLIO, router
 from services.portfolio.scheduler import run_forever
 from services.portfolio.service import PortfolioService
 from services.portfolio.settings import PortfolioSettings
-from shared.app import service_app
+from shared.app import in_background, service_app
 from shared.db import Database
 from shared.errors import AppError
 from shared.health import install_health
@@ -56,18 +54,12 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
                 log.warning("reconciled %d order(s) decided but never sent", sent)
         except AppError as e:  # a peer or the database is down: the next run sends them
             log.error("order reconciliation postponed: %s", e)
-        ticking = None
-        if settings.portfolio_scheduler_interval_s > 0:
-            ticking = asyncio.create_task(
-                run_forever(service, settings.portfolio_scheduler_interval_s)
-            )
+        interval_s = settings.portfolio_scheduler_interval_s
+        ticking = run_forever(service, interval_s) if interval_s > 0 else None
         try:
-            yield
+            async with in_background(ticking, name="portfolio-scheduler"):
+                yield
         finally:
-            if ticking is not None:
-                ticking.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticking
             await service.aclose()
             await db.dispose()
 

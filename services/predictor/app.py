@@ -8,8 +8,6 @@ training and online updates, in a job worker process.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +23,7 @@ from services.predictor.routes import PREDICTOR, errors, router
 from services.predictor.schemas import Health
 from services.predictor.service import PredictorService
 from services.predictor.settings import PredictorSettings
-from shared.app import service_app
+from shared.app import in_background, service_app
 from shared.cache import Cache
 from shared.db import Database
 from shared.health import install_health
@@ -77,19 +75,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
             ),
         )
-        watcher = None
-        if settings.outcomes_check_s > 0:
-            watcher = asyncio.create_task(
-                watch_outcomes(service, runner, settings.outcomes_check_s),
-                name="predictor-outcome-watcher",
-            )
+        check_s = settings.outcomes_check_s
+        watcher = watch_outcomes(service, runner, check_s) if check_s > 0 else None
         try:
-            yield
+            async with in_background(watcher, name="predictor-outcome-watcher"):
+                yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
             await runner.aclose()
             await log.aclose()
             await market.aclose()
