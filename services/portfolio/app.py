@@ -10,14 +10,16 @@ from fastapi import FastAPI
 
 from services.portfolio.execution import warm_kernels
 from services.portfolio.peers import Peers
-from services.portfolio.routes import PORTFOLIO, router
+from services.portfolio.routes import PORTFOLIO, errors, router
 from services.portfolio.scheduler import run_forever
 from services.portfolio.service import PortfolioService
 from services.portfolio.settings import PortfolioSettings
+from services.portfolio.tables import SCHEMA
 from shared.app import in_background, service_app
 from shared.db import Database
 from shared.errors import AppError
 from shared.health import install_health
+from shared.jobs import JOBS, JobRunner, job_router
 from shared.peers import peer_client
 from shared.warmup import KERNELS, start_warming
 
@@ -29,9 +31,11 @@ decision and every order.
 Accounts on the embedded `paper` broker (market orders filled whole at the next session's
 open from the market service, with the backtest's commission and slippage, rejected when
 cash is short). Deployments trade a strategy exactly as `POST /backtest` takes it, on the
-backtest service's signals: a replay gives the backtest's fills. Orders are paper orders;
-each carries a deterministic client_order_id, so none is ever sent twice. Errors are
-RFC 9457 problem details.
+backtest service's signals: a replay gives the backtest's fills. Accounts on the `alpaca`
+broker trade Alpaca's paper account with the server's stored keys, the latest closed session
+only. Orders are paper orders unless the server is configured for live trading; each carries
+a deterministic client_order_id, so none is ever sent twice. A long run is a job (202).
+Errors are RFC 9457 problem details.
 """
 
 
@@ -46,7 +50,10 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
             backtest=peer_client(settings, "backtest"), market=peer_client(settings, "market")
         )
         KERNELS.put(app, start_warming("portfolio", warm_kernels))  # the sizing kernels
-        await db.start()
+        await db.start(SCHEMA)
+        runner = JobRunner(db, service="portfolio", settings=settings)
+        await runner.start()
+        JOBS.put(app, runner)
         service = PORTFOLIO.put(app, PortfolioService(db=db, peers=peers, settings=settings))
         try:
             sent = await service.reconcile()
@@ -60,6 +67,7 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
             async with in_background(ticking, name="portfolio-scheduler"):
                 yield
         finally:
+            await runner.aclose()
             await service.aclose()
             await db.dispose()
 
@@ -72,4 +80,5 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
         timeout_s=settings.health_timeout_s,
     )
     app.include_router(router)
+    app.include_router(job_router(responses=errors(401, 503)))
     return app

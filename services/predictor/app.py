@@ -23,6 +23,7 @@ from services.predictor.routes import PREDICTOR, errors, router
 from services.predictor.schemas import Health
 from services.predictor.service import PredictorService
 from services.predictor.settings import PredictorSettings
+from services.predictor.tables import SCHEMA
 from shared.app import in_background, service_app
 from shared.cache import Cache
 from shared.db import Database
@@ -56,7 +57,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         cache = Cache.from_settings(settings)
         market = MarketFeatures(peer_client(settings, "market"))
         KERNELS.put(app, start_warming("predictor", warm_kernels))  # the LSTM's forward pass
-        await db.start()
+        await db.start(SCHEMA)
         log = PredictionLog(db)
         log.start()
         registry = Registry(
@@ -75,12 +76,14 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
             ),
         )
+        registry.preload("default")  # the first /predict finds the model in memory
         check_s = settings.outcomes_check_s
         watcher = watch_outcomes(service, runner, check_s) if check_s > 0 else None
         try:
             async with in_background(watcher, name="predictor-outcome-watcher"):
                 yield
         finally:
+            await registry.aclose()
             await runner.aclose()
             await log.aclose()
             await market.aclose()
