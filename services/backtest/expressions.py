@@ -27,12 +27,13 @@ from pydantic import (
 
 from services.backtest.engine.runner import Bars
 from services.backtest.engine.signals import rules_targets_nb
+from services.backtest.language.batch import ProgramSweep
 from services.backtest.language.program import (
     Evaluation,
     ParamDecl,
     Program,
-    bars_of,
     compile_program,
+    symbol_series,
 )
 from services.backtest.strategies import STRATEGIES, StrategyDef
 
@@ -175,7 +176,7 @@ def _definition(program: Program, label: str, version: int | None) -> StrategyDe
         with np.errstate(all="ignore"):
             return np.column_stack(
                 [
-                    program.decide(Evaluation(_column(bars, j)), values)
+                    program.decide(Evaluation(symbol_series(bars, j)), values)
                     for j in range(bars.n_symbols)
                 ]
             )
@@ -183,7 +184,7 @@ def _definition(program: Program, label: str, version: int | None) -> StrategyDe
     def build_many(
         bars: Bars, fixed: dict[str, Any], combos: Sequence[Mapping[str, Any]]
     ) -> np.ndarray:
-        ev = Evaluation(_column(bars, 0))
+        ev = Evaluation(symbol_series(bars, 0))
         k = len(combos)
         rules = np.empty((k, 4, bars.n_bars), dtype=np.bool_)
         ready = np.empty(k, dtype=np.int64)
@@ -217,10 +218,6 @@ def _definition(program: Program, label: str, version: int | None) -> StrategyDe
         short=program.short,
         rules=program.normal,
         build_many=build_many,
+        sweep_many=ProgramSweep(program),
         version=version,
     )
-
-
-def _column(bars: Bars, j: int) -> dict[str, np.ndarray]:
-    volume = bars.volume[:, j] if bars.volume is not None else np.zeros(bars.n_bars)
-    return bars_of(bars.open[:, j], bars.high[:, j], bars.low[:, j], bars.close[:, j], volume)
