@@ -42,6 +42,7 @@ BUILTIN_NAMES = frozenset(STRATEGIES)  # a name among them is the built-in, neve
 RULE_DOC = "A condition in the strategy language, decided at each bar's close."
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,40}$"
 ParamName = Annotated[str, StringConstraints(pattern=PARAM_NAME)]  # `$name` without the $
+MAX_PARAMS = 16  # `$params` a strategy may declare
 ONLY_PATTERN: dict[str, JsonValue] = {"additionalProperties": False}  # keys: ParamName only
 
 
@@ -75,7 +76,7 @@ class InlineStrategy(_Model):
 
     rules: Rules
     params: dict[ParamName, ParamSpec] = Field(
-        default_factory=dict, max_length=16, json_schema_extra=ONLY_PATTERN
+        default_factory=dict, max_length=MAX_PARAMS, json_schema_extra=ONLY_PATTERN
     )
     name: str | None = Field(
         default=None, description="Set by the service: the saved strategy this came from."
@@ -109,7 +110,7 @@ class SavedStrategy(_Model):
     )
     params: dict[ParamName, float] = Field(
         default_factory=dict,
-        max_length=16,
+        max_length=MAX_PARAMS,
         description="`$param` values (default: saved).",
         json_schema_extra=ONLY_PATTERN,
     )
