@@ -6,7 +6,8 @@
 #   docker build --target predictor -t trading-predictor .   (the only one with the ML stack)
 #   docker build --target gateway   -t trading-gateway .
 # The project is installed from its wheel (no editable install): the OpenAPI specs travel
-# inside it as package data (gateway_mcp/specs), the migrations inside shared/.
+# inside it as package data (gateway_mcp/specs), each Alembic chain beside its tables
+# (shared/migrations, services/<name>/migrations).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---- build: the project's wheel ------------------------------------------------------

@@ -26,6 +26,7 @@ import pandas as pd
 from services.market.settings import SHARED_CSV_DIR
 from services.predictor.evaluation import clean_json
 from services.predictor.registry import Registry
+from services.predictor.tables import SCHEMA
 from shared.cache import Cache
 from shared.db import Database
 from trading.cli import free_port
@@ -47,7 +48,7 @@ def store_model(data_dir: Path, model: Any, symbol: str) -> None:
 
     async def go() -> None:
         db = Database(f"sqlite+aiosqlite:///{data_dir / 'trading.db'}")
-        await db.migrate()
+        await db.migrate(SCHEMA)
         try:
             segments = model.info["segments"][symbol]
             firsts = [s["first"] for s in segments.values() if s["first"]]

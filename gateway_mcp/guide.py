@@ -33,8 +33,9 @@ INSTRUCTIONS = """Tools of an AI trading research platform, one group per servic
   wait that long.
 - Answers are compact (numbers to 6 significant digits); long lists are paged (`limit`,
   `offset`, the answer's `page`). A tool's full documentation: resource `docs://tools/{{name}}`.
-- Orders are paper orders: `portfolio_*` tools trade simulated accounts on the embedded paper
-  broker; no real money moves unless the user has configured live trading. Tools that place
+- Orders are paper orders: `portfolio_*` tools trade simulated accounts (the embedded paper
+  broker, or an Alpaca paper account); no real money moves unless the user has configured
+  live trading. Tools that place
   orders, halt or stop are marked destructive: confirm with the user before calling them.
 """
 

@@ -31,10 +31,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, event, text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -49,10 +46,11 @@ from shared.config import BaseServiceSettings
 from shared.errors import DatabaseBusyError, DatabaseUnavailableError
 from shared.logging import mask_secrets
 from shared.metrics import publish_breaker
+from shared.migrate import Schema, describe, upgrade
+from shared.tables import PLATFORM
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Key of the PostgreSQL advisory lock held while migrating (any fixed 64-bit number).
 MIGRATE_LOCK = 0x7472_6164_696E_67  # "trading"
 MIGRATE_TIMEOUT_S = 60.0
@@ -74,13 +72,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     PoolTimeoutError,  # no pooled connection came free within the pool timeout
 )
-
-
-def alembic_config() -> Config:
-    """Return an Alembic config pointing at this package's migrations."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return cfg
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -156,6 +147,7 @@ class Database:
         self.busy = 0  # sessions refused for want of a free pooled connection
         self.slow = 0  # sessions that timed out soon after a success (not an outage)
         self._retry: asyncio.Task[None] | None = None
+        self._schemas: tuple[Schema, ...] = (PLATFORM,)
 
     @classmethod
     def from_settings(cls, settings: BaseServiceSettings) -> Database:
@@ -183,30 +175,36 @@ class Database:
             log_detail=f"database {self.safe_url} unreachable: {type(e).__name__}: {e}",
         )
 
-    async def migrate(self) -> bool:
-        """Bring the schema to the newest Alembic revision; return True if this call changed it.
+    async def migrate(self, *schemas: Schema) -> bool:
+        """Bring the platform's tables and each of schemas' to the head of its Alembic chain;
+        return True if this call changed any.
 
         Several processes may start at once on one database: PostgreSQL serialises them with a
         transaction-scoped advisory lock, SQLite with a lock file beside the database, so the
         first one upgrades and the others find the schema at head.
         """
+        chains = _with_platform(schemas)
         try:
             async with asyncio.timeout(self.connect_timeout_s + MIGRATE_TIMEOUT_S):
                 if self.sqlite_path is not None:
                     async with _file_lock(Path(f"{self.sqlite_path}.migrate.lock")):
-                        return await self._upgrade_locked()
-                return await self._upgrade_locked()
+                        return await self._upgrade_locked(chains)
+                return await self._upgrade_locked(chains)
         except CONNECTION_ERRORS as e:
             raise self._unavailable(e) from e
 
-    async def start(self, *, retry_s: float = 2.0, max_retry_s: float = 30.0) -> None:
-        """Migrate now; if the database is down, log it and keep retrying in the background.
+    async def start(
+        self, *schemas: Schema, retry_s: float = 2.0, max_retry_s: float = 30.0
+    ) -> None:
+        """Migrate schemas now; if the database is down, log it and keep retrying in the
+        background.
 
         A service starts either way: requests meanwhile answer 503 `database_unavailable`
         and `/health` says so, until the database answers and the schema is at head.
         """
+        self._schemas = _with_platform(schemas)
         try:
-            await self.migrate()
+            await self.migrate(*self._schemas)
         except DatabaseUnavailableError as e:
             log.error("starting without database: %s; retrying in the background", e.log_detail)
             self._retry = asyncio.create_task(self._migrate_until_up(retry_s, max_retry_s))
@@ -216,24 +214,26 @@ class Database:
         while True:
             await asyncio.sleep(wait)
             try:
-                await self.migrate()
+                await self.migrate(*self._schemas)
             except DatabaseUnavailableError:
                 wait = min(wait * 2, max_retry_s)
                 continue
             log.warning("database %s is reachable again; schema at head", self.safe_url)
             return
 
-    async def _upgrade_locked(self) -> bool:
+    async def _upgrade_locked(self, schemas: tuple[Schema, ...]) -> bool:
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK}
                 )
-            before, after = await conn.run_sync(_upgrade)
+            before, after = await conn.run_sync(upgrade, schemas)
         if before == after:
-            log.info("database %s already at schema revision %s", self.safe_url, after)
+            log.info("database %s already at schema revision %s", self.safe_url, describe(after))
             return False
-        log.info("database %s migrated from %s to %s", self.safe_url, before or "empty", after)
+        log.info(
+            "database %s migrated from %s to %s", self.safe_url, describe(before), describe(after)
+        )
         return True
 
     async def ping(self, timeout_s: float | None = None) -> None:
@@ -354,13 +354,12 @@ class Database:
         await self.engine.dispose()
 
 
-def _upgrade(sync_conn: Connection) -> tuple[str | None, str | None]:
-    """Upgrade to head on sync_conn; return the revisions before and after."""
-    before = MigrationContext.configure(sync_conn).get_current_revision()
-    cfg = alembic_config()
-    cfg.attributes["connection"] = sync_conn
-    command.upgrade(cfg, "head")
-    return before, MigrationContext.configure(sync_conn).get_current_revision()
+def _with_platform(schemas: tuple[Schema, ...]) -> tuple[Schema, ...]:
+    """Return the platform's schema, then schemas, each once (by name, first wins)."""
+    chains: dict[str, Schema] = {}
+    for schema in (PLATFORM, *schemas):
+        chains.setdefault(schema.name, schema)
+    return tuple(chains.values())
 
 
 @asynccontextmanager

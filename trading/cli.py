@@ -400,16 +400,18 @@ def claude_config(
 
 @app.command()
 def migrate() -> None:
-    """Create or upgrade the database schema (DATABASE_URL, default the embedded SQLite)."""
+    """Create or upgrade every service's tables and the platform's (DATABASE_URL, default the
+    embedded SQLite)."""
     import asyncio
 
     from shared.config import BaseServiceSettings
     from shared.db import Database
+    from trading.discovery import service_schemas
 
     async def run() -> str:
         db = Database.from_settings(BaseServiceSettings())
         try:
-            await db.migrate()
+            await db.migrate(*service_schemas())
         finally:
             await db.dispose()
         return db.safe_url
@@ -426,14 +428,17 @@ def prune() -> None:
 
     from shared.config import BaseServiceSettings
     from shared.db import Database
+    from shared.retention import PLATFORM_RULES
     from shared.retention import prune as prune_rows
+    from trading.discovery import service_retention, service_schemas
 
     async def run() -> tuple[str, dict[str, int | None]]:
         settings = BaseServiceSettings()
         db = Database.from_settings(settings)
+        rules = [*service_retention(), *PLATFORM_RULES]
         try:
-            await db.migrate()
-            return db.safe_url, await prune_rows(db, settings)
+            await db.migrate(*service_schemas())
+            return db.safe_url, await prune_rows(db, settings, rules)
         finally:
             await db.dispose()
 

@@ -12,6 +12,7 @@ from services.backtest.routes import errors, router
 from services.backtest.service import BacktestService
 from services.backtest.settings import BacktestSettings
 from services.backtest.strategy_routes import router as strategy_router
+from services.backtest.tables import SCHEMA
 from services.backtest.targets import router as signals_router
 from services.backtest.warm import warm_kernels
 from shared.app import service_app
@@ -60,7 +61,7 @@ def create_app(settings: BacktestSettings | None = None) -> FastAPI:
             cache_size=settings.backtest_bars_cache_size,
         )
         app.state.kernels = start_warming("backtest", warm_kernels)  # while the rest starts
-        await db.start()
+        await db.start(SCHEMA)
         runner = JobRunner(db, service="backtest", settings=settings)
         await runner.start()
         app.state.jobs = runner

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.tables import AnalysisRun, BacktestResult, BacktestTrade, StrategyVersion
+from services.backtest.tables import AnalysisRun, BacktestResult, BacktestTrade, StrategyVersion
 
 RESULTS: Table = BacktestResult.__table__  # type: ignore[attr-defined]
 TRADES: Table = BacktestTrade.__table__  # type: ignore[attr-defined]

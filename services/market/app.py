@@ -16,6 +16,7 @@ from services.market.routes import router
 from services.market.schemas import Health
 from services.market.service import MarketService
 from services.market.settings import MarketSettings
+from services.market.tables import SCHEMA
 from shared.app import service_app
 from shared.cache import Cache
 from shared.db import Database
@@ -71,7 +72,7 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
             cooldown_s=settings.market_breaker_cooldown_s,
         )
         await asyncio.to_thread(nyse)  # build the NYSE calendar off the event loop, once
-        await db.start()
+        await db.start(SCHEMA)
         app.state.market = MarketService(
             db=db,
             cache=cache,

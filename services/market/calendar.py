@@ -12,6 +12,8 @@ from functools import lru_cache
 from typing import Literal
 
 import exchange_calendars as xcals
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 CalendarKind = Literal["XNYS", "weekdays", "daily"]
@@ -55,10 +57,45 @@ def sessions_between(symbol: str, start: date, end: date) -> pd.DatetimeIndex:
 
 def last_completed_session(now: datetime | None = None) -> date:
     """Return the date of the last NYSE session whose close is at or before now."""
+    ns = _utc(now or datetime.now(UTC)).value
+    _, closes, sessions = _session_bounds()
+    i = int(np.searchsorted(closes, ns, side="right")) - 1
+    if i < 0:
+        raise ValueError(f"{now} is before the calendar's first session close")
+    return sessions[i].date()
+
+
+# The calendar's instants come from its session opens and closes (two arrays of int64 ns, one
+# entry per session), never from its table of every trading minute: exchange_calendars builds
+# that table on first use of any minute method (`is_open_on_minute`, `next_open`, ...) for the
+# whole 1990-2099 range, 1.5 s and 250 MB per process, measured as most of a fresh gateway's
+# first answer and a third of its memory.
+@lru_cache(maxsize=1)
+def _session_bounds() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], pd.DatetimeIndex]:
     cal = nyse()
-    ts = pd.Timestamp(now or datetime.now(UTC))
-    ts = ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
-    return cal.minute_to_past_session(ts).date()
+    return (
+        np.asarray(cal.opens_nanos, dtype=np.int64),
+        np.asarray(cal.closes_nanos, dtype=np.int64),
+        cal.sessions,
+    )
+
+
+def _span_at(ts: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp, bool]:
+    """Return (from, until, open): NYSE is open, or closed, throughout [from, until) around ts.
+
+    A session's minutes are [open, close) (the library's default `side="left"`). ts must lie
+    after the first session's open and before the last session's close.
+    """
+    opens, closes, _ = _session_bounds()
+    i = int(np.searchsorted(closes, ts.value, side="right"))  # the first close after ts
+    if opens[i] <= ts.value:
+        return pd.Timestamp(opens[i], tz="UTC"), pd.Timestamp(closes[i], tz="UTC"), True
+    return pd.Timestamp(closes[i - 1], tz="UTC"), pd.Timestamp(opens[i], tz="UTC"), False
+
+
+def _in_range(ts: pd.Timestamp) -> bool:
+    cal = nyse()
+    return bool(cal.first_session_open <= ts <= cal.last_session_close - pd.Timedelta(days=7))
 
 
 def _utc(now: datetime) -> pd.Timestamp:
@@ -90,17 +127,19 @@ def _nyse_open(ts: pd.Timestamp) -> bool:
     span = _SPAN
     if span is not None and span[0] <= ts < span[1]:
         return span[2]
-    cal = nyse()
-    if not cal.first_minute <= ts <= cal.last_minute - pd.Timedelta(days=7):
+    if not _in_range(ts):
         return False
-    is_open = bool(cal.is_open_on_minute(ts))
-    if is_open:  # from this session's open to its close
-        span = (cal.previous_open(ts + pd.Timedelta(minutes=1)), cal.next_close(ts), True)
-    else:  # from the last close to the next open
-        span = (cal.previous_close(ts + pd.Timedelta(minutes=1)), cal.next_open(ts), False)
-    if span[0] <= ts < span[1]:
-        _SPAN = span
-    return is_open
+    _SPAN = span = _span_at(ts)
+    return span[2]
+
+
+def _next_open(
+    ts: pd.Timestamp, since: pd.Timestamp, until: pd.Timestamp, is_open: bool
+) -> pd.Timestamp:
+    """Return the first open after ts, given ts's span (the library's `next_open`)."""
+    if not is_open:
+        return until
+    return _span_at(until)[1]  # the closed span after this session ends at the next open
 
 
 def last_final_day(symbol: str, now: datetime) -> date:
@@ -125,12 +164,12 @@ def market_status(at: datetime | None = None, *, horizon_days: int = 365) -> dic
     cal = nyse()
     ts = pd.Timestamp(at or datetime.now(UTC))
     ts = ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
-    last = cal.last_minute
-    if ts >= last - pd.Timedelta(days=7) or ts <= cal.first_minute:
+    if not _in_range(ts) or ts == cal.first_session_open:
         raise ValueError(
-            f"instant outside the calendar's range {cal.first_minute.date()}..{last.date()}"
+            "instant outside the calendar's range "
+            f"{cal.first_session_open.date()}..{cal.last_session_close.date()}"
         )
-    is_open = bool(cal.is_open_on_minute(ts))
+    since, until, is_open = _span_at(ts)
     session = ts.normalize().tz_localize(None)
     is_session = bool(cal.is_session(session))
     regular_close = cal.close_times[0][1]
@@ -155,8 +194,8 @@ def market_status(at: datetime | None = None, *, horizon_days: int = 365) -> dic
         "is_early_close": bool(
             today_close is not None and today_close.tz_convert(cal.tz).time() < regular_close
         ),
-        "next_open": cal.next_open(ts).to_pydatetime(),
-        "next_close": cal.next_close(ts).to_pydatetime(),
+        "next_open": _next_open(ts, since, until, is_open).to_pydatetime(),
+        "next_close": (until if is_open else _span_at(until)[1]).to_pydatetime(),
         "upcoming_holidays": holidays,
         "upcoming_early_closes": early,
         "calendar_source": f"exchange_calendars {xcals.__version__}",

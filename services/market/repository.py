@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.market.bars import BAR_COLUMNS, empty_bars
-from shared.tables import MarketBar, MarketDataCoverage, TechnicalIndicator
+from services.market.tables import MarketBar, MarketDataCoverage, TechnicalIndicator
 
 BARS: Table = MarketBar.__table__  # type: ignore[attr-defined]
 COVERAGE: Table = MarketDataCoverage.__table__  # type: ignore[attr-defined]

@@ -11,15 +11,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.portfolio.peers import Peers
-from services.portfolio.routes import router
+from services.portfolio.routes import errors, router
 from services.portfolio.scheduler import run_forever
 from services.portfolio.service import PortfolioService
 from services.portfolio.settings import PortfolioSettings
+from services.portfolio.tables import SCHEMA
 from shared.app import service_app
 from shared.db import Database
 from shared.errors import AppError
 from shared.health import install_health
 from shared.http import service_client
+from shared.jobs import JobRunner, job_router
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,11 @@ decision and every order.
 Accounts on the embedded `paper` broker (market orders filled whole at the next session's
 open from the market service, with the backtest's commission and slippage, rejected when
 cash is short). Deployments trade a strategy exactly as `POST /backtest` takes it, on the
-backtest service's signals: a replay gives the backtest's fills. Orders are paper orders;
-each carries a deterministic client_order_id, so none is ever sent twice. Errors are
-RFC 9457 problem details.
+backtest service's signals: a replay gives the backtest's fills. Accounts on the `alpaca`
+broker trade Alpaca's paper account with the server's stored keys, the latest closed session
+only. Orders are paper orders unless the server is configured for live trading; each carries
+a deterministic client_order_id, so none is ever sent twice. A long run is a job (202).
+Errors are RFC 9457 problem details.
 """
 
 
@@ -56,7 +60,10 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
                 timeout_s=settings.peer_timeout_s,
             ),
         )
-        await db.start()
+        await db.start(SCHEMA)
+        runner = JobRunner(db, service="portfolio", settings=settings)
+        await runner.start()
+        app.state.jobs = runner
         service = PortfolioService(db=db, peers=peers, settings=settings)
         app.state.portfolio = service
         try:
@@ -77,6 +84,7 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
                 ticking.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticking
+            await runner.aclose()
             await service.aclose()
             await db.dispose()
 
@@ -89,4 +97,5 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
         timeout_s=settings.health_timeout_s,
     )
     app.include_router(router)
+    app.include_router(job_router(responses=errors(401, 503)))
     return app

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
 
 ALL_IN_FRACTION = 1.0 - 2.220446049250313e-16
 MIN_SHARES = 1e-6
@@ -243,3 +245,45 @@ def decide(wishes: dict[str, int | None], book: Book) -> dict[str, int]:
         if w != side:
             nxt[s] = w
     return nxt
+
+
+@dataclass(frozen=True)
+class Config:
+    """A deployment's stored configuration, parsed for the planner."""
+
+    symbols: list[str]
+    start_date: date
+    strategy: dict[str, Any]
+    warmup_period: int
+    costs: CostModel
+    sizing: Sizing
+    limits: Limits
+
+    @classmethod
+    def parse(cls, c: dict[str, Any]) -> Config:
+        """Return the planner's view of a stored config."""
+        ps = c["position_size"]
+        return cls(
+            symbols=list(c["symbols"]),
+            start_date=date.fromisoformat(c["start_date"]),
+            strategy=c["strategy"],
+            warmup_period=int(c["warmup_period"]),
+            costs=CostModel(**c["costs"]),
+            sizing=Sizing(
+                method=ps["method"],
+                value=float(ps.get("value", 1.0)),
+                fractional=bool(c["fractional_shares"]),
+                max_positions=int(c["max_positions"]),
+            ),
+            limits=Limits(**c["risk"]),
+        )
+
+    def signals_request(self, until: date) -> dict[str, Any]:
+        """Return the backtest config whose `/signals` this deployment trades."""
+        return {
+            "symbols": self.symbols,
+            "start_date": self.start_date.isoformat(),
+            "end_date": until.isoformat(),
+            "strategy": self.strategy,
+            "warmup_period": self.warmup_period,
+        }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -158,6 +158,22 @@ async def open_orders(session: AsyncSession) -> list[Row]:
     return [dict(r) for r in (await session.execute(q)).mappings()]
 
 
+async def unsettled_orders(session: AsyncSession, *, account_id: uuid.UUID) -> list[Row]:
+    """Return an account's orders not sent yet (new) or sent but not filled (submitted)."""
+    q = (
+        select(orders)
+        .where((orders.c.account_id == account_id) & orders.c.status.in_(("new", "submitted")))
+        .order_by(orders.c.id)
+    )
+    return [dict(r) for r in (await session.execute(q)).mappings()]
+
+
+async def accounts_of_broker(session: AsyncSession, *, broker: str) -> list[uuid.UUID]:
+    """Return the ids of the accounts on one broker."""
+    q = select(accounts.c.id).where(accounts.c.broker == broker).order_by(accounts.c.id)
+    return list((await session.execute(q)).scalars())
+
+
 async def count_orders(session: AsyncSession, *, account_id: uuid.UUID, day: date) -> int:
     """Return the orders an account sent (not refused) in one session."""
     q = select(func.count()).where(
@@ -230,3 +246,8 @@ def as_utc(day: date) -> datetime:
     from datetime import UTC, time
 
     return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def aware(t: datetime) -> datetime:
+    """Return t as UTC-aware (SQLite hands timestamps back naive, in UTC)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -7,7 +7,8 @@ paper broker fills them at the next session's open from the market service's pri
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
@@ -25,6 +26,7 @@ from services.portfolio.schemas import (
 )
 from services.portfolio.service import PortfolioService
 from shared.api import ProblemDocs
+from shared.jobs import JobContext, JobRunner, accepted, accepted_responses
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
 
 router = APIRouter()
@@ -32,7 +34,9 @@ router = APIRouter()
 errors = ProblemDocs(
     {
         404: "The account or deployment does not exist (or a symbol the market lacks).",
-        409: "The deployment is stopped.",
+        409: "The deployment is stopped; the account's broker is not configured (Alpaca keys, "
+        "live switch; `detail` says what to do) or its Alpaca account is already open; an "
+        "alpaca account asked to replay the past.",
         422: "An input is invalid (`field` names it): an unknown strategy or parameter (the "
         "backtest service's verdict), `until` before the start, the alpaca broker.",
         502: "The market or backtest service failed.",
@@ -67,7 +71,13 @@ async def get_service(request: Request) -> PortfolioService:
     return request.app.state.portfolio  # type: ignore[no-any-return]
 
 
+async def get_jobs(request: Request) -> JobRunner:
+    """Return the app's JobRunner (built in lifespan)."""
+    return request.app.state.jobs  # type: ignore[no-any-return]
+
+
 Service = Annotated[PortfolioService, Depends(get_service)]
+Jobs = Annotated[JobRunner, Depends(get_jobs)]
 
 
 @router.post(
@@ -81,7 +91,9 @@ Service = Annotated[PortfolioService, Depends(get_service)]
 )
 async def create_account(body: AccountCreate, service: Service) -> Account:
     """Open an account holding `initial_cash` on the `paper` broker (simulated orders; no
-    money moves). Returns its id, cash, equity (= cash), no positions."""
+    money moves). Returns its id, cash, equity (= cash), no positions. `broker: "alpaca"`
+    opens the one account on Alpaca's paper account of the server's stored keys: its cash
+    and positions are the broker's (409 when keys are missing or it is already open)."""
     return await service.create_account(body)
 
 
@@ -222,23 +234,48 @@ async def stop_deployment(deployment_id: DeploymentId, service: Service) -> Depl
     return await service.stop_deployment(deployment_id)
 
 
+async def _run_job(
+    service: PortfolioService, deployment_id: uuid.UUID, body: RunRequest, ctx: JobContext
+) -> dict[str, Any]:
+    ctx.report(0, 1, "processing sessions")
+    result = await service.run(deployment_id, body.until)
+    ctx.report(1, 1, f"{result.sessions} sessions processed")
+    return result.model_dump(mode="json")
+
+
 @router.post(
     "/deployments/{deployment_id}/run",
     operation_id="run_deployment",
     openapi_extra={**DESTRUCTIVE, **rules_extension(*RUN_RULES)},
     response_model=RunResult,
-    responses=WRITE,
+    responses={**accepted_responses(), **WRITE},
     summary="Trade every session up to a date",
 )
 @documents_rules(*RUN_RULES)
 async def run_deployment(
-    deployment_id: DeploymentId, body: RunRequest, service: Service
-) -> RunResult:
+    deployment_id: DeploymentId, body: RunRequest, request: Request, service: Service, jobs: Jobs
+) -> Any:
     """Process every exchange session from the last processed one up to `until`: at each
     open the wishes decided at the previous close become orders (past the risk manager)
     filled by the paper broker; at each close the strategy's wish (the backtest's
     `get_signals`) is read. A date in the past replays history, the same fills as a
-    backtest of the same config (but for the backtest's closing fill at its end)."""
+    backtest of the same config (but for the backtest's closing fill at its end).
+
+    On an `alpaca` account only the latest closed session trades (its orders go to Alpaca
+    as market orders for the next open; the next run books their fills): an `until` before
+    it is a replay, refused with 409 `replay_not_supported`.
+
+    Answers 200 with what was processed, or 202 and runs as a job (`Location` is its status
+    URL) when more than `PORTFOLIO_RUN_JOB_SESSIONS` weekdays (600 by default, a little
+    over two years) are left to process."""
+    limit = service.settings.portfolio_run_job_sessions
+    if await service.sessions_to_run(deployment_id, body.until) > limit:
+        job = await jobs.submit(
+            "run_deployment",
+            {"deployment_id": str(deployment_id), **body.model_dump(mode="json")},
+            partial(_run_job, service, deployment_id, body),
+        )
+        return accepted(request, job)
     return await service.run(deployment_id, body.until)
 
 

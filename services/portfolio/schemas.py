@@ -35,12 +35,19 @@ class AccountCreate(Request):
     """A new account: `paper` trades on the embedded paper broker."""
 
     name: str = Field(min_length=1, max_length=100, description="A name to recognise it by.")
-    broker: Literal["paper"] = Field(
+    broker: Literal["paper", "alpaca"] = Field(
         default="paper",
-        description="`paper`: the embedded paper broker (no keys, offline). `alpaca` comes "
-        "with the Alpaca adapter (not in this version).",
+        description="`paper`: the embedded paper broker (no keys, offline; replays history). "
+        "`alpaca`: Alpaca's paper account with the server's stored keys (live only when the "
+        "server sets ALPACA_PAPER=0 and ALPACA_LIVE=1); it trades only the latest closed "
+        "session, and its cash and positions are the broker's.",
     )
-    initial_cash: float = Field(default=100_000.0, gt=0, le=1e12, description="Starting cash.")
+    initial_cash: float = Field(
+        default=100_000.0,
+        gt=0,
+        le=1e12,
+        description="Starting cash (`paper`; an `alpaca` account starts with the broker's).",
+    )
 
 
 class Costs(Request):
@@ -256,7 +263,7 @@ class Order(Answer):
     side: Literal["buy", "sell"]
     quantity: float = Field(description="Shares sent (after any risk cut).")
     requested: float = Field(description="Shares the strategy's sizing asked for.")
-    status: Literal["new", "filled", "refused", "rejected"]
+    status: Literal["new", "submitted", "filled", "refused", "rejected"]
     reason: str | None
 
 

@@ -12,29 +12,30 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
 from services.portfolio import repository as repo
-from services.portfolio.drift import compare
+from services.portfolio.alpaca import AlpacaBroker, alpaca_client
+from services.portfolio.brokers import Broker, Execution, PaperBroker, Ticket
 from services.portfolio.execution import (
     Book,
+    Config,
     CostModel,
     Gate,
     Holding,
-    Limits,
-    Sizing,
     decide,
     plan_session,
 )
+from services.portfolio.live import run_live, sync_book
 from services.portfolio.peers import Peers, Prices
+from services.portfolio.reports import drift_of, risk_of
+from services.portfolio.repository import aware
 from services.portfolio.schemas import (
     Account,
     AccountCreate,
-    Breakers,
     Deployment,
     DeploymentCreate,
     Drift,
@@ -74,12 +75,12 @@ class DeploymentStoppedError(AppError):
     title = "Deployment stopped"
 
 
-class NothingToCompareError(AppError):
-    """The deployment has not processed enough sessions for a comparison (a state, not input)."""
+class AlpacaAccountTakenError(AppError):
+    """An account already trades the Alpaca account of the stored keys."""
 
     status = 409
-    code = "insufficient_data"
-    title = "Not enough sessions"
+    code = "alpaca_account_exists"
+    title = "Alpaca account already open"
 
 
 class SimulatedCrashError(RuntimeError):
@@ -95,66 +96,6 @@ def client_order_id(
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
-class Config:
-    """A deployment's stored configuration, parsed for the planner."""
-
-    symbols: list[str]
-    start_date: date
-    strategy: dict[str, Any]
-    warmup_period: int
-    costs: CostModel
-    sizing: Sizing
-    limits: Limits
-
-    @classmethod
-    def parse(cls, c: dict[str, Any]) -> Config:
-        """Return the planner's view of a stored config."""
-        ps = c["position_size"]
-        return cls(
-            symbols=list(c["symbols"]),
-            start_date=date.fromisoformat(c["start_date"]),
-            strategy=c["strategy"],
-            warmup_period=int(c["warmup_period"]),
-            costs=CostModel(**c["costs"]),
-            sizing=Sizing(
-                method=ps["method"],
-                value=float(ps.get("value", 1.0)),
-                fractional=bool(c["fractional_shares"]),
-                max_positions=int(c["max_positions"]),
-            ),
-            limits=Limits(**c["risk"]),
-        )
-
-    def signals_request(self, until: date) -> dict[str, Any]:
-        """Return the backtest config whose `/signals` this deployment trades."""
-        return {
-            "symbols": self.symbols,
-            "start_date": self.start_date.isoformat(),
-            "end_date": until.isoformat(),
-            "strategy": self.strategy,
-            "warmup_period": self.warmup_period,
-        }
-
-
-class PaperBroker:
-    """The embedded broker: a market order fills whole at the session's open, with the
-    deployment's slippage and commission, or is rejected when cash is short."""
-
-    name = "paper"
-
-    def execute(
-        self, *, side: str, quantity: float, quote: float, costs: CostModel, cash: float
-    ) -> tuple[float, float] | str:
-        """Return (fill price, commission), or the reason of a rejection."""
-        sign = 1.0 if side == "buy" else -1.0
-        fill = costs.fill_price(quote, sign)
-        fee = costs.fee(quantity, fill)
-        if sign > 0 and quantity * fill + fee > cash * (1 + 1e-12) + 1e-9:
-            return f"insufficient cash: {quantity * fill + fee:.2f} needed, {cash:.2f} held"
-        return fill, fee
-
-
 class PortfolioService:
     """Accounts, deployments, orders and risk on the database; peers over HTTP."""
 
@@ -162,7 +103,8 @@ class PortfolioService:
         self.db = db
         self.peers = peers
         self.settings = settings
-        self.broker = PaperBroker()
+        self.paper = PaperBroker()
+        self._alpaca: AlpacaBroker | None = None
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self.crash_after_decide = False  # a test switch: stop between deciding and sending
 
@@ -170,18 +112,42 @@ class PortfolioService:
         """Close the peers' clients."""
         await self.peers.aclose()
 
+    def broker_for(self, name: str) -> Broker:
+        """Return the broker of an account (Alpaca's client is built on first use)."""
+        return self.paper if name == "paper" else self.alpaca()
+
+    def alpaca(self) -> AlpacaBroker:
+        """Return the Alpaca broker (a problem when its keys or the live switch are missing)."""
+        if self._alpaca is None:
+            self._alpaca = AlpacaBroker(alpaca_client(self.settings))
+        return self._alpaca
+
     # ---- accounts ---------------------------------------------------------------------
 
     async def create_account(self, body: AccountCreate) -> Account:
-        """Open an account holding only its initial cash."""
+        """Open an account holding only its initial cash (`alpaca`: the broker's book, one
+        account per key set)."""
         new_id = uuid.uuid4()
+        cash = body.initial_cash
+        if body.broker == "alpaca":  # the broker's account is the book: its equity, its cash
+            async with self.db.session() as s:
+                taken = await repo.accounts_of_broker(s, broker="alpaca")
+            if taken:
+                raise AlpacaAccountTakenError(
+                    f"Account {taken[0]} already trades the Alpaca account of the stored keys; "
+                    "two accounts on one broker book would count its positions twice.",
+                    field="broker",
+                )
+            cash = (await self.alpaca().account()).equity
         async with self.db.session() as s, s.begin():
             await repo.insert_account(
-                s, id=new_id, name=body.name, broker=body.broker, initial_cash=body.initial_cash
+                s, id=new_id, name=body.name, broker=body.broker, initial_cash=cash
             )
+        if body.broker == "alpaca":
+            await sync_book(self, new_id, self.alpaca())
         return await self.get_account(new_id)
 
-    async def _account_row(self, s: Any, account_id: uuid.UUID) -> dict[str, Any]:
+    async def account_row(self, s: Any, account_id: uuid.UUID) -> dict[str, Any]:
         row = await repo.account(s, id=account_id)
         if row is None:
             raise AccountNotFoundError(f"No account {account_id}.", field="account_id")
@@ -190,7 +156,7 @@ class PortfolioService:
     async def get_account(self, account_id: uuid.UUID) -> Account:
         """Return cash, equity, positions, realised and unrealised pnl and exposure."""
         async with self.db.session() as s:
-            row = await self._account_row(s, account_id)
+            row = await self.account_row(s, account_id)
             held = await repo.positions_of(s, account_id=account_id)
         pos = [
             Position(
@@ -224,7 +190,7 @@ class PortfolioService:
     async def halt(self, account_id: uuid.UUID) -> Account:
         """Turn the kill switch on: the risk manager refuses every order until resumed."""
         async with self.db.session() as s, s.begin():
-            await self._account_row(s, account_id)
+            await self.account_row(s, account_id)
             await repo.update_account(
                 s, id=account_id, halted=True, halt_reason="kill switch (POST /halt)"
             )
@@ -233,7 +199,7 @@ class PortfolioService:
     async def resume(self, account_id: uuid.UUID) -> Account:
         """Turn the kill switch off and lift the deployments' drawdown halts."""
         async with self.db.session() as s, s.begin():
-            await self._account_row(s, account_id)
+            await self.account_row(s, account_id)
             await repo.update_account(s, id=account_id, halted=False, halt_reason=None)
             for d in await repo.deployments_of(s, account_id=account_id):
                 if d["halt_reason"]:
@@ -249,7 +215,7 @@ class PortfolioService:
             raise ValidationProblemError("Each symbol at most once.", field="symbols")
         start = body.start_date or datetime.now(UTC).date()
         async with self.db.session() as s:
-            await self._account_row(s, body.account_id)
+            await self.account_row(s, body.account_id)
         config = body.model_dump(mode="json", exclude={"account_id"})
         config.update(symbols=symbols, start_date=start.isoformat())
         # the backtest validates the strategy on a year before the start (its own 422s)
@@ -266,7 +232,7 @@ class PortfolioService:
             await repo.insert_deployment(s, id=new_id, account_id=body.account_id, config=config)
         return await self.get_deployment(new_id)
 
-    async def _deployment_row(self, s: Any, deployment_id: uuid.UUID) -> dict[str, Any]:
+    async def deployment_row(self, s: Any, deployment_id: uuid.UUID) -> dict[str, Any]:
         row = await repo.deployment(s, id=deployment_id)
         if row is None:
             raise DeploymentNotFoundError(f"No deployment {deployment_id}.", field="deployment_id")
@@ -275,7 +241,7 @@ class PortfolioService:
     async def get_deployment(self, deployment_id: uuid.UUID) -> Deployment:
         """Return a deployment's state and config."""
         async with self.db.session() as s:
-            row = await self._deployment_row(s, deployment_id)
+            row = await self.deployment_row(s, deployment_id)
         return Deployment(
             id=row["id"],
             account_id=row["account_id"],
@@ -290,9 +256,21 @@ class PortfolioService:
     async def stop_deployment(self, deployment_id: uuid.UUID) -> Deployment:
         """Stop a deployment: it decides no more orders (positions stay)."""
         async with self.db.session() as s, s.begin():
-            await self._deployment_row(s, deployment_id)
+            await self.deployment_row(s, deployment_id)
             await repo.update_deployment(s, id=deployment_id, status="stopped")
         return await self.get_deployment(deployment_id)
+
+    async def sessions_to_run(self, deployment_id: uuid.UUID, until: date) -> int:
+        """Return the weekdays a run up to until would process (an upper bound of the
+        exchange sessions, known without asking a peer): what decides job or not."""
+        async with self.db.session() as s:
+            dep = await self.deployment_row(s, deployment_id)
+        after = dep["last_session"] or date.fromisoformat(dep["config"]["start_date"]) - timedelta(
+            days=1
+        )
+        if until <= after:
+            return 0
+        return int(np.busday_count(after + timedelta(days=1), until + timedelta(days=1)))
 
     async def run(self, deployment_id: uuid.UUID, until: date) -> RunResult:
         """Process every session up to until not processed yet (one run per deployment at once)."""
@@ -302,7 +280,7 @@ class PortfolioService:
 
     async def _run(self, deployment_id: uuid.UUID, until: date) -> RunResult:
         async with self.db.session() as s:
-            dep = await self._deployment_row(s, deployment_id)
+            dep = await self.deployment_row(s, deployment_id)
         if dep["status"] != "active":
             raise DeploymentStoppedError(f"Deployment {deployment_id} is stopped.")
         cfg = Config.parse(dep["config"])
@@ -312,11 +290,24 @@ class PortfolioService:
                 field="until",
             )
         sig = await self.peers.signals(cfg.signals_request(until))
+        account_id = dep["account_id"]
+        counts = {"orders": 0, "fills": 0, "refused": 0}
+        async with self.db.session() as s:
+            broker = (await self.account_row(s, account_id))["broker"]
+        if broker == "alpaca":
+            first, last_done, n = await run_live(self, dep, cfg, sig, self.alpaca(), until, counts)
+            account = await self.get_account(account_id)
+            return RunResult(
+                deployment_id=deployment_id,
+                sessions=n,
+                first_session=first,
+                last_session=last_done,
+                equity=account.equity,
+                **counts,
+            )
         days = [t.date() for t in sig.timestamps]
         last = dep["last_session"]
         todo = [i for i, d in enumerate(days) if last is None or d > last]
-        account_id = dep["account_id"]
-        counts = {"orders": 0, "fills": 0, "refused": 0}
         if todo:
             first = days[todo[0]]
             prices = dict(
@@ -340,8 +331,8 @@ class PortfolioService:
             **counts,
         )
 
-    async def _book(self, s: Any, account_id: uuid.UUID) -> tuple[dict[str, Any], Book]:
-        row = await self._account_row(s, account_id)
+    async def book_of(self, s: Any, account_id: uuid.UUID) -> tuple[dict[str, Any], Book]:
+        row = await self.account_row(s, account_id)
         held = await repo.positions_of(s, account_id=account_id)
         book = Book(
             cash=row["cash"],
@@ -371,8 +362,8 @@ class PortfolioService:
         in between only makes the next run process them again.
         """
         async with self.db.session() as s:
-            dep = await self._deployment_row(s, deployment_id)
-            _, book = await self._book(s, account_id)
+            dep = await self.deployment_row(s, deployment_id)
+            _, book = await self.book_of(s, account_id)
         pending: dict[str, int] = dict(dep["pending"])
         marks: list[tuple[date, float, float]] = []  # (session, equity, cash) not written yet
         closes: dict[str, float] = {}
@@ -397,7 +388,7 @@ class PortfolioService:
                     await flush(prev)
                 await self._open(deployment_id, account_id, cfg, day, pending, opens, counts)
                 async with self.db.session() as s:
-                    _, book = await self._book(s, account_id)
+                    _, book = await self.book_of(s, account_id)
             closes = {sym: prices[sym].close[day] for sym in cfg.symbols}
             net, _ = book.values(closes)
             marks.append((day, book.cash + net, book.cash))
@@ -418,12 +409,36 @@ class PortfolioService:
         counts: dict[str, int],
     ) -> None:
         """Execute a session's open: decide and store its orders once, then send the new."""
+        async with self.db.session() as s:
+            dep = await self.deployment_row(s, deployment_id)
+        await self.decide_orders(dep, cfg, day, pending, opens, counts)
+        async with self.db.session() as s:
+            stored = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
+        for order in stored:
+            if order["status"] == "new":
+                counts["fills"] += await self.send(
+                    order, quote=opens[order["symbol"]], costs=cfg.costs
+                )
+
+    async def decide_orders(
+        self,
+        dep: dict[str, Any],
+        cfg: Config,
+        day: date,
+        pending: dict[str, int],
+        quotes: dict[str, float],
+        counts: dict[str, int],
+    ) -> None:
+        """Decide and store a session's orders at quotes, once (a session that has orders
+        keeps them): each past the risk manager, under its deterministic client_order_id."""
         decided = False
+        deployment_id, account_id = dep["id"], dep["account_id"]
+        opens = quotes
         async with self.db.session() as s, s.begin():
-            dep = await self._deployment_row(s, deployment_id)
+            dep = await self.deployment_row(s, deployment_id)
             existing = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
             if pending and not existing:
-                row, book = await self._book(s, account_id)
+                row, book = await self.book_of(s, account_id)
                 gate = await self._gate(s, row, dep, cfg, book, opens, day)
                 planned = plan_session(
                     book,
@@ -456,11 +471,6 @@ class PortfolioService:
                     decided = True
         if self.crash_after_decide and decided:  # tests: killed between deciding and sending
             raise SimulatedCrashError("stopped between deciding and sending (test switch)")
-        async with self.db.session() as s:
-            stored = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
-        for order in stored:
-            if order["status"] == "new":
-                counts["fills"] += await self._send(order, cfg.costs, opens[order["symbol"]])
 
     async def _gate(
         self,
@@ -502,67 +512,88 @@ class PortfolioService:
                 )
         return gate
 
-    async def _send(self, order: dict[str, Any], costs: CostModel, quote: float) -> int:
-        """Send one stored order to the broker and book its fill; return fills made (0/1)."""
+    async def send(
+        self, order: dict[str, Any], *, quote: float, costs: CostModel | None = None
+    ) -> int:
+        """Send one stored order to its account's broker and book what it answers; return
+        fills booked (0/1). The paper broker fills at quote under the account's lock; a live
+        broker is called outside any transaction and answers `submitted` until it fills."""
+        ticket = Ticket(order["client_order_id"], order["symbol"], order["side"], order["quantity"])
+        model = costs or CostModel()
+        async with self.db.session() as s:
+            name = (await self.account_row(s, order["account_id"]))["broker"]
+        broker = self.broker_for(name)
+        if broker is not self.paper:
+            execution = await broker.submit(ticket, quote=quote, costs=model, cash=0.0)
+            async with self.db.session() as s, s.begin():
+                return await self.record(s, order, execution, quote=quote)
         async with self.db.session() as s, s.begin():
             row = await repo.account(s, id=order["account_id"], lock=True)
             assert row is not None
-            held = {p["symbol"]: p for p in await repo.positions_of(s, account_id=row["id"])}
-            result = self.broker.execute(
-                side=order["side"],
-                quantity=order["quantity"],
-                quote=quote,
-                costs=costs,
-                cash=row["cash"],
-            )
-            if isinstance(result, str):
-                await repo.update_order(s, id=order["id"], status="rejected", reason=result)
-                return 0
-            fill, fee = result
-            qty = order["quantity"]
-            sign = 1.0 if order["side"] == "buy" else -1.0
-            cash = row["cash"] - sign * qty * fill - fee
-            pos = held.get(order["symbol"])
-            pnl: float | None = None
-            realised = row["realised_pnl"]
-            if pos is not None and pos["quantity"] * sign < 0:  # closing
-                q = pos["quantity"]
-                pnl = q * (fill - pos["average_price"]) - pos["entry_commission"] - fee
-                realised += pnl
-                await repo.delete_position(s, account_id=row["id"], symbol=order["symbol"])
-            else:
-                await repo.put_position(
-                    s,
-                    account_id=row["id"],
-                    symbol=order["symbol"],
-                    quantity=sign * qty,
-                    average_price=fill,
-                    entry_commission=fee,
-                    last_price=quote,
-                )
-            await repo.update_account(s, id=row["id"], cash=cash, realised_pnl=realised)
-            await repo.insert_fill(
+            execution = await broker.submit(ticket, quote=quote, costs=model, cash=row["cash"])
+            return await self.record(s, order, execution, quote=quote)
+
+    async def record(
+        self, s: Any, order: dict[str, Any], execution: Execution, *, quote: float
+    ) -> int:
+        """Book a broker's answer to an order in the caller's transaction: the fill (cash,
+        position, realised pnl), or the order's new status; return fills booked (0/1)."""
+        if execution.status != "filled" or execution.price is None:
+            status = "submitted" if execution.status == "submitted" else "rejected"
+            await repo.update_order(s, id=order["id"], status=status, reason=execution.reason)
+            return 0
+        row = await repo.account(s, id=order["account_id"], lock=True)
+        assert row is not None
+        held = {p["symbol"]: p for p in await repo.positions_of(s, account_id=row["id"])}
+        fill, fee, qty = execution.price, execution.commission, execution.quantity
+        sign = 1.0 if order["side"] == "buy" else -1.0
+        cash = row["cash"] - sign * qty * fill - fee
+        pos = held.get(order["symbol"])
+        pnl: float | None = None
+        realised = row["realised_pnl"]
+        if pos is not None and pos["quantity"] * sign < 0:  # closing
+            q = pos["quantity"]
+            pnl = q * (fill - pos["average_price"]) - pos["entry_commission"] - fee
+            realised += pnl
+            await repo.delete_position(s, account_id=row["id"], symbol=order["symbol"])
+        else:
+            await repo.put_position(
                 s,
                 account_id=row["id"],
-                order_id=order["id"],
-                timestamp=repo.as_utc(order["session"]),
                 symbol=order["symbol"],
-                direction=order["side"],
-                shares=qty,
-                price=fill,
-                commission=fee,
-                slippage_cost=abs(fill - quote) * qty,
-                pnl=pnl,
+                quantity=sign * qty,
+                average_price=fill,
+                entry_commission=fee,
+                last_price=quote or fill,
             )
-            await repo.update_order(s, id=order["id"], status="filled")
+        await repo.update_account(s, id=row["id"], cash=cash, realised_pnl=realised)
+        await repo.insert_fill(
+            s,
+            account_id=row["id"],
+            order_id=order["id"],
+            timestamp=repo.as_utc(order["session"]),
+            symbol=order["symbol"],
+            direction=order["side"],
+            shares=qty,
+            price=fill,
+            commission=fee,
+            slippage_cost=abs(fill - quote) * qty if quote else 0.0,
+            pnl=pnl,
+        )
+        await repo.update_order(s, id=order["id"], status="filled", reason=execution.reason)
         return 1
 
     async def reconcile(self) -> int:
-        """Send every order stored but never sent (a crash between deciding and sending)."""
+        """Send every paper order stored but never sent (a crash between deciding and
+        sending); on each Alpaca account send or look up its open orders and take the
+        broker's positions and cash. Return the orders sent or booked."""
         async with self.db.session() as s:
             outstanding = await repo.open_orders(s)
+            live = await repo.accounts_of_broker(s, broker="alpaca")
         sent = 0
         for order in outstanding:
+            if order["account_id"] in live:
+                continue
             async with self.db.session() as s:
                 dep = await repo.deployment(s, id=order["deployment_id"])
             if dep is None:
@@ -570,54 +601,25 @@ class PortfolioService:
             cfg = Config.parse(dep["config"])
             day: date = order["session"]
             prices = await self.peers.prices(order["symbol"], day, day + timedelta(days=1))
-            sent += await self._send(order, cfg.costs, prices.open[day])
+            sent += await self.send(order, quote=prices.open[day], costs=cfg.costs)
+        for account_id in live:
+            sent += await sync_book(self, account_id, self.alpaca())
         return sent
 
     async def drift(self, deployment_id: uuid.UUID) -> Drift:
         """Compare the deployment's record with `POST /backtest` of its config on its sessions."""
-        async with self.db.session() as s:
-            dep = await self._deployment_row(s, deployment_id)
-            account = await self._account_row(s, dep["account_id"])
-            paper = await repo.deployment_fills(s, deployment_id=deployment_id)
-            history = await repo.equity_history(s, account_id=dep["account_id"])
-        last: date | None = dep["last_session"]
-        c = dep["config"]
-        cfg = Config.parse(c)
-        if last is None or last <= cfg.start_date:
-            raise NothingToCompareError(
-                "The deployment has not processed two sessions yet: run it first "
-                "(POST /deployments/{id}/run)."
-            )
-        body = {
-            **cfg.signals_request(last),
-            **c["costs"],
-            "position_size": c["position_size"],
-            "max_positions": c["max_positions"],
-            "fractional_shares": c["fractional_shares"],
-            "initial_capital": account["initial_cash"],
-            "equity_points": 20_000,
-        }
-        result, theirs = await self.peers.backtest_run(body)
-        curve = result["equity"]
-        backtest_equity = {
-            date.fromisoformat(str(t)[:10]): float(v)
-            for t, v in zip(curve["timestamps"], curve["equity"], strict=True)
-        }
-        ours = [{**f, "timestamp": aware(f["timestamp"]).isoformat()} for f in paper]
-        return compare(
-            paper_fills=ours,
-            backtest_fills=theirs,
-            paper_equity={h["session"]: h["equity"] for h in history},
-            backtest_equity=backtest_equity,
-            run_id=str(result["run_id"]),
-        )
+        return await drift_of(self, deployment_id)
 
-    # ---- lists and risk ---------------------------------------------------------------
+    async def risk(self, account_id: uuid.UUID) -> Risk:
+        """Return exposure by symbol, historical VaR/CVaR, correlation, drawdown, breakers."""
+        return await risk_of(self, account_id)
+
+    # ---- lists ---------------------------------------------------------------
 
     async def list_orders(self, account_id: uuid.UUID, *, limit: int, offset: int) -> OrderList:
         """Return a page of an account's orders, oldest first."""
         async with self.db.session() as s:
-            await self._account_row(s, account_id)
+            await self.account_row(s, account_id)
             rows, total = await repo.page(
                 s, table="orders", account_id=account_id, limit=limit, offset=offset
             )
@@ -627,7 +629,7 @@ class PortfolioService:
     async def list_fills(self, account_id: uuid.UUID, *, limit: int, offset: int) -> FillList:
         """Return a page of an account's fills, oldest first."""
         async with self.db.session() as s:
-            await self._account_row(s, account_id)
+            await self.account_row(s, account_id)
             rows, total = await repo.page(
                 s, table="fills", account_id=account_id, limit=limit, offset=offset
             )
@@ -647,67 +649,6 @@ class PortfolioService:
             for r in rows
         ]
         return FillList(fills=items, page=_page(total, limit, offset, len(items)))
-
-    async def risk(self, account_id: uuid.UUID) -> Risk:
-        """Return exposure by symbol, historical VaR/CVaR, correlation, drawdown, breakers."""
-        account = await self.get_account(account_id)
-        async with self.db.session() as s:
-            history = await repo.equity_history(s, account_id=account_id)
-            deps = await repo.deployments_of(s, account_id=account_id)
-            last = history[-1]["session"] if history else None
-            n_orders = await repo.count_orders(s, account_id=account_id, day=last) if last else 0
-        eq = account.equity
-        peak = max([account.initial_cash, *(h["equity"] for h in history)])
-        held = [p for p in account.positions if p.quantity != 0]
-        returns: dict[str, np.ndarray] = {}
-        if held and last is not None:
-            start = last - timedelta(days=int(self.settings.portfolio_var_window * 1.5) + 10)
-            got = await asyncio.gather(*(self.peers.prices(p.symbol, start, last) for p in held))
-            common = sorted(set.intersection(*(set(g.close) for g in got)))
-            common = common[-(self.settings.portfolio_var_window + 1) :]
-            for p, g in zip(held, got, strict=True):
-                closes = np.array([g.close[d] for d in common])
-                returns[p.symbol] = np.diff(closes) / closes[:-1]
-        var = cvar = None
-        obs = min((len(r) for r in returns.values()), default=0)
-        corr: dict[str, dict[str, float | None]] = {}
-        if obs >= 20:
-            pnl = sum(p.market_value * returns[p.symbol] for p in held)
-            assert isinstance(pnl, np.ndarray)
-            q = float(np.quantile(pnl, 0.05))
-            var = -q
-            cvar = -float(pnl[pnl <= q].mean())
-            for a in held:
-                corr[a.symbol] = {}
-                for b in held:
-                    c = np.corrcoef(returns[a.symbol], returns[b.symbol])[0, 1]
-                    corr[a.symbol][b.symbol] = float(c) if np.isfinite(c) else None
-        return Risk(
-            account_id=account_id,
-            equity=eq,
-            exposure_by_symbol={p.symbol: p.market_value / eq if eq else 0.0 for p in held},
-            gross_exposure=account.exposure,
-            var_95=var,
-            cvar_95=cvar,
-            observations=obs,
-            correlation=corr,
-            drawdown=max(0.0, (peak - eq) / peak) if peak > 0 else 0.0,
-            peak_equity=peak,
-            breakers=Breakers(
-                kill_switch=account.halted,
-                kill_reason=account.halt_reason,
-                halted_deployments={
-                    str(d["id"]): d["halt_reason"] for d in deps if d["halt_reason"]
-                },
-                orders_last_session=n_orders,
-                last_session=last,
-            ),
-        )
-
-
-def aware(t: datetime) -> datetime:
-    """Return t as UTC-aware (SQLite hands timestamps back naive, in UTC)."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _page(total: int, limit: int, offset: int, returned: int) -> Page:

@@ -52,6 +52,27 @@ class PortfolioSettings(BaseServiceSettings):
         description="Seconds between scheduler ticks: each runs every active deployment up to "
         "the latest closed session (the market's exchange calendar). 0: off.",
     )
+    portfolio_run_job_sessions: int = Field(
+        default=600,
+        ge=0,
+        description="`POST /deployments/{id}/run` answers 202 and runs as a job when it has more "
+        "weekdays to process than this (600: a little over two years, a few seconds of replay "
+        "with trades); 0: always a job.",
+    )
+    alpaca_paper: bool = Field(
+        default=True,
+        description="Alpaca accounts trade Alpaca's paper API. 0 asks for the live API, which is "
+        "refused unless ALPACA_LIVE=1 too.",
+    )
+    alpaca_live: bool = Field(
+        default=False,
+        description="The explicit switch that allows ALPACA_PAPER=0 (real money).",
+    )
+    alpaca_url: str | None = Field(
+        default=None,
+        description="Base URL of the Alpaca trading API instead of Alpaca's own (a proxy, or a "
+        "local stub in tests). Unset: paper-api.alpaca.markets (api.alpaca.markets when live).",
+    )
     portfolio_var_window: int = Field(
         default=252,
         ge=20,

@@ -1,13 +1,13 @@
 """The portfolio service's own tables (SQLAlchemy Core on their own metadata).
 
-Migration 0006 (shared/migrations/versions/0006_portfolio.py) creates them on the one
-Alembic chain the platform has today; per-service chains come with the service kit.
+Migrations: services/portfolio/migrations/versions (its own chain, shared.migrate).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import (
-    JSON,
     Boolean,
     Column,
     Date,
@@ -24,9 +24,10 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+from shared.migrate import Schema
+from shared.tables import JSONType
+
 metadata = MetaData()
 F = Float(precision=53)
 NOW = text("CURRENT_TIMESTAMP")
@@ -114,3 +115,5 @@ equity = Table(
     Column("equity", F, nullable=False),
     Column("cash", F, nullable=False),
 )
+
+SCHEMA = Schema("portfolio", metadata, Path(__file__).resolve().parent / "migrations" / "versions")

@@ -25,6 +25,7 @@ from services.predictor.routes import errors, router
 from services.predictor.schemas import Health
 from services.predictor.service import PredictorService
 from services.predictor.settings import PredictorSettings
+from services.predictor.tables import SCHEMA
 from shared.app import service_app
 from shared.cache import Cache
 from shared.db import Database
@@ -65,7 +66,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             )
         )
         app.state.kernels = start_warming("predictor", warm_kernels)  # the LSTM's forward pass
-        await db.start()
+        await db.start(SCHEMA)
         log = PredictionLog(db)
         log.start()
         registry = Registry(
@@ -82,6 +83,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
         )
         app.state.predictor = service
+        registry.preload("default")  # the first /predict finds the model in memory
         watcher = None
         if settings.outcomes_check_s > 0:
             watcher = asyncio.create_task(
@@ -95,6 +97,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            await registry.aclose()
             await runner.aclose()
             await log.aclose()
             await market.aclose()

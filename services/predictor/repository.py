@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Table, and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.tables import ModelState, Prediction
+from services.predictor.tables import ModelState, Prediction
 
 STATES: Table = ModelState.__table__  # type: ignore[attr-defined]
 PREDICTIONS: Table = Prediction.__table__  # type: ignore[attr-defined]

@@ -34,6 +34,7 @@ from services.predictor.ml.training import SeriesData, TrainConfig, train_ensemb
 from services.predictor.ml.xgboost_model import XGBoostConfig
 from services.predictor.registry import Registry
 from services.predictor.settings import PredictorSettings
+from services.predictor.tables import SCHEMA
 from shared.cache import Cache
 from shared.db import Database
 from shared.quant.features import FEATURE_NAMES, compute_features
@@ -68,7 +69,7 @@ async def seed_model(database_url: str) -> None:
     config = replace(TrainConfig(models=("xgboost",)), xgboost=XGBoostConfig(n_estimators=20))
     model = train_ensemble(series, config, feature_names=FEATURE_NAMES)
     db = Database(database_url)
-    await db.migrate()
+    await db.migrate(SCHEMA)
     try:
         registry = Registry(db, Cache())
         await registry.add(

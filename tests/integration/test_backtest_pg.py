@@ -18,9 +18,11 @@ from sqlalchemy import text
 
 from services.backtest.app import create_app
 from services.backtest.settings import BacktestSettings
+from services.backtest.tables import SCHEMA as BACKTEST
 from services.market.app import create_app as create_market
 from services.market.settings import SHARED_CSV_DIR
-from shared.db import Database, alembic_config
+from shared.db import Database
+from shared.migrate import alembic_config
 from tests.conftest import market_settings
 from tests.unit.backtest.service.conftest import fills_stored_both_ways
 from trading.cli import free_port, serve_in_thread
@@ -122,7 +124,7 @@ def test_runs_trades_charts_and_jobs_survive_a_restart(
     assert any(b":chart:" in k for k in keys)  # charts are cached in Redis for every replica
 
 
-def test_migration_0003_round_trips_with_runs_in_place(
+def test_migration_backtest_0002_round_trips_with_runs_in_place(
     pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
 ) -> None:
     with backtest(pg_url, redis_prefix, market_url, tmp_path) as client:
@@ -134,8 +136,7 @@ def test_migration_0003_round_trips_with_runs_in_place(
             async with db.engine.begin() as conn:
 
                 def go(c: Any) -> None:
-                    cfg = alembic_config()
-                    cfg.attributes["connection"] = c
+                    cfg = alembic_config(BACKTEST, c)
                     (command.downgrade if down else command.upgrade)(cfg, target)
 
                 await conn.run_sync(go)
@@ -153,7 +154,7 @@ def test_migration_0003_round_trips_with_runs_in_place(
         finally:
             await db.dispose()
 
-    down_trades, down_cols = asyncio.run(move("0002", True))
+    down_trades, down_cols = asyncio.run(move("backtest_0001", True))
     up_trades, up_cols = asyncio.run(move("head", False))
 
     assert down_trades == up_trades == body["trades"]["fills"]
@@ -228,7 +229,7 @@ def test_walk_forwards_and_searches_are_stored_listed_and_survive_a_restart(
     assert mc.json()["actual_total_return"] == pytest.approx(wf["metrics"]["total_return"])
 
 
-def test_migration_0004_round_trips_with_analyses_in_place(
+def test_migration_backtest_0003_round_trips_with_analyses_in_place(
     pg_url: str, redis_prefix: str, market_url: str, tmp_path: Path
 ) -> None:
     with backtest(pg_url, redis_prefix, market_url, tmp_path) as client:
@@ -240,8 +241,7 @@ def test_migration_0004_round_trips_with_analyses_in_place(
             async with db.engine.begin() as conn:
 
                 def go(c: Any) -> None:
-                    cfg = alembic_config()
-                    cfg.attributes["connection"] = c
+                    cfg = alembic_config(BACKTEST, c)
                     (command.downgrade if down else command.upgrade)(cfg, target)
 
                 await conn.run_sync(go)
@@ -253,7 +253,7 @@ def test_migration_0004_round_trips_with_analyses_in_place(
         finally:
             await db.dispose()
 
-    down_tables, down_runs = asyncio.run(move("0003", True))
+    down_tables, down_runs = asyncio.run(move("backtest_0002", True))
     up_tables, up_runs = asyncio.run(move("head", False))
 
     assert "analysis_runs" not in down_tables and "analysis_runs" in up_tables

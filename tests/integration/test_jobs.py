@@ -19,18 +19,17 @@ from typing import Any
 import httpx
 import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect
-from sqlmodel import SQLModel
 
-from services.portfolio import tables as portfolio_tables
-from shared.db import Database, alembic_config
+from shared.db import Database
 from shared.jobs import JobStatus, store
+from shared.migrate import alembic_config, drift
+from shared.tables import PLATFORM
 from tests.unit.shared.job_app import SERVICE, create_app, job_settings
 from tests.unit.shared.test_jobs_routes import wait_done
 from trading.cli import free_port
+from trading.discovery import service_schemas
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -144,27 +143,21 @@ def test_a_job_of_a_killed_process_is_marked_interrupted_on_the_next_start(
     assert after["result"] is None and after["finished_at"] is not None
 
 
-def test_the_jobs_migration_matches_the_model_and_round_trips(pg_url: str) -> None:
+def test_every_chain_matches_its_tables_and_the_jobs_chain_round_trips(pg_url: str) -> None:
     async def go() -> tuple[list[Any], set[str], set[str]]:
         db = Database(pg_url)
-        await db.migrate()
+        await db.migrate(*service_schemas())
         try:
             async with db.engine.begin() as conn:
 
-                def diff(c: Any) -> list[Any]:
-                    ctx = MigrationContext.configure(c, opts={"compare_type": True})
-                    # the platform's tables and the portfolio's own (on its own metadata)
-                    every = [SQLModel.metadata, portfolio_tables.metadata]
-                    return list(compare_metadata(ctx, every))
-
                 def move(c: Any, target: str, down: bool) -> set[str]:
-                    cfg = alembic_config()
-                    cfg.attributes["connection"] = c
+                    cfg = alembic_config(PLATFORM, c)
                     (command.downgrade if down else command.upgrade)(cfg, target)
                     return set(inspect(c).get_table_names())
 
-                diffs = await conn.run_sync(diff)
-                below = await conn.run_sync(move, "0001", True)
+                # the platform's tables and every service's, each on its own metadata
+                diffs = await conn.run_sync(drift, [PLATFORM, *service_schemas()])
+                below = await conn.run_sync(move, "base", True)
                 again = await conn.run_sync(move, "head", False)
         finally:
             await db.dispose()
@@ -172,5 +165,5 @@ def test_the_jobs_migration_matches_the_model_and_round_trips(pg_url: str) -> No
 
     diffs, below, again = asyncio.run(go())
     assert diffs == []
-    assert "jobs" not in below and "market_data" in below
+    assert "jobs" not in below and "market_data" in below and "portfolio_orders" in below
     assert "jobs" in again

@@ -214,14 +214,21 @@ def test_failed_request_does_not_touch_stored_rows(settings, pg_url: str) -> Non
 def test_migrations_are_alembic_managed(settings, pg_url: str) -> None:
     with TestClient(create_app(settings)) as c:
         assert c.get("/health").json()["database"] == "ok"
-    assert pg_count(pg_url, "select count(*) from alembic_version") == 1
+    # the market's own chain and the platform's, one version table each; no other service's
+    assert pg_count(pg_url, "select count(*) from alembic_version_market") == 1
+    assert pg_count(pg_url, "select count(*) from alembic_version_platform") == 1
     tables = pg_count(
         pg_url,
         "select count(*) from information_schema.tables where table_schema='public' and "
-        "table_name in ('market_data','technical_indicators','model_states','predictions',"
-        "'backtest_results','backtest_trades')",
+        "table_name in ('market_data','market_data_coverage','technical_indicators','jobs')",
     )
-    assert tables == 6
+    assert tables == 4
+    others = pg_count(
+        pg_url,
+        "select count(*) from information_schema.tables where table_schema='public' and "
+        "table_name in ('model_states','backtest_results','alembic_version')",
+    )
+    assert others == 0
     assert PG_ADMIN_DSN
 
 

@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,42 @@ _TF: Any = None
 _PREPARER: ThreadPoolExecutor | None = None
 _COPY_WARNING = r"__array__ implementation doesn't accept a copy keyword"
 QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # C++ logs: errors only (no INFO/WARNING)
+# Lines TensorFlow's native code writes at import whatever TF_CPP_MIN_LOG_LEVEL says (2.21:
+# absl logs before absl::InitializeLog() are unfiltered; seen on AVX-512 machines).
+IMPORT_NOISE = (
+    "absl::InitializeLog()",
+    "oneDNN custom operations",
+    "cpu_feature_guard",
+    "To enable the following instructions",
+    "rebuild TensorFlow",
+)
+
+
+@contextmanager
+def _native_stderr_without(noise: tuple[str, ...]) -> Iterator[None]:
+    """Hold what native code writes to file descriptor 2 meanwhile; pass on all but noise.
+
+    Nothing is lost: every other line (a real error, another thread's output) is written to
+    stderr when the block ends, in order.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [
+                line
+                for line in held.read().splitlines(keepends=True)
+                if not any(n.encode() in line for n in noise)
+            ]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def tensorflow() -> Any:
@@ -71,7 +110,8 @@ def tensorflow() -> Any:
     if _TF is None:
         for name, value in QUIET_TENSORFLOW.items():
             os.environ.setdefault(name, value)
-        import tensorflow as tf
+        with _native_stderr_without(IMPORT_NOISE):
+            import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
         _TF = tf

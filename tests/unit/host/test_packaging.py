@@ -51,10 +51,10 @@ def test_the_wheel_ships_every_spec_and_migration(wheel: Path) -> None:
             packaged = f"gateway_mcp/specs/{spec.name}"
             assert packaged in names
             assert z.read(packaged) == spec.read_bytes()
-        migrations = {n for n in names if n.startswith("shared/migrations/versions/")}
-        assert {p.name for p in (REPO / "shared/migrations/versions").glob("0*.py")} <= {
-            Path(n).name for n in migrations
-        }
+        chains = [REPO / "shared/migrations/versions", *REPO.glob("services/*/migrations/versions")]
+        revisions = {str(p.relative_to(REPO)) for c in chains for p in c.glob("*_0*.py")}
+        assert len(revisions) >= len(chains) == 5  # the platform's chain and each service's
+        assert revisions <= names
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "trading = trading.cli:app" in z.read(entry_points).decode()
 

@@ -32,6 +32,7 @@ from yfinance.config import YfConfig
 from services.market.providers import BAR_COLUMNS, ProviderChain
 from services.market.service import MarketService
 from services.market.settings import SHARED_CSV_DIR
+from services.market.tables import SCHEMA
 from services.market.yahoo import YahooProvider
 from shared.cache import Cache
 from shared.db import Database
@@ -327,7 +328,7 @@ async def market_service(
 ) -> MarketService:
     """Return a MarketService on a migrated SQLite file under tmp_path with these providers."""
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'db' / 'svc.db'}")
-    await db.migrate()
+    await db.migrate(SCHEMA)
     return MarketService(
         db=db,
         cache=cache or Cache(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,16 +30,31 @@ def portfolio_settings(data_dir: Path, **overrides: object) -> PortfolioSettings
     return PortfolioSettings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """Return a client of market + backtest + portfolio mounted as `trading serve` does."""
-    base = tmp_path_factory.mktemp("portfolio-platform")
+def build_platform(base: Path, portfolio: PortfolioSettings) -> TestClient:
+    """Return a client (not started) of market + backtest + portfolio as `trading serve`
+    mounts them, with state under base and the given portfolio settings."""
     apps = {
         "market": create_market(market_settings(base / "market", SHARED_CSV_DIR)),
         "backtest": create_backtest(
             BacktestSettings(data_dir=base / "backtest", database_url=None, redis_url=None)
         ),
-        "portfolio": create_portfolio(portfolio_settings(base / "portfolio")),
+        "portfolio": create_portfolio(portfolio),
     }
-    with TestClient(build_platform_app(apps)) as client:
+    return TestClient(build_platform_app(apps))
+
+
+def wait_for_job(client: TestClient, location: str) -> dict[str, Any]:
+    """Follow a job's status URL (long polls, no deadline: pytest's timeout bounds it) to
+    its end; return its final status."""
+    while True:
+        status: dict[str, Any] = client.get(location, params={"wait_s": 5}).json()
+        if status["status"] in ("succeeded", "failed"):
+            return status
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """Return a client of market + backtest + portfolio mounted as `trading serve` does."""
+    base = tmp_path_factory.mktemp("portfolio-platform")
+    with build_platform(base, portfolio_settings(base / "portfolio")) as client:
         yield client

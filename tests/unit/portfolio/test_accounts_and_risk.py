@@ -30,7 +30,7 @@ def test_an_account_starts_as_cash(platform: TestClient) -> None:
     ("body", "field"),
     [
         ({"name": "a", "initial_cash": -1}, "initial_cash"),
-        ({"name": "a", "broker": "alpaca"}, "broker"),
+        ({"name": "a", "broker": "ib"}, "broker"),
         ({"name": "a", "colour": "red"}, "colour"),
     ],
 )
@@ -43,6 +43,14 @@ def test_bad_accounts_are_422_naming_the_field(
     assert field in (problem.get("field") or "") or any(
         field in (e.get("field") or "") for e in problem.get("errors") or []
     )
+
+
+def test_an_alpaca_account_without_keys_says_how_to_store_them(platform: TestClient) -> None:
+    r = platform.post("/portfolio/accounts", json={"name": "a", "broker": "alpaca"})
+    assert r.status_code == 409, r.text
+    problem = r.json()
+    assert (problem["code"], problem["field"]) == ("broker_not_configured", "broker")
+    assert "trading keys set ALPACA_API_KEY" in problem["detail"]
 
 
 def test_an_unknown_strategy_is_the_backtests_422(platform: TestClient) -> None:

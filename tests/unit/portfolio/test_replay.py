@@ -61,6 +61,15 @@ def key(f: dict[str, Any]) -> tuple[Any, ...]:
     return (f["timestamp"][:10], f["symbol"], f["direction"], f["shares"])
 
 
+def assert_same_fills(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> None:
+    """Assert the deployment's fills are the backtest's: session, symbol, direction, shares,
+    then price and commission to 1e-12."""
+    assert [key(f) for f in ours] == [key(f) for f in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["price"] == pytest.approx(b["price"], rel=1e-12)
+        assert a["commission"] == pytest.approx(b["commission"], rel=1e-12)
+
+
 @pytest.mark.parametrize(
     "strategy",
     STRATEGIES,
@@ -85,10 +94,44 @@ def test_replay_gives_the_backtests_fills(
     theirs = [f for f in theirs if f["reason"] != "end"]
     assert len(closing) <= 1
     assert len(theirs) >= 2, "too few trades to compare"
-    assert [key(f) for f in ours] == [key(f) for f in theirs]
-    for a, b in zip(ours, theirs, strict=True):
-        assert a["price"] == pytest.approx(b["price"], rel=1e-12)
-        assert a["commission"] == pytest.approx(b["commission"], rel=1e-12)
+    assert_same_fills(ours, theirs)
     # the deployment holds what the backtest closed at its end
     account = platform.get(f"/portfolio/accounts/{dep['account_id']}").json()
     assert len(account["positions"]) == len(closing)
+
+
+@pytest.mark.parametrize(
+    ("position_size", "max_positions"),
+    [({"method": "all_in"}, 2), ({"method": "percent_equity", "value": 0.3}, 3)],
+    ids=["all_in_2_slots", "percent_equity_3"],
+)
+def test_a_multi_symbol_replay_gives_the_backtests_fills_per_symbol(
+    platform: TestClient, position_size: dict[str, Any], max_positions: int
+) -> None:
+    strategy = STRATEGIES[0]
+    common = {"position_size": position_size, "max_positions": max_positions}
+    dep = deploy(
+        platform,
+        {"strategy": strategy, "symbols": SYMBOLS, "start_date": START, "costs": COSTS, **common},
+    )
+    run = platform.post(f"/portfolio/deployments/{dep['id']}/run", json={"until": UNTIL})
+    assert run.status_code == 200, run.text
+    ours = fills(platform, dep["account_id"])
+    theirs = backtest_fills(
+        platform,
+        {
+            "symbols": SYMBOLS,
+            "start_date": START,
+            "end_date": UNTIL,
+            "strategy": strategy,
+            **COSTS,
+            **common,
+        },
+    )
+    theirs = [f for f in theirs if f["reason"] != "end"]
+    for symbol in SYMBOLS:  # the same fills, symbol by symbol, in time order
+        mine = [f for f in ours if f["symbol"] == symbol]
+        engine = [f for f in theirs if f["symbol"] == symbol]
+        assert len(engine) >= 2, f"too few {symbol} trades to compare"
+        assert_same_fills(mine, engine)
+    assert {f["symbol"] for f in ours} == set(SYMBOLS)

@@ -93,6 +93,42 @@ def platform(tmp_path_factory: pytest.TempPathFactory, csv_dir: Path) -> Iterato
         unregister_local_app("predictor", predictor)
 
 
+def wait_loaded(predictor: Any, name: str) -> list[str]:
+    """Poll the registry until `name` (model@version) is held in memory; return what is held."""
+    registry = predictor.state.predictor.registry
+    deadline = time.monotonic() + 120
+    while name not in registry.loaded() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return registry.loaded()  # type: ignore[no-any-return]
+
+
+def test_an_active_version_is_in_memory_before_its_first_predict(platform: Platform) -> None:
+    """Training loads the version it made active, and a fresh process loads the active one
+    at start: the first /predict never pays for reading, unpacking and importing."""
+    made = train(platform.client, model="preloaded")
+    assert made["active"] is True
+    assert f"preloaded@{made['version']}" in wait_loaded(
+        platform.predictor, f"preloaded@{made['version']}"
+    )
+    kept = train(platform.client, model="preloaded", activate=False)
+    time.sleep(0.5)  # a version left inactive is not loaded (nothing is scheduled for it)
+    assert (
+        f"preloaded@{kept['version']}" not in platform.predictor.state.predictor.registry.loaded()
+    )
+
+    settings = platform.predictor.state.predictor.settings
+    fresh = predictor_app(settings.model_copy(update={"outcomes_check_s": 0}))
+    try:
+        with TestClient(fresh):
+            active = platform.v1["version"]
+            assert f"default@{active}" in wait_loaded(fresh, f"default@{active}")
+            assert not any(
+                n.startswith("preloaded@") for n in fresh.state.predictor.registry.loaded()
+            )
+    finally:
+        unregister_local_app("predictor", fresh)
+
+
 def predict(client: TestClient, **body: Any) -> dict[str, Any]:
     answer = client.post(f"{P}/predict", json={"symbol": "AAPL", **body})
     assert answer.status_code == 200, answer.text

@@ -19,6 +19,7 @@ from services.predictor.registry import (
     parse_version,
     unpack,
 )
+from services.predictor.tables import SCHEMA
 from shared.cache import Cache
 from shared.db import Database
 
@@ -77,7 +78,7 @@ def test_the_interface_is_what_the_model_reads_and_says() -> None:
 
 async def _registry(path: Path, **kwargs: Any) -> Registry:
     db = Database(f"sqlite+aiosqlite:///{path / 'registry.db'}")
-    await db.migrate()
+    await db.migrate(SCHEMA)
     return Registry(db, Cache(), **kwargs)
 
 

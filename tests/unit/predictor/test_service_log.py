@@ -9,6 +9,7 @@ from typing import Any
 
 from services.predictor import repository as repo
 from services.predictor.prediction_log import PredictionLog
+from services.predictor.tables import SCHEMA
 from shared.db import Database
 
 
@@ -29,7 +30,7 @@ def row(symbol: str, details: Any) -> dict[str, Any]:
 def test_rows_are_written_and_a_refused_one_is_dropped_alone(tmp_path: Path) -> None:
     async def go() -> tuple[list[str], int, bool]:
         db = Database(f"sqlite+aiosqlite:///{tmp_path / 'log.db'}")
-        await db.migrate()
+        await db.migrate(SCHEMA)
         log = PredictionLog(db)
         log.start()
         try:
@@ -51,7 +52,7 @@ def test_rows_are_written_and_a_refused_one_is_dropped_alone(tmp_path: Path) -> 
 def test_rows_linger_for_a_batch_but_a_flush_writes_them_at_once(tmp_path: Path) -> None:
     async def go() -> tuple[int, bool, int]:
         db = Database(f"sqlite+aiosqlite:///{tmp_path / 'log.db'}")
-        await db.migrate()
+        await db.migrate(SCHEMA)
         log = PredictionLog(db, linger_s=3600.0)  # would outlast the test without the flush
         log.start()
         try:

@@ -15,11 +15,14 @@ import pytest
 from sqlalchemy import func, insert, select
 from typer.testing import CliRunner
 
+from services.backtest.tables import ANALYSES, RESULTS, TRADES
+from services.predictor.tables import PREDICTIONS
 from shared.config import BaseServiceSettings
 from shared.db import Database
-from shared.retention import ANALYSES, JOBS, PREDICTIONS, RESULTS, TRADES
+from shared.retention import JOBS
 from shared.tables import utcnow
 from trading.cli import app
+from trading.discovery import service_schemas
 
 DAY = timedelta(days=1)
 
@@ -100,7 +103,7 @@ async def seed(url: str, now: datetime) -> dict[str, uuid.UUID]:
     """Store an old and a recent row of every kind (jobs: old finished, old running)."""
     db = Database(url)
     try:
-        await db.migrate()
+        await db.migrate(*service_schemas())
         old_run, new_run = uuid.uuid4(), uuid.uuid4()
         async with db.session() as session:
             await session.execute(

@@ -21,6 +21,7 @@ from services.backtest.engine.runner import Bars
 from services.backtest.reports import evaluate, fill_rows
 from services.backtest.schemas import BacktestRequest
 from services.backtest.settings import BacktestSettings
+from services.backtest.tables import SCHEMA
 from services.market.app import create_app as create_market
 from services.market.settings import SHARED_CSV_DIR
 from shared.db import Database
@@ -131,7 +132,7 @@ async def fills_stored_both_ways(url: str) -> tuple[list[tuple[Any, ...]], list[
     rows = fill_rows(ev.fills)
     assert any(r["pnl"] is None for r in rows) and any(r["pnl"] for r in rows)
     db = Database(url)
-    await db.start()
+    await db.start(SCHEMA)
     read: list[list[tuple[Any, ...]]] = []
     try:
         for way in ("executemany", "insert_many"):

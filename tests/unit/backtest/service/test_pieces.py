@@ -18,10 +18,12 @@ from services.backtest.grid import plan_search
 from services.backtest.reports import downsample
 from services.backtest.repository import Series, decode_series, encode_series
 from services.backtest.schemas import OptimizeRequest
+from services.backtest.tables import SCHEMA as BACKTEST
 from services.backtest.walkforward import create_windows
-from shared.db import Database, alembic_config
+from shared.db import Database
 from shared.errors import ValidationProblemError
 from shared.http import unregister_local_app
+from shared.migrate import alembic_config
 from tests.unit.backtest.service.conftest import GOOG_SMA, fills_stored_both_ways, platform_client
 
 
@@ -129,7 +131,7 @@ def test_a_grid_too_large_to_enumerate_is_refused() -> None:
     assert e.value.field == "param_grid"
 
 
-def test_migration_0003_drops_its_columns_in_place_on_sqlite(tmp_path: Path) -> None:
+def test_migration_backtest_0002_drops_its_columns_in_place_on_sqlite(tmp_path: Path) -> None:
     with platform_client(tmp_path) as client:
         run = client.post("/backtest/backtest", json=GOOG_SMA).json()
     unregister_local_app("market")
@@ -146,8 +148,7 @@ def test_migration_0003_drops_its_columns_in_place_on_sqlite(tmp_path: Path) -> 
             async with db.engine.begin() as conn:
 
                 def go(c: Any) -> None:
-                    cfg = alembic_config()
-                    cfg.attributes["connection"] = c
+                    cfg = alembic_config(BACKTEST, c)
                     (command.downgrade if down else command.upgrade)(cfg, target)
 
                 await conn.run_sync(go)
@@ -155,7 +156,7 @@ def test_migration_0003_drops_its_columns_in_place_on_sqlite(tmp_path: Path) -> 
             await db.dispose()
 
     before = fills()
-    asyncio.run(move("0002", True))
+    asyncio.run(move("backtest_0001", True))
     after_down = fills()
     with sqlite3.connect(path) as conn:
         columns = {r[1] for r in conn.execute("pragma table_info(backtest_results)")}

@@ -3,8 +3,8 @@
 A version is immutable: saving a name again inserts the next version. Retiring a strategy
 sets `retired_at` on its versions (runs that traded one still name it).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: backtest_0004
+Revises: backtest_0003
 Create Date: 2026-12-06 06:30:00.000000
 """
 
@@ -12,10 +12,12 @@ from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0005'
-down_revision = '0004'
+revision = 'backtest_0004'
+down_revision = 'backtest_0003'
 branch_labels = None
 depends_on = None
+# the single chain's revision that did this work (shared.migrate adopts such a database)
+legacy = '0005'
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
 

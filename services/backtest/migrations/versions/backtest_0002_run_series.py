@@ -8,18 +8,20 @@ stored run is reproducible and its chart drawn after a restart. On `backtest_tra
 `reason` is why a fill happened (signal, stop_loss, take_profit, end) and `trade_return` a
 closing fill's pnl as a fraction of the equity when the trade opened.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: backtest_0002
+Revises: backtest_0001
 Create Date: 2026-11-30 15:00:00.000000
 """
 
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0003'
-down_revision = '0002'
+revision = 'backtest_0002'
+down_revision = 'backtest_0001'
 branch_labels = None
 depends_on = None
+# the single chain's revision that did this work (shared.migrate adopts such a database)
+legacy = '0003'
 
 
 def upgrade() -> None:

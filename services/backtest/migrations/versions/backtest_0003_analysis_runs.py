@@ -7,8 +7,8 @@ equity and buy-and-hold equity (a NumPy .npy array, as `backtest_results.series`
 chart and for Monte Carlo; the capital and headline metrics are what `GET /results`
 lists (a search's are its winner's).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: backtest_0003
+Revises: backtest_0002
 Create Date: 2026-12-06 06:30:00.000000
 """
 
@@ -16,10 +16,12 @@ from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0004'
-down_revision = '0003'
+revision = 'backtest_0003'
+down_revision = 'backtest_0002'
 branch_labels = None
 depends_on = None
+# the single chain's revision that did this work (shared.migrate adopts such a database)
+legacy = '0004'
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
 

@@ -1,10 +1,9 @@
 """portfolio: paper accounts, positions, deployments, orders, fills and equity by session
 
-The portfolio service's tables (services/portfolio/tables.py), on the platform's one chain
-until each service gets its own.
+The portfolio service's tables (services/portfolio/tables.py).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: portfolio_0001
+Revises: 
 Create Date: 2026-12-06 07:00:00.000000
 """
 
@@ -12,10 +11,12 @@ from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0006'
-down_revision = '0005'
+revision = 'portfolio_0001'
+down_revision = None
 branch_labels = None
 depends_on = None
+# the single chain's revision that did this work (shared.migrate adopts such a database)
+legacy = '0006'
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
 F = sa.Float(precision=53)

@@ -1,7 +1,7 @@
 """jobs: the one job table of every service (shared.jobs)
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: platform_0001
+Revises: 
 Create Date: 2026-11-26 09:00:00.000000
 """
 
@@ -9,10 +9,12 @@ from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0002'
-down_revision = '0001'
+revision = 'platform_0001'
+down_revision = None
 branch_labels = None
 depends_on = None
+# the single chain's revision that did this work (shared.migrate adopts such a database)
+legacy = '0002'
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
 
