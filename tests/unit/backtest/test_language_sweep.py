@@ -66,6 +66,11 @@ STRATEGIES: dict[str, dict[str, Any]] = {
         "params": {"fast": {"default": 12, "min": 2}, "slow": {"default": 26, "min": 3}},
         "grid": {"fast": [8, 12], "slow": [21, 26, 35]},
     },
+    "parameters only, no series": {
+        "rules": {"entry_long": "$on > 0.5", "exit_long": "not ($on > 0.5) or false"},
+        "params": {"on": {"default": 1}},
+        "grid": {"on": [0.0, 1.0]},
+    },
     "constant conditions and scalar crosses": {
         "rules": {
             "entry_long": "crosses_above(close, $level) or $level > 1000",
@@ -139,8 +144,8 @@ def _batch(strategy: dict[str, Any], run: dict[str, Any], keep_returns: bool) ->
 def _serial(task: TrialBatch, monkeypatch: pytest.MonkeyPatch) -> SweepResult:
     """Return ``run_batch``'s serial path: ``build_many``'s targets through the target sweep."""
     with monkeypatch.context() as m:
-        m.setattr(batch_module, "MAX_LEAF_CELLS", 0)
-        assert _sweep_many(task) is None, "the parallel path ran above its bound"
+        m.setattr(batch_module, "rule_inputs", lambda *args: None)  # as above the bound
+        assert _sweep_many(task) is None, "the parallel path ran"
         return run_batch(task)
 
 
@@ -169,6 +174,8 @@ def test_every_trial_equals_the_serial_path(
     task = _batch(STRATEGIES[name], RUNS[run], keep_returns=True)
     serial, parallel = _serial(task, monkeypatch), _parallel(task)
     np.testing.assert_array_equal(run_batch(task).stats, parallel.stats)
+    as_dicts = replace(task, combos=list(task.combos))  # as the winner's rerun passes them
+    np.testing.assert_array_equal(_parallel(as_dicts).stats, parallel.stats)
     assert serial.stats.shape == parallel.stats.shape == (len(task.combos), serial.stats.shape[1])
     np.testing.assert_array_equal(parallel.stats, serial.stats)
     np.testing.assert_array_equal(parallel.blocks, serial.blocks)
@@ -186,6 +193,15 @@ def test_the_trials_trade_and_differ() -> None:
     )
     assert trades.min() > 0
     assert len(np.unique(stats[:, 0])) > 1
+
+
+def test_the_parallel_path_declines_above_the_leaf_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = _batch(STRATEGIES["rsi trend filter"], {}, keep_returns=False)
+    n = task.bars.n_bars  # leaves: rsi for 2 `$n`, sma for 2 `$trend`, lowest, close
+    monkeypatch.setattr(batch_module, "MAX_LEAF_CELLS", 6 * n)
+    assert _sweep_many(task) is not None
+    monkeypatch.setattr(batch_module, "MAX_LEAF_CELLS", 6 * n - 1)
+    assert _sweep_many(task) is None
 
 
 def test_a_window_out_of_range_raises_the_serial_paths_error() -> None:
