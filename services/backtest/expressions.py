@@ -5,7 +5,8 @@ strategy (`{"name": "rsi_trend", "params": {"n": 10}}`, resolved by the service 
 of its latest or given version) or an inline one (`{"rules": {...}, "params": {...}}`).
 ``definition`` compiles an inline strategy into a ``StrategyDef`` like the built-ins': a
 pydantic parameter model made from the declared bounds (so the grid checks of `/optimize`
-apply unchanged) and a target builder over ``language.program``.
+apply unchanged), a target builder over ``language.program``, and a sweep of many
+combinations in one parallel pass (``language.batch``).
 """
 
 from __future__ import annotations

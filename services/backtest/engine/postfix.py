@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
+import numpy.typing as npt
 
 from shared.quant.kernels import Float64Array, njit
 
-Int64Array = np.ndarray  # int64, one dimension
+Int64Array = npt.NDArray[np.int64]
 
 
 class Op(IntEnum):
