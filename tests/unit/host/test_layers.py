@@ -49,7 +49,7 @@ def test_the_contracts_hold_on_this_checkout() -> None:
         ("services/backtest/leak.py", "import services.market.repository", "one another"),
         ("gateway_mcp/leak.py", "from services.market import app", "the gateway imports no"),
         ("services/market/repository.py", "from services.market import service", "market: "),
-        ("services/backtest/service.py", "from services.backtest import routes", "backtest: "),
+        ("services/backtest/service/runs.py", "from services.backtest import routes", "backtest: "),
         ("services/predictor/repository.py", "import services.predictor.jobs", "predictor: "),
         ("services/portfolio/service.py", "import services.portfolio.scheduler", "portfolio: "),
         ("services/predictor/routes.py", "import services.predictor.repository", "routes never"),
