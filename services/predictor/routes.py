@@ -181,7 +181,7 @@ async def get_performance(
     test against each baseline, with the counts. Calls whose horizon has not passed are
     `pending`.
     """
-    return await service.performance(model, version=version, symbol=symbol, window=window)
+    return await service.performance.report(model, version=version, symbol=symbol, window=window)
 
 
 @router.get(
