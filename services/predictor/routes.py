@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from services.predictor import adapt, jobs
@@ -29,6 +29,7 @@ from services.predictor.schemas import (
 from services.predictor.service import PredictorService
 from shared.api import ProblemDocs
 from shared.jobs import JOBS, JobRunner, JobStatus, accepted, accepted_responses
+from shared.memory import release_free_memory
 from shared.rules import CrossFieldRule, cross_field_rules
 from shared.state import Slot
 
@@ -141,8 +142,13 @@ RANGE_ORDER = CrossFieldRule(("end", "start"), "`end` is on or after `start` whe
         RANGE_ORDER,
     ),
 )
-async def predict_range(body: PredictRangeRequest, service: Service) -> PredictionSeries:
+async def predict_range(
+    body: PredictRangeRequest, service: Service, background: BackgroundTasks
+) -> PredictionSeries:
     """Return a model version's calls on every bar of a range."""
+    # twenty years of windows, probabilities and their JSON are garbage once the answer is
+    # sent: give the pages back to the OS then (glibc keeps them otherwise)
+    background.add_task(release_free_memory)
     return await service.predict_range(body)
 
 
