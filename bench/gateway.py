@@ -18,7 +18,12 @@ Claude Desktop's view (`--claude-only` runs just this): the official `mcp` clien
 `trading mcp` over stdio as Claude Desktop does and reports the seconds from spawn to the
 `initialize` answer and to the first tool answer, the model-visible tool context (name +
 description + input schema of `tools/list`, target <= 32 kB) beside the whole `tools/list`,
-and the size of a typical backtest answer (target <= 4 kB).
+and the size of a typical backtest answer (target <= 4 kB). Then the prediction figures of
+issue 13 (bench/predictor_service.py, the same code as `bench/predictor.py --only process`): a
+small model trained through `trading serve` in a job worker, the first `/predict` of that
+server and its RSS, the process tree once the worker has gone idle, and a fresh `trading mcp`
+whose first call is `predictor_predict` (targets: that call < 2 s, gateway RSS < 700 MB, the
+tree < 900 MB after training). `--no-predict` skips them.
 """
 
 from __future__ import annotations
@@ -258,6 +263,18 @@ def print_claude(figures: dict[str, Any]) -> None:
     )
 
 
+def print_prediction_figures(symbol: str = "AAPL") -> None:
+    """Train a small model through `trading serve`, then time a fresh gateway predicting."""
+    from bench.predictor_service import cold_start_bench, process_bench
+
+    print("First prediction and memory (a small LSTM + XGBoost trained in a job worker)")
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = process_bench(Path(tmp), symbol, idle_s=10.0, lstm="small", epochs=3)
+        lines += cold_start_bench(Path(tmp), symbol)
+    for line in lines:
+        print(f"  {line}")
+
+
 def main() -> None:
     """Run both comparisons and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -267,12 +284,17 @@ def main() -> None:
     parser.add_argument(
         "--claude-only", action="store_true", help="only Claude Desktop's view (stdio)"
     )
+    parser.add_argument(
+        "--no-predict", action="store_true", help="skip the first-prediction and RSS figures"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("httpx", "httpx2", "alembic", "shared", "gateway_mcp", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         print_claude(claude_figures(Path(tmp)))
+    if not args.no_predict:
+        print_prediction_figures()
     if args.claude_only:
         return
 

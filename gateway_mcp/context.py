@@ -8,7 +8,8 @@ each, derived from the spec by rules that know no route:
 - JSON-schema `title`s, `examples` and `pattern`s go (the name says as much; the service
   checks a pattern and names the field that fails it), as does a nested
   `additionalProperties: false` (the service refuses unknown fields by name);
-- `X | null` becomes `X` (every argument without a default is optional anyway);
+- `X | null` becomes `X` (every argument without a default is optional anyway), and a
+  "(default 14)" in the description of an argument whose schema has its `default` goes;
 - a sub-schema bigger than `BIG_SCHEMA_BYTES` (a union of strategies, of sizing methods)
   becomes one object whose description names its variants and where its full schema is.
 
@@ -26,11 +27,13 @@ BIG_SCHEMA_BYTES = 400
 DESCRIPTION_CHARS = 200
 ARGUMENT_CHARS = 90
 TOOL_DOCS_URI = "docs://tools/{name}"
+SUMMARY_MARK = "Schema:"  # a summary's last words: "Schema: docs://tools/<name>."
 
 _SENTENCE_END = re.compile(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+(?=[A-Z`(\"'])")
 # Titles repeat the argument's name; examples and regular expressions are for validators
 # (the service checks a pattern and names the field), not for a model choosing a value.
 _DROPPED = frozenset({"title", "examples", "example", "$schema", "pattern"})
+_DEFAULT_NOTE = re.compile(r"\s*\(default [^()]*\)")
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_ONE = ("items", "additionalProperties", "not", "contains")
@@ -98,7 +101,7 @@ def _summary(schema: dict[str, Any], where: str) -> dict[str, Any]:
         parts.append(f"An object with `{tag}` one of: {', '.join(values)}.")
     elif schema.get("properties"):
         parts.append(f"An object with: {', '.join(schema['properties'])}.")
-    parts.append(f"Full schema: resource {where}.")
+    parts.append(f"{SUMMARY_MARK} {where}.")
     out: dict[str, Any] = {"type": "object", "description": " ".join(parts)}
     if "default" in schema:
         out["default"] = schema["default"]
@@ -157,6 +160,8 @@ def compact_schema(schema: Any, where: str, *, top: bool = True) -> Any:
         if key == "additionalProperties" and value is False and not top:
             continue  # the service refuses unknown fields anyway, naming them
         if key == "description":
+            if "default" in schema:  # the schema says it: "(default 14)" repeats it
+                value = _DEFAULT_NOTE.sub("", str(value))
             text = first_sentence(value)
             if text:
                 out[key] = text
@@ -215,7 +220,7 @@ def share_descriptions(
         for name, prop in props.items():
             key = (name, _signature(prop))
             owner = first.setdefault(key, tool)
-            summary = isinstance(prop, dict) and "Full schema:" in str(prop.get("description"))
+            summary = isinstance(prop, dict) and SUMMARY_MARK in str(prop.get("description"))
             if owner != tool and isinstance(prop, dict) and "description" in prop and not summary:
                 prop = {k: v for k, v in prop.items() if k in _SHARED_KEPT}
                 described_in.setdefault(tool, owner)

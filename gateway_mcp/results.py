@@ -79,6 +79,16 @@ def is_type(schema: dict[str, Any], kind: str) -> bool:
     return declared == kind
 
 
+# A list its schema caps at this many items or fewer fits any page: nothing to page.
+SHORT_LIST = 50
+
+
+def _short(array: dict[str, Any]) -> bool:
+    """Return whether an array schema caps its length at ``SHORT_LIST`` items or fewer."""
+    cap = array.get("maxItems")
+    return isinstance(cap, int) and cap <= SHORT_LIST
+
+
 def schema_has_rows(schema: dict[str, Any] | None, root: dict[str, Any] | None = None) -> bool:
     """Return True when answers of this JSON schema can hold rows worth paging.
 
@@ -89,9 +99,9 @@ def schema_has_rows(schema: dict[str, Any] | None, root: dict[str, Any] | None =
     root = root if root is not None else schema
     body = deref_schema(schema, root)
     if is_type(body, "array"):
-        return True
+        return not _short(body)
     props = {k: deref_schema(v, root) for k, v in body.get("properties", {}).items()}
-    arrays = {k: v for k, v in props.items() if is_type(v, "array")}
+    arrays = {k: v for k, v in props.items() if is_type(v, "array") and not _short(v)}
     if any(is_type(deref_schema(v.get("items", {}), root), "object") for v in arrays.values()):
         return True
     columns = [

@@ -119,9 +119,7 @@ def shared_arguments_once(tools: dict[str, Tool], service: str) -> dict[str, Too
         update: dict[str, Any] = {"parameters": schemas[name]}
         if name in described_in:
             owner = f"{service}_{described_in[name]}"
-            update["description"] = (
-                f"{tool.description} Arguments it shares with `{owner}` are described there."
-            )
+            update["description"] = f"{tool.description} Shared arguments: see `{owner}`."
         out[name] = tool.model_copy(update=update)
     return out
 

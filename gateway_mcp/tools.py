@@ -60,8 +60,12 @@ from gateway_mcp.results import (
 )
 from shared.errors import parse_problem, unknown_argument_message
 
-PAGING_NOTE = " Lists are paged (`limit`, `offset`; see the answer's `page`)."
-JOB_NOTE = " Long runs answer a job handle with `continue_with`, the call that goes on."
+# Paging and jobs are explained once, in the server's instructions (`guide.INSTRUCTIONS`).
+PAGING_NOTE = " Paged (`limit`, `offset`)."
+JOB_NOTE = " Long runs answer a job (`continue_with`)."
+# A route's own model-visible description (instead of its docstring's first paragraph), for
+# what a model must see to call the tool well: e.g. a language's compact grammar.
+DESCRIPTION_EXTENSION = "x-mcp-description"
 JSON_MEDIA = "application/json"
 
 
@@ -215,7 +219,11 @@ def gateway_tool(
         output_schema = paged_output_schema(output_schema)
     public_name = f"{service}_{inner.name}"
     where = TOOL_DOCS_URI.format(name=public_name)
-    description = first_paragraph(full_description)
+    declared_description = route.extensions.get(DESCRIPTION_EXTENSION)
+    if isinstance(declared_description, str) and declared_description:
+        description = declared_description
+    else:
+        description = first_paragraph(full_description)
     if paged:
         description += PAGING_NOTE
     if by_size:

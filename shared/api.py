@@ -1,4 +1,4 @@
-"""FastAPI plumbing every service shares: problem-details handlers, error docs, auth."""
+"""FastAPI plumbing every service shares: problem-details handlers, error docs, auth, paging."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,6 +31,26 @@ from shared.limits import request_path
 from shared.strict import unknown_field_message
 
 log = logging.getLogger(__name__)
+
+
+class Page(BaseModel):
+    """Which rows of a list this answer holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    total: int
+    limit: int
+    offset: int
+    returned: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last.")
+
+    @classmethod
+    def of(cls, total: int, limit: int, offset: int, returned: int) -> Page:
+        """Return the page of `returned` rows from offset of total (limit asked)."""
+        end = offset + returned
+        nxt = end if end < total else None
+        return cls(total=total, limit=limit, offset=offset, returned=returned, next_offset=nxt)
+
 
 # Generic wording; each service words what a status means for its own resources (the words
 # become the MCP tool descriptions, so "the symbol" beats "the resource" where it is true).

@@ -16,9 +16,11 @@ concurrency limited and need no token.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -128,6 +130,25 @@ def service_app(
     install_metrics(app, timeout_s=settings.health_timeout_s)
     _declare_limits_in_spec(app)
     return app
+
+
+@asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, Any] | None, *, name: str) -> AsyncIterator[None]:
+    """Run work (if any) as a task while the block runs; cancel it and wait for it at exit.
+
+    For a lifespan's loops (a scheduler, a watcher): put it inside the `try` whose `finally`
+    closes what the loop uses, so the loop stops first.
+    """
+    if work is None:
+        yield
+        return
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def install_metrics(app: FastAPI, *, timeout_s: float) -> None:

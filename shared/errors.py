@@ -117,6 +117,19 @@ class NotFoundError(AppError):
     title = "Not found"
 
 
+class SymbolNotFoundError(NotFoundError):
+    """No instrument by this symbol is known (to the market service or its data sources)."""
+
+    code = "symbol_not_found"
+
+
+class NoDataError(NotFoundError):
+    """The symbol exists but has no bar in the asked range."""
+
+    code = "no_data"
+    title = "No data in range"
+
+
 class ValidationProblemError(AppError):
     """An input is syntactically fine but not acceptable."""
 

@@ -18,9 +18,13 @@ from concurrent.futures import Future
 from typing import Any
 
 from shared.memory import release_free_memory
+from shared.state import Slot
 
 log = logging.getLogger(__name__)
 
+
+# The warm-up of an app's kernels (a future of its seconds): `KERNELS.put(app, ...)`.
+KERNELS: Slot[Future[float]] = Slot("kernels", Future)
 
 _started: dict[str, Future[float]] = {}
 _lock = threading.Lock()

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.backtest.market import MarketBars
-from services.backtest.routes import errors, router
+from services.backtest.routes import BACKTEST, errors, router
 from services.backtest.service import BacktestService
 from services.backtest.settings import BacktestSettings
 from services.backtest.strategy_routes import router as strategy_router
@@ -19,9 +19,9 @@ from shared.app import service_app
 from shared.cache import Cache
 from shared.db import Database
 from shared.health import install_health
-from shared.http import service_client
-from shared.jobs import JobRunner, job_router
-from shared.warmup import start_warming
+from shared.jobs import JOBS, JobRunner, job_router
+from shared.peers import peer_client
+from shared.warmup import KERNELS, start_warming
 
 DESCRIPTION = """Backtests with realistic costs on the market service's bars, and the statistics
 to tell an edge from luck.
@@ -42,35 +42,25 @@ def create_app(settings: BacktestSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.from_settings(settings)
-        cache = Cache(
-            redis_url=settings.redis_url,
-            prefix=settings.redis_prefix,
-            l1_size=settings.l1_cache_size,
-            l1_max_bytes=settings.l1_cache_max_mb * 2**20,
-            timeout_s=settings.redis_timeout_s,
-        )
-        client = service_client(
-            "market",
-            settings.market_url,
-            token=settings.market_bearer(),
-            timeout_s=settings.market_timeout_s,
-        )
+        cache = Cache.from_settings(settings)
         market = MarketBars(
-            client,
+            peer_client(settings, "market"),
             ttl_s=settings.backtest_bars_ttl_s,
             cache_size=settings.backtest_bars_cache_size,
         )
-        app.state.kernels = start_warming("backtest", warm_kernels)  # while the rest starts
+        KERNELS.put(app, start_warming("backtest", warm_kernels))  # while the rest starts
         await db.start(SCHEMA)
         runner = JobRunner(db, service="backtest", settings=settings)
         await runner.start()
-        app.state.jobs = runner
-        app.state.backtest = BacktestService(db=db, cache=cache, market=market, settings=settings)
+        JOBS.put(app, runner)
+        service = BACKTEST.put(
+            app, BacktestService(db=db, cache=cache, market=market, settings=settings)
+        )
         try:
             yield
         finally:
             await runner.aclose()
-            await app.state.backtest.aclose()
+            await service.aclose()
             await market.aclose()
             await cache.aclose()
             await db.dispose()
@@ -80,7 +70,7 @@ def create_app(settings: BacktestSettings | None = None) -> FastAPI:
     )
     install_health(
         app,
-        stores=lambda request: (request.app.state.backtest.db, request.app.state.backtest.cache),
+        stores=lambda request: (BACKTEST.of(request).db, BACKTEST.of(request).cache),
         timeout_s=settings.health_timeout_s,
     )
     app.include_router(strategy_router)

@@ -23,7 +23,7 @@ from services.backtest.expressions import (
 )
 from services.backtest.language.functions import FUNCTIONS
 from services.backtest.language.program import LanguageError
-from services.backtest.language.syntax import GRAMMAR, SERIES, closest
+from services.backtest.language.syntax import COMPACT_GRAMMAR, GRAMMAR, SERIES, closest
 from services.backtest.schemas import StrategyInfo, StrategyList
 from services.backtest.strategies import STRATEGIES, StrategyDef
 from services.backtest.strategy_schemas import (
@@ -149,6 +149,34 @@ def language() -> LanguageInfo:
         rules=RULE_DOCS,
         semantics=SEMANTICS,
         examples=EXAMPLES,
+    )
+
+
+def _example(example: dict[str, Any]) -> str:
+    """Return an example as one line: rules sharing a text together, then the params."""
+    texts: dict[str, list[str]] = {}
+    for rule, text in dict(example["rules"]).items():  # type: ignore[call-overload]
+        texts.setdefault(text, []).append(rule)
+    rules = "; ".join(f"{'/'.join(names)}: {text}" for text, names in texts.items())
+    params = ", ".join(
+        f"${n} {p['default']} ({p['min']}..{p['max']})"
+        for n, p in dict(example["params"]).items()  # type: ignore[call-overload]
+    )
+    return f"{rules}; params {params}"
+
+
+def language_guide(lead: str) -> str:
+    """Return ``lead`` and what a model needs to write rules: the compact grammar, every
+    function grouped by signature, and the first two ``EXAMPLES`` (a tool's description)."""
+    groups: dict[str, list[str]] = {}
+    for f in FUNCTIONS.values():
+        groups.setdefault(", ".join(a for a, _ in f.args), []).append(f.name)
+    functions = "; ".join(f"{'|'.join(names)}({args})" for args, names in groups.items())
+    examples = "\n".join(f"Example: {_example(e)}" for e in EXAMPLES[:2])
+    return (
+        f"{lead}\nA rule is a condition at a bar's close; declare each `$name` in `params` "
+        "as {default, min, max}.\n"
+        f"Grammar: {COMPACT_GRAMMAR}.\nFunctions (lag n >= 0): {functions}.\n{examples}"
     )
 
 

@@ -27,6 +27,16 @@ from services.backtest.strategies import (
     StrategyDef,
     build_targets,
 )
+from shared.execution import (
+    DEFAULT_SLIPPAGE,
+    AllIn,
+    Commission,
+    CommissionRate,
+    MinCommission,
+    PositionSize,
+    Slippage,
+    VolatilityTarget,
+)
 from shared.quant.kernels import atr_nb
 
 PERIODS_PER_YEAR: dict[str, float] = {"1d": 252.0, "1wk": 52.0, "1mo": 12.0}
@@ -118,49 +128,6 @@ def strategy_definition(strategy: AnyStrategy) -> tuple[StrategyDef, BaseModel]:
     return STRATEGIES[strategy.name], strategy.params
 
 
-# -- position sizing (discriminated by method) -----------------------------------------------
-
-
-class AllIn(_Model):
-    """Spend all free cash (split evenly over the free position slots)."""
-
-    method: Literal["all_in"]
-
-
-class PercentEquity(_Model):
-    """Open a position worth ``value`` (a fraction) of equity."""
-
-    method: Literal["percent_equity"]
-    value: float = Field(gt=0, le=1, description="Fraction of equity per position, (0, 1].")
-
-
-class FixedCash(_Model):
-    """Open a position worth ``value`` in cash."""
-
-    method: Literal["fixed_cash"]
-    value: float = Field(gt=0, description="Cash per position.")
-
-
-class FixedShares(_Model):
-    """Open a position of ``value`` shares."""
-
-    method: Literal["fixed_shares"]
-    value: float = Field(gt=0, description="Shares per position.")
-
-
-class VolatilityTarget(_Model):
-    """Size so that the position's ATR-estimated annual volatility is ``annual_vol`` of equity."""
-
-    method: Literal["volatility_target"]
-    annual_vol: float = Field(gt=0, le=2, description="Target annual volatility, a fraction.")
-    atr_period: int = Field(default=14, ge=2, le=200, description="ATR window, bars.")
-
-
-PositionSize = Annotated[
-    AllIn | PercentEquity | FixedCash | FixedShares | VolatilityTarget,
-    Field(discriminator="method"),
-]
-
 # -- the configuration ------------------------------------------------------------------------
 
 
@@ -181,14 +148,10 @@ class BacktestConfig(_Model):
     end_date: date = Field(description="Last bar date (inclusive), after start_date.")
     initial_capital: float = Field(default=100_000.0, gt=0, le=1e12, description="Cash.")
     strategy: StrategyConfig
-    commission: float = Field(default=0.0, ge=0, le=100, description="Per share, in cash.")
-    commission_rate: float = Field(
-        default=0.0, ge=0, lt=0.1, description="Fraction of traded value."
-    )
-    min_commission: float = Field(default=0.0, ge=0, le=1e6, description="Per fill, in cash.")
-    slippage: float = Field(
-        default=0.001, ge=0, lt=0.1, description="Adverse price move per fill, a fraction."
-    )
+    commission: Commission = 0.0
+    commission_rate: CommissionRate = 0.0
+    min_commission: MinCommission = 0.0
+    slippage: Slippage = DEFAULT_SLIPPAGE
     position_size: PositionSize = Field(default_factory=lambda: AllIn(method="all_in"))
     fractional_shares: bool = Field(default=False, description="Allow fractional shares.")
     stop_loss: float | None = Field(

@@ -5,7 +5,8 @@ strategy (`{"name": "rsi_trend", "params": {"n": 10}}`, resolved by the service 
 of its latest or given version) or an inline one (`{"rules": {...}, "params": {...}}`).
 ``definition`` compiles an inline strategy into a ``StrategyDef`` like the built-ins': a
 pydantic parameter model made from the declared bounds (so the grid checks of `/optimize`
-apply unchanged) and a target builder over ``language.program``.
+apply unchanged), a target builder over ``language.program``, and a sweep of many
+combinations in one parallel pass (``language.batch``).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from pydantic import (
 
 from services.backtest.engine.runner import Bars
 from services.backtest.engine.signals import rules_targets_nb
+from services.backtest.language.batch import ProgramSweep
 from services.backtest.language.program import (
     Evaluation,
     ParamDecl,
     Program,
-    bars_of,
     compile_program,
+    symbol_series,
 )
 from services.backtest.strategies import STRATEGIES, StrategyDef
 
@@ -41,6 +43,7 @@ BUILTIN_NAMES = frozenset(STRATEGIES)  # a name among them is the built-in, neve
 RULE_DOC = "A condition in the strategy language, decided at each bar's close."
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,40}$"
 ParamName = Annotated[str, StringConstraints(pattern=PARAM_NAME)]  # `$name` without the $
+MAX_PARAMS = 16  # `$params` a strategy may declare
 ONLY_PATTERN: dict[str, JsonValue] = {"additionalProperties": False}  # keys: ParamName only
 
 
@@ -74,7 +77,7 @@ class InlineStrategy(_Model):
 
     rules: Rules
     params: dict[ParamName, ParamSpec] = Field(
-        default_factory=dict, max_length=16, json_schema_extra=ONLY_PATTERN
+        default_factory=dict, max_length=MAX_PARAMS, json_schema_extra=ONLY_PATTERN
     )
     name: str | None = Field(
         default=None, description="Set by the service: the saved strategy this came from."
@@ -108,7 +111,7 @@ class SavedStrategy(_Model):
     )
     params: dict[ParamName, float] = Field(
         default_factory=dict,
-        max_length=16,
+        max_length=MAX_PARAMS,
         description="`$param` values (default: saved).",
         json_schema_extra=ONLY_PATTERN,
     )
@@ -175,7 +178,7 @@ def _definition(program: Program, label: str, version: int | None) -> StrategyDe
         with np.errstate(all="ignore"):
             return np.column_stack(
                 [
-                    program.decide(Evaluation(_column(bars, j)), values)
+                    program.decide(Evaluation(symbol_series(bars, j)), values)
                     for j in range(bars.n_symbols)
                 ]
             )
@@ -183,7 +186,7 @@ def _definition(program: Program, label: str, version: int | None) -> StrategyDe
     def build_many(
         bars: Bars, fixed: dict[str, Any], combos: Sequence[Mapping[str, Any]]
     ) -> np.ndarray:
-        ev = Evaluation(_column(bars, 0))
+        ev = Evaluation(symbol_series(bars, 0))
         k = len(combos)
         rules = np.empty((k, 4, bars.n_bars), dtype=np.bool_)
         ready = np.empty(k, dtype=np.int64)
@@ -217,10 +220,6 @@ def _definition(program: Program, label: str, version: int | None) -> StrategyDe
         short=program.short,
         rules=program.normal,
         build_many=build_many,
+        sweep_many=ProgramSweep(program),
         version=version,
     )
-
-
-def _column(bars: Bars, j: int) -> dict[str, np.ndarray]:
-    volume = bars.volume[:, j] if bars.volume is not None else np.zeros(bars.n_bars)
-    return bars_of(bars.open[:, j], bars.high[:, j], bars.low[:, j], bars.close[:, j], volume)

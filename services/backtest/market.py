@@ -1,10 +1,10 @@
 """Bars from the market service, over its HTTP contract (`GET /historical/{symbol}`).
 
-The backtest service never imports market code: `shared.http.service_client("market", ...)`
+The backtest service never imports market code: `shared.peers.peer_client(settings, "market")`
 calls MARKET_URL when set, else the co-hosted market app in-process, else the `trading serve`
 layout. Market problems become problems that name this service's fields (`symbol`,
-`symbols[1]`, `start_date`, `data_frequency`). Loaded windows stay in an in-process cache for
-a few minutes, so a warm request does not move the same bars twice.
+`symbols[1]`, `start_date`, `data_frequency`) through `shared.peers.ask`. Loaded windows stay
+in an in-process cache for a few minutes, so a warm request does not move the same bars twice.
 """
 
 from __future__ import annotations
@@ -21,14 +21,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.backtest.engine.runner import Bars
 from shared.cache import LRUCache
-from shared.errors import (
-    AppError,
-    NotFoundError,
-    ServiceUnavailableError,
-    UpstreamUnavailableError,
-    ValidationProblemError,
-)
-from shared.http import ServiceClient, UpstreamProblemError
+from shared.errors import NoDataError, UpstreamUnavailableError, ValidationProblemError
+from shared.http import ServiceClient
+from shared.peers import FieldMap, ask
 
 # The market's query names -> this service's request fields.
 FIELD_NAMES = {"start": "start_date", "end": "end_date", "interval": "data_frequency"}
@@ -81,45 +76,9 @@ def bars_digest(bars: Bars, *, interval: str, adjusted: bool) -> str:
     return h.hexdigest()
 
 
-class SymbolNotFoundError(NotFoundError):
-    """The market service knows no such symbol."""
-
-    code = "symbol_not_found"
-
-
-class NoDataError(NotFoundError):
-    """The market service has no bar of the symbol in the asked range."""
-
-    code = "no_data"
-    title = "No data in range"
-
-
-def _field(symbol_field: str, market_field: str | None) -> str:
-    """Return this service's name for the field a market problem blames."""
-    if market_field in (None, "symbol"):
-        return symbol_field
-    return FIELD_NAMES.get(market_field, market_field)
-
-
-def _translate(e: UpstreamProblemError, symbol: str, symbol_field: str) -> AppError:
-    """Return the problem a market error means for a backtest request."""
-    detail = f"market service: {e.detail}"
-    if e.status == 404 and e.code == "no_data":  # the detail names the range there is
-        return NoDataError(detail, field="start_date")
-    if e.status == 404:
-        return SymbolNotFoundError(
-            f"Unknown symbol {symbol!r}: the market service has no data for it.",
-            field=symbol_field,
-        )
-    if e.status in (400, 422):
-        return ValidationProblemError(
-            f"{symbol}: {detail}", field=_field(symbol_field, e.problem.field)
-        )
-    if e.status in (503, 504):
-        return ServiceUnavailableError(f"The market service could not serve {symbol}: {detail}")
-    return UpstreamUnavailableError(
-        f"The market service failed for {symbol} ({e.status} {e.code}): {e.detail}"
-    )
+def market_fields(symbol_field: str) -> FieldMap:
+    """Return this service's names of the fields a market problem about one symbol blames."""
+    return FieldMap(default=symbol_field, names={"symbol": symbol_field, **FIELD_NAMES})
 
 
 def _frame(history: _History) -> pd.DataFrame:
@@ -181,12 +140,15 @@ class MarketBars:
                 "interval": interval,
                 "adjusted": str(adjusted).lower(),
             }
-            try:
-                response = await self.client.request(
-                    "GET", f"/historical/{quote(symbol, safe='')}", params=params
-                )
-            except UpstreamProblemError as e:
-                raise _translate(e, symbol, symbol_field) from e
+            response = await ask(
+                self.client,
+                "GET",
+                f"/historical/{quote(symbol, safe='')}",
+                about=symbol,
+                fields=market_fields(symbol_field),
+                no_data=(NoDataError, "start_date"),
+                params=params,
+            )
             try:
                 history = await asyncio.to_thread(_History.model_validate_json, response.content)
             except ValidationError as e:

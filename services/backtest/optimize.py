@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from services.backtest.config import VolatilityTarget, atr_matrix
+from services.backtest.config import atr_matrix
 from services.backtest.engine.analysis import (
     SweepResult,
     per_period_rate,
@@ -52,6 +52,7 @@ from services.backtest.schemas import (
     finite,
 )
 from services.backtest.strategies import StrategyDef, build_targets, get_strategy
+from shared.execution import VolatilityTarget
 from shared.jobs import JobCancelledError, task_cancelled
 from shared.jobs.tasks import run_with_channel
 
@@ -164,6 +165,7 @@ def run_batch(batch: TrialBatch) -> SweepResult:
     """Backtest every combination of the batch; one stats row (and returns) per trial."""
     atr = atr_matrix(batch.bars, batch.atr_period)[:, 0] if batch.atr_period else None
     strategy = get_strategy(batch.strategy)
+    res: SweepResult | None
     with _SWEEP_LOCK:
         if strategy.build_many is None and strategy.name == "sma_crossover":
             fast = _int_column(batch.combos, "fast", batch.fixed)
@@ -180,6 +182,8 @@ def run_batch(batch: TrialBatch) -> SweepResult:
                 params=batch.combos,
             )
         else:
+            res = _sweep_many(strategy, batch, atr)
+        if res is None:
             if strategy.build_many is not None:  # a language strategy: indicators shared
                 targets = strategy.build_many(batch.bars, batch.fixed, batch.combos)
             else:
@@ -199,6 +203,25 @@ def run_batch(batch: TrialBatch) -> SweepResult:
                 atr=atr,
             )
     return SweepResult(batch.combos, res.stats, res.returns, res.blocks)
+
+
+def _sweep_many(
+    strategy: StrategyDef, batch: TrialBatch, atr: np.ndarray | None
+) -> SweepResult | None:
+    """Return the strategy's own parallel sweep of the batch, or None where it has none (or
+    declines: the targets path then runs)."""
+    if strategy.sweep_many is None:
+        return None
+    return strategy.sweep_many(
+        batch.bars,
+        batch.fixed,
+        batch.combos,
+        batch.spec,
+        risk_free_rate=batch.risk_free_rate,
+        keep_returns=batch.keep_returns,
+        n_blocks=batch.n_blocks,
+        atr=atr,
+    )
 
 
 def _int_column(combos: Sequence[Params], name: str, fixed: Mapping[str, Any]) -> list[int]:

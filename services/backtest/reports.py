@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from services.backtest.config import AllIn, BacktestConfig, BuyAndHoldStrategy, simulate_config
+from services.backtest.config import BacktestConfig, BuyAndHoldStrategy, simulate_config
 from services.backtest.engine import core
 from services.backtest.engine.runner import REASONS, Bars, SimulationResult
 from services.backtest.metrics import (
@@ -38,6 +38,7 @@ from services.backtest.schemas import (
     finite,
 )
 from services.backtest.strategies import SignalProvider
+from shared.execution import AllIn
 
 # Seed's success criteria: hypotheses to test, stated beside the result (never targets).
 SEED_SHARPE, SEED_WIN_RATE, SEED_P = 1.5, 0.6, 0.05

@@ -32,12 +32,14 @@ from services.backtest.schemas import (
     WalkForwardRequest,
     WalkForwardResult,
 )
-from services.backtest.service import BacktestService, Prepared
+from services.backtest.service import BacktestService
+from services.backtest.service.common import Prepared
 from services.backtest.strategies import STRATEGIES
 from shared.api import ProblemDocs
 from shared.errors import AppError
-from shared.jobs import JobContext, JobRunner, accepted, accepted_responses
+from shared.jobs import JOBS, JobContext, JobRunner, accepted, accepted_responses
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
+from shared.state import Slot
 
 router = APIRouter()
 T = TypeVar("T")
@@ -95,22 +97,10 @@ KindQuery = Annotated[
 ]
 
 
-async def get_service(request: Request) -> BacktestService:
-    """Return the app's BacktestService (built in lifespan).
-
-    ``async``: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop per
-    request for an attribute read.
-    """
-    return request.app.state.backtest  # type: ignore[no-any-return]
-
-
-async def get_jobs(request: Request) -> JobRunner:
-    """Return the app's JobRunner (built in lifespan)."""
-    return request.app.state.jobs  # type: ignore[no-any-return]
-
-
-Service = Annotated[BacktestService, Depends(get_service)]
-Jobs = Annotated[JobRunner, Depends(get_jobs)]
+# The app's BacktestService, built in its lifespan.
+BACKTEST = Slot("backtest", BacktestService)
+Service = Annotated[BacktestService, Depends(BACKTEST)]
+Jobs = Annotated[JobRunner, Depends(JOBS)]
 
 
 def _prefix(request: Request) -> str:
@@ -151,7 +141,7 @@ async def _backtest_job(
     service: BacktestService, body: BacktestRequest, prefix: str, ctx: JobContext
 ) -> dict[str, Any]:
     ctx.report(0, 1, "loading bars")
-    result = await service.run_backtest(body)
+    result = await service.runs.run_backtest(body)
     ctx.report(1, 1, "stored")
     return with_links(result, prefix).model_dump(mode="json")
 
@@ -159,7 +149,7 @@ async def _backtest_job(
 async def _prepared_job(
     service: BacktestService, prepared: Prepared, prefix: str, ctx: JobContext
 ) -> Any:
-    result = await service.run_prepared(prepared, ctx)
+    result = await service.analyses.run_prepared(prepared, ctx)
     return with_prefix(result, prefix).model_dump(mode="json")
 
 
@@ -170,7 +160,7 @@ async def _start(
     prefix = _prefix(request)
     if not prepared.needs_job:
         limit_s = service.settings.backtest_direct_timeout_s
-        answer = await answer_directly(request, service.run_prepared(prepared), limit_s)
+        answer = await answer_directly(request, service.analyses.run_prepared(prepared), limit_s)
         return with_prefix(answer, prefix)
     job = await jobs.submit(
         prepared.work, prepared.request, partial(_prepared_job, service, prepared, prefix)
@@ -340,11 +330,11 @@ async def run_backtest(
     Answers 200 directly (milliseconds of compute) unless `symbols` has more than 5
     instruments: then 202 and it runs as a job (`Location` is its status URL).
     """
-    if service.backtest_needs_job(body):
+    if service.runs.backtest_needs_job(body):
         prefix = _prefix(request)
         job = await jobs.submit("backtest", body, partial(_backtest_job, service, body, prefix))
         return accepted(request, job)
-    return with_links(await service.run_backtest(body), _prefix(request))
+    return with_links(await service.runs.run_backtest(body), _prefix(request))
 
 
 @router.post(
@@ -391,7 +381,7 @@ async def run_walk_forward(
     Answers 200 directly when windows x combinations x bars is at most 20,000,000
     trial-bars (about a second); otherwise 202 and runs as a job with progress per window.
     """
-    prepared = await service.prepare_walk_forward(body)
+    prepared = await service.analyses.prepare_walk_forward(body)
     return await _start(request, service, jobs, prepared)
 
 
@@ -430,7 +420,7 @@ async def optimize_parameters(
     `run_id` names it for `GET /results/{run_id}`; `notes` say when the bars do not reach an
     end of the dates asked.
     """
-    prepared = await service.prepare_optimize(body)
+    prepared = await service.analyses.prepare_optimize(body)
     return await _start(request, service, jobs, prepared)
 
 
@@ -460,7 +450,7 @@ async def run_monte_carlo(
     Answers 200 directly when n_runs x (bars + trades) is at most 20,000,000 path steps
     (1,000 runs of ten daily years take milliseconds); otherwise 202 and runs as a job.
     """
-    prepared = await service.prepare_monte_carlo(body)
+    prepared = await service.analyses.prepare_monte_carlo(body)
     return await _start(request, service, jobs, prepared)
 
 
@@ -484,7 +474,7 @@ async def list_results(
     run_id, kind, dates, capital, total_return, sharpe_ratio, max_drawdown, win_rate,
     total_trades (a search's are its winner's). `page` gives the total and the next
     `offset`."""
-    return await service.list_results(
+    return await service.reads.list_results(
         kind=kind, strategy=strategy, symbol=symbol, limit=limit, offset=offset
     )
 
@@ -503,7 +493,7 @@ async def get_results(
     `run_backtest`: config, metrics, benchmark, trades summary, notes), `walk_forward` (as
     `walk_forward`, its stitched out-of-sample equity) or `optimization` (as
     `optimize_parameters`). Equity curves at most `equity_points` points."""
-    result = await service.get_any(run_id, equity_points=equity_points)
+    result = await service.reads.get_any(run_id, equity_points=equity_points)
     return with_prefix(result, _prefix(request))
 
 
@@ -518,7 +508,7 @@ async def get_results(
 async def delete_results(run_id: RunId, service: Service) -> Response:
     """Delete a stored run (with its fills), walk-forward or search; reads of it then
     answer 404."""
-    await service.delete_result(run_id)
+    await service.reads.delete_result(run_id)
     return Response(status_code=204)
 
 
@@ -546,7 +536,7 @@ async def get_chart(
     stitched out-of-sample equity against buy-and-hold on the same bars (a search has no
     chart: 404 `no_chart`). Returns a PNG image drawn at the nearest of a few sizes (widths
     400-2400, heights 200-1600 pixels)."""
-    png = await service.chart(run_id, width=width, height=height)
+    png = await service.reads.chart(run_id, width=width, height=height)
     return Response(content=png, media_type="image/png")
 
 
@@ -564,4 +554,4 @@ async def get_trades(
     (buy/sell), shares, price (slippage included), commission, slippage_cost, total_cost,
     pnl (realised, on closing fills), portfolio_value, reason (signal, stop_loss,
     take_profit, end) and trade_return. `page` gives the total and the next `offset`."""
-    return await service.get_trades(run_id, limit=limit, offset=offset)
+    return await service.reads.get_trades(run_id, limit=limit, offset=offset)

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from services.backtest.config import BacktestConfig
+from shared.api import Page
+from shared.execution import FillFields
 from shared.verdicts import PairedVerdict
 
 
@@ -381,16 +383,6 @@ class BacktestResult(Answer):
     links: RunLinks
 
 
-class Page(Answer):
-    """Which rows of a list this answer holds."""
-
-    total: int
-    limit: int
-    offset: int
-    returned: int
-    next_offset: int | None = Field(description="Offset of the next page; null on the last.")
-
-
 class RunSummary(Answer):
     """One stored run, as listed (a search's figures are its winner's)."""
 
@@ -417,16 +409,9 @@ class RunList(Answer):
     page: Page
 
 
-class Fill(Answer):
+class Fill(FillFields, Answer):
     """One executed order (the seed's `backtest_trades` columns, plus why and its return)."""
 
-    timestamp: datetime
-    symbol: str
-    direction: Literal["buy", "sell"]
-    shares: float
-    price: float = Field(description="Fill price, slippage included.")
-    commission: float
-    slippage_cost: float = Field(description="|fill - quote| x shares.")
     total_cost: float = Field(description="Cash the fill cost (+) or brought in (-).")
     pnl: Num = Field(description="Realised pnl, on closing fills only.")
     portfolio_value: Num = Field(description="Equity right after the fill.")

@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import AliasChoices, Field, SecretStr
 
 from shared.config import BaseServiceSettings
+from shared.peers import peer_timeout, peer_token, peer_url
 
 
 class BacktestSettings(BaseServiceSettings):
@@ -18,41 +19,14 @@ class BacktestSettings(BaseServiceSettings):
 
     unknown_prefixes: ClassVar[tuple[str, ...]] = ("BACKTEST_",)
 
-    market_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("MARKET_URL", "BACKTEST_MARKET_URL", "market_url"),
-        description="Base URL of the market service (e.g. http://market:8000). Unset: the "
-        "co-hosted market app in-process, else http://127.0.0.1:8000/market.",
+    market_url: str | None = peer_url("market", "backtest", "the bars every run trades on")
+    market_token: SecretStr | None = peer_token("market", "backtest")
+    market_timeout_s: float = peer_timeout("market", "backtest", default=60.0)
+    predictor_url: str | None = peer_url(
+        "predictor", "backtest", "the `ml_ensemble` strategy's signals"
     )
-    market_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("BACKTEST_MARKET_TOKEN", "market_token"),
-        description="Bearer token sent to the market service (default: SERVICE_TOKEN, else "
-        "API_TOKEN).",
-    )
-    market_timeout_s: float = Field(
-        default=60.0,
-        gt=0,
-        validation_alias=AliasChoices("BACKTEST_MARKET_TIMEOUT_S", "market_timeout_s"),
-        description="Seconds to wait for one market answer.",
-    )
-    predictor_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("PREDICTOR_URL", "BACKTEST_PREDICTOR_URL", "predictor_url"),
-        description="Base URL of the predictor service (the `ml_ensemble` strategy's signals).",
-    )
-    predictor_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("BACKTEST_PREDICTOR_TOKEN", "predictor_token"),
-        description="Bearer token sent to the predictor service (default: SERVICE_TOKEN, else "
-        "API_TOKEN).",
-    )
-    predictor_timeout_s: float = Field(
-        default=60.0,
-        gt=0,
-        validation_alias=AliasChoices("BACKTEST_PREDICTOR_TIMEOUT_S", "predictor_timeout_s"),
-        description="Seconds to wait for one predictor answer.",
-    )
+    predictor_token: SecretStr | None = peer_token("predictor", "backtest")
+    predictor_timeout_s: float = peer_timeout("predictor", "backtest", default=60.0)
     predictor_train_timeout_s: float = Field(
         default=3600.0,
         gt=0,
@@ -98,11 +72,3 @@ class BacktestSettings(BaseServiceSettings):
     backtest_result_ttl_s: int = Field(
         default=86_400, ge=1, description="Seconds a stored run's answer and chart stay cached."
     )
-
-    def market_bearer(self) -> SecretStr | None:
-        """Return the token to send to the market service."""
-        return self.market_token or self.service_token or self.api_token
-
-    def predictor_bearer(self) -> SecretStr | None:
-        """Return the token to send to the predictor service."""
-        return self.predictor_token or self.service_token or self.api_token

@@ -19,6 +19,8 @@ import annotated_types as at
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from services.backtest.engine.analysis import SweepResult
+from services.backtest.engine.core import SimSpec
 from services.backtest.engine.runner import Bars
 from services.backtest.engine.signals import crossover_target_nb, mean_reversion_target_nb
 from shared.quant.kernels import bbands_nb, macd_nb, rsi_nb, sma_nb
@@ -256,6 +258,26 @@ _BOUNDS: dict[type, Callable[[np.ndarray, Any], np.ndarray]] = {
 }
 
 
+class SweepMany(Protocol):
+    """Backtest every combination of a strategy on one symbol's bars, or answer None
+    (the caller then builds the targets with ``build_many`` and runs the target sweep)."""
+
+    def __call__(
+        self,
+        bars: Bars,
+        fixed: Mapping[str, Any],
+        combos: Sequence[Mapping[str, Any]],
+        spec: SimSpec,
+        *,
+        risk_free_rate: float,
+        keep_returns: bool,
+        n_blocks: int,
+        atr: np.ndarray | None,
+    ) -> SweepResult | None:
+        """Return one statistics row (and block sums, returns) per combination, or None."""
+        ...
+
+
 @dataclass(frozen=True)
 class StrategyDef:
     """One strategy: its parameter model and its target builder.
@@ -278,6 +300,7 @@ class StrategyDef:
     build_many: Callable[[Bars, dict[str, Any], Sequence[Mapping[str, Any]]], np.ndarray] | None = (
         None
     )
+    sweep_many: SweepMany | None = None  # the combinations' backtests in one parallel pass
     version: int | None = None
 
     def shorts(self, params: BaseModel) -> bool:

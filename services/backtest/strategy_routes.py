@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from services.backtest.catalog import check_program, language
+from services.backtest.catalog import check_program, language, language_guide
 from services.backtest.routes import Service, errors
 from services.backtest.schemas import StrategyInfo, StrategyList
 from services.backtest.strategy_schemas import (
@@ -24,9 +24,17 @@ from shared.rules import CrossFieldRule, documents_rules, rules_extension
 
 router = APIRouter()
 # Not MCP tools (the gateway excludes `internal`): the default tool set must fit 32 kB, and
-# a model needs only `save_strategy` (which checks the rules as `validate_strategy` does and
-# answers the same 422) beside `list_strategies`. Over HTTP every route is there.
+# a model writing strategies needs `validate_strategy`, `save_strategy` (whose description
+# carries the compact grammar, the functions and two examples) and `list_strategies`. Over
+# HTTP every route is there.
 HTTP_ONLY: list[str | Enum] = ["internal"]
+# The gateway shows a model this instead of the docstring's first paragraph.
+SAVE_GUIDE = {
+    "x-mcp-description": language_guide(
+        "Save rules in the strategy language under `name` (again: its next version); run it "
+        'as `strategy: {"name": ..., "params": {...}}`.'
+    )
+}
 LANGUAGE_RULES = (
     CrossFieldRule(
         ("rules", "params"),
@@ -73,7 +81,6 @@ async def get_strategy_language() -> LanguageInfo:
 @router.post(
     "/strategies/validate",
     operation_id="validate_strategy",
-    tags=HTTP_ONLY,
     response_model=StrategyCheck,
     responses=errors(401, 422),
     summary="Check strategy rules without saving",
@@ -81,11 +88,11 @@ async def get_strategy_language() -> LanguageInfo:
 )
 @documents_rules(*LANGUAGE_RULES)
 async def validate_strategy(body: ValidateStrategyRequest) -> StrategyCheck:
-    """Check strategy rules without saving: normal text, `$params`, warm-up bars.
+    """Check strategy rules without saving: normal text, `$params`, warm-up bars. A bad
+    rule is a 422 naming the rule, line:column and the closest valid name.
 
-    A bad rule is a 422 whose `detail` names the
-    rule, line:column, what was expected and the closest valid name, e.g. "entry_long 1:1:
-    unknown function `rsl`; did you mean `rsi`?"."""
+    E.g. "entry_long 1:1: unknown function `rsl`; did you mean `rsi`?". The language:
+    `save_strategy`'s description, or `GET /strategies/language`."""
     return check_program(body.rules, body.params)
 
 
@@ -96,7 +103,7 @@ async def validate_strategy(body: ValidateStrategyRequest) -> StrategyCheck:
     status_code=201,
     responses=errors(401, 409, 422, 503),
     summary="Save a strategy (a new immutable version)",
-    openapi_extra=rules_extension(*LANGUAGE_RULES),
+    openapi_extra={**rules_extension(*LANGUAGE_RULES), **SAVE_GUIDE},
 )
 @documents_rules(*LANGUAGE_RULES)
 async def save_strategy(body: SaveStrategyRequest, service: Service) -> StrategyInfo:

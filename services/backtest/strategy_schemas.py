@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.backtest.expressions import (
+    MAX_PARAMS,
     NAME_PATTERN,
     ONLY_PATTERN,
     ParamName,
@@ -37,7 +38,7 @@ class ValidateStrategyRequest(_Request):
 
     rules: Rules
     params: dict[ParamName, ParamSpec] = Field(
-        default_factory=dict, max_length=16, json_schema_extra=ONLY_PATTERN
+        default_factory=dict, max_length=MAX_PARAMS, json_schema_extra=ONLY_PATTERN
     )
 
 
@@ -62,7 +63,7 @@ class StrategyCheck(BaseModel):
     """Rules that compile: their normal text, parameters and warm-up."""
 
     rules: dict[str, str] = Field(description="Each rule's normal text (the compile key).")
-    params: list[ParamFound]
+    params: list[ParamFound] = Field(max_length=MAX_PARAMS)
     warmup_bars: int = Field(
         description="Bars before every indicator has a value at the defaults: no rule is "
         "true before then."

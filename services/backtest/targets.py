@@ -87,8 +87,8 @@ async def compute_signals(service: BacktestService, body: BacktestConfig) -> Sig
     """Load the config's bars and return its strategy's wish per bar."""
     assert isinstance(body, RunConfig)
     run: RunConfig = await service.catalog.resolve(body)  # a saved strategy's rules
-    loaded = await service.load(run)
-    ml = await service.ml_signals(run, loaded)
+    loaded = await service.runs.load(run)
+    ml = await service.runs.ml_signals(run, loaded)
     config = ml.request if ml is not None else run
     provider = ml.targets if ml is not None else None
     bars = loaded.bars

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from services.market.calendar import nyse
 from services.market.feature_routes import router as feature_router
 from services.market.providers import CsvProvider, Provider, ProviderChain
-from services.market.routes import router
+from services.market.routes import MARKET, router
 from services.market.schemas import Health
 from services.market.service import MarketService
 from services.market.settings import MarketSettings
@@ -73,16 +73,19 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
         )
         await asyncio.to_thread(nyse)  # build the NYSE calendar off the event loop, once
         await db.start(SCHEMA)
-        app.state.market = MarketService(
-            db=db,
-            cache=cache,
-            providers=chain,
-            price_ttl_s=settings.price_ttl_s,
-            indicator_ttl_s=settings.indicator_ttl_s,
-            historical_ttl_s=settings.historical_ttl_s,
-            bulk_concurrency=settings.bulk_concurrency,
-            stale_s=settings.market_stale_s,
-            request_deadline_s=settings.market_request_deadline_s,
+        MARKET.put(
+            app,
+            MarketService(
+                db=db,
+                cache=cache,
+                providers=chain,
+                price_ttl_s=settings.price_ttl_s,
+                indicator_ttl_s=settings.indicator_ttl_s,
+                historical_ttl_s=settings.historical_ttl_s,
+                bulk_concurrency=settings.bulk_concurrency,
+                stale_s=settings.market_stale_s,
+                request_deadline_s=settings.market_request_deadline_s,
+            ),
         )
         try:
             yield
@@ -96,11 +99,11 @@ def create_app(settings: MarketSettings | None = None) -> FastAPI:
     )
     install_health(
         app,
-        stores=lambda request: (request.app.state.market.db, request.app.state.market.cache),
+        stores=lambda request: (MARKET.of(request).db, MARKET.of(request).cache),
         timeout_s=settings.health_timeout_s,
         model=Health,
         extra=lambda request: {
-            "providers": [p.name for p in request.app.state.market.providers.providers]
+            "providers": [p.name for p in MARKET.of(request).providers.providers]
         },
     )
     app.include_router(router)

@@ -14,14 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from services.market.calendar import last_final_day, sessions_between
-from shared.errors import NotFoundError
-
-
-class NoDataError(NotFoundError):
-    """The symbol exists but has no bar in the asked range."""
-
-    code = "no_data"
-    title = "No data in range"
+from shared.errors import NoDataError
 
 
 def sessions_in(symbol: str, start: date, end: date) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from services.market.features import FEATURES_DOC, FeatureSeries, FeatureService
-from services.market.routes import DATE_ORDER, End, Start, Symbol
+from services.market.routes import DATE_ORDER, MARKET, End, Start, Symbol
 from shared.api import ProblemDocs
 from shared.rules import cross_field_rules
+from shared.state import Slot
 
 router = APIRouter()
 
@@ -19,13 +20,15 @@ errors = ProblemDocs(
 )
 
 
+FEATURES = Slot("features", FeatureService)
+
+
 def feature_service(request: Request) -> FeatureService:
     """Return the app's FeatureService (made on first use over the app's MarketService)."""
-    state = request.app.state
-    service = getattr(state, "features", None)
-    if not isinstance(service, FeatureService) or service.market is not state.market:
-        service = FeatureService(state.market)
-        state.features = service
+    market = MARKET.of(request)
+    service = FEATURES.find(request.app)
+    if service is None or service.market is not market:
+        service = FEATURES.put(request.app, FeatureService(market))
     return service
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from services.market.bars import BAR_COLUMNS, empty_bars
 from shared.breaker import BreakerState, CircuitBreaker, log_transitions
-from shared.errors import AppError, NotFoundError, UpstreamUnavailableError
+from shared.errors import AppError, SymbolNotFoundError, UpstreamUnavailableError
 from shared.metrics import observe_provider_call, publish_breaker, set_breaker_state
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,6 @@ def remaining_s() -> float | None:
     """Return the seconds left of the current request's deadline (None: unbounded)."""
     end = _DEADLINE.get()
     return None if end is None else end - time.monotonic()
-
-
-class SymbolNotFoundError(NotFoundError):
-    """The provider knows no instrument by this symbol."""
-
-    code = "symbol_not_found"
 
 
 class ProviderError(UpstreamUnavailableError):

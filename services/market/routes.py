@@ -7,7 +7,7 @@ import textwrap
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 
 from services.market.schemas import (
     BulkFetchRequest,
@@ -24,6 +24,7 @@ from shared.api import ProblemDocs
 from shared.errors import ValidationProblemError
 from shared.quant import INDICATORS, IndicatorSpec, LatestRoute, Param, default_names
 from shared.rules import DATE_1900_2099, CrossFieldRule, TextRule, cross_field_rules
+from shared.state import Slot
 
 router = APIRouter()
 
@@ -83,12 +84,9 @@ errors = ProblemDocs(
 READ_ERRORS = errors(401, 404, 422, 502, 503)
 
 
-def get_service(request: Request) -> MarketService:
-    """Return the app's MarketService (built in lifespan)."""
-    return request.app.state.market  # type: ignore[no-any-return]
-
-
-Service = Annotated[MarketService, Depends(get_service)]
+# The app's MarketService, built in its lifespan (an async dependency: no thread hop).
+MARKET = Slot("market", MarketService)
+Service = Annotated[MarketService, Depends(MARKET)]
 
 
 @router.get(

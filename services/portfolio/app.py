@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.portfolio.execution import warm_kernels
 from services.portfolio.peers import Peers
-from services.portfolio.routes import errors, router
+from services.portfolio.routes import PORTFOLIO, errors, router
 from services.portfolio.scheduler import run_forever
 from services.portfolio.service import PortfolioService
 from services.portfolio.settings import PortfolioSettings
 from services.portfolio.tables import SCHEMA
-from shared.app import service_app
+from shared.app import in_background, service_app
 from shared.db import Database
 from shared.errors import AppError
 from shared.health import install_health
-from shared.http import service_client
-from shared.jobs import JobRunner, job_router
+from shared.jobs import JOBS, JobRunner, job_router
+from shared.peers import peer_client
+from shared.warmup import KERNELS, start_warming
 
 log = logging.getLogger(__name__)
 
@@ -47,43 +47,26 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.from_settings(settings)
         peers = Peers(
-            backtest=service_client(
-                "backtest",
-                settings.backtest_url,
-                token=settings.backtest_bearer(),
-                timeout_s=settings.peer_timeout_s,
-            ),
-            market=service_client(
-                "market",
-                settings.market_url,
-                token=settings.market_bearer(),
-                timeout_s=settings.peer_timeout_s,
-            ),
+            backtest=peer_client(settings, "backtest"), market=peer_client(settings, "market")
         )
+        KERNELS.put(app, start_warming("portfolio", warm_kernels))  # the sizing kernels
         await db.start(SCHEMA)
         runner = JobRunner(db, service="portfolio", settings=settings)
         await runner.start()
-        app.state.jobs = runner
-        service = PortfolioService(db=db, peers=peers, settings=settings)
-        app.state.portfolio = service
+        JOBS.put(app, runner)
+        service = PORTFOLIO.put(app, PortfolioService(db=db, peers=peers, settings=settings))
         try:
             sent = await service.reconcile()
             if sent:
                 log.warning("reconciled %d order(s) decided but never sent", sent)
         except AppError as e:  # a peer or the database is down: the next run sends them
             log.error("order reconciliation postponed: %s", e)
-        ticking = None
-        if settings.portfolio_scheduler_interval_s > 0:
-            ticking = asyncio.create_task(
-                run_forever(service, settings.portfolio_scheduler_interval_s)
-            )
+        interval_s = settings.portfolio_scheduler_interval_s
+        ticking = run_forever(service, interval_s) if interval_s > 0 else None
         try:
-            yield
+            async with in_background(ticking, name="portfolio-scheduler"):
+                yield
         finally:
-            if ticking is not None:
-                ticking.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticking
             await runner.aclose()
             await service.aclose()
             await db.dispose()
@@ -93,7 +76,7 @@ def create_app(settings: PortfolioSettings | None = None) -> FastAPI:
     )
     install_health(
         app,
-        stores=lambda request: (request.app.state.portfolio.db, None),
+        stores=lambda request: (PORTFOLIO.of(request).db, None),
         timeout_s=settings.health_timeout_s,
     )
     app.include_router(router)

@@ -1,11 +1,9 @@
 """Turn a session's wishes into orders as the backtest's engine would, then pass them by risk.
 
-The rules are the backtest engine's (services/backtest/engine/core.py), restated for one
-session of a live book: every close before any opening; an opening order is sized on the
-cash the closes released, on the free margin `min(equity - gross, cash)`, whole shares
-unless fractional, resized to what it can afford, refused beyond `max_positions`.
-Slippage is adverse; commission is `max(min_commission, shares * (commission + fill *
-commission_rate))`. Pure: no I/O.
+The engine's order of events, for one session of a live book: every close before any
+opening; an opening order is sized on the cash the closes released, on the free margin
+`min(equity - gross, cash)`, refused beyond `max_positions`. Sizing and commission are the
+engine's own kernels (`shared.quant.sizing`); slippage is adverse. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -15,8 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-ALL_IN_FRACTION = 1.0 - 2.220446049250313e-16
-MIN_SHARES = 1e-6
+from shared.quant.sizing import SIZE_METHODS, fee_nb, round_shares_nb, size_order_nb
 
 
 @dataclass(frozen=True)
@@ -30,10 +27,9 @@ class CostModel:
 
     def fee(self, shares: float, fill: float) -> float:
         """Return the commission of a fill (0 for no shares)."""
-        if shares <= 0.0:
-            return 0.0
-        c = shares * (self.commission + fill * self.commission_rate)
-        return c if c > self.min_commission else self.min_commission
+        return float(
+            fee_nb(shares, fill, self.commission, self.commission_rate, self.min_commission)
+        )
 
     def fill_price(self, quote: float, side: float) -> float:
         """Return the fill price of a buy (+1) or sell (-1) at quote, slippage included."""
@@ -93,40 +89,34 @@ class Gate:
 
 
 def _round(x: float, fractional: bool) -> float:
-    if not x > 0.0:
-        return 0.0
-    return x if fractional else math.floor(x)
+    return float(round_shares_nb(x, fractional))
 
 
 def order_shares(
     sizing: Sizing, costs: CostModel, fill: float, free: float, equity: float, slots: int
 ) -> tuple[float, float]:
     """Return (shares, wanted) for an opening order at fill with free margin (engine rule)."""
-    unit = fill * (1.0 + costs.commission_rate) + costs.commission
-    budget = free * ALL_IN_FRACTION
-    if sizing.method == "all_in" and slots > 1:
-        budget = budget / slots
-    most = budget / unit if sizing.fractional else budget // unit
-    if costs.min_commission > 0.0:
-        cap = _round((budget - costs.min_commission) / fill, sizing.fractional)
-        most = min(most, cap)
-    most = max(most, 0.0)
-    if sizing.method == "all_in":
-        want = most
-    else:
-        if sizing.method == "percent_equity":
-            raw = sizing.value * equity / fill
-        elif sizing.method == "fixed_cash":
-            raw = sizing.value / fill
-        else:
-            raw = sizing.value
-        want = _round(raw, sizing.fractional)
-    shares = want if want <= most else most
-    while shares > 0.0 and shares * fill + costs.fee(shares, fill) > free:
-        shares = shares - 1.0 if not sizing.fractional else shares * (1.0 - 1e-12)
-    if shares < MIN_SHARES:
-        shares = 0.0
-    return shares, want
+    shares, want = size_order_nb(
+        SIZE_METHODS[sizing.method],
+        sizing.value,
+        sizing.fractional,
+        costs.commission,
+        costs.commission_rate,
+        costs.min_commission,
+        252.0,  # read by volatility targeting only, which a deployment does not offer
+        fill,
+        free,
+        equity,
+        math.nan,
+        slots,
+    )
+    return float(shares), float(want)
+
+
+def warm_kernels() -> None:
+    """Compile (or load) the sizing kernels once, before the first session is planned."""
+    order_shares(Sizing(), CostModel(), 100.0, 1_000.0, 1_000.0, 1)
+    _round(1.5, False)
 
 
 @dataclass

@@ -22,16 +22,14 @@ So `run` on an Alpaca account:
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from services.portfolio import repository as repo
 from services.portfolio.alpaca import AlpacaBroker
 from services.portfolio.brokers import BrokerClock, ReplayNotSupportedError
 from services.portfolio.execution import Config, decide
-from services.portfolio.peers import Signals
-
-if TYPE_CHECKING:
-    from services.portfolio.service import PortfolioService
+from services.portfolio.orders import OrderDesk
+from services.portfolio.peers import Peers, Signals
 
 
 def last_closed_day(clock: BrokerClock) -> date:
@@ -41,25 +39,25 @@ def last_closed_day(clock: BrokerClock) -> date:
     return today if ended else today - timedelta(days=1)
 
 
-async def sync_book(service: PortfolioService, account_id: Any, broker: AlpacaBroker) -> int:
+async def sync_book(desk: OrderDesk, account_id: Any, broker: AlpacaBroker) -> int:
     """Send the account's unsent orders, book the filled ones, then take Alpaca's positions
     and cash as the account's; return the fills booked."""
     done = 0
-    async with service.db.session() as s:
+    async with desk.db.session() as s:
         outstanding = await repo.unsettled_orders(s, account_id=account_id)
     for order in outstanding:
         if order["status"] == "new":
-            done += await service.send(order, quote=0.0)
+            done += await desk.send(order, quote=0.0)
             continue
         execution = await broker.order(order["client_order_id"])
         if execution is None:  # Alpaca never got it: send it now
-            done += await service.send(order, quote=0.0)
+            done += await desk.send(order, quote=0.0)
         elif execution.status != "submitted":
-            async with service.db.session() as s, s.begin():
-                done += await service.record(s, order, execution, quote=execution.price or 0.0)
+            async with desk.db.session() as s, s.begin():
+                done += await desk.record(s, order, execution, quote=execution.price or 0.0)
     held = await broker.positions()
     account = await broker.account()
-    async with service.db.session() as s, s.begin():
+    async with desk.db.session() as s, s.begin():
         mine = {p["symbol"]: p for p in await repo.positions_of(s, account_id=account_id)}
         for symbol in set(mine) - set(held):
             await repo.delete_position(s, account_id=account_id, symbol=symbol)
@@ -79,7 +77,8 @@ async def sync_book(service: PortfolioService, account_id: Any, broker: AlpacaBr
 
 
 async def run_live(
-    service: PortfolioService,
+    desk: OrderDesk,
+    peers: Peers,
     dep: dict[str, Any],
     cfg: Config,
     sig: Signals,
@@ -105,25 +104,23 @@ async def run_live(
     if not todo:
         return None, None, 0
     account_id = dep["account_id"]
-    counts["fills"] += await sync_book(service, account_id, broker)
+    counts["fills"] += await sync_book(desk, account_id, broker)
     i = len(days) - 1
-    closes = {
-        sym: (await service.peers.prices(sym, latest, latest)).close[latest] for sym in cfg.symbols
-    }
-    async with service.db.session() as s:
-        _, book = await service.book_of(s, account_id)
+    closes = {sym: (await peers.prices(sym, latest, latest)).close[latest] for sym in cfg.symbols}
+    async with desk.db.session() as s:
+        _, book = await desk.book_of(s, account_id)
     wishes = {x.symbol.upper(): x.wishes[i] for x in sig.series}
     pending = decide(wishes, book) if i >= cfg.warmup_period else {}
     if pending:
         nxt = clock.timestamp.date() if clock.is_open else clock.next_open.date()
-        await service.decide_orders(dep, cfg, nxt, pending, closes, counts)
-        async with service.db.session() as s:
+        await desk.decide_orders(dep, cfg, nxt, pending, closes, counts)
+        async with desk.db.session() as s:
             stored = await repo.orders_of_session(s, deployment_id=dep["id"], day=nxt)
         for order in stored:
             if order["status"] == "new":
-                counts["fills"] += await service.send(order, quote=closes[order["symbol"]])
+                counts["fills"] += await desk.send(order, quote=closes[order["symbol"]])
     account = await broker.account()
-    async with service.db.session() as s, s.begin():
+    async with desk.db.session() as s, s.begin():
         await repo.put_equity_rows(
             s, account_id=account_id, rows=[(latest, account.equity, account.cash)]
         )

@@ -1,8 +1,8 @@
 """The portfolio's peers over HTTP: the backtest's signals and the market's bars.
 
-Never imports either service. Peer problems become this service's problems: a strategy the
-backtest refuses names `strategy...`, an unknown symbol `symbols`. (The translation mirrors
-`services/backtest/market.py`; the service kit will hold one copy.)
+Never imports either service. Peer problems become this service's problems through the
+service kit (`shared.peers`): a strategy the backtest refuses names `strategy...`, an unknown
+symbol `symbols`.
 """
 
 from __future__ import annotations
@@ -14,20 +14,9 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.errors import (
-    AppError,
-    NotFoundError,
-    ServiceUnavailableError,
-    UpstreamUnavailableError,
-    ValidationProblemError,
-)
+from shared.errors import ValidationProblemError
 from shared.http import ServiceClient, UpstreamProblemError
-
-
-class SymbolNotFoundError(NotFoundError):
-    """The market service knows no such symbol."""
-
-    code = "symbol_not_found"
+from shared.peers import FieldMap, ask, translate
 
 
 class _Series(BaseModel):
@@ -72,27 +61,15 @@ class Prices:
     close: dict[date, float]
 
 
-def _field(field: str | None, default: str) -> str:
-    if not field:
-        return default
-    renames = {"symbol": "symbols", "end_date": "until"}
-    return renames.get(field, field)
+# Peer field names -> this service's request fields.
+_NAMES = {"symbol": "symbols", "end_date": "until"}
+# A peer's 404 `no_data` (a range without bars) is a start too early for the data.
+_NO_DATA = (ValidationProblemError, "start_date")
 
 
-def translate(e: UpstreamProblemError, what: str, default_field: str) -> AppError:
-    """Return the problem a peer's error means for a portfolio request."""
-    detail = f"{e.service} service: {e.detail}"
-    if e.status == 404 and e.code in ("no_data",):
-        return ValidationProblemError(f"{what}: {detail}", field="start_date")
-    if e.status == 404:
-        return SymbolNotFoundError(f"{what}: {detail}", field=_field(e.problem.field, "symbols"))
-    if e.status in (400, 422):
-        return ValidationProblemError(
-            f"{what}: {detail}", field=_field(e.problem.field, default_field)
-        )
-    if e.status in (503, 504):
-        return ServiceUnavailableError(f"{what}: {detail}")
-    return UpstreamUnavailableError(f"{what}: {e.service} answered {e.status} {e.code}: {detail}")
+def _fields(default: str) -> FieldMap:
+    """Return this service's names of the fields a peer's problem blames (default if none)."""
+    return FieldMap(default=default, names=_NAMES, unknown="symbols")
 
 
 class Peers:
@@ -109,10 +86,15 @@ class Peers:
 
     async def signals(self, body: dict[str, Any]) -> Signals:
         """Return the strategy's wishes per bar for a backtest config (`POST /signals`)."""
-        try:
-            response = await self.backtest.request("POST", "/signals", json=body)
-        except UpstreamProblemError as e:
-            raise translate(e, "signals", "strategy") from e
+        response = await ask(
+            self.backtest,
+            "POST",
+            "/signals",
+            about="signals",
+            fields=_fields("strategy"),
+            no_data=_NO_DATA,
+            json=body,
+        )
         return Signals.model_validate_json(response.content)
 
     async def backtest_run(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
@@ -132,18 +114,21 @@ class Peers:
                 fills += answer["trades"]
                 offset = answer["page"]["next_offset"]
         except UpstreamProblemError as e:
-            raise translate(e, "backtest", "deployment_id") from e
+            raise translate(e, "backtest", _fields("deployment_id"), no_data=_NO_DATA) from e
         return result, fills
 
     async def prices(self, symbol: str, start: date, end: date) -> Prices:
         """Return the symbol's daily opens and closes start..end from the market service."""
         params = {"start": start.isoformat(), "end": end.isoformat(), "interval": "1d"}
-        try:
-            response = await self.market.request(
-                "GET", f"/historical/{quote(symbol, safe='')}", params=params
-            )
-        except UpstreamProblemError as e:
-            raise translate(e, f"prices of {symbol}", "symbols") from e
+        response = await ask(
+            self.market,
+            "GET",
+            f"/historical/{quote(symbol, safe='')}",
+            about=f"prices of {symbol}",
+            fields=_fields("symbols"),
+            no_data=_NO_DATA,
+            params=params,
+        )
         history = _History.model_validate_json(response.content)
         return Prices(
             open={b.timestamp.date(): b.open for b in history.bars},

@@ -16,6 +16,7 @@ import numpy as np
 from services.portfolio import repository as repo
 from services.portfolio.drift import compare
 from services.portfolio.execution import Config
+from services.portfolio.orders import account_row, deployment_row
 from services.portfolio.repository import aware
 from services.portfolio.schemas import Breakers, Drift, Risk
 from shared.errors import AppError
@@ -35,8 +36,8 @@ class NothingToCompareError(AppError):
 async def drift_of(service: PortfolioService, deployment_id: uuid.UUID) -> Drift:
     """Compare the deployment's record with `POST /backtest` of its config on its sessions."""
     async with service.db.session() as s:
-        dep = await service.deployment_row(s, deployment_id)
-        account = await service.account_row(s, dep["account_id"])
+        dep = await deployment_row(s, deployment_id)
+        account = await account_row(s, dep["account_id"])
         paper = await repo.deployment_fills(s, deployment_id=deployment_id)
         history = await repo.equity_history(s, account_id=dep["account_id"])
     last: date | None = dep["last_session"]

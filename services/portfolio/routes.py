@@ -26,8 +26,9 @@ from services.portfolio.schemas import (
 )
 from services.portfolio.service import PortfolioService
 from shared.api import ProblemDocs
-from shared.jobs import JobContext, JobRunner, accepted, accepted_responses
+from shared.jobs import JOBS, JobContext, JobRunner, accepted, accepted_responses
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
+from shared.state import Slot
 
 router = APIRouter()
 
@@ -66,18 +67,10 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows to return.")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Rows to skip first.")]
 
 
-async def get_service(request: Request) -> PortfolioService:
-    """Return the app's PortfolioService (built in lifespan)."""
-    return request.app.state.portfolio  # type: ignore[no-any-return]
-
-
-async def get_jobs(request: Request) -> JobRunner:
-    """Return the app's JobRunner (built in lifespan)."""
-    return request.app.state.jobs  # type: ignore[no-any-return]
-
-
-Service = Annotated[PortfolioService, Depends(get_service)]
-Jobs = Annotated[JobRunner, Depends(get_jobs)]
+# The app's PortfolioService, built in its lifespan.
+PORTFOLIO = Slot("portfolio", PortfolioService)
+Service = Annotated[PortfolioService, Depends(PORTFOLIO)]
+Jobs = Annotated[JobRunner, Depends(JOBS)]
 
 
 @router.post(

@@ -13,6 +13,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.api import Page
+from shared.execution import (
+    DEFAULT_SLIPPAGE,
+    AllIn,
+    Commission,
+    CommissionRate,
+    FillFields,
+    FixedCash,
+    FixedShares,
+    MinCommission,
+    PercentEquity,
+    Slippage,
+)
+
 SYMBOL = r"^[A-Za-z0-9.\-^=]{1,15}$"
 
 
@@ -53,14 +67,10 @@ class AccountCreate(Request):
 class Costs(Request):
     """The backtest's cost fields, with its defaults."""
 
-    commission: float = Field(default=0.0, ge=0, le=100, description="Per share, in cash.")
-    commission_rate: float = Field(
-        default=0.0, ge=0, lt=0.1, description="Fraction of traded value."
-    )
-    min_commission: float = Field(default=0.0, ge=0, le=1e6, description="Per fill, in cash.")
-    slippage: float = Field(
-        default=0.001, ge=0, lt=0.1, description="Adverse price move per fill, a fraction."
-    )
+    commission: Commission = 0.0
+    commission_rate: CommissionRate = 0.0
+    min_commission: MinCommission = 0.0
+    slippage: Slippage = DEFAULT_SLIPPAGE
 
 
 class RiskLimits(Request):
@@ -98,33 +108,7 @@ class RiskLimits(Request):
     )
 
 
-class AllIn(Request):
-    """Spend all free cash (split evenly over the free position slots)."""
-
-    method: Literal["all_in"]
-
-
-class PercentEquity(Request):
-    """Open a position worth `value` (a fraction) of equity."""
-
-    method: Literal["percent_equity"]
-    value: float = Field(gt=0, le=1, description="Fraction of equity per position, (0, 1].")
-
-
-class FixedCash(Request):
-    """Open a position worth `value` in cash."""
-
-    method: Literal["fixed_cash"]
-    value: float = Field(gt=0, description="Cash per position.")
-
-
-class FixedShares(Request):
-    """Open a position of `value` shares."""
-
-    method: Literal["fixed_shares"]
-    value: float = Field(gt=0, description="Shares per position.")
-
-
+# The backtest's sizing but volatility targeting (a deployment has no ATR of its own).
 PositionSize = Annotated[
     AllIn | PercentEquity | FixedCash | FixedShares, Field(discriminator="method")
 ]
@@ -242,16 +226,6 @@ class RunResult(Answer):
     equity: float
 
 
-class Page(Answer):
-    """Which rows of a list this answer holds."""
-
-    total: int
-    limit: int
-    offset: int
-    returned: int
-    next_offset: int | None = Field(description="Offset of the next page; null on the last.")
-
-
 class Order(Answer):
     """One order: filled, refused by the risk manager (with why) or rejected by the broker."""
 
@@ -274,16 +248,9 @@ class OrderList(Answer):
     page: Page
 
 
-class Fill(Answer):
+class Fill(FillFields, Answer):
     """One executed order, in the backtest's fill fields."""
 
-    timestamp: datetime
-    symbol: str
-    direction: Literal["buy", "sell"]
-    shares: float
-    price: float = Field(description="Fill price, slippage included.")
-    commission: float
-    slippage_cost: float = Field(description="|fill - quote| x shares.")
     total_cost: float = Field(description="shares x price + commission.")
     pnl: float | None = Field(description="Realised pnl, on closing fills only.")
     order_id: int

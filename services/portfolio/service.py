@@ -1,35 +1,26 @@
-"""The portfolio's rules: accounts, deployments run session by session, the paper broker, risk.
+"""The portfolio's rules: accounts, deployments run session by session, risk.
 
 A deployment trades on the backtest's `POST /signals` (never its own strategy code); each
 session's orders are decided, stored with a deterministic `client_order_id` (deployment,
 session, symbol, side) and only then sent to the broker, so a crash between the two never
 doubles an order: the next run (or the start-up reconciliation) sends what is still `new`.
+Deciding, sending and booking orders is the order desk's (:mod:`services.portfolio.orders`,
+held as `PortfolioService.orders`); drift and risk are :mod:`services.portfolio.reports`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import numpy as np
 
 from services.portfolio import repository as repo
-from services.portfolio.alpaca import AlpacaBroker, alpaca_client
-from services.portfolio.brokers import Broker, Execution, PaperBroker, Ticket
-from services.portfolio.execution import (
-    Book,
-    Config,
-    CostModel,
-    Gate,
-    Holding,
-    decide,
-    plan_session,
-)
+from services.portfolio.execution import Config, decide
 from services.portfolio.live import run_live, sync_book
+from services.portfolio.orders import OrderDesk, account_row, deployment_row
 from services.portfolio.peers import Peers, Prices
 from services.portfolio.reports import drift_of, risk_of
 from services.portfolio.repository import aware
@@ -50,21 +41,9 @@ from services.portfolio.schemas import (
 )
 from services.portfolio.settings import PortfolioSettings
 from shared.db import Database
-from shared.errors import AppError, NotFoundError, ValidationProblemError
+from shared.errors import AppError, ValidationProblemError
 
 log = logging.getLogger(__name__)
-
-
-class AccountNotFoundError(NotFoundError):
-    """No account has that id."""
-
-    code = "account_not_found"
-
-
-class DeploymentNotFoundError(NotFoundError):
-    """No deployment has that id."""
-
-    code = "deployment_not_found"
 
 
 class DeploymentStoppedError(AppError):
@@ -83,19 +62,6 @@ class AlpacaAccountTakenError(AppError):
     title = "Alpaca account already open"
 
 
-class SimulatedCrashError(RuntimeError):
-    """Raised by the `crash_after_decide` test switch (a process killed mid-session)."""
-
-
-def client_order_id(
-    deployment_id: uuid.UUID, day: date, symbol: str, side: str, *, closing: bool
-) -> str:
-    """Return the deterministic id of a deployment's order: deployment, session, symbol, side
-    and whether it closes (a reversal sells to close and sells to open in one session)."""
-    key = f"{deployment_id}|{day.isoformat()}|{symbol}|{side}|{'close' if closing else 'open'}"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
 class PortfolioService:
     """Accounts, deployments, orders and risk on the database; peers over HTTP."""
 
@@ -103,24 +69,12 @@ class PortfolioService:
         self.db = db
         self.peers = peers
         self.settings = settings
-        self.paper = PaperBroker()
-        self._alpaca: AlpacaBroker | None = None
+        self.orders = OrderDesk(db=db, settings=settings)
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
-        self.crash_after_decide = False  # a test switch: stop between deciding and sending
 
     async def aclose(self) -> None:
         """Close the peers' clients."""
         await self.peers.aclose()
-
-    def broker_for(self, name: str) -> Broker:
-        """Return the broker of an account (Alpaca's client is built on first use)."""
-        return self.paper if name == "paper" else self.alpaca()
-
-    def alpaca(self) -> AlpacaBroker:
-        """Return the Alpaca broker (a problem when its keys or the live switch are missing)."""
-        if self._alpaca is None:
-            self._alpaca = AlpacaBroker(alpaca_client(self.settings))
-        return self._alpaca
 
     # ---- accounts ---------------------------------------------------------------------
 
@@ -138,25 +92,19 @@ class PortfolioService:
                     "two accounts on one broker book would count its positions twice.",
                     field="broker",
                 )
-            cash = (await self.alpaca().account()).equity
+            cash = (await self.orders.alpaca().account()).equity
         async with self.db.session() as s, s.begin():
             await repo.insert_account(
                 s, id=new_id, name=body.name, broker=body.broker, initial_cash=cash
             )
         if body.broker == "alpaca":
-            await sync_book(self, new_id, self.alpaca())
+            await sync_book(self.orders, new_id, self.orders.alpaca())
         return await self.get_account(new_id)
-
-    async def account_row(self, s: Any, account_id: uuid.UUID) -> dict[str, Any]:
-        row = await repo.account(s, id=account_id)
-        if row is None:
-            raise AccountNotFoundError(f"No account {account_id}.", field="account_id")
-        return row
 
     async def get_account(self, account_id: uuid.UUID) -> Account:
         """Return cash, equity, positions, realised and unrealised pnl and exposure."""
         async with self.db.session() as s:
-            row = await self.account_row(s, account_id)
+            row = await account_row(s, account_id)
             held = await repo.positions_of(s, account_id=account_id)
         pos = [
             Position(
@@ -190,7 +138,7 @@ class PortfolioService:
     async def halt(self, account_id: uuid.UUID) -> Account:
         """Turn the kill switch on: the risk manager refuses every order until resumed."""
         async with self.db.session() as s, s.begin():
-            await self.account_row(s, account_id)
+            await account_row(s, account_id)
             await repo.update_account(
                 s, id=account_id, halted=True, halt_reason="kill switch (POST /halt)"
             )
@@ -199,7 +147,7 @@ class PortfolioService:
     async def resume(self, account_id: uuid.UUID) -> Account:
         """Turn the kill switch off and lift the deployments' drawdown halts."""
         async with self.db.session() as s, s.begin():
-            await self.account_row(s, account_id)
+            await account_row(s, account_id)
             await repo.update_account(s, id=account_id, halted=False, halt_reason=None)
             for d in await repo.deployments_of(s, account_id=account_id):
                 if d["halt_reason"]:
@@ -215,7 +163,7 @@ class PortfolioService:
             raise ValidationProblemError("Each symbol at most once.", field="symbols")
         start = body.start_date or datetime.now(UTC).date()
         async with self.db.session() as s:
-            await self.account_row(s, body.account_id)
+            await account_row(s, body.account_id)
         config = body.model_dump(mode="json", exclude={"account_id"})
         config.update(symbols=symbols, start_date=start.isoformat())
         # the backtest validates the strategy on a year before the start (its own 422s)
@@ -232,16 +180,10 @@ class PortfolioService:
             await repo.insert_deployment(s, id=new_id, account_id=body.account_id, config=config)
         return await self.get_deployment(new_id)
 
-    async def deployment_row(self, s: Any, deployment_id: uuid.UUID) -> dict[str, Any]:
-        row = await repo.deployment(s, id=deployment_id)
-        if row is None:
-            raise DeploymentNotFoundError(f"No deployment {deployment_id}.", field="deployment_id")
-        return row
-
     async def get_deployment(self, deployment_id: uuid.UUID) -> Deployment:
         """Return a deployment's state and config."""
         async with self.db.session() as s:
-            row = await self.deployment_row(s, deployment_id)
+            row = await deployment_row(s, deployment_id)
         return Deployment(
             id=row["id"],
             account_id=row["account_id"],
@@ -256,7 +198,7 @@ class PortfolioService:
     async def stop_deployment(self, deployment_id: uuid.UUID) -> Deployment:
         """Stop a deployment: it decides no more orders (positions stay)."""
         async with self.db.session() as s, s.begin():
-            await self.deployment_row(s, deployment_id)
+            await deployment_row(s, deployment_id)
             await repo.update_deployment(s, id=deployment_id, status="stopped")
         return await self.get_deployment(deployment_id)
 
@@ -264,7 +206,7 @@ class PortfolioService:
         """Return the weekdays a run up to until would process (an upper bound of the
         exchange sessions, known without asking a peer): what decides job or not."""
         async with self.db.session() as s:
-            dep = await self.deployment_row(s, deployment_id)
+            dep = await deployment_row(s, deployment_id)
         after = dep["last_session"] or date.fromisoformat(dep["config"]["start_date"]) - timedelta(
             days=1
         )
@@ -280,7 +222,7 @@ class PortfolioService:
 
     async def _run(self, deployment_id: uuid.UUID, until: date) -> RunResult:
         async with self.db.session() as s:
-            dep = await self.deployment_row(s, deployment_id)
+            dep = await deployment_row(s, deployment_id)
         if dep["status"] != "active":
             raise DeploymentStoppedError(f"Deployment {deployment_id} is stopped.")
         cfg = Config.parse(dep["config"])
@@ -293,9 +235,11 @@ class PortfolioService:
         account_id = dep["account_id"]
         counts = {"orders": 0, "fills": 0, "refused": 0}
         async with self.db.session() as s:
-            broker = (await self.account_row(s, account_id))["broker"]
+            broker = (await account_row(s, account_id))["broker"]
         if broker == "alpaca":
-            first, last_done, n = await run_live(self, dep, cfg, sig, self.alpaca(), until, counts)
+            first, last_done, n = await run_live(
+                self.orders, self.peers, dep, cfg, sig, self.orders.alpaca(), until, counts
+            )
             account = await self.get_account(account_id)
             return RunResult(
                 deployment_id=deployment_id,
@@ -331,18 +275,6 @@ class PortfolioService:
             **counts,
         )
 
-    async def book_of(self, s: Any, account_id: uuid.UUID) -> tuple[dict[str, Any], Book]:
-        row = await self.account_row(s, account_id)
-        held = await repo.positions_of(s, account_id=account_id)
-        book = Book(
-            cash=row["cash"],
-            holdings={
-                p["symbol"]: Holding(p["quantity"], p["average_price"], p["entry_commission"])
-                for p in held
-            },
-        )
-        return row, book
-
     async def _sessions(
         self,
         deployment_id: uuid.UUID,
@@ -362,8 +294,8 @@ class PortfolioService:
         in between only makes the next run process them again.
         """
         async with self.db.session() as s:
-            dep = await self.deployment_row(s, deployment_id)
-            _, book = await self.book_of(s, account_id)
+            dep = await deployment_row(s, deployment_id)
+            _, book = await self.orders.book_of(s, account_id)
         pending: dict[str, int] = dict(dep["pending"])
         marks: list[tuple[date, float, float]] = []  # (session, equity, cash) not written yet
         closes: dict[str, float] = {}
@@ -388,7 +320,7 @@ class PortfolioService:
                     await flush(prev)
                 await self._open(deployment_id, account_id, cfg, day, pending, opens, counts)
                 async with self.db.session() as s:
-                    _, book = await self.book_of(s, account_id)
+                    _, book = await self.orders.book_of(s, account_id)
             closes = {sym: prices[sym].close[day] for sym in cfg.symbols}
             net, _ = book.values(closes)
             marks.append((day, book.cash + net, book.cash))
@@ -410,178 +342,15 @@ class PortfolioService:
     ) -> None:
         """Execute a session's open: decide and store its orders once, then send the new."""
         async with self.db.session() as s:
-            dep = await self.deployment_row(s, deployment_id)
-        await self.decide_orders(dep, cfg, day, pending, opens, counts)
+            dep = await deployment_row(s, deployment_id)
+        await self.orders.decide_orders(dep, cfg, day, pending, opens, counts)
         async with self.db.session() as s:
             stored = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
         for order in stored:
             if order["status"] == "new":
-                counts["fills"] += await self.send(
+                counts["fills"] += await self.orders.send(
                     order, quote=opens[order["symbol"]], costs=cfg.costs
                 )
-
-    async def decide_orders(
-        self,
-        dep: dict[str, Any],
-        cfg: Config,
-        day: date,
-        pending: dict[str, int],
-        quotes: dict[str, float],
-        counts: dict[str, int],
-    ) -> None:
-        """Decide and store a session's orders at quotes, once (a session that has orders
-        keeps them): each past the risk manager, under its deterministic client_order_id."""
-        decided = False
-        deployment_id, account_id = dep["id"], dep["account_id"]
-        opens = quotes
-        async with self.db.session() as s, s.begin():
-            dep = await self.deployment_row(s, deployment_id)
-            existing = await repo.orders_of_session(s, deployment_id=deployment_id, day=day)
-            if pending and not existing:
-                row, book = await self.book_of(s, account_id)
-                gate = await self._gate(s, row, dep, cfg, book, opens, day)
-                planned = plan_session(
-                    book,
-                    pending,
-                    opens,
-                    symbols=cfg.symbols,
-                    sizing=cfg.sizing,
-                    costs=cfg.costs,
-                    limits=cfg.limits,
-                    gate=gate,
-                )
-                for p in planned:
-                    await repo.insert_order(
-                        s,
-                        account_id=account_id,
-                        deployment_id=deployment_id,
-                        client_order_id=client_order_id(
-                            deployment_id, day, p.symbol, p.side, closing=p.closing
-                        ),
-                        session=day,
-                        symbol=p.symbol,
-                        side=p.side,
-                        quantity=p.quantity,
-                        requested=p.requested,
-                        status=p.status,
-                        reason=p.reason,
-                    )
-                    counts["orders"] += 1
-                    counts["refused"] += p.status == "refused"
-                    decided = True
-        if self.crash_after_decide and decided:  # tests: killed between deciding and sending
-            raise SimulatedCrashError("stopped between deciding and sending (test switch)")
-
-    async def _gate(
-        self,
-        s: Any,
-        row: dict[str, Any],
-        dep: dict[str, Any],
-        cfg: Config,
-        book: Book,
-        opens: dict[str, float],
-        day: date,
-    ) -> Gate:
-        """Return what the risk manager lets through at this open (and trip its breakers)."""
-        day_orders = await repo.count_orders(s, account_id=row["id"], day=day)
-        history = await repo.equity_history(s, account_id=row["id"])
-        net, _ = book.values(opens)
-        eq = book.cash + net
-        gate = Gate(orders_so_far=day_orders)
-        if row["halted"]:
-            gate.halted = row["halt_reason"] or "kill switch"
-        elif dep["halt_reason"]:
-            gate.halted = dep["halt_reason"]
-        peak = max([row["initial_cash"], *(h["equity"] for h in history)])
-        lim = cfg.limits
-        if gate.halted is None and lim.max_drawdown is not None and peak > 0:
-            dd = (peak - eq) / peak
-            if dd > lim.max_drawdown:
-                gate.halted = (
-                    f"max_drawdown: equity {eq:.2f} is {dd:.2%} below its peak {peak:.2f} "
-                    f"(limit {lim.max_drawdown:.2%}); POST /accounts/{{id}}/resume lifts it"
-                )
-                await repo.update_deployment(s, id=dep["id"], halt_reason=gate.halted)
-        prev = history[-1]["equity"] if history else row["initial_cash"]
-        if lim.daily_loss_limit is not None and prev > 0:
-            loss = (prev - eq) / prev
-            if loss > lim.daily_loss_limit:
-                gate.no_entries = (
-                    f"daily_loss_limit: {loss:.2%} below the previous close (limit "
-                    f"{lim.daily_loss_limit:.2%}); no new entries this session"
-                )
-        return gate
-
-    async def send(
-        self, order: dict[str, Any], *, quote: float, costs: CostModel | None = None
-    ) -> int:
-        """Send one stored order to its account's broker and book what it answers; return
-        fills booked (0/1). The paper broker fills at quote under the account's lock; a live
-        broker is called outside any transaction and answers `submitted` until it fills."""
-        ticket = Ticket(order["client_order_id"], order["symbol"], order["side"], order["quantity"])
-        model = costs or CostModel()
-        async with self.db.session() as s:
-            name = (await self.account_row(s, order["account_id"]))["broker"]
-        broker = self.broker_for(name)
-        if broker is not self.paper:
-            execution = await broker.submit(ticket, quote=quote, costs=model, cash=0.0)
-            async with self.db.session() as s, s.begin():
-                return await self.record(s, order, execution, quote=quote)
-        async with self.db.session() as s, s.begin():
-            row = await repo.account(s, id=order["account_id"], lock=True)
-            assert row is not None
-            execution = await broker.submit(ticket, quote=quote, costs=model, cash=row["cash"])
-            return await self.record(s, order, execution, quote=quote)
-
-    async def record(
-        self, s: Any, order: dict[str, Any], execution: Execution, *, quote: float
-    ) -> int:
-        """Book a broker's answer to an order in the caller's transaction: the fill (cash,
-        position, realised pnl), or the order's new status; return fills booked (0/1)."""
-        if execution.status != "filled" or execution.price is None:
-            status = "submitted" if execution.status == "submitted" else "rejected"
-            await repo.update_order(s, id=order["id"], status=status, reason=execution.reason)
-            return 0
-        row = await repo.account(s, id=order["account_id"], lock=True)
-        assert row is not None
-        held = {p["symbol"]: p for p in await repo.positions_of(s, account_id=row["id"])}
-        fill, fee, qty = execution.price, execution.commission, execution.quantity
-        sign = 1.0 if order["side"] == "buy" else -1.0
-        cash = row["cash"] - sign * qty * fill - fee
-        pos = held.get(order["symbol"])
-        pnl: float | None = None
-        realised = row["realised_pnl"]
-        if pos is not None and pos["quantity"] * sign < 0:  # closing
-            q = pos["quantity"]
-            pnl = q * (fill - pos["average_price"]) - pos["entry_commission"] - fee
-            realised += pnl
-            await repo.delete_position(s, account_id=row["id"], symbol=order["symbol"])
-        else:
-            await repo.put_position(
-                s,
-                account_id=row["id"],
-                symbol=order["symbol"],
-                quantity=sign * qty,
-                average_price=fill,
-                entry_commission=fee,
-                last_price=quote or fill,
-            )
-        await repo.update_account(s, id=row["id"], cash=cash, realised_pnl=realised)
-        await repo.insert_fill(
-            s,
-            account_id=row["id"],
-            order_id=order["id"],
-            timestamp=repo.as_utc(order["session"]),
-            symbol=order["symbol"],
-            direction=order["side"],
-            shares=qty,
-            price=fill,
-            commission=fee,
-            slippage_cost=abs(fill - quote) * qty if quote else 0.0,
-            pnl=pnl,
-        )
-        await repo.update_order(s, id=order["id"], status="filled", reason=execution.reason)
-        return 1
 
     async def reconcile(self) -> int:
         """Send every paper order stored but never sent (a crash between deciding and
@@ -601,9 +370,9 @@ class PortfolioService:
             cfg = Config.parse(dep["config"])
             day: date = order["session"]
             prices = await self.peers.prices(order["symbol"], day, day + timedelta(days=1))
-            sent += await self.send(order, quote=prices.open[day], costs=cfg.costs)
+            sent += await self.orders.send(order, quote=prices.open[day], costs=cfg.costs)
         for account_id in live:
-            sent += await sync_book(self, account_id, self.alpaca())
+            sent += await sync_book(self.orders, account_id, self.orders.alpaca())
         return sent
 
     async def drift(self, deployment_id: uuid.UUID) -> Drift:
@@ -619,17 +388,17 @@ class PortfolioService:
     async def list_orders(self, account_id: uuid.UUID, *, limit: int, offset: int) -> OrderList:
         """Return a page of an account's orders, oldest first."""
         async with self.db.session() as s:
-            await self.account_row(s, account_id)
+            await account_row(s, account_id)
             rows, total = await repo.page(
                 s, table="orders", account_id=account_id, limit=limit, offset=offset
             )
         items = [Order(**{k: r[k] for k in Order.model_fields if k in r}) for r in rows]
-        return OrderList(orders=items, page=_page(total, limit, offset, len(items)))
+        return OrderList(orders=items, page=Page.of(total, limit, offset, len(items)))
 
     async def list_fills(self, account_id: uuid.UUID, *, limit: int, offset: int) -> FillList:
         """Return a page of an account's fills, oldest first."""
         async with self.db.session() as s:
-            await self.account_row(s, account_id)
+            await account_row(s, account_id)
             rows, total = await repo.page(
                 s, table="fills", account_id=account_id, limit=limit, offset=offset
             )
@@ -648,9 +417,4 @@ class PortfolioService:
             )
             for r in rows
         ]
-        return FillList(fills=items, page=_page(total, limit, offset, len(items)))
-
-
-def _page(total: int, limit: int, offset: int, returned: int) -> Page:
-    nxt = offset + returned if offset + returned < total else None
-    return Page(total=total, limit=limit, offset=offset, returned=returned, next_offset=nxt)
+        return FillList(fills=items, page=Page.of(total, limit, offset, len(items)))

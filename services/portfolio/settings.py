@@ -1,16 +1,20 @@
 """Settings of the portfolio service (shared base: `shared.config.BaseServiceSettings`).
 
-The peer settings (`*_url`, `*_token`, `*_timeout_s`) follow the backtest's: the service kit
-of issue 16 will derive them once for every service.
+The peer settings (`*_url`, `*_token`, `*_timeout_s`) come from the service kit
+(`shared.peers`); `PORTFOLIO_PEER_TIMEOUT_S` sets both peers' timeouts at once.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from shared.config import BaseServiceSettings
+from shared.peers import peer_timeout, peer_token, peer_url
+
+# The one timeout of both peers, as it was named before each had its own.
+_TIMEOUT = ("PORTFOLIO_PEER_TIMEOUT_S", "peer_timeout_s")
 
 
 class PortfolioSettings(BaseServiceSettings):
@@ -18,34 +22,12 @@ class PortfolioSettings(BaseServiceSettings):
 
     unknown_prefixes: ClassVar[tuple[str, ...]] = ("PORTFOLIO_",)
 
-    market_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("MARKET_URL", "PORTFOLIO_MARKET_URL", "market_url"),
-        description="Base URL of the market service (the paper broker's opening prices). "
-        "Unset: the co-hosted market app in-process, else http://127.0.0.1:8000/market.",
-    )
-    market_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("PORTFOLIO_MARKET_TOKEN", "market_token"),
-        description="Bearer token sent to the market service (default: API_TOKEN).",
-    )
-    backtest_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("BACKTEST_URL", "PORTFOLIO_BACKTEST_URL", "backtest_url"),
-        description="Base URL of the backtest service (a deployment's signals). Unset: the "
-        "co-hosted backtest app in-process, else http://127.0.0.1:8000/backtest.",
-    )
-    backtest_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("PORTFOLIO_BACKTEST_TOKEN", "backtest_token"),
-        description="Bearer token sent to the backtest service (default: API_TOKEN).",
-    )
-    peer_timeout_s: float = Field(
-        default=120.0,
-        gt=0,
-        validation_alias=AliasChoices("PORTFOLIO_PEER_TIMEOUT_S", "peer_timeout_s"),
-        description="Seconds to wait for one market or backtest answer.",
-    )
+    market_url: str | None = peer_url("market", "portfolio", "the paper broker's prices")
+    market_token: SecretStr | None = peer_token("market", "portfolio")
+    market_timeout_s: float = peer_timeout("market", "portfolio", default=120.0, also=_TIMEOUT)
+    backtest_url: str | None = peer_url("backtest", "portfolio", "a deployment's signals")
+    backtest_token: SecretStr | None = peer_token("backtest", "portfolio")
+    backtest_timeout_s: float = peer_timeout("backtest", "portfolio", default=120.0, also=_TIMEOUT)
     portfolio_scheduler_interval_s: float = Field(
         default=0.0,
         ge=0,
@@ -79,11 +61,3 @@ class PortfolioSettings(BaseServiceSettings):
         le=5000,
         description="Daily returns of the held symbols behind the historical VaR and CVaR.",
     )
-
-    def market_bearer(self) -> SecretStr | None:
-        """Return the token to send to the market service."""
-        return self.market_token or self.api_token
-
-    def backtest_bearer(self) -> SecretStr | None:
-        """Return the token to send to the backtest service."""
-        return self.backtest_token or self.api_token

@@ -31,14 +31,10 @@ from services.predictor import repository as repo
 from services.predictor.evaluation import Realised, TrainingRange, clean_json, realise
 from services.predictor.ml.ensemble import AdaptiveEnsemble
 from services.predictor.ml.metrics import calls, sharpe_of_calls
+from services.predictor.performance import distinct_predictions
 from services.predictor.schemas import UpdateOnlineRequest, UpdateOnlineResult
-from services.predictor.service import (
-    PredictorService,
-    distinct_predictions,
-    from_ns,
-    to_ns,
-    version_range,
-)
+from services.predictor.service import PredictorService
+from services.predictor.timestamps import from_ns, to_ns, version_range
 from shared.jobs import JobRunner
 from shared.tables import utcnow
 
@@ -133,7 +129,7 @@ async def _realised(service: PredictorService, model: str, row: repo.VersionRow)
             limit=service.settings.online_buffer_size * 20,
         )
     distinct = distinct_predictions(logged)
-    closes = await service._closes(distinct, horizon, int(config.get("vol_window", 21)))
+    closes = await service.performance.closes(distinct, horizon, int(config.get("vol_window", 21)))
     return await asyncio.to_thread(
         realise,
         distinct,

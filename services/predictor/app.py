@@ -8,8 +8,6 @@ training and online updates, in a job worker process.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,18 +19,18 @@ from services.predictor.market import MarketFeatures
 from services.predictor.ml.lstm_inference import warm_kernels
 from services.predictor.prediction_log import PredictionLog
 from services.predictor.registry import Registry
-from services.predictor.routes import errors, router
+from services.predictor.routes import PREDICTOR, errors, router
 from services.predictor.schemas import Health
 from services.predictor.service import PredictorService
 from services.predictor.settings import PredictorSettings
 from services.predictor.tables import SCHEMA
-from shared.app import service_app
+from shared.app import in_background, service_app
 from shared.cache import Cache
 from shared.db import Database
 from shared.health import install_health
-from shared.http import service_client
-from shared.jobs import JobRunner, job_router
-from shared.warmup import start_warming
+from shared.jobs import JOBS, JobRunner, job_router
+from shared.peers import peer_client
+from shared.warmup import KERNELS, start_warming
 
 SERVICE = "predictor"
 
@@ -57,15 +55,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.from_settings(settings)
         cache = Cache.from_settings(settings)
-        market = MarketFeatures(
-            service_client(
-                "market",
-                settings.market_url,
-                token=settings.market_bearer(),
-                timeout_s=settings.market_timeout_s,
-            )
-        )
-        app.state.kernels = start_warming("predictor", warm_kernels)  # the LSTM's forward pass
+        market = MarketFeatures(peer_client(settings, "market"))
+        KERNELS.put(app, start_warming("predictor", warm_kernels))  # the LSTM's forward pass
         await db.start(SCHEMA)
         log = PredictionLog(db)
         log.start()
@@ -78,25 +69,20 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         )
         runner = JobRunner(db, service=SERVICE, settings=settings)
         await runner.start()
-        app.state.jobs = runner
-        service = PredictorService(
-            db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
+        JOBS.put(app, runner)
+        service = PREDICTOR.put(
+            app,
+            PredictorService(
+                db=db, cache=cache, registry=registry, market=market, log=log, settings=settings
+            ),
         )
-        app.state.predictor = service
         registry.preload("default")  # the first /predict finds the model in memory
-        watcher = None
-        if settings.outcomes_check_s > 0:
-            watcher = asyncio.create_task(
-                watch_outcomes(service, runner, settings.outcomes_check_s),
-                name="predictor-outcome-watcher",
-            )
+        check_s = settings.outcomes_check_s
+        watcher = watch_outcomes(service, runner, check_s) if check_s > 0 else None
         try:
-            yield
+            async with in_background(watcher, name="predictor-outcome-watcher"):
+                yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
             await registry.aclose()
             await runner.aclose()
             await log.aclose()
@@ -109,11 +95,11 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     )
     install_health(
         app,
-        stores=lambda request: (request.app.state.predictor.db, request.app.state.predictor.cache),
+        stores=lambda request: (PREDICTOR.of(request).db, PREDICTOR.of(request).cache),
         timeout_s=settings.health_timeout_s,
         model=Health,
         extra=lambda request: {
-            "loaded_models": request.app.state.predictor.registry.loaded(),
+            "loaded_models": PREDICTOR.of(request).registry.loaded(),
             "tensorflow_loaded": "tensorflow" in sys.modules,
         },
     )

@@ -17,12 +17,6 @@ class VersionNotFoundError(NotFoundError):
     code = "version_not_found"
 
 
-class SymbolNotFoundError(NotFoundError):
-    """The market service does not know the symbol."""
-
-    code = "symbol_not_found"
-
-
 class InsufficientDataError(AppError):
     """The symbol's bars are too few to train or predict on (not a rule of the input)."""
 

@@ -25,6 +25,7 @@ from services.predictor.market import FeatureFrame
 from services.predictor.ml.lstm import LSTMConfig
 from services.predictor.ml.training import TrainConfig
 from services.predictor.ml.xgboost_model import XGBoostConfig
+from services.predictor.performance import distinct_predictions
 from services.predictor.registry import unpack
 from services.predictor.schemas import (
     Figures,
@@ -35,13 +36,8 @@ from services.predictor.schemas import (
     UpdateOnlineResult,
     UpdateSamples,
 )
-from services.predictor.service import (
-    PredictorService,
-    calendar_days_for,
-    distinct_predictions,
-    from_ns,
-    to_ns,
-)
+from services.predictor.service import PredictorService
+from services.predictor.timestamps import calendar_days_for, from_ns, to_ns
 from shared.jobs import JobContext
 from shared.tables import utcnow
 
@@ -232,7 +228,7 @@ async def plan_update(
             session, model_name=body.model, limit=settings.online_buffer_size * 20
         )
     distinct = distinct_predictions(logged)
-    closes = await service._closes(distinct, horizon, int(config.get("vol_window", 21)))
+    closes = await service.performance.closes(distinct, horizon, int(config.get("vol_window", 21)))
     realised = realise(
         distinct,
         closes,

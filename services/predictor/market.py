@@ -1,6 +1,6 @@
 """Features and bars from the market service, over its HTTP contract.
 
-The predictor never imports market code: `shared.http.service_client("market", ...)` calls
+The predictor never imports market code: `shared.peers.peer_client(settings, "market")` calls
 MARKET_URL when set, else the co-hosted market app in-process, else the `trading serve`
 layout. `GET /features/{symbol}` gives the 50 model features and the closes of a window;
 `GET /price/{symbol}` the latest bar. Market problems become problems that name this
@@ -16,18 +16,14 @@ from datetime import date
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import numpy as np
 import pandas as pd
 
-from services.predictor.errors import SymbolNotFoundError
 from services.predictor.ml.types import FloatArray, IntArray
-from shared.errors import (
-    AppError,
-    ServiceUnavailableError,
-    UpstreamUnavailableError,
-    ValidationProblemError,
-)
-from shared.http import ServiceClient, UpstreamProblemError
+from shared.errors import SymbolNotFoundError, UpstreamUnavailableError
+from shared.http import ServiceClient
+from shared.peers import FieldMap, ask
 
 
 @dataclass(frozen=True)
@@ -88,21 +84,10 @@ def _parse_closes(body: bytes) -> tuple[IntArray, FloatArray]:
     return times, np.asarray([b["close"] for b in bars], dtype=np.float64)
 
 
-def _translate(
-    e: UpstreamProblemError, symbol: str, symbol_field: str, date_field: str
-) -> AppError:
-    """Return the problem a market error means for a predictor request."""
-    detail = f"market service: {e.detail}"
-    if e.status == 404:
-        return SymbolNotFoundError(f"Unknown symbol {symbol!r} ({detail})", field=symbol_field)
-    if e.status in (400, 422):
-        field = symbol_field if e.problem.field in (None, "symbol") else date_field
-        return ValidationProblemError(f"{symbol}: {detail}", field=field)
-    if e.status in (503, 504):
-        return ServiceUnavailableError(f"The market service could not serve {symbol}: {detail}")
-    return UpstreamUnavailableError(
-        f"The market service failed for {symbol} ({e.status} {e.code}): {e.detail}"
-    )
+def _fields(symbol_field: str, date_field: str) -> FieldMap:
+    """Return this service's names of the fields a market problem blames: the symbol's, else
+    the date's."""
+    return FieldMap(default=symbol_field, names={"symbol": symbol_field}, others=date_field)
 
 
 class MarketFeatures:
@@ -114,6 +99,15 @@ class MarketFeatures:
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self.client.aclose()
+
+    async def _ask(
+        self, path: str, symbol: str, fields: FieldMap, params: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """GET path from the market; its problems name fields (no data: an unknown symbol)."""
+        no_data = (SymbolNotFoundError, fields.default)
+        return await ask(
+            self.client, "GET", path, about=symbol, fields=fields, no_data=no_data, params=params
+        )
 
     async def features(
         self,
@@ -127,12 +121,9 @@ class MarketFeatures:
         """Return the features and closes of every bar start..end (market defaults if None)."""
         start = None if start is None else max(start, FIRST_DAY)
         params = {k: v.isoformat() for k, v in (("start", start), ("end", end)) if v is not None}
-        try:
-            response = await self.client.request(
-                "GET", f"/features/{quote(symbol, safe='')}", params=params
-            )
-        except UpstreamProblemError as e:
-            raise _translate(e, symbol, symbol_field, date_field) from e
+        response = await self._ask(
+            f"/features/{quote(symbol, safe='')}", symbol, _fields(symbol_field, date_field), params
+        )
         try:
             if len(response.content) > 64 * 1024:
                 return await asyncio.to_thread(_parse_features, symbol, response.content)
@@ -146,12 +137,9 @@ class MarketFeatures:
     async def closes(self, symbol: str, start: date, end: date) -> tuple[IntArray, FloatArray]:
         """Return (bar times in ns, closes) of the daily bars start..end (unadjusted)."""
         params = {"start": max(start, FIRST_DAY).isoformat(), "end": end.isoformat()}
-        try:
-            response = await self.client.request(
-                "GET", f"/historical/{quote(symbol, safe='')}", params=params
-            )
-        except UpstreamProblemError as e:
-            raise _translate(e, symbol, "symbol", "symbol") from e
+        response = await self._ask(
+            f"/historical/{quote(symbol, safe='')}", symbol, _fields("symbol", "symbol"), params
+        )
         try:
             return await asyncio.to_thread(_parse_closes, response.content)
         except (ValueError, KeyError, TypeError) as e:
@@ -161,10 +149,9 @@ class MarketFeatures:
 
     async def last_bar(self, symbol: str, *, symbol_field: str = "symbol") -> date:
         """Return the date of the symbol's latest bar."""
-        try:
-            response = await self.client.request("GET", f"/price/{quote(symbol, safe='')}")
-        except UpstreamProblemError as e:
-            raise _translate(e, symbol, symbol_field, symbol_field) from e
+        response = await self._ask(
+            f"/price/{quote(symbol, safe='')}", symbol, _fields(symbol_field, symbol_field)
+        )
         try:
             stamp = json.loads(response.content)["timestamp"]
             return pd.Timestamp(stamp).date()

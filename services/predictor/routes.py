@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from services.predictor import adapt, jobs
@@ -28,8 +28,10 @@ from services.predictor.schemas import (
 )
 from services.predictor.service import PredictorService
 from shared.api import ProblemDocs
-from shared.jobs import JobRunner, JobStatus, accepted, accepted_responses
+from shared.jobs import JOBS, JobRunner, JobStatus, accepted, accepted_responses
+from shared.memory import release_free_memory
 from shared.rules import CrossFieldRule, cross_field_rules
+from shared.state import Slot
 
 router = APIRouter()
 
@@ -51,20 +53,10 @@ ModelQuery = Annotated[
 ]
 
 
-# Dependencies are `async def`: FastAPI runs a plain `def` one in a worker thread, a thread
-# hop per request for an attribute lookup.
-async def get_service(request: Request) -> PredictorService:
-    """Return the app's PredictorService (built in lifespan)."""
-    return request.app.state.predictor  # type: ignore[no-any-return]
-
-
-async def get_jobs(request: Request) -> JobRunner:
-    """Return the app's job runner (built in lifespan)."""
-    return request.app.state.jobs  # type: ignore[no-any-return]
-
-
-Service = Annotated[PredictorService, Depends(get_service)]
-Jobs = Annotated[JobRunner, Depends(get_jobs)]
+# The app's PredictorService, built in its lifespan.
+PREDICTOR = Slot("predictor", PredictorService)
+Service = Annotated[PredictorService, Depends(PREDICTOR)]
+Jobs = Annotated[JobRunner, Depends(JOBS)]
 
 
 TRAIN_DOC = """Train the LSTM-with-attention and XGBoost ensemble on daily bars; a job.
@@ -150,8 +142,13 @@ RANGE_ORDER = CrossFieldRule(("end", "start"), "`end` is on or after `start` whe
         RANGE_ORDER,
     ),
 )
-async def predict_range(body: PredictRangeRequest, service: Service) -> PredictionSeries:
+async def predict_range(
+    body: PredictRangeRequest, service: Service, background: BackgroundTasks
+) -> PredictionSeries:
     """Return a model version's calls on every bar of a range."""
+    # twenty years of windows, probabilities and their JSON are garbage once the answer is
+    # sent: give the pages back to the OS then (glibc keeps them otherwise)
+    background.add_task(release_free_memory)
     return await service.predict_range(body)
 
 
@@ -190,7 +187,7 @@ async def get_performance(
     test against each baseline, with the counts. Calls whose horizon has not passed are
     `pending`.
     """
-    return await service.performance(model, version=version, symbol=symbol, window=window)
+    return await service.performance.report(model, version=version, symbol=symbol, window=window)
 
 
 @router.get(

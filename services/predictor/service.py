@@ -1,4 +1,5 @@
-"""Predictor domain logic: predictions, the registry's views, rollback, live performance.
+"""Predictor domain logic: predictions, the registry's views, rollback; live performance is
+:mod:`services.predictor.performance` (held as `PredictorService.performance`).
 
 Never imports FastAPI: a CLI, a job or a test can call it directly. Training and online
 updates (jobs) live in :mod:`services.predictor.jobs`.
@@ -22,7 +23,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
-import pandas as pd
 
 from services.predictor import repository as repo
 from services.predictor.errors import (
@@ -31,18 +31,11 @@ from services.predictor.errors import (
     VersionNotFoundError,
 )
 from services.predictor.evaluation import (
-    IN_SAMPLE_WARNING,
-    Logged,
     TrainingRange,
     VersionVerdict,
     direction_value,
     evaluation,
-    live_figures,
-    percentile,
-    probs_tuple,
     range_outcomes,
-    realise,
-    training_range,
     verdict,
 )
 from services.predictor.feature_blocks import FeatureBlocks
@@ -50,15 +43,14 @@ from services.predictor.market import MarketFeatures
 from services.predictor.ml.ensemble import AdaptiveEnsemble, EnsembleOutput
 from services.predictor.ml.training import EnsembleModel
 from services.predictor.ml.types import CLASSES
+from services.predictor.performance import LivePerformance
 from services.predictor.prediction_log import PredictionLog
 from services.predictor.registry import Registry
 from services.predictor.schemas import (
     Adaptation,
     Direction,
-    Latency,
     ModelInfo,
     OnlineState,
-    PerformanceResult,
     Prediction,
     PredictionSeries,
     PredictRangeRequest,
@@ -70,26 +62,18 @@ from services.predictor.schemas import (
     Weights,
 )
 from services.predictor.settings import PredictorSettings
+from services.predictor.timestamps import (
+    as_utc,
+    calendar_days_for,
+    from_ns,
+    from_ns_or_none,
+    to_ns,
+    version_range,
+)
 from shared.cache import Cache, ModelCache
 from shared.db import Database
-from shared.errors import AppError
 from shared.tables import utcnow
 from shared.verdicts import MIN_CALLS
-
-
-def calendar_days_for(bars: int) -> int:
-    """Return calendar days that hold at least `bars` trading sessions (a safe estimate)."""
-    return int(bars * 7 / 5 * 1.1) + 10
-
-
-def as_utc(stamp: datetime) -> datetime:
-    """Return a database timestamp as timezone-aware UTC (SQLite gives naive ones)."""
-    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
-
-
-def to_ns(stamp: datetime) -> int:
-    """Return a timestamp as int64 nanoseconds since the epoch, UTC."""
-    return int(pd.Timestamp(as_utc(stamp)).as_unit("ns").value)
 
 
 def _midnight(day: date) -> datetime:
@@ -97,27 +81,8 @@ def _midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def from_ns(value: int) -> datetime:
-    """Return int64 nanoseconds since the epoch as an aware UTC datetime."""
-    return pd.Timestamp(value, unit="ns", tz="UTC").to_pydatetime()
-
-
 def _day(value: int | None) -> date | None:
     return from_ns(value).date() if value is not None else None
-
-
-def version_range(row: repo.VersionRow) -> TrainingRange:
-    """Return the bars a version learnt from (in sample), from its metadata."""
-    return training_range(
-        row.training_metrics,
-        list(row.hyperparameters.get("symbols", [])),
-        to_ns(row.data_start) if row.data_start else None,
-        to_ns(row.data_end) if row.data_end else None,
-    )
-
-
-def _stamp(value: int | None) -> datetime | None:
-    return from_ns(value) if value is not None else None
 
 
 def version_info(row: repo.VersionRow, min_calls: int = MIN_CALLS) -> VersionInfo:
@@ -145,8 +110,8 @@ def version_info(row: repo.VersionRow, min_calls: int = MIN_CALLS) -> VersionInf
         test=evaluation(tm.get("test"), min_calls),
         weights=dict(tm.get("ensemble", {}).get("weights", {})),
         weight_reasons=dict(tm.get("ensemble", {}).get("reasons", {})),
-        in_sample_first=_stamp(trained.first_ns),
-        in_sample_last=_stamp(trained.last_ns),
+        in_sample_first=from_ns_or_none(trained.first_ns),
+        in_sample_last=from_ns_or_none(trained.last_ns),
         baseline_test=judged.test,
         beats_baselines=judged.beats,
         verdict=judged.sentence,
@@ -221,6 +186,9 @@ class PredictorService:
         self.auto_jobs: dict[str, uuid.UUID] = {}  # model -> its automatic online update job
         self.checks: dict[str, dict[str, Any]] = {}  # model -> the last look at its outcomes
         self._ranges = asyncio.Semaphore(RANGE_CONCURRENCY)
+        self.performance = LivePerformance(
+            db=db, registry=registry, market=market, log=log, settings=settings
+        )
 
     # ---- predict -----------------------------------------------------------------------
 
@@ -530,105 +498,3 @@ class PredictorService:
             beats_baselines=judged.beats,
             verdict=judged.sentence,
         )
-
-    # ---- live performance --------------------------------------------------------------
-
-    async def performance(
-        self, model: str, *, version: str | None, symbol: str | None, window: int
-    ) -> PerformanceResult:
-        """Evaluate a version's logged, realised predictions beside the naive baselines."""
-        await self.log.flush()
-        version = version or await self.registry.active_version(model)
-        row = await self.registry.row(model, version, kept=False)
-        config = row.hyperparameters.get("config", {})
-        horizon = int(config.get("horizon", 1))
-        symbol = symbol.strip().upper() if symbol else None
-        async with self.db.session() as session:
-            logged = await repo.recent_predictions(
-                session, model_name=model, versions=[version], symbol=symbol, limit=window
-            )
-        latencies = [float(p.details["latency_ms"]) for p in logged if "latency_ms" in p.details]
-        distinct = distinct_predictions(logged)
-        closes = await self._closes(distinct, horizon, int(config.get("vol_window", 21)))
-        realised = await asyncio.to_thread(
-            realise,
-            distinct,
-            closes,
-            horizon=horizon,
-            band=float(config.get("band", 0.5)),
-            vol_window=int(config.get("vol_window", 21)),
-        )
-        info = row.training_metrics.get("info", {})
-        majority = int(info.get("majority_class", 1))
-        trained = version_range(row)
-        figures = live_figures(
-            realised,
-            horizon=horizon,
-            majority=majority,
-            frequencies=info.get("class_frequencies"),
-            trained=trained,
-            min_calls=self.settings.verdict_min_calls,
-        )
-        times = [it.time_ns for it in distinct]
-        return PerformanceResult(
-            model=model,
-            version=version,
-            symbol=symbol,
-            horizon=horizon,
-            calls=len(logged),
-            predictions=len(distinct),
-            realised=int(realised.labels.size),
-            out_of_sample=figures.out_of_sample,
-            pending=realised.pending,
-            first_bar=from_ns(min(times)) if times else None,
-            last_bar=from_ns(max(times)) if times else None,
-            in_sample_first=_stamp(trained.first_ns),
-            in_sample_last=_stamp(trained.last_ns),
-            ensemble=figures.ensemble,
-            members=figures.members,
-            baselines=figures.baselines,
-            climatology=figures.climatology,
-            baseline_test=figures.test,
-            beats_baselines=figures.beats,
-            verdict=figures.verdict,
-            in_sample=figures.in_sample,
-            in_sample_warning=IN_SAMPLE_WARNING if figures.in_sample is not None else None,
-            latency=Latency(
-                calls=len(latencies),
-                p50_ms=percentile(latencies, 50),
-                p99_ms=percentile(latencies, 99),
-            ),
-        )
-
-    async def _closes(
-        self, logged: list[Logged], horizon: int, vol_window: int
-    ) -> dict[str, tuple[Any, Any]]:
-        """Return per symbol the closes around its logged predictions (unknown: skipped)."""
-        by_symbol: dict[str, list[int]] = {}
-        for item in logged:
-            by_symbol.setdefault(item.symbol, []).append(item.time_ns)
-        today = datetime.now(UTC).date()
-
-        async def one(sym: str, times: list[int]) -> tuple[str, Any]:
-            first, last = from_ns(min(times)).date(), from_ns(max(times)).date()
-            start = first - timedelta(days=calendar_days_for(vol_window + horizon + 5))
-            end = min(today, last + timedelta(days=calendar_days_for(horizon + 2)))
-            try:
-                return sym, await self.market.closes(sym, start, end)
-            except AppError:
-                return sym, None  # the market cannot say (yet): counted as pending
-
-        pairs = await asyncio.gather(*(one(s, t) for s, t in by_symbol.items()))
-        return {sym: bars for sym, bars in pairs if bars is not None}
-
-
-def distinct_predictions(logged: list[repo.PredictionRow]) -> list[Logged]:
-    """Return one prediction per (symbol, bar): the latest logged, oldest bar first."""
-    seen: dict[tuple[str, int], Logged] = {}
-    for p in logged:  # newest logged first
-        key = (p.symbol, to_ns(p.timestamp))
-        if key in seen or "probabilities" not in p.details:
-            continue
-        members = {name: probs_tuple(probs) for name, probs in p.details.get("members", {}).items()}
-        seen[key] = Logged(p.symbol, key[1], probs_tuple(p.details["probabilities"]), members)
-    return sorted(seen.values(), key=lambda it: (it.time_ns, it.symbol))

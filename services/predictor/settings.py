@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import AliasChoices, Field, SecretStr
 
 from shared.config import BaseServiceSettings
+from shared.peers import peer_timeout, peer_token, peer_url
 
 
 class PredictorSettings(BaseServiceSettings):
@@ -25,24 +26,9 @@ class PredictorSettings(BaseServiceSettings):
         description="Worker processes for training and online updates (each TensorFlow "
         "worker is about 570 MB; more train several models at once).",
     )
-    market_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("MARKET_URL", "PREDICTOR_MARKET_URL", "market_url"),
-        description="Base URL of the market service (e.g. http://market:8000). Unset: the "
-        "co-hosted market app in-process, else http://127.0.0.1:8000/market.",
-    )
-    market_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("PREDICTOR_MARKET_TOKEN", "market_token"),
-        description="Bearer token sent to the market service (default: SERVICE_TOKEN, else "
-        "API_TOKEN).",
-    )
-    market_timeout_s: float = Field(
-        default=60.0,
-        gt=0,
-        validation_alias=AliasChoices("PREDICTOR_MARKET_TIMEOUT_S", "market_timeout_s"),
-        description="Seconds to wait for one market answer.",
-    )
+    market_url: str | None = peer_url("market", "predictor", "features and bars")
+    market_token: SecretStr | None = peer_token("market", "predictor")
+    market_timeout_s: float = peer_timeout("market", "predictor", default=60.0)
     prediction_ttl_s: int = Field(
         default=30,
         ge=1,
@@ -144,7 +130,3 @@ class PredictorSettings(BaseServiceSettings):
         description="Without Redis: how long this process trusts its copy of a model's "
         "active version before asking the database again.",
     )
-
-    def market_bearer(self) -> SecretStr | None:
-        """Return the token to send to the market service."""
-        return self.market_token or self.service_token or self.api_token

@@ -6,7 +6,7 @@ A service that runs long work does four things:
 
        runner = JobRunner(db, service="backtest", settings=settings)
        await runner.start()        # marks jobs of dead processes failed/interrupted
-       app.state.jobs = runner
+       JOBS.put(app, runner)       # app.state.jobs, typed (shared.state.Slot)
        yield
        await runner.aclose()       # unfinished jobs end failed/interrupted
 
@@ -20,8 +20,8 @@ A service that runs long work does four things:
        @router.post("/walk-forward", operation_id="run_walk_forward", status_code=202,
                     response_model=JobStatus, responses=accepted_responses())
        async def run_walk_forward(body: WalkForwardRequest, request: Request) -> JSONResponse:
-           job = await request.app.state.jobs.submit("walk_forward", body,
-                                                     partial(walk_forward, body))
+           job = await JOBS.of(request).submit("walk_forward", body,
+                                               partial(walk_forward, body))
            return accepted(request, job)
 
    The status URL is built from the app's own router and the scope's `root_path`, so it
@@ -79,6 +79,7 @@ from shared.jobs.errors import (
 from shared.jobs.executors import Where
 from shared.jobs.follow import follow_job
 from shared.jobs.routes import (
+    JOBS,
     accepted,
     accepted_responses,
     cancel_path,
@@ -90,6 +91,7 @@ from shared.jobs.schemas import JobProgress, JobState, JobStatus, ResultUrl
 from shared.jobs.tasks import task_cancelled, task_report
 
 __all__ = [
+    "JOBS",
     "JobCancelledError",
     "JobContext",
     "JobFailedError",

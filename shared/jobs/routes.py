@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shared.errors import PROBLEM_MEDIA_TYPE, Problem
 from shared.jobs.runner import IDEMPOTENCY_KEY, JobRunner
 from shared.jobs.schemas import JobStatus
+from shared.state import Slot
 
 GET_JOB = "get_job"
 CANCEL_JOB = "cancel_job"
@@ -93,12 +94,8 @@ def accepted_responses() -> dict[int | str, dict[str, Any]]:
     }
 
 
-def runner_from_state(request: Request) -> JobRunner:
-    """Return the app's job runner (the service's lifespan puts it on `app.state.jobs`)."""
-    runner = getattr(request.app.state, "jobs", None)
-    if not isinstance(runner, JobRunner):
-        raise RuntimeError("the app's lifespan must set app.state.jobs to its JobRunner")
-    return runner
+# The app's job runner: the service's lifespan puts it on `app.state.jobs` (`JOBS.put`).
+JOBS = Slot("jobs", JobRunner)
 
 
 def status_path(request: Request, job_id: uuid.UUID) -> str:
@@ -134,7 +131,7 @@ def accepted(request: Request, status: JobStatus) -> JSONResponse:
 
 def job_router(
     *,
-    runner: Callable[..., JobRunner] = runner_from_state,
+    runner: Callable[..., Any] = JOBS,
     prefix: str = "/jobs",
     tags: list[str | Enum] | None = None,
     responses: Mapping[int | str, dict[str, Any]] | None = None,

@@ -1,7 +1,7 @@
 """E2E: a model-style session with the strategy language through the gateway (streamable
-HTTP, the official `mcp` SDK client): submit rules (`save_strategy` checks them as `POST
-/strategies/validate` does; validate itself is HTTP-only, outside the 32 kB tool set), fix
-the error from its message, save, backtest by name, and optimise one of its `$params`."""
+HTTP, the official `mcp` SDK client): validate rules, fix the error from its message,
+validate again, save (which checks them the same way), backtest by name, and optimise one of
+its `$params`."""
 
 from __future__ import annotations
 
@@ -80,14 +80,19 @@ async def _session(url: str) -> dict[str, Any]:
             tools = {t.name: t for t in (await session.list_tools()).tools}
             run_tool = tools["backtest_run_backtest"]
             seen["description"] = run_tool.input_schema["properties"]["strategy"]["description"]
-            draft = {"name": "rsi_dip", "description": "RSI dips in an uptrend", **DRAFT}
-            first = await session.call_tool("backtest_save_strategy", draft)
+            seen["guide"] = tools["backtest_save_strategy"].description
+            first = await session.call_tool("backtest_validate_strategy", DRAFT)
             seen["first"] = first
             # the model fixes the rule from the message: "... did you mean `rsi`?"
             match = re.search(r"unknown function `(\w+)`; did you mean `(\w+)`\?", _text(first))
             assert match is not None, _text(first)
             wrong, right = match.groups()
-            rules = {k: v.replace(f"{wrong}(", f"{right}(") for k, v in draft["rules"].items()}
+            rules = {k: v.replace(f"{wrong}(", f"{right}(") for k, v in DRAFT["rules"].items()}
+            seen["valid"] = await session.call_tool(
+                "backtest_validate_strategy", {**DRAFT, "rules": rules}
+            )
+            draft = {"name": "rsi_dip", "description": "RSI dips in an uptrend", **DRAFT}
+            seen["refused"] = await session.call_tool("backtest_save_strategy", draft)
             fixed = {**draft, "rules": rules}
             seen["saved"] = await session.call_tool("backtest_save_strategy", fixed)
             seen["run"] = await session.call_tool(
@@ -110,9 +115,16 @@ def test_a_model_writes_fixes_saves_backtests_and_optimises_a_strategy(
     seen = anyio.run(_session, gateway_url)
 
     assert "sma_crossover" in seen["description"] and "or a saved" in seen["description"]
+    assert "Grammar: expr :=" in seen["guide"] and seen["guide"].count("Example: ") == 2
     first = seen["first"]
     assert first.is_error
     assert "entry_long 1:1: unknown function `rsl`; did you mean `rsi`?" in _text(first)
+    valid = seen["valid"]
+    assert not valid.is_error, valid.content
+    assert valid.structured_content["warmup_bars"] == 99  # sma(close, 100)
+    assert [p["name"] for p in valid.structured_content["params"]] == ["n"]
+    refused = seen["refused"]  # saving checks the rules as validating does
+    assert refused.is_error and "did you mean `rsi`?" in _text(refused)
     saved = seen["saved"]
     assert not saved.is_error, saved.content
     assert saved.structured_content["version"] == 1  # the failed first try saved nothing

@@ -20,8 +20,9 @@ from services.backtest.engine.fast import (
     simulate_targets_stops_nb,
 )
 from services.backtest.engine.montecarlo import block_bootstrap_nb, bootstrap_trades_nb
+from services.backtest.engine.postfix import RuleCode, RuleInputs
 from services.backtest.engine.runner import Bars
-from services.backtest.engine.sweep import sweep_crossover_nb, sweep_targets_nb
+from services.backtest.engine.sweep import sweep_crossover_nb, sweep_rules_nb, sweep_targets_nb
 from shared.quant.kernels import ema_nb, sma_nb
 
 
@@ -201,6 +202,53 @@ def sweep_targets(
         list(params) if params is not None else [{"trial": float(i)} for i in range(t.shape[0])]
     )
     return SweepResult(names, stats, returns, blocks)
+
+
+def sweep_rules(
+    bars: Bars,
+    code: RuleCode,
+    inputs: RuleInputs,
+    spec: SimSpec,
+    params: Sequence[Mapping[str, float]],
+    *,
+    risk_free_rate: float = 0.0,
+    keep_returns: bool = False,
+    n_blocks: int = 0,
+    atr: np.ndarray | None = None,
+) -> SweepResult:
+    """Backtest every trial of a postfix rule program on one symbol (``postfix``): each
+    trial's rules, targets and simulation in one ``prange`` pass, no (k, n) matrix."""
+    o, h, lo, c = _one_symbol(bars)
+    k = inputs.rows.shape[0]
+    if inputs.leaves.ndim != 2 or inputs.leaves.shape[1] != c.shape[0]:
+        raise ValueError(f"leaves: expected (rows, {c.shape[0]}), got {inputs.leaves.shape}")
+    if inputs.params.shape[0] != k or inputs.ready.shape[0] != k or k == 0:
+        raise ValueError("rows, params and ready: one row per trial, at least one trial")
+    rf = per_period_rate(risk_free_rate, spec.periods_per_year)
+    with parallel_chunksize(1):  # chunks of trials taken as threads free up
+        stats, returns, blocks = sweep_rules_nb(_has_stops(spec))(
+            o,
+            h,
+            lo,
+            c,
+            inputs.leaves,
+            inputs.rows,
+            inputs.params,
+            inputs.ready,
+            code.ops,
+            code.operands,
+            code.consts,
+            code.slots,
+            code.n_rules,
+            code.depth,
+            _chunk(k),
+            _atr_vector(bars, atr),
+            _spec_array(spec),
+            rf,
+            keep_returns,
+            _block_count(n_blocks),
+        )
+    return SweepResult(params, stats, returns, blocks)
 
 
 @dataclass(frozen=True)

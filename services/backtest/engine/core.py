@@ -34,21 +34,10 @@ Conventions (the contract the tests hold the kernel to):
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
-# backtesting.py's default order size (1 - machine epsilon): keeps whole-share sizing equal.
-ALL_IN_FRACTION = 1.0 - 2.220446049250313e-16
-# Smallest order, in shares (fractional sizing of an almost empty budget gives dust).
-MIN_SHARES = 1e-6
-
-SIZE_ALL_IN = 0
-SIZE_PERCENT_EQUITY = 1
-SIZE_FIXED_CASH = 2
-SIZE_FIXED_SHARES = 3
-SIZE_VOLATILITY_TARGET = 4
+from shared.quant.sizing import fee_nb, size_order_nb
 
 REASON_SIGNAL = 0
 REASON_STOP_LOSS = 1
@@ -135,59 +124,27 @@ def spec_from_fields(fields: dict[str, object]) -> SimSpec:
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def commission_nb(shares, fill, spec):
     """Return the commission of a fill of ``shares`` at ``fill`` (0 for no shares)."""
-    if shares <= 0.0:
-        return 0.0
-    c = shares * (spec.commission + fill * spec.commission_rate)
-    return c if c > spec.min_commission else spec.min_commission
-
-
-@njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _round_shares_nb(x, fractional):
-    """Return ``x`` floored to whole shares unless fractional, never negative."""
-    if not x > 0.0:
-        return 0.0
-    return x if fractional else math.floor(x)
+    return fee_nb(shares, fill, spec.commission, spec.commission_rate, spec.min_commission)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def order_shares_nb(spec, fill, free, equity, atr, slots):
-    """Return (shares, resized) for an opening order at ``fill`` with ``free`` margin.
-
-    The cost ``shares * fill + max(min_commission, shares * (commission + fill * rate))``
-    stays within the budget: the shares are at most ``budget / (fill * (1 + rate) +
-    commission)`` and ``(budget - min_commission) / fill``.
-    """
-    unit = fill * (1.0 + spec.commission_rate) + spec.commission
-    budget = free * ALL_IN_FRACTION
-    if spec.size_method == SIZE_ALL_IN and slots > 1:
-        budget = budget / slots
-    # backtesting.py's whole-share rule: (margin * size) // (price + commission per share)
-    most = budget / unit if spec.fractional else budget // unit
-    if spec.min_commission > 0.0:
-        cap = _round_shares_nb((budget - spec.min_commission) / fill, spec.fractional)
-        if cap < most:
-            most = cap
-    if not most > 0.0:
-        most = 0.0
-    if spec.size_method == SIZE_ALL_IN:
-        want = most
-    else:
-        if spec.size_method == SIZE_PERCENT_EQUITY:
-            want = spec.size_value * equity / fill
-        elif spec.size_method == SIZE_FIXED_CASH:
-            want = spec.size_value / fill
-        elif spec.size_method == SIZE_FIXED_SHARES:
-            want = spec.size_value
-        else:  # volatility target: shares * ATR * sqrt(periods/year) = annual_vol * equity
-            risk = atr * math.sqrt(spec.periods_per_year)
-            want = spec.size_value * equity / risk if risk > 0.0 else 0.0
-        want = _round_shares_nb(want, spec.fractional)
-    shares = want if want <= most else most
-    # Guard the last ulp: the cost must never exceed the free margin.
-    while shares > 0.0 and shares * fill + commission_nb(shares, fill, spec) > free:
-        shares = shares - 1.0 if not spec.fractional else shares * (1.0 - 1e-12)
-    if shares < MIN_SHARES:
-        shares = 0.0  # dust is no order
+    """Return (shares, resized) for an opening order at ``fill`` with ``free`` margin
+    (``shared.quant.sizing.size_order_nb``: the rule the paper broker sizes by too)."""
+    shares, want = size_order_nb(
+        spec.size_method,
+        spec.size_value,
+        spec.fractional,
+        spec.commission,
+        spec.commission_rate,
+        spec.min_commission,
+        spec.periods_per_year,
+        fill,
+        free,
+        equity,
+        atr,
+        slots,
+    )
     resized = shares < want and shares > 0.0
     return shares, resized
 

@@ -11,14 +11,8 @@ import pandas as pd
 
 from services.backtest.engine import core
 from services.backtest.engine.core import SimSpec
+from shared.quant.sizing import SIZE_METHODS, SIZE_VOLATILITY_TARGET
 
-SIZE_METHODS: dict[str, int] = {
-    "all_in": core.SIZE_ALL_IN,
-    "percent_equity": core.SIZE_PERCENT_EQUITY,
-    "fixed_cash": core.SIZE_FIXED_CASH,
-    "fixed_shares": core.SIZE_FIXED_SHARES,
-    "volatility_target": core.SIZE_VOLATILITY_TARGET,
-}
 REASONS = ("signal", "stop_loss", "take_profit", "end", "liquidation", "margin_call")
 FILL_COLUMNS = (
     "bar",
@@ -266,7 +260,7 @@ def simulate(
     if tgt.shape != bars.close.shape:
         raise ValueError(f"target: shape {tgt.shape} differs from the bars' {bars.close.shape}")
     if atr is None:
-        if spec.size_method == core.SIZE_VOLATILITY_TARGET:
+        if spec.size_method == SIZE_VOLATILITY_TARGET:
             raise ValueError("atr: volatility_target sizing needs an ATR matrix")
         atr_m = np.full_like(bars.close, np.nan)
     else:

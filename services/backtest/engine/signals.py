@@ -88,7 +88,7 @@ def rules_target_into_nb(entry_long, exit_long, entry_short, exit_short, ready, 
         xl = exit_long[t]
         es = entry_short[t]
         xs = exit_short[t]
-        if not (el or xl or es or xs):  # nothing holds: nothing changes (most bars)
+        if not (el | xl | es | xs):  # nothing holds: nothing changes (most bars); no branch each
             continue
         new = state
         if (state == 1 and xl) or (state == -1 and xs):

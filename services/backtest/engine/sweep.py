@@ -26,6 +26,8 @@ from services.backtest.engine.fast import (
     simulate_targets_nb,
     simulate_targets_stops_nb,
 )
+from services.backtest.engine.postfix import run_rules_nb
+from services.backtest.engine.signals import rules_target_into_nb
 
 
 def _targets_sweep(stops: bool) -> Any:
@@ -84,8 +86,84 @@ def _crossover_sweep(stops: bool) -> Any:
     return sweep_crossover
 
 
+def _rules_sweep(stops: bool) -> Any:
+    """Return the postfix-rules sweep for specs with (or without) stops."""
+
+    @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+    def sweep_rules(
+        open_,
+        high,
+        low,
+        close,
+        leaves,
+        rows,
+        params,
+        ready,
+        ops,
+        operands,
+        consts,
+        slots,
+        n_rules,
+        depth,
+        chunk,
+        atr,
+        specs,
+        rf,
+        keep_returns,
+        n_blocks,
+    ):
+        """Backtest trial ``i``'s rules: ``postfix.run_rules_nb`` on ``leaves`` through
+        ``rows[i]`` and ``params[i]``, targets from ``ready[i]`` on, then the target sweep's
+        simulation. Trials go in chunks of ``chunk``, each chunk with its own stack and
+        rule rows. Returns as the target sweep."""
+        k = rows.shape[0]
+        n = close.shape[0]
+        stats = np.empty((k, N_STATS))
+        returns = np.empty((k, n if keep_returns else 0))
+        blocks = np.empty((k, 2, n_blocks + 1))
+        n_chunks = (k + chunk - 1) // chunk
+        for c in prange(n_chunks):
+            scratch = np.empty((depth, n))
+            kinds = np.empty(depth, dtype=np.int64)
+            refs = np.empty(depth, dtype=np.int64)
+            values = np.empty(depth)
+            rules = np.zeros((n_rules + 1, n), dtype=np.bool_)  # the last row stays false
+            target = np.empty(n)
+            for i in range(c * chunk, min(k, (c + 1) * chunk)):
+                run_rules_nb(
+                    ops,
+                    operands,
+                    consts,
+                    params[i],
+                    rows[i],
+                    leaves,
+                    scratch,
+                    kinds,
+                    refs,
+                    values,
+                    rules,
+                )
+                rules_target_into_nb(
+                    rules[slots[0]],
+                    rules[slots[1]],
+                    rules[slots[2]],
+                    rules[slots[3]],
+                    ready[i],
+                    target,
+                )
+                args = (open_, high, low, close, target, close, close, atr, specs[0], rf)
+                if stops:
+                    simulate_targets_stops_nb(*args, stats[i], returns[i], blocks[i])
+                else:
+                    simulate_targets_nb(*args, stats[i], returns[i], blocks[i])
+        return stats, returns, blocks
+
+    return sweep_rules
+
+
 _TARGET_SWEEPS = (_targets_sweep(False), _targets_sweep(True))
 _CROSSOVER_SWEEPS = (_crossover_sweep(False), _crossover_sweep(True))
+_RULES_SWEEPS = (_rules_sweep(False), _rules_sweep(True))
 
 
 def sweep_targets_nb(stops: bool) -> Any:
@@ -96,3 +174,8 @@ def sweep_targets_nb(stops: bool) -> Any:
 def sweep_crossover_nb(stops: bool) -> Any:
     """Return the line-crossover sweep kernel for specs with (or without) stops."""
     return _CROSSOVER_SWEEPS[bool(stops)]
+
+
+def sweep_rules_nb(stops: bool) -> Any:
+    """Return the postfix-rules sweep kernel for specs with (or without) stops."""
+    return _RULES_SWEEPS[bool(stops)]

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from services.backtest.engine.runner import Bars
 from services.backtest.engine.signals import rules_target_nb
 from services.backtest.language.functions import (
     FUNCTIONS,
@@ -247,7 +248,8 @@ def _scalar(node: Node, values: Mapping[str, float]) -> float:
     return a / b if b != 0 else math.nan
 
 
-def _params_of(node: Node) -> tuple[str, ...]:
+def params_of(node: Node) -> tuple[str, ...]:
+    """Return the parameters ``node``'s subtree reads, sorted."""
     return tuple(sorted({str(n.value) for n in node.walk() if n.kind == "param"}))
 
 
@@ -261,6 +263,20 @@ class Evaluation:
         self.memo: dict[tuple[Any, ...], tuple[np.ndarray, int]] = {}
         self.ready = 0  # the latest first-value bar of the indicators read so far
         self.none = np.zeros(self.n, dtype=np.bool_)
+
+
+# Elementwise functions: cheap, computed each time, nothing to share or to warm up.
+ELEMENTWISE = frozenset({"abs", "min", "max"})
+
+
+def shared(node: Node) -> bool:
+    """Return whether ``node`` is an indicator call whose result an ``Evaluation`` keeps
+    (per its text and the parameters it reads): every call but the crosses and
+    ``ELEMENTWISE``."""
+    if node.kind != "call":
+        return False
+    fn = FUNCTIONS[str(node.value)]
+    return fn.returns != "bool" and fn.name not in ELEMENTWISE
 
 
 Closure = Callable[[Evaluation, Mapping[str, float]], Any]
@@ -284,7 +300,7 @@ def _const(v: Any) -> Closure:
     return lambda ev, vals: v
 
 
-def _closure(node: Node) -> Closure:
+def closure(node: Node) -> Closure:
     """Return a function computing ``node`` on an evaluation under parameter values.
 
     Built once per compiled program: evaluating it per combination of a sweep costs a call
@@ -302,21 +318,21 @@ def _closure(node: Node) -> Closure:
         series = str(node.value)
         return lambda ev, vals: ev.bars[series]
     if k == "neg":
-        inner = _closure(node.args[0])
+        inner = closure(node.args[0])
         return lambda ev, vals: np.negative(inner(ev, vals))
     if k == "not":
-        inner = _closure(node.args[0])
+        inner = closure(node.args[0])
         return lambda ev, vals: np.logical_not(inner(ev, vals))
     if k == "call":
         return _call_closure(node)
     op = _UFUNCS[str(node.value) if k in ("arith", "compare") else k]
-    left, right = (_closure(a) for a in node.args)
+    left, right = (closure(a) for a in node.args)
     return lambda ev, vals: op(left(ev, vals), right(ev, vals))
 
 
 def _call_closure(node: Node) -> Closure:
     fn = FUNCTIONS[str(node.value)]
-    args = [_closure(a) for a in node.args]
+    args = [closure(a) for a in node.args]
     kinds = [kind for _, kind in fn.args]
     compute = fn.compute
     if fn.returns == "bool":  # crosses: cheap, computed each time
@@ -332,16 +348,17 @@ def _call_closure(node: Node) -> Closure:
             return crosses_nb(x, y, above)  # type: ignore[no-any-return]
 
         return cross
-    if fn.name in ("abs", "min", "max"):
-        # cheap and elementwise: computed each time, nothing to share or to warm up
+    if fn.name in ELEMENTWISE:
         return lambda ev, vals: compute(ev.bars, tuple(f(ev, vals) for f in args))
     text = render(node)
-    names = _params_of(node)
+    names = params_of(node)
 
     def run(ev: Evaluation, vals: Mapping[str, float]) -> np.ndarray:
         key = (text, *[vals[p] for p in names])
         hit = ev.memo.get(key)
         if hit is None:
+            outer = ev.ready
+            ev.ready = 0  # the ready bars of the indicators below this one, kept with it
             got = []
             for f, kind, a, (arg, _) in zip(args, kinds, node.args, fn.args, strict=True):
                 v = f(ev, vals)
@@ -358,8 +375,10 @@ def _call_closure(node: Node) -> Closure:
                 got.append(v)
             out = compute(ev.bars, tuple(got))
             finite = np.isfinite(out)
-            hit = (out, int(np.argmax(finite)) if finite.any() else ev.n)
+            first = int(np.argmax(finite)) if finite.any() else ev.n
+            hit = (out, max(first, ev.ready))
             ev.memo[key] = hit
+            ev.ready = outer
         if hit[1] > ev.ready:
             ev.ready = hit[1]
         return hit[0]
@@ -377,10 +396,11 @@ class Program:
     pairs: tuple[tuple[str, str], ...]  # (slow, fast): slow must be greater
 
     @functools.cached_property
-    def _closures(self) -> tuple[list[Closure], list[int]]:
-        """Return one closure per distinct rule text, and each RULES slot's (-1: none)."""
+    def distinct(self) -> tuple[tuple[Node, ...], tuple[int, ...]]:
+        """Return the trees of the distinct rule texts, and each RULES slot's index among
+        them (-1: not given)."""
         texts: dict[str, int] = {}
-        closures: list[Closure] = []
+        trees: list[Node] = []
         given = dict(self.rules)
         slots = []
         for name in RULES:
@@ -390,10 +410,16 @@ class Program:
                 continue
             text = render(tree)
             if text not in texts:
-                texts[text] = len(closures)
-                closures.append(_closure(tree))
+                texts[text] = len(trees)
+                trees.append(tree)
             slots.append(texts[text])
-        return closures, slots
+        return tuple(trees), tuple(slots)
+
+    @functools.cached_property
+    def _closures(self) -> tuple[list[Closure], tuple[int, ...]]:
+        """Return one closure per distinct rule text, and each RULES slot's (-1: none)."""
+        trees, slots = self.distinct
+        return [closure(tree) for tree in trees], slots
 
     @property
     def normal(self) -> dict[str, str]:
@@ -466,6 +492,12 @@ def bars_of(
         "close": np.ascontiguousarray(close, dtype=np.float64),
         "volume": np.ascontiguousarray(volume, dtype=np.float64),
     }
+
+
+def symbol_series(bars: Bars, j: int) -> dict[str, np.ndarray]:
+    """Return symbol ``j``'s bars as the evaluator reads them (volume 0 where none)."""
+    volume = bars.volume[:, j] if bars.volume is not None else np.zeros(bars.n_bars)
+    return bars_of(bars.open[:, j], bars.high[:, j], bars.low[:, j], bars.close[:, j], volume)
 
 
 def compile_program(rules: Sequence[tuple[str, str]], params: Sequence[ParamDecl]) -> Program:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from gateway_mcp.context import (
 )
 from gateway_mcp.server import build_gateway, platform_version
 from gateway_mcp.settings import GatewaySettings
+from services.backtest.language.functions import FUNCTIONS
+from services.backtest.language.syntax import COMPACT_GRAMMAR
 
 CONTEXT_BUDGET_BYTES = 32_000
 
@@ -55,6 +58,18 @@ def test_the_default_tool_set_fits_the_context_budget_and_loses_nothing(data_env
     gateway = out["gateway"]
     assert gateway.name == "trading-platform"
     assert gateway.version == platform_version() != "4.1.2"
+
+
+def test_the_strategy_tools_teach_the_language(data_env: Path) -> None:
+    """A model writes rules from the tool list alone: validate is a tool, and saving's
+    description carries the compact grammar, every function and two examples."""
+    tools = {t.name: t for t in listed(GatewaySettings())["tools"]}
+    assert "422" in (tools["backtest_validate_strategy"].description or "")
+    save = tools["backtest_save_strategy"].description or ""
+    assert f"Grammar: {COMPACT_GRAMMAR}." in save
+    assert all(re.search(rf"\b{name}[|(]", save) for name in FUNCTIONS)
+    assert save.count("\nExample: ") == 2
+    assert "entry_long: rsi(close, $n) < 30 and close > sma(close, 200)" in save
 
 
 def test_toolsets_select_groups(data_env: Path) -> None:

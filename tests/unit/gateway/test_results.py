@@ -98,6 +98,13 @@ def test_which_schemas_get_paging_arguments(tmp_path: object) -> None:
     assert not schema_has_rows(rewrite(schema("PriceQuote")))
     assert not schema_has_rows(rewrite(schema("LatestIndicator")))
     assert schema_has_rows({"type": "array", "items": {"type": "integer"}})  # a bare list
+    # a list its schema caps at a few items fits any page: nothing to page
+    row = {"type": "object", "properties": {"name": {"type": "string"}}}
+    capped = {"type": "object", "properties": {"params": {"type": "array", "items": row}}}
+    assert schema_has_rows(capped)
+    capped["properties"]["params"]["maxItems"] = 16
+    assert not schema_has_rows(capped)
+    assert not schema_has_rows({"type": "array", "items": row, "maxItems": 16})
     spec = {"type": "object", "properties": {"bars": {"type": "array"}}}
     assert "page" in paged_output_schema(spec)["properties"]  # type: ignore[index]
     # With the whole spec as root, a response schema's $refs resolve: what the gateway does.

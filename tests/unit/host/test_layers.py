@@ -48,13 +48,20 @@ def test_the_contracts_hold_on_this_checkout() -> None:
         ("shared/leak.py", "from gateway_mcp import server", "shared imports no service"),
         ("services/backtest/leak.py", "import services.market.repository", "one another"),
         ("gateway_mcp/leak.py", "from services.market import app", "the gateway imports no"),
+        ("services/market/repository.py", "from services.market import service", "market: "),
+        ("services/backtest/service/runs.py", "from services.backtest import routes", "backtest: "),
+        ("services/predictor/repository.py", "import services.predictor.jobs", "predictor: "),
+        ("services/portfolio/service.py", "import services.portfolio.scheduler", "portfolio: "),
+        ("services/predictor/routes.py", "import services.predictor.repository", "routes never"),
     ],
 )
 def test_a_violation_breaks_the_build(
     tmp_path: Path, module: str, line: str, contract: str
 ) -> None:
     _copy_tree(tmp_path)
-    (tmp_path / module).write_text(f"{line}\n", encoding="utf-8")
+    target = tmp_path / module
+    before = target.read_text(encoding="utf-8") if target.exists() else ""
+    target.write_text(f"{before}\n{line}\n", encoding="utf-8")
     result = _lint(tmp_path)
     assert result.returncode == 1, result.stdout
     broken = [row for row in result.stdout.splitlines() if row.endswith("BROKEN")]

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from services.portfolio.alpaca import AlpacaBroker, alpaca_client
 from services.portfolio.brokers import BrokerNotConfiguredError, Ticket
 from services.portfolio.execution import CostModel
-from services.portfolio.service import SimulatedCrashError
+from services.portfolio.orders import SimulatedCrashError
 from services.portfolio.settings import PortfolioSettings
 from shared.errors import UpstreamUnavailableError
 from shared.keys import KeyStore
@@ -195,7 +195,7 @@ def test_an_alpaca_deployment_trades_the_latest_session_once(
         assert "paper" in past.json()["detail"]
         # crash between deciding and sending the order of the latest session
         portfolio = next(r.app for r in c.app.routes if getattr(r, "path", "") == "/portfolio")
-        portfolio.state.portfolio.crash_after_decide = True
+        portfolio.state.portfolio.orders.crash_after_decide = True
         stub.quotes["AAPL"] = 10.0  # cheap enough for the stub's buying-power check
         try:
             crashed = c.post(f"/portfolio/deployments/{dep['id']}/run", json={"until": day})

@@ -19,7 +19,7 @@ from services.backtest.settings import BacktestSettings
 from services.market.app import create_app as create_market
 from services.market.settings import SHARED_CSV_DIR
 from services.portfolio.app import create_app as create_portfolio
-from services.portfolio.service import SimulatedCrashError, client_order_id
+from services.portfolio.orders import SimulatedCrashError, client_order_id
 from tests.conftest import market_settings
 from tests.unit.portfolio.conftest import portfolio_settings
 from tests.unit.portfolio.test_replay import deploy, fills
@@ -57,7 +57,7 @@ def test_crash_between_decision_and_submission(tmp_path: Path) -> None:
         c.post(f"/portfolio/deployments/{dep['id']}/run", json={"until": "2018-06-29"})
         before = fills(c, dep["account_id"])
         portfolio = next(r.app for r in c.app.routes if getattr(r, "path", "") == "/portfolio")
-        portfolio.state.portfolio.crash_after_decide = True
+        portfolio.state.portfolio.orders.crash_after_decide = True
         try:  # the app answers 500 or the exception reaches the client: a crash either way
             crashed = c.post(
                 f"/portfolio/deployments/{dep['id']}/run", json={"until": "2019-12-31"}

@@ -21,8 +21,8 @@ from services.predictor.ml import metrics as m
 from services.predictor.ml.labels import forward_returns, make_labels
 from services.predictor.ml.online import update_model
 from services.predictor.ml.training import EnsembleModel, SeriesData, train_ensemble
+from services.predictor.performance import distinct_predictions
 from services.predictor.repository import PredictionRow
-from services.predictor.service import distinct_predictions
 from services.predictor.tasks import member_sharpes
 from shared.verdicts import judge_calls
 from tests.unit.predictor.conftest import TINY

@@ -21,7 +21,8 @@ from starlette.requests import Request
 from services.backtest import grid
 from services.backtest.optimize import Inline, overfitting
 from services.backtest.routes import ClientGoneError, answer_directly
-from services.backtest.service import BacktestService, snap_chart_size
+from services.backtest.service import BacktestService
+from services.backtest.service.reads import snap_chart_size
 from shared.http import local_app, unregister_local_app
 from shared.jobs import JobCancelledError, cancel_path, task_cancelled
 from shared.jobs.tasks import run_with_channel
