@@ -35,7 +35,7 @@ from services.backtest.schemas import (
 from services.backtest.service import BacktestService
 from services.backtest.service.common import Prepared
 from services.backtest.strategies import STRATEGIES
-from shared.api import ProblemDocs
+from shared.api import ProblemDocs, answer_off_loop
 from shared.errors import AppError
 from shared.jobs import JOBS, JobContext, JobRunner, accepted, accepted_responses
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
@@ -468,15 +468,17 @@ async def list_results(
     symbol: SymbolQuery = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> RunList:
+) -> Response:
     """List stored runs of every kind, newest first, optionally only one `kind`
     (backtest, walk_forward, optimization), one `strategy` or runs that traded `symbol`:
     run_id, kind, dates, capital, total_return, sharpe_ratio, max_drawdown, win_rate,
     total_trades (a search's are its winner's). `page` gives the total and the next
     `offset`."""
-    return await service.reads.list_results(
-        kind=kind, strategy=strategy, symbol=symbol, limit=limit, offset=offset
-    )
+    async with service.reads.row_reads:
+        build = await service.reads.list_results(
+            kind=kind, strategy=strategy, symbol=symbol, limit=limit, offset=offset
+        )
+        return await answer_off_loop(build)
 
 
 @router.get(
@@ -549,9 +551,9 @@ async def get_chart(
 )
 async def get_trades(
     run_id: RunId, service: Service, limit: Limit = 100, offset: Offset = 0
-) -> TradeList:
+) -> Response:
     """Page through a stored run's fills, oldest first: timestamp, symbol, direction
     (buy/sell), shares, price (slippage included), commission, slippage_cost, total_cost,
     pnl (realised, on closing fills), portfolio_value, reason (signal, stop_loss,
     take_profit, end) and trade_return. `page` gives the total and the next `offset`."""
-    return await service.reads.get_trades(run_id, limit=limit, offset=offset)
+    return await answer_off_loop(await service.reads.get_trades(run_id, limit=limit, offset=offset))

@@ -12,7 +12,9 @@ import base64
 import functools
 import multiprocessing
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +58,9 @@ def _deleted_key(run_id: uuid.UUID) -> str:
     return f"backtest:deleted:{run_id}"
 
 
+ROW_READS = 2
+
+
 class BacktestReads:
     """Stored runs and analyses, read back as they were answered."""
 
@@ -68,6 +73,10 @@ class BacktestReads:
         self.stored = stored
         self.results = ModelCache(cache, BacktestResult)
         self._charts: ProcessPoolExecutor | None = None
+        # Reads of many rows (listings, fills) run ROW_READS at a time; the rest wait here
+        # without using the event loop, so ten clients listing 1,000 runs in a loop leave
+        # room for everyone else's requests.
+        self.row_reads = asyncio.Semaphore(ROW_READS)
 
     def chart_pool(self) -> ProcessPoolExecutor:
         """Return the one worker process charts are drawn in (started on the first chart)."""
@@ -141,9 +150,10 @@ class BacktestReads:
         limit: int,
         offset: int,
         kind: str | None = None,
-    ) -> RunList:
-        """Return stored runs of every kind (or one) newest first, filtered by strategy and
-        instrument."""
+    ) -> Callable[[], RunList]:
+        """Read stored runs of every kind (or one) newest first, filtered by strategy and
+        instrument; return the builder of their answer (run it off the event loop: up to
+        1,000 rows)."""
         async with self.db.session() as session:
             rows, total = await repo.list_runs(
                 session,
@@ -153,52 +163,40 @@ class BacktestReads:
                 limit=limit,
                 offset=offset,
             )
-        runs = [
-            RunSummary(
-                run_id=r.run_id,
-                kind=r.kind,
-                created_at=repo.aware(r.created_at),
-                strategy=r.strategy_name,
-                symbols=repo.split_symbols(r),
-                start_date=repo.aware(r.start_date).date(),
-                end_date=repo.aware(r.end_date).date(),
-                initial_capital=r.initial_capital,
-                final_capital=r.final_capital,
-                total_return=r.total_return,
-                sharpe_ratio=r.sharpe_ratio,
-                max_drawdown=r.max_drawdown,
-                win_rate=r.win_rate,
-                total_trades=r.total_trades,
-            )
-            for r in rows
-        ]
-        return RunList(results=runs, page=Page.of(total, limit, offset, len(runs)))
 
-    async def get_trades(self, run_id: uuid.UUID, *, limit: int, offset: int) -> TradeList:
-        """Return a page of a stored run's fills, oldest first."""
+        def build() -> RunList:
+            runs = [
+                RunSummary(
+                    run_id=r.run_id,
+                    kind=r.kind,
+                    created_at=repo.aware(r.created_at),
+                    strategy=r.strategy_name,
+                    symbols=repo.split_symbols(r),
+                    start_date=repo.aware(r.start_date).date(),
+                    end_date=repo.aware(r.end_date).date(),
+                    initial_capital=r.initial_capital,
+                    final_capital=r.final_capital,
+                    total_return=r.total_return,
+                    sharpe_ratio=r.sharpe_ratio,
+                    max_drawdown=r.max_drawdown,
+                    win_rate=r.win_rate,
+                    total_trades=r.total_trades,
+                )
+                for r in rows
+            ]
+            return RunList(results=runs, page=Page.of(total, limit, offset, len(runs)))
+
+        return build
+
+    async def get_trades(
+        self, run_id: uuid.UUID, *, limit: int, offset: int
+    ) -> Callable[[], TradeList]:
+        """Read a page of a stored run's fills, oldest first; return the builder of its
+        answer (run it off the event loop: up to 1,000 rows)."""
         await load_row(self.db, run_id)
         async with self.db.session() as session:
             rows, total = await repo.load_fills(session, run_id=run_id, limit=limit, offset=offset)
-        fills = [
-            Fill(
-                timestamp=repo.aware(r.timestamp),
-                symbol=r.symbol,
-                direction="buy" if r.direction == "buy" else "sell",
-                shares=r.shares,
-                price=r.price,
-                commission=r.commission,
-                slippage_cost=r.slippage_cost,
-                total_cost=r.total_cost,
-                pnl=r.pnl,
-                portfolio_value=r.portfolio_value,
-                reason=r.reason,
-                trade_return=r.trade_return,
-            )
-            for r in rows
-        ]
-        return TradeList(
-            run_id=run_id, trades=fills, page=Page.of(total, limit, offset, len(fills))
-        )
+        return functools.partial(_trade_list, run_id, rows, total, limit, offset)
 
     async def chart(self, run_id: uuid.UUID, *, width: int, height: int) -> bytes:
         """Return the PNG chart of a stored run or walk-forward (drawn once per size bucket,
@@ -248,3 +246,26 @@ class BacktestReads:
             key, base64.b64encode(png).decode(), self.settings.backtest_result_ttl_s
         )
         return png
+
+
+def _trade_list(
+    run_id: uuid.UUID, rows: Sequence[Any], total: int, limit: int, offset: int
+) -> TradeList:
+    fills = [
+        Fill(
+            timestamp=repo.aware(r.timestamp),
+            symbol=r.symbol,
+            direction="buy" if r.direction == "buy" else "sell",
+            shares=r.shares,
+            price=r.price,
+            commission=r.commission,
+            slippage_cost=r.slippage_cost,
+            total_cost=r.total_cost,
+            pnl=r.pnl,
+            portfolio_value=r.portfolio_value,
+            reason=r.reason,
+            trade_return=r.trade_return,
+        )
+        for r in rows
+    ]
+    return TradeList(run_id=run_id, trades=fills, page=Page.of(total, limit, offset, len(fills)))
