@@ -58,4 +58,3 @@ def positive_data_acceptance_but_documented_cross_field_rules(
         if blamed and all(within(f, documented) for f in blamed):
             return None
     return positive_data_acceptance(ctx, response, case)  # type: ignore[no-any-return]
-
