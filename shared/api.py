@@ -8,9 +8,9 @@ import hmac
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -51,6 +51,11 @@ class Page(BaseModel):
         end = offset + returned
         nxt = end if end < total else None
         return cls(total=total, limit=limit, offset=offset, returned=returned, next_offset=nxt)
+
+
+# A paged list's query parameters (every service's lists page alike; `Page` answers them).
+Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows to return.")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Rows to skip first.")]
 
 
 # Generic wording; each service words what a status means for its own resources (the words

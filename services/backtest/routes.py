@@ -35,7 +35,7 @@ from services.backtest.schemas import (
 from services.backtest.service import BacktestService
 from services.backtest.service.common import Prepared
 from services.backtest.strategies import STRATEGIES
-from shared.api import ProblemDocs, answer_off_loop
+from shared.api import Limit, Offset, ProblemDocs, answer_off_loop
 from shared.errors import AppError
 from shared.jobs import JOBS, JobContext, JobRunner, accepted, accepted_responses
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
@@ -75,8 +75,6 @@ EquityPoints = Annotated[
         description="Most points of the equity curve (evenly spaced; metrics use every bar).",
     ),
 ]
-Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows to return.")]
-Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Rows to skip first.")]
 SymbolQuery = Annotated[
     str | None,
     Query(

@@ -10,7 +10,7 @@ import uuid
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Request
 
 from services.portfolio.schemas import (
     Account,
@@ -25,7 +25,7 @@ from services.portfolio.schemas import (
     RunResult,
 )
 from services.portfolio.service import PortfolioService
-from shared.api import ProblemDocs
+from shared.api import Limit, Offset, ProblemDocs
 from shared.jobs import JOBS, JobContext, JobRunner, accepted, accepted_responses
 from shared.rules import CrossFieldRule, documents_rules, rules_extension
 from shared.state import Slot
@@ -63,8 +63,6 @@ DEPLOY_RULES = (
 RUN_RULES = (CrossFieldRule(("until",), "`until` is after the deployment's `start_date`"),)
 AccountId = Annotated[uuid.UUID, Path(description="The account's id.")]
 DeploymentId = Annotated[uuid.UUID, Path(description="The deployment's id.")]
-Limit = Annotated[int, Query(ge=1, le=1000, description="Most rows to return.")]
-Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Rows to skip first.")]
 
 
 # The app's PortfolioService, built in its lifespan.
